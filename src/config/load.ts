@@ -1,0 +1,361 @@
+/**
+ * Loads the YAML file, resolves `${ENV}` and secret `*_file` keys, validates it
+ * against the schema and reports every problem with its position:
+ *
+ *   agent.yaml:12:5: destinations.ops.timeout: must be a duration like 30s (is 'ten')
+ *
+ * The result is deeply frozen: nothing may change the running configuration
+ * except a reload, which builds a new one.
+ */
+import { readFileSync, statSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
+import type { z } from "zod";
+import { EdgehookError } from "../errors.js";
+import { type Config, configSchema } from "./schema.js";
+
+export interface ConfigProblem {
+  file: string;
+  line: number;
+  col: number;
+  /** Dotted key, e.g. `destinations.ops.url` or `rules.0.notify.1`. */
+  key: string;
+  message: string;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** Absolute path of the file. */
+  file: string;
+  /** Absolute data directory. */
+  dataDir: string;
+  /** Not errors, but worth a log line (e.g. a plaintext secret in a world-readable file). */
+  warnings: string[];
+}
+
+export class ConfigError extends EdgehookError {
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[]) {
+    super("EDGEHOOK_CONFIG_INVALID", problems.map(formatProblem).join("\n"));
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+export function formatProblem(p: ConfigProblem): string {
+  return `${p.file}:${p.line}:${p.col}: ${p.key ? `${p.key}: ` : ""}${p.message}`;
+}
+
+/** Keys whose `<key>_file` variant is read from a file (systemd LoadCredential=). */
+const SECRET_KEYS = new Set(["secret", "hub_secret", "password", "token"]);
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv;
+}
+
+export function loadConfig(file: string, options: LoadOptions = {}): LoadedConfig {
+  const abs = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(abs, "utf8");
+  } catch (err) {
+    throw new EdgehookError(
+      "EDGEHOOK_CONFIG_UNREADABLE",
+      `${file}: cannot read the configuration file (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+    );
+  }
+  return parseConfig(text, file, options);
+}
+
+/** Parses config text; `file` is used for messages and to resolve relative paths. */
+export function parseConfig(text: string, file: string, options: LoadOptions = {}): LoadedConfig {
+  const env = options.env ?? process.env;
+  const baseDir = dirname(resolve(file));
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const problems: ConfigProblem[] = [];
+  const at = (offset: number | undefined, key: string, message: string) => {
+    const pos = lineCounter.linePos(offset ?? 0);
+    problems.push({ file, line: pos.line, col: pos.col, key, message });
+  };
+
+  for (const e of doc.errors) {
+    at(e.pos[0], "", `YAML syntax: ${e.message.split("\n")[0]}`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  if (doc.contents === null) {
+    at(0, "", "the file is empty; start with `version: 1`");
+    throw new ConfigError(problems);
+  }
+
+  const warnings: string[] = [];
+  let plaintextSecret = false;
+
+  // ${ENV} substitution and secret *_file keys, on the node tree so positions stay right.
+  const visit = (node: unknown, path: (string | number)[]): void => {
+    if (isMap(node)) {
+      for (const pair of [...node.items]) {
+        const keyNode = pair.key;
+        const k = isScalar(keyNode) ? String(keyNode.value) : String(keyNode);
+        const base = k.endsWith("_file") ? k.slice(0, -5) : undefined;
+        if (base !== undefined && SECRET_KEYS.has(base)) {
+          const valNode = pair.value;
+          substitute(valNode, [...path, k]);
+          const p = isScalar(valNode) ? String(valNode.value) : "";
+          const range = (valNode as Node | null)?.range;
+          if (node.has(base)) {
+            at(range?.[0], [...path, k].join("."), `give either ${base} or ${k}, not both`);
+            continue;
+          }
+          const content = readSecretFile(p, baseDir, env);
+          if (typeof content === "object") {
+            at(range?.[0], [...path, k].join("."), content.error);
+            continue;
+          }
+          node.delete(k);
+          const values = content.split(/\s+/).filter(Boolean);
+          node.set(base, doc.createNode(values.length > 1 ? values : (values[0] ?? "")));
+          // Keep the position of the *_file value for later messages about the secret.
+          const created = node.get(base, true) as Node | undefined;
+          if (created && range) created.range = range;
+          continue;
+        }
+        if (SECRET_KEYS.has(k) && pair.value !== null) {
+          const raw = isScalar(pair.value) ? String(pair.value.value) : "";
+          if (!raw.includes("${")) plaintextSecret = true;
+        }
+        substitute(pair.value, [...path, k]);
+        visit(pair.value, [...path, k]);
+      }
+    } else if (isSeq(node)) {
+      node.items.forEach((item, i) => {
+        substitute(item, [...path, i]);
+        visit(item, [...path, i]);
+      });
+    }
+  };
+  const substitute = (node: unknown, path: (string | number)[]) => {
+    if (!isScalar(node) || typeof node.value !== "string" || !node.value.includes("${")) return;
+    node.value = node.value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}/g, (_m, name: string, _d, dflt) => {
+      const v = env[name];
+      if (v !== undefined && v !== "") return v;
+      if (dflt !== undefined) return dflt as string;
+      at(node.range?.[0], path.join("."), `environment variable ${name} is not set`);
+      return "";
+    });
+  };
+  visit(doc.contents, []);
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const data = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  const parsed = configSchema.safeParse(data, { reportInput: true });
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      problems.push(...issueToProblems(issue, doc.contents as Node, lineCounter, file));
+    }
+  } else {
+    crossCheck(parsed.data, doc.contents as Node, lineCounter, file, problems);
+  }
+  if (problems.length > 0) {
+    problems.sort((a, b) => a.line - b.line || a.col - b.col);
+    throw new ConfigError(problems);
+  }
+  const config = parsed.data as Config;
+
+  if (plaintextSecret) {
+    try {
+      const mode = statSync(resolve(file)).mode;
+      if (mode & 0o004) {
+        warnings.push(
+          `${file} holds a secret in plain text and is readable by every user; use secret_file/password_file or \${ENV}, or chmod o-r ${file}`,
+        );
+      }
+    } catch {
+      // Parsing text that is not a file (tests): nothing to check.
+    }
+  }
+
+  const dataDir = isAbsolute(config.agent.data_dir) ? config.agent.data_dir : resolve(baseDir, config.agent.data_dir);
+  return { config: deepFreeze(config), file: resolve(file), dataDir, warnings };
+}
+
+function readSecretFile(p: string, baseDir: string, env: NodeJS.ProcessEnv): string | { error: string } {
+  if (!p) return { error: "must name a file" };
+  const candidates: string[] = [];
+  if (isAbsolute(p)) candidates.push(p);
+  else {
+    if (env.CREDENTIALS_DIRECTORY) candidates.push(resolve(env.CREDENTIALS_DIRECTORY, p));
+    candidates.push(resolve(baseDir, p));
+  }
+  for (const c of candidates) {
+    try {
+      return readFileSync(c, "utf8").trim();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+        return { error: `cannot read ${c} (${(err as NodeJS.ErrnoException).code})` };
+      }
+    }
+  }
+  return { error: `file not found (looked in ${candidates.join(", ")}) (is '${p}')` };
+}
+
+type Issue = z.core.$ZodIssue;
+
+function issueToProblems(issue: Issue, root: Node, lc: LineCounter, file: string): ConfigProblem[] {
+  const path = issue.path.map((p) => (typeof p === "symbol" ? String(p) : p));
+  if (issue.code === "unrecognized_keys") {
+    const parent = nodeAt(root, path);
+    return issue.keys.map((k) => {
+      const keyNode = isMap(parent) ? findKeyNode(parent, k) : undefined;
+      const pos = lc.linePos(keyNode?.range?.[0] ?? parent?.range?.[0] ?? 0);
+      return {
+        file,
+        line: pos.line,
+        col: pos.col,
+        key: [...path, k].join("."),
+        message: "unknown key",
+      };
+    });
+  }
+  const node = nodeAt(root, path);
+  const exists = node !== undefined;
+  const anchor = exists ? node : nearest(root, path);
+  const pos = lc.linePos(anchor?.range?.[0] ?? 0);
+  let message = issue.message;
+  if (!exists && (issue.code === "invalid_type" || issue.code === "invalid_union" || issue.code === "invalid_value")) {
+    message = "is required";
+  } else if (issue.code === "invalid_type" && exists) {
+    message = `must be ${issue.expected === "number" ? "a number" : issue.expected === "string" ? "text" : issue.expected === "array" ? "a list" : issue.expected === "object" ? "a mapping of keys" : issue.expected}`;
+  }
+  if (exists && isScalar(node)) message += ` (is '${String(node.source ?? node.value)}')`;
+  return [{ file, line: pos.line, col: pos.col, key: path.join("."), message }];
+}
+
+function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, problems: ConfigProblem[]) {
+  const add = (path: (string | number)[], message: string) => {
+    const node = nodeAt(root, path) ?? nearest(root, path);
+    const pos = lc.linePos(node?.range?.[0] ?? 0);
+    const value = nodeAt(root, path);
+    problems.push({
+      file,
+      line: pos.line,
+      col: pos.col,
+      key: path.join("."),
+      message: value && isScalar(value) ? `${message} (is '${String(value.value)}')` : message,
+    });
+  };
+  const destNames = Object.keys(config.destinations);
+  const seenRules = new Set<string>();
+  config.rules.forEach((r, i) => {
+    if (seenRules.has(r.name)) add(["rules", i, "name"], "another rule has this name");
+    seenRules.add(r.name);
+    r.notify.forEach((d, j) => {
+      if (!destNames.includes(d)) {
+        add(
+          ["rules", i, "notify", j],
+          destNames.length
+            ? `no destination of this name (destinations: ${destNames.join(", ")})`
+            : "no destination of this name (the file has no destinations)",
+        );
+      }
+    });
+    const conditions = [
+      r.above,
+      r.below,
+      r.between,
+      r.outside,
+      r.equals,
+      r.rate_above,
+      r.rate_below,
+      r.absent_for,
+      r.forward,
+    ].filter((c) => c !== undefined);
+    if (conditions.length === 0) {
+      add(
+        ["rules", i],
+        "needs a condition: above, below, between, outside, equals, rate_above, rate_below, absent_for or forward",
+      );
+    }
+    if (r.above !== undefined && r.clear_below !== undefined && r.clear_below > r.above) {
+      add(["rules", i, "clear_below"], `must not be above the threshold ${r.above}`);
+    }
+    if (r.below !== undefined && r.clear_above !== undefined && r.clear_above < r.below) {
+      add(["rules", i, "clear_above"], `must not be below the threshold ${r.below}`);
+    }
+    for (const k of ["between", "outside"] as const) {
+      const range = r[k];
+      if (range && range[0] > range[1]) add(["rules", i, k], "must be [low, high]");
+    }
+  });
+  const serialNames = new Set<string>();
+  config.serial.forEach((s, i) => {
+    if (serialNames.has(s.name)) add(["serial", i, "name"], "another serial port has this name");
+    serialNames.add(s.name);
+    if (s.format === "csv" && !s.columns) add(["serial", i], "format csv needs columns");
+    if (s.format === "regex") {
+      if (!s.pattern) add(["serial", i], "format regex needs pattern");
+      else {
+        try {
+          new RegExp(s.pattern);
+        } catch (err) {
+          add(["serial", i, "pattern"], `not a valid regular expression: ${(err as Error).message}`);
+        }
+      }
+    }
+  });
+  config.mqtt?.subscriptions.forEach((s, i) => {
+    if (s.format === "json" && !s.value && !s.values)
+      add(["mqtt", "subscriptions", i], "format json needs value (a dot path) or values");
+    if (!s.metric && !s.values) add(["mqtt", "subscriptions", i], "needs metric (or values for several metrics)");
+    if (s.format === "text" && !s.states)
+      add(["mqtt", "subscriptions", i], "format text needs states, e.g. { ON: 1, OFF: 0 }");
+  });
+  for (const [name, d] of Object.entries(config.destinations)) {
+    const secrets = d.secret === undefined ? [] : Array.isArray(d.secret) ? d.secret : [d.secret];
+    if (d.signature === "standard" && secrets.length === 0) {
+      add(["destinations", name], "needs secret (or secret_file), or signature: none");
+    }
+    secrets.forEach((s, i) => {
+      if (!/^whsec_[A-Za-z0-9+/=]+$/.test(s)) {
+        add(
+          Array.isArray(d.secret) ? ["destinations", name, "secret", i] : ["destinations", name, "secret"],
+          "must be a Standard Webhooks secret: whsec_ followed by base64",
+        );
+      }
+    });
+  }
+}
+
+function nodeAt(root: Node, path: (string | number)[]): Node | undefined {
+  let cur: unknown = root;
+  for (const p of path) {
+    if (isMap(cur)) cur = cur.get(p, true) ?? (typeof p === "number" ? cur.get(String(p), true) : undefined);
+    else if (isSeq(cur) && typeof p === "number") cur = cur.get(p, true);
+    else return undefined;
+    if (cur === undefined) return undefined;
+  }
+  return cur as Node;
+}
+
+function nearest(root: Node, path: (string | number)[]): Node | undefined {
+  for (let n = path.length - 1; n >= 0; n--) {
+    const node = nodeAt(root, path.slice(0, n));
+    if (node) return node;
+  }
+  return root;
+}
+
+function findKeyNode(map: YAMLMap, key: string): Node | undefined {
+  for (const pair of map.items) {
+    if (isPair(pair) && isScalar(pair.key) && String(pair.key.value) === key) return pair.key;
+  }
+  return undefined;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === "object" && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}

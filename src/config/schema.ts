@@ -1,0 +1,288 @@
+/**
+ * The one schema of edgehook's YAML file. It gives the TypeScript types (z.output),
+ * the defaults, the validation messages, and is walked by the test that keeps
+ * config/agent.example.yaml documenting every key.
+ *
+ * Conventions: snake_case keys; durations as `30s`/`5m`/`2h` (parsed to ms);
+ * rates as `20/s` (parsed to per-second); sizes as `512MB` (parsed to bytes);
+ * every object is strict, so a typo is an error instead of a silently ignored key.
+ */
+import { z } from "zod";
+import { parseDuration, parseRate, parseSize } from "./units.js";
+
+export const duration = () =>
+  z.string({ error: "must be a duration like 30s" }).transform((s, ctx) => {
+    const ms = parseDuration(s);
+    if (ms === undefined) {
+      ctx.addIssue({ code: "custom", message: "must be a duration like 30s, 5m or 2h" });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+export const rate = () =>
+  z.string({ error: "must be a rate like 20/s" }).transform((s, ctx) => {
+    const r = parseRate(s);
+    if (r === undefined) {
+      ctx.addIssue({ code: "custom", message: "must be a rate like 20/s or 600/m" });
+      return z.NEVER;
+    }
+    return r;
+  });
+
+export const size = () =>
+  z.union([z.number().int().positive(), z.string()], { error: "must be a size like 512MB" }).transform((s, ctx) => {
+    const n = typeof s === "number" ? s : parseSize(s);
+    if (n === undefined || n <= 0) {
+      ctx.addIssue({ code: "custom", message: "must be a size like 512MB or 64MiB" });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+const name = (what: string) =>
+  z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, `${what} must be letters, digits, '.', '_' or '-'`);
+
+const labels = z.record(z.string(), z.string());
+const severity = z.enum(["info", "warning", "critical"]);
+export type Severity = z.output<typeof severity>;
+
+// ---------------------------------------------------------------- agent
+
+const agent = z.strictObject({
+  /** Names this device in every webhook body and in the MQTT client id. */
+  id: name("agent.id"),
+  /** Where the outbox database lives. Relative paths are relative to the config file. */
+  data_dir: z.string().min(1).default("./data"),
+  log_level: z.enum(["trace", "debug", "info", "warn", "error", "fatal"]).default("info"),
+  /** How long SIGTERM waits for in-flight deliveries before closing. */
+  shutdown_timeout: duration().default(10_000),
+  /**
+   * Sign webhooks only while the kernel reports the clock synchronised (NTP).
+   * `auto`: hold back only when the kernel says unsynchronised; `never`: always sign.
+   */
+  require_clock_sync: z.enum(["auto", "never"]).default("auto"),
+});
+
+// ---------------------------------------------------------------- mqtt
+
+const payloadFormat = z.enum(["json", "number", "kv", "text"]);
+
+const subscription = z.strictObject({
+  /** Topic filter; `+` and `#` wildcards allowed. */
+  topic: z.string().min(1),
+  qos: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(1),
+  /** Sensor name; `{1}` is the first `+` segment, `{topic.N}` the Nth topic segment, `{field}` a payload field. */
+  sensor: z.string().min(1).default("{1}"),
+  /** Metric name, with the same placeholders as `sensor`. Omit with `values` (several metrics per payload). */
+  metric: z.string().min(1).optional(),
+  format: payloadFormat.default("json"),
+  /** json: dot path of the value in the payload. */
+  value: z.string().min(1).optional(),
+  /** json/kv: several metrics from one payload, metric name → dot path or key. */
+  values: z.record(z.string(), z.string()).optional(),
+  /** Dot path (json) or key (kv) of the measurement time: epoch s, epoch ms or ISO 8601. Default: arrival time. */
+  timestamp: z.string().min(1).optional(),
+  /** text: payload → value, e.g. { ON: 1, OFF: 0 }. Matched case-insensitively. */
+  states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
+  labels: labels.default({}),
+});
+export type SubscriptionConfig = z.output<typeof subscription>;
+
+const tls = z.strictObject({
+  ca_file: z.string().optional(),
+  cert_file: z.string().optional(),
+  key_file: z.string().optional(),
+  reject_unauthorized: z.boolean().default(true),
+});
+
+const embeddedBroker = z.strictObject({
+  host: z.string().default("127.0.0.1"),
+  port: z.number().int().min(0).max(65535).default(1883),
+  username: z.string().optional(),
+  password: z.string().optional(),
+});
+
+const mqtt = z.strictObject({
+  /** `mqtt://host:1883`, `mqtts://`, `ws://`, `wss://`, or `embedded` to host a broker in-process. */
+  url: z.string().refine((u) => u === "embedded" || /^(mqtts?|wss?):\/\//.test(u), {
+    message: "must be mqtt://, mqtts://, ws://, wss:// or 'embedded'",
+  }),
+  /** Stable client id for the persistent session. Default: edgehook-<agent.id>. */
+  client_id: z.string().min(1).optional(),
+  username: z.string().optional(),
+  password: z.string().optional(),
+  protocol_version: z.union([z.literal(4), z.literal(5)]).default(4),
+  keepalive: duration().default(30_000),
+  /** false keeps a persistent session so QoS 1 readings sent while edgehook is down are not lost. */
+  clean: z.boolean().default(false),
+  reconnect_period: duration().default(1_000),
+  reconnect_max: duration().default(30_000),
+  tls: tls.optional(),
+  /** Retained `online`/`offline` (last will) status. Default: edgehook/<agent.id>/status. */
+  status_topic: z.string().min(1).optional(),
+  embedded: embeddedBroker.optional(),
+  subscriptions: z.array(subscription).default([]),
+  /** Payloads larger than this are counted and skipped. */
+  max_payload: size().default(65_536),
+});
+export type MqttConfig = z.output<typeof mqtt>;
+
+// ---------------------------------------------------------------- serial
+
+const serialPort = z.strictObject({
+  /** Name used in readings (`source: serial:<name>`), logs and metrics. */
+  name: name("serial name"),
+  /** Prefer /dev/serial/by-id/... : it survives replugging into another USB port. */
+  path: z.string().min(1),
+  baud_rate: z.number().int().positive().default(9600),
+  data_bits: z.union([z.literal(5), z.literal(6), z.literal(7), z.literal(8)]).default(8),
+  parity: z.enum(["none", "even", "odd", "mark", "space"]).default("none"),
+  stop_bits: z.union([z.literal(1), z.literal(1.5), z.literal(2)]).default(1),
+  delimiter: z.string().min(1).default("\n"),
+  encoding: z.enum(["utf8", "latin1", "ascii"]).default("utf8"),
+  max_line_length: z.number().int().positive().default(4096),
+  format: z.enum(["json", "csv", "kv", "regex", "number"]).default("kv"),
+  /** csv: column names in order. */
+  columns: z.array(z.string().min(1)).optional(),
+  /** regex: a pattern with named groups (value, and optionally sensor, metric, ts). */
+  pattern: z.string().optional(),
+  /** Sensor name; a field name in braces (`{id}`) takes it from the line. Default: the port name. */
+  sensor: z.string().min(1).optional(),
+  /** Metric name for single-value formats; a field in braces takes it from the line. */
+  metric: z.string().min(1).optional(),
+  /** Field holding the value (json dot path, csv column, kv key, regex group). */
+  value: z.string().min(1).optional(),
+  /** Fields to read as metrics; default every numeric field. */
+  values: z.record(z.string(), z.string()).optional(),
+  timestamp: z.string().min(1).optional(),
+  states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
+  poll: z
+    .strictObject({
+      /** Written to the port every `every`, e.g. "READ\n". */
+      command: z.string().min(1),
+      every: duration(),
+    })
+    .optional(),
+  reopen_max: duration().default(30_000),
+  labels: labels.default({}),
+});
+export type SerialPortConfig = z.output<typeof serialPort>;
+
+// ---------------------------------------------------------------- destinations
+
+const destination = z.strictObject({
+  url: z.url({ protocol: /^https?$/, error: "must be an http:// or https:// URL" }),
+  /** Standard Webhooks secret(s) `whsec_...`; a list signs with each while rotating keys. */
+  secret: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+  /** Also send `x-hub-signature-256` (GitHub style) with this secret. */
+  hub_secret: z.string().min(1).optional(),
+  /** `standard` adds webhook-signature; `none` for receivers that reject unknown headers. */
+  signature: z.enum(["standard", "none"]).default("standard"),
+  headers: z.record(z.string(), z.string()).default({}),
+  connect_timeout: duration().default(10_000),
+  response_timeout: duration().default(15_000),
+  concurrency: z.number().int().min(1).max(64).default(4),
+  rate_limit: rate().optional(),
+  max_attempts: z.number().int().min(1).default(8),
+  /** Delay before each retry after a 5xx/408/429; the last entry repeats. ±20 % jitter. */
+  retry_schedule: z.array(duration()).min(1).default([5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000]),
+  /** Pending deliveries older than this are dropped (default: outbox.max_age). */
+  max_age: duration().optional(),
+  tls: tls.optional(),
+  /** Minimum severity sent to this destination. */
+  min_severity: severity.optional(),
+  /** Only events whose labels include these. */
+  match_labels: labels.optional(),
+});
+export type DestinationConfig = z.output<typeof destination>;
+
+// ---------------------------------------------------------------- rules
+
+const window = z.strictObject({
+  fn: z.enum(["avg", "min", "max", "count"]),
+  over: duration(),
+});
+
+const rule = z.strictObject({
+  name: name("rule name"),
+  /** Which series this rule watches. Globs: `*` any run of characters, `?` one character. */
+  match: z
+    .strictObject({
+      sensor: z.string().default("*"),
+      metric: z.string().default("*"),
+      labels: labels.optional(),
+    })
+    .default({ sensor: "*", metric: "*" }),
+  above: z.number().optional(),
+  below: z.number().optional(),
+  between: z.tuple([z.number(), z.number()]).optional(),
+  outside: z.tuple([z.number(), z.number()]).optional(),
+  equals: z.union([z.string(), z.number(), z.boolean()]).optional(),
+  clear_below: z.number().optional(),
+  clear_above: z.number().optional(),
+  for: duration().optional(),
+  clear_for: duration().optional(),
+  /** Change per second over `rate_window`. */
+  rate_above: z.number().optional(),
+  rate_below: z.number().optional(),
+  rate_per: z.enum(["s", "m", "h"]).default("s"),
+  rate_window: duration().default(60_000),
+  /** Compare an aggregate over a window instead of the raw value. */
+  aggregate: window.optional(),
+  absent_for: duration().optional(),
+  repeat_every: duration().optional(),
+  cooldown: duration().optional(),
+  /** Send every matching reading as telemetry (`reading` events) instead of alerting. */
+  forward: z.union([z.boolean(), z.strictObject({ batch_every: duration() })]).optional(),
+  severity: severity.default("warning"),
+  /** Higher goes first after an outage. Default from severity: critical 20, warning 10, info 0. */
+  priority: z.number().int().optional(),
+  labels: labels.default({}),
+  /** Extra fields merged into the webhook body's `data`. */
+  extra: z.record(z.string(), z.unknown()).default({}),
+  notify: z.array(z.string()).min(1, "must name at least one destination"),
+});
+export type RuleConfig = z.output<typeof rule>;
+
+// ---------------------------------------------------------------- http, outbox
+
+const http = z.strictObject({
+  /** `127.0.0.1:9780`; `false` turns the health and metrics server off. */
+  listen: z.union([z.string(), z.literal(false)]).default("127.0.0.1:9780"),
+});
+
+const outbox = z.strictObject({
+  max_events: z.number().int().positive().default(1_000_000),
+  max_bytes: size().default(512 * 1024 * 1024),
+  max_age: duration().default(7 * 86_400_000),
+  /** Refuse new events while free disk is under this floor. */
+  min_free_disk: size().default(64 * 1024 * 1024),
+  /** Delivered rows are kept this long for `queue list`/`show`, then pruned. */
+  keep_delivered: duration().default(86_400_000),
+  /** Longest wait to gather rows into one transaction. */
+  commit_delay: duration().default(2),
+});
+
+export const configSchema = z.strictObject({
+  version: z.literal(1, { error: "must be 1" }),
+  agent,
+  mqtt: mqtt.optional(),
+  serial: z.array(serialPort).default([]),
+  destinations: z.record(name("destination name"), destination).default({}),
+  rules: z.array(rule).default([]),
+  http: http.default({ listen: "127.0.0.1:9780" }),
+  outbox: outbox.default({
+    max_events: 1_000_000,
+    max_bytes: 512 * 1024 * 1024,
+    max_age: 7 * 86_400_000,
+    min_free_disk: 64 * 1024 * 1024,
+    keep_delivered: 86_400_000,
+    commit_delay: 2,
+  }),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type AgentConfig = Config["agent"];
+export type OutboxConfig = Config["outbox"];
+export type HttpConfig = Config["http"];

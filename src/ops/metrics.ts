@@ -1,0 +1,81 @@
+/**
+ * Every Prometheus metric edgehook exports, in one place so names stay stable and
+ * documented (README "Metrics"). Components receive this object and update it.
+ */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly readings = new Counter({
+    name: "edgehook_readings_total",
+    help: "Readings decoded, per source",
+    labelNames: ["source"] as const,
+    registers: [this.registry],
+  });
+  readonly decodeErrors = new Counter({
+    name: "edgehook_decode_errors_total",
+    help: "Input that could not be decoded and was skipped, per source and reason",
+    labelNames: ["source", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly ruleEvents = new Counter({
+    name: "edgehook_rule_events_total",
+    help: "Events emitted by rules, per rule and type",
+    labelNames: ["rule", "type"] as const,
+    registers: [this.registry],
+  });
+  readonly outboxDepth = new Gauge({
+    name: "edgehook_outbox_deliveries",
+    help: "Deliveries in the outbox per destination and state",
+    labelNames: ["destination", "state"] as const,
+    registers: [this.registry],
+  });
+  readonly oldestPendingSeconds = new Gauge({
+    name: "edgehook_outbox_oldest_pending_seconds",
+    help: "Age of the oldest pending delivery per destination",
+    labelNames: ["destination"] as const,
+    registers: [this.registry],
+  });
+  readonly outboxBytes = new Gauge({
+    name: "edgehook_outbox_bytes",
+    help: "Size of the outbox database files on disk",
+    registers: [this.registry],
+  });
+  readonly drops = new Counter({
+    name: "edgehook_outbox_dropped_total",
+    help: "Deliveries or events dropped by the outbox, per reason",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly deliveries = new Counter({
+    name: "edgehook_deliveries_total",
+    help: "Delivery attempts per destination and outcome class (2xx, 4xx, 5xx, offline)",
+    labelNames: ["destination", "class"] as const,
+    registers: [this.registry],
+  });
+  readonly deliveryLatency = new Histogram({
+    name: "edgehook_delivery_duration_seconds",
+    help: "Time from request start to response, per destination",
+    labelNames: ["destination"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15],
+    registers: [this.registry],
+  });
+  readonly destinationUp = new Gauge({
+    name: "edgehook_destination_state",
+    help: "1 for the destination's current state (up, down, disabled)",
+    labelNames: ["destination", "state"] as const,
+    registers: [this.registry],
+  });
+  readonly mqttConnected = new Gauge({
+    name: "edgehook_mqtt_connected",
+    help: "1 while connected to the MQTT broker",
+    registers: [this.registry],
+  });
+  readonly serialOpen = new Gauge({
+    name: "edgehook_serial_port_open",
+    help: "1 while the serial port is open",
+    labelNames: ["port"] as const,
+    registers: [this.registry],
+  });
+}

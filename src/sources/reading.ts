@@ -1,0 +1,41 @@
+/**
+ * The one shape every source produces. Nothing after the sources knows where a
+ * reading came from except through `source` and `labels`.
+ */
+export type ReadingValue = number | string | boolean;
+
+export interface Reading {
+  sensor: string;
+  metric: string;
+  value: ReadingValue;
+  /** Time of the measurement, epoch milliseconds (from the payload, or arrival time). */
+  ts: number;
+  /** Name of the source, e.g. "mqtt" or "serial:arduino". */
+  source: string;
+  labels: Readonly<Record<string, string>>;
+}
+
+/**
+ * Where sources hand readings. The promise resolves once everything the readings
+ * caused (events, rule state) is committed to the outbox; only then may an MQTT
+ * QoS 1/2 message be acknowledged (design invariant 1).
+ */
+export type ReadingSink = (readings: Reading[]) => Promise<void>;
+
+export type SourceStatus = "starting" | "up" | "down" | "stopped";
+
+export interface SourceState {
+  name: string;
+  kind: "mqtt" | "serial";
+  status: SourceStatus;
+  since: number;
+  detail?: string;
+}
+
+export interface Source {
+  readonly name: string;
+  start(): Promise<void>;
+  /** Stop taking input; resolves when no more readings will reach the sink. */
+  stop(): Promise<void>;
+  state(): SourceState;
+}

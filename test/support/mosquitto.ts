@@ -1,0 +1,78 @@
+/**
+ * A real mosquitto on a free loopback port, which a test can stop and restart on
+ * the same port (persistent sessions survive a restart through its own persistence file).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "./ports.js";
+
+export class Mosquitto {
+  port = 0;
+  #proc: ChildProcess | undefined;
+  #dir = mkdtempSync(join(tmpdir(), "edgehook-mosq-"));
+
+  get url(): string {
+    return `mqtt://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<void> {
+    if (!this.port) this.port = await freePort();
+    const conf = join(this.#dir, "mosquitto.conf");
+    writeFileSync(
+      conf,
+      [
+        `listener ${this.port} 127.0.0.1`,
+        "allow_anonymous true",
+        "persistence true",
+        `persistence_location ${this.#dir}/`,
+        "max_queued_messages 1000000",
+        "max_inflight_messages 0",
+        "",
+      ].join("\n"),
+    );
+    const proc = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+    this.#proc = proc;
+    let stderr = "";
+    proc.stderr?.on("data", (d) => {
+      stderr += String(d);
+    });
+    await waitForPort(this.port, () => (proc.exitCode !== null ? `mosquitto exited: ${stderr}` : undefined));
+  }
+
+  /** SIGTERM, so mosquitto writes its persistence file (queued QoS 1 messages survive). */
+  async stop(): Promise<void> {
+    const proc = this.#proc;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGTERM");
+    await exited;
+    this.#proc = undefined;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+}
+
+export async function waitForPort(port: number, failed: () => string | undefined, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const why = failed();
+    if (why) throw new Error(why);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, "127.0.0.1");
+      s.once("connect", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`port ${port} did not open within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

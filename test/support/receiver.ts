@@ -1,0 +1,142 @@
+/**
+ * A real HTTP receiver on 127.0.0.1:0 that verifies each webhook with the
+ * `standardwebhooks` package (not with edgehook's own code) and records it.
+ * `mode` decides the answer: accept, fail with a status, hang, or reset.
+ */
+import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Webhook } from "standardwebhooks";
+
+export interface Received {
+  id: string;
+  timestamp: number;
+  headers: IncomingHttpHeaders;
+  body: string;
+  json: unknown;
+  verified: boolean;
+  receivedAt: number;
+}
+
+export type Answer =
+  | { kind: "accept"; status?: number }
+  | { kind: "status"; status: number; headers?: Record<string, string> }
+  | { kind: "hang" }
+  | { kind: "reset" };
+
+export class Receiver {
+  readonly received: Received[] = [];
+  /** Every request, including rejected ones. */
+  requests = 0;
+  answer: (r: Received) => Answer = () => ({ kind: "accept" });
+  #server: Server | undefined;
+  #port = 0;
+  #waiters: { pred: () => boolean; resolve: () => void }[] = [];
+  readonly #wh: Webhook | undefined;
+
+  constructor(secret?: string) {
+    this.#wh = secret ? new Webhook(secret) : undefined;
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+  get url(): string {
+    return `http://127.0.0.1:${this.#port}/hooks`;
+  }
+
+  /** Accepted (2xx-answered) webhooks. */
+  get accepted(): Received[] {
+    return this.received.filter((r) => (r as Received & { accepted?: boolean }).accepted);
+  }
+
+  async start(port = this.#port): Promise<void> {
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        this.requests++;
+        const body = Buffer.concat(chunks).toString("utf8");
+        let verified = false;
+        if (this.#wh) {
+          try {
+            this.#wh.verify(body, req.headers as Record<string, string>);
+            verified = true;
+          } catch {
+            verified = false;
+          }
+        }
+        let json: unknown;
+        try {
+          json = JSON.parse(body);
+        } catch {
+          json = undefined;
+        }
+        const rec: Received & { accepted?: boolean } = {
+          id: String(req.headers["webhook-id"] ?? ""),
+          timestamp: Number(req.headers["webhook-timestamp"] ?? 0),
+          headers: req.headers,
+          body,
+          json,
+          verified,
+          receivedAt: Date.now(),
+        };
+        const a = this.answer(rec);
+        if (a.kind === "hang") return; // never answers; the client must time out
+        if (a.kind === "reset") {
+          req.socket.destroy();
+        } else if (a.kind === "status") {
+          res.writeHead(a.status, a.headers ?? {});
+          res.end("no");
+        } else {
+          rec.accepted = true;
+          res.writeHead(a.status ?? 200);
+          res.end("ok");
+        }
+        this.received.push(rec);
+        this.#check();
+      });
+    });
+    this.#server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", () => resolve());
+    });
+    this.#port = (server.address() as AddressInfo).port;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.#server;
+    if (!server) return;
+    this.#server = undefined;
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+
+  /** Resolves when `pred` holds; rejects after `timeoutMs` with `what` in the message. */
+  waitFor(pred: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+    if (pred()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        reject(new Error(`timed out waiting for ${what}; received ${this.received.length}`));
+      }, timeoutMs);
+      const waiter = {
+        pred,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      };
+      this.#waiters.push(waiter);
+    });
+  }
+
+  #check(): void {
+    for (const w of [...this.#waiters]) {
+      if (w.pred()) {
+        this.#waiters = this.#waiters.filter((x) => x !== w);
+        w.resolve();
+      }
+    }
+  }
+}
