@@ -309,7 +309,10 @@ export class Dispatcher {
     this.#schedulePumps();
   }
 
-  /** Resolves once no request is in flight and every outcome is written (tests, benchmarks). */
+  /**
+   * Resolves once no request is in flight, every outcome is written and no pass is queued:
+   * the dispatcher is waiting for time to pass or for new work (tests, benchmarks).
+   */
   whenIdle(): Promise<void> {
     if (this.#isIdle()) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
@@ -421,6 +424,7 @@ export class Dispatcher {
       const lanes = [...this.#toPump];
       this.#toPump.clear();
       for (const lane of lanes) this.#pump(lane);
+      this.#resolveIdle();
     });
   }
 
@@ -750,7 +754,7 @@ export class Dispatcher {
   }
 
   #isIdle(): boolean {
-    if (this.#pending.length > 0) return false;
+    if (this.#pending.length > 0 || this.#pumpImmediate !== undefined) return false;
     for (const lane of this.#lanes.values()) if (lane.flights.size > 0) return false;
     return true;
   }
