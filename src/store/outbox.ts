@@ -348,7 +348,7 @@ export class Outbox implements OutboxReader {
             this.#timer = undefined;
             this.flush();
           }, this.#limits.commit_delay);
-          this.#timer.unref?.();
+          // Not unref'd: queued batches are work the process must finish before it may exit.
         } else {
           this.#immediate = setImmediate(() => {
             this.#immediate = undefined;
