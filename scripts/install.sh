@@ -233,8 +233,22 @@ install_config() {
   if [ -e "$conf" ]; then
     say "kept the existing /etc/edgehook/agent.yaml"
   else
-    # The example keeps its data in the state directory systemd gives the service.
-    sed -E 's#^([[:space:]]*)data_dir:.*$#\1data_dir: /var/lib/edgehook#' "$SOURCE/config/agent.example.yaml" >"$conf.tmp"
+    # Data goes to the state directory systemd gives the service (/etc is read-only to it):
+    # set agent.data_dir, or add it as the first key under `agent:` when the example has none.
+    local example="$SOURCE/config/agent.example.yaml"
+    if grep -Eq '^[[:space:]]+data_dir:' "$example"; then
+      sed -E 's#^([[:space:]]+)data_dir:.*$#\1data_dir: /var/lib/edgehook#' "$example" >"$conf.tmp"
+    else
+      awk '
+        !done && pending && /^[[:space:]]+[^[:space:]#]/ {
+          match($0, /^[[:space:]]+/); print substr($0, 1, RLENGTH) "data_dir: /var/lib/edgehook"; done = 1
+        }
+        { print }
+        !done && /^agent:[[:space:]]*(#.*)?$/ { pending = 1 }
+      ' "$example" >"$conf.tmp"
+    fi
+    grep -Eq '^[[:space:]]+data_dir: /var/lib/edgehook$' "$conf.tmp" ||
+      die "could not set agent.data_dir in the example configuration; set it to /var/lib/edgehook by hand"
     chmod 0640 "$conf.tmp"
     if [ "$real_root" = 1 ]; then chgrp "$USER_NAME" "$conf.tmp"; fi
     mv "$conf.tmp" "$conf"
