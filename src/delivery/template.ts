@@ -45,6 +45,8 @@ export interface CompileOptions {
   contentType?: string | undefined;
   /** More `data` fields placeholders may name, e.g. the `extra` keys of the rules that notify here. */
   extraDataFields?: Iterable<string>;
+  /** Accept any `data.*` path (rendering a template the config loader already checked). */
+  anyDataField?: boolean;
 }
 
 export interface CompiledTemplate {
@@ -277,11 +279,11 @@ function parseFilter(src: string): Filter | string {
   return { name, args };
 }
 
-function checkPath(path: string[], known: ReadonlySet<string>): boolean {
+function checkPath(path: string[], known: ReadonlySet<string> | "any"): boolean {
   const [root, field, ...rest] = path;
   if (root === "type" || root === "timestamp") return path.length === 1;
   if (root !== "data") return false;
-  if (field === undefined) return true;
+  if (field === undefined || known === "any") return true;
   if (field === "labels") return rest.length <= 1;
   if (KNOWN_DATA_FIELDS.has(field)) return rest.length === 0;
   // Rule `extra` values may be objects; their inner shape is the author's business.
@@ -291,7 +293,7 @@ function checkPath(path: string[], known: ReadonlySet<string>): boolean {
 function compileString(
   s: string,
   path: ConfigPath,
-  known: ReadonlySet<string>,
+  known: ReadonlySet<string> | "any",
   problems: TemplateProblem[],
 ): StringPart | undefined {
   const parts: (string | Expr)[] = [];
@@ -310,7 +312,7 @@ function compileString(
     if (!checkPath(e.path, known)) {
       problems.push({
         path,
-        message: `unknown placeholder ${m[0]} (fields: type, timestamp, data.${[...KNOWN_DATA_FIELDS].join(", data.")}, data.labels.<name>${known.size ? `, data.${[...known].join(", data.")}` : ""})`,
+        message: `unknown placeholder ${m[0]} (fields: type, timestamp, data.${[...KNOWN_DATA_FIELDS].join(", data.")}, data.labels.<name>${known !== "any" && known.size ? `, data.${[...known].join(", data.")}` : ""})`,
       });
       bad = true;
       continue;
@@ -330,7 +332,7 @@ function compileString(
 function compileNode(
   node: unknown,
   path: ConfigPath,
-  known: ReadonlySet<string>,
+  known: ReadonlySet<string> | "any",
   problems: TemplateProblem[],
 ): Compiled {
   if (typeof node === "string") {
@@ -453,7 +455,7 @@ function withCharset(contentType: string): string {
  * Problems carry config paths the loader turns into `file:line:col`.
  */
 export function compileTemplate(node: unknown, path: ConfigPath, options: CompileOptions = {}): CompileResult {
-  const known = new Set(options.extraDataFields ?? []);
+  const known = options.anyDataField ? "any" : new Set(options.extraDataFields ?? []);
   const problems: TemplateProblem[] = [];
   if (typeof node === "string") {
     const ct = options.contentType;
