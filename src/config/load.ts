@@ -11,6 +11,7 @@ import { readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
 import type { z } from "zod";
+import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-schema.js";
 import { EdgehookError } from "../errors.js";
 import { checkRule } from "../rules/validate.js";
 import { type Config, configSchema } from "./schema.js";
@@ -289,7 +290,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
   });
   for (const [name, d] of Object.entries(config.destinations)) {
     const secrets = d.secret === undefined ? [] : Array.isArray(d.secret) ? d.secret : [d.secret];
-    if (d.signature === "standard" && secrets.length === 0) {
+    if (needsHmacSecret(d) && secrets.length === 0) {
       add(["destinations", name], "needs secret (or secret_file), or signature: none");
     }
     secrets.forEach((s, i) => {
@@ -301,6 +302,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       }
     });
   }
+  checkDestinationFormats(config, add);
 }
 
 function nodeAt(root: Node, path: (string | number)[]): Node | undefined {
