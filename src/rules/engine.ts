@@ -598,7 +598,13 @@ export class RuleEngine {
       rule: rule.name,
       sensor: s.sensor,
       metric: s.metric,
-      value: value ?? null,
+      // Aggregates and rates are computed: 6 decimals are plenty and read better than 2.666666666666667.
+      value:
+        value === undefined
+          ? null
+          : rule.kind === "alert" && typeof value === "number" && (rule.aggregate || rule.rate)
+            ? round6(value)
+            : value,
       threshold: cond.threshold,
       condition: cond.name,
       severity: cfg.severity,
@@ -662,6 +668,17 @@ export class RuleEngine {
       this.stats.late++;
       return;
     }
+    if (s.silent) {
+      // Built before the update, so last_seen is the reading before the silence.
+      s.silent = false;
+      this.#mark(s);
+      const data = this.#absentData(s);
+      data.value = r.value;
+      data.labels = mergeLabels(r.labels, s.rule.cfg.labels);
+      data.duration_s = Math.max(0, Math.round((now - s.silenceFrom) / 1000));
+      data.reason = "reading received";
+      this.#emit("sensor.returned", s.rule.cfg, s.rule.priority, s.key, r.ts, now, data, s.rule.cfg.extra);
+    }
     s.lastTs = r.ts;
     s.lastSeenAt = now;
     s.raw = r.value;
@@ -669,15 +686,6 @@ export class RuleEngine {
     if (!s.seen) {
       s.seen = true;
       this.#mark(s);
-    }
-    if (s.silent) {
-      s.silent = false;
-      this.#mark(s);
-      const data = this.#absentData(s);
-      data.value = r.value;
-      data.duration_s = Math.max(0, Math.round((now - s.silenceFrom) / 1000));
-      data.reason = "reading received";
-      this.#emit("sensor.returned", s.rule.cfg, s.rule.priority, s.key, r.ts, now, data, s.rule.cfg.extra);
     }
     this.#queue.schedule(s, now + (s.rule.absentMs as number));
   }
@@ -1077,6 +1085,10 @@ function mergeLabels(
   rule: Readonly<Record<string, string>>,
 ): Record<string, string> {
   return { ...reading, ...rule };
+}
+
+function round6(v: number): number {
+  return Math.round(v * 1e6) / 1e6;
 }
 
 function num(v: unknown, fallback: number): number {
