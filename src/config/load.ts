@@ -11,7 +11,9 @@ import { readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
 import type { z } from "zod";
+import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-schema.js";
 import { EdgehookError } from "../errors.js";
+import { checkRule } from "../rules/validate.js";
 import { type Config, configSchema } from "./schema.js";
 
 export interface ConfigProblem {
@@ -259,32 +261,8 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
         );
       }
     });
-    const conditions = [
-      r.above,
-      r.below,
-      r.between,
-      r.outside,
-      r.equals,
-      r.rate_above,
-      r.rate_below,
-      r.absent_for,
-      r.forward,
-    ].filter((c) => c !== undefined);
-    if (conditions.length === 0) {
-      add(
-        ["rules", i],
-        "needs a condition: above, below, between, outside, equals, rate_above, rate_below, absent_for or forward",
-      );
-    }
-    if (r.above !== undefined && r.clear_below !== undefined && r.clear_below > r.above) {
-      add(["rules", i, "clear_below"], `must not be above the threshold ${r.above}`);
-    }
-    if (r.below !== undefined && r.clear_above !== undefined && r.clear_above < r.below) {
-      add(["rules", i, "clear_above"], `must not be below the threshold ${r.below}`);
-    }
-    for (const k of ["between", "outside"] as const) {
-      const range = r[k];
-      if (range && range[0] > range[1]) add(["rules", i, k], "must be [low, high]");
+    for (const p of checkRule(r, (key) => nodeAt(root, ["rules", i, key]) !== undefined)) {
+      add(["rules", i, ...p.path], p.message);
     }
   });
   const serialNames = new Set<string>();
@@ -312,7 +290,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
   });
   for (const [name, d] of Object.entries(config.destinations)) {
     const secrets = d.secret === undefined ? [] : Array.isArray(d.secret) ? d.secret : [d.secret];
-    if (d.signature === "standard" && secrets.length === 0) {
+    if (needsHmacSecret(d) && secrets.length === 0) {
       add(["destinations", name], "needs secret (or secret_file), or signature: none");
     }
     secrets.forEach((s, i) => {
@@ -324,6 +302,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       }
     });
   }
+  checkDestinationFormats(config, add);
 }
 
 function nodeAt(root: Node, path: (string | number)[]): Node | undefined {

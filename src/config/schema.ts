@@ -8,6 +8,7 @@
  * every object is strict, so a typo is an error instead of a silently ignored key.
  */
 import { z } from "zod";
+import { formatKeys } from "../delivery/format-schema.js";
 import { parseDuration, parseRate, parseSize } from "./units.js";
 
 export const duration = () =>
@@ -194,6 +195,8 @@ const destination = z.strictObject({
   min_severity: severity.optional(),
   /** Only events whose labels include these. */
   match_labels: labels.optional(),
+  /** Body format, presets, auth, v1a signing, batching, gzip: src/delivery/format-schema.ts. */
+  ...formatKeys,
 });
 export type DestinationConfig = z.output<typeof destination>;
 
