@@ -254,8 +254,8 @@ function colorOf(f: Facts): number {
 
 function discord(f: Facts): unknown {
   const embed: Record<string, unknown> = {
-    title: truncate(`${status(f)}: ${subject(f)}`, 256),
-    description: truncate([detail(f), sinceText(f)].filter(Boolean).join("\n") || status(f), 4096),
+    title: truncate(discordEscape(`${status(f)}: ${subject(f)}`), 256),
+    description: truncate(discordEscape([detail(f), sinceText(f)].filter(Boolean).join("\n") || status(f)), 4096),
     color: colorOf(f),
     fields: factList(f)
       .slice(0, 25)

@@ -343,6 +343,20 @@ function compileNode(
     return { t: "arr", items: node.map((n, i) => compileNode(n, [...path, i], known, problems)) };
   if (node !== null && typeof node === "object") {
     if (node instanceof Date) return { t: "const", v: node.toISOString() };
+    const keys = Object.keys(node);
+    // `text: {{ data.sensor }}` unquoted is a YAML flow mapping whose only key is the
+    // stringified `{ data.sensor }`: catch it, or the receiver gets `{"{ data.sensor }": null}`.
+    if (
+      keys.length === 1 &&
+      /^\{.*\}$/s.test(keys[0] as string) &&
+      (node as Record<string, unknown>)[keys[0] as string] === null
+    ) {
+      problems.push({
+        path,
+        message: `quote a value that starts with {{ (YAML reads it as a mapping): write "{${keys[0]}}"`,
+      });
+      return { t: "const", v: null };
+    }
     return {
       t: "obj",
       entries: Object.entries(node).map(([k, v]) => [k, compileNode(v, [...path, k], known, problems)]),

@@ -100,6 +100,8 @@ describe("discord preset (execute webhook: content + embeds)", () => {
     const { out } = renderPreset("discord", ev);
     checkDiscordLimits(out);
     expect(out.content).toMatch(/^🔴 CRITICAL: \\_\\_x\\_\\_s/);
+    const embed = (out.embeds as Record<string, unknown>[])[0] as Record<string, unknown>;
+    expect(embed.title).toMatch(/^CRITICAL: \\_\\_x\\_\\_s+…$/);
   });
 });
 

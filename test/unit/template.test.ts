@@ -257,3 +257,18 @@ ${extra}
 it("a template without placeholders renders its constants", () => {
   expect(renderWith({ text: "hello", n: 1 }, {})).toEqual({ text: "hello", n: 1 });
 });
+
+it("an unquoted {{ placeholder }} in YAML is caught with a hint to quote it", () => {
+  const text = `version: 1
+agent: { id: a }
+destinations:
+  chat:
+    url: https://chat.example/hook
+    signature: none
+    template:
+      text: {{ data.sensor }}
+`;
+  expect(() => parseConfig(text, "agent.yaml", { env: {} })).toThrow(
+    /agent\.yaml:8:13: destinations\.chat\.template\.text: quote a value that starts with \{\{ \(YAML reads it as a mapping\): write "\{\{ data\.sensor \}\}"/,
+  );
+});
