@@ -275,11 +275,16 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       else {
         try {
           new RegExp(s.pattern);
+          if (!/\(\?<[A-Za-z_]\w*>/.test(s.pattern))
+            add(["serial", i, "pattern"], "needs named groups, e.g. (?<value>[-0-9.]+)");
         } catch (err) {
           add(["serial", i, "pattern"], `not a valid regular expression: ${(err as Error).message}`);
         }
       }
     }
+    if (s.format === "csv" && s.columns && s.value && !s.columns.includes(s.value))
+      add(["serial", i, "value"], `is not one of the columns (${s.columns.join(", ")})`);
+    if (s.values && s.format === "number") add(["serial", i, "values"], "format number carries one value; use metric");
   });
   config.mqtt?.subscriptions.forEach((s, i) => {
     if (s.format === "json" && !s.value && !s.values)
@@ -287,6 +292,24 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
     if (!s.metric && !s.values) add(["mqtt", "subscriptions", i], "needs metric (or values for several metrics)");
     if (s.format === "text" && !s.states)
       add(["mqtt", "subscriptions", i], "format text needs states, e.g. { ON: 1, OFF: 0 }");
+    if (s.values && (s.format === "number" || s.format === "text"))
+      add(["mqtt", "subscriptions", i, "values"], `format ${s.format} carries one value; use metric`);
+    // `{N}` is the Nth wildcard of the topic filter; more than it has can never be filled.
+    const wildcards = s.topic.split("/").filter((seg) => seg === "+" || seg === "#").length;
+    for (const key of ["sensor", "metric"] as const) {
+      const template = s[key];
+      for (const m of template?.matchAll(/\{(\d+)\}/g) ?? []) {
+        const n = Number(m[1]);
+        if (n < 1 || n > wildcards) {
+          add(
+            ["mqtt", "subscriptions", i, key],
+            wildcards === 0
+              ? `{${n}} needs a + or # wildcard in the topic; name it, e.g. {topic.2} or a fixed name`
+              : `{${n}} but the topic has ${wildcards} wildcard${wildcards === 1 ? "" : "s"}`,
+          );
+        }
+      }
+    }
   });
   for (const [name, d] of Object.entries(config.destinations)) {
     const secrets = d.secret === undefined ? [] : Array.isArray(d.secret) ? d.secret : [d.secret];

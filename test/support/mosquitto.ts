@@ -3,7 +3,7 @@
  * the same port (persistent sessions survive a restart through its own persistence file).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,6 +21,9 @@ export class Mosquitto {
   async start(): Promise<void> {
     if (!this.port) this.port = await freePort();
     const conf = join(this.#dir, "mosquitto.conf");
+    // Started as root, mosquitto drops to the `mosquitto` user, which must be able to
+    // write its persistence file here; otherwise nothing survives a restart.
+    chmodSync(this.#dir, 0o777);
     writeFileSync(
       conf,
       [

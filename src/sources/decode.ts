@@ -1,0 +1,595 @@
+/**
+ * Turns MQTT payloads and serial lines into Readings. Pure: no IO, no clock (the
+ * arrival time is passed in), so every format is tested with raw bytes.
+ *
+ * A decoder returns readings or a typed reason; the source counts the reason in
+ * `edgehook_decode_errors_total{source,reason}` and skips the input (invariant 7).
+ */
+import type { SerialPortConfig, SubscriptionConfig } from "../config/schema.js";
+import type { Reading, ReadingValue } from "./reading.js";
+
+export type DecodeErrorReason =
+  | "not_json"
+  | "no_value"
+  | "bad_number"
+  | "columns"
+  | "no_match"
+  | "no_field"
+  | "unknown_state"
+  | "binary"
+  | "too_long"
+  | "too_large"
+  | "encoding"
+  | "empty";
+
+export type DecodeResult = { ok: true; readings: Reading[] } | { ok: false; reason: DecodeErrorReason };
+
+const fail = (reason: DecodeErrorReason): DecodeResult => ({ ok: false, reason });
+
+type Fields = (path: string) => unknown;
+type StateMap = Readonly<Record<string, ReadingValue>>;
+
+// ---------------------------------------------------------------- shared helpers
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Bytes → text, or why not. Control characters other than tab/CR/LF mean binary noise. */
+export function bytesToText(
+  bytes: Uint8Array,
+  encoding: "utf8" | "latin1" | "ascii" = "utf8",
+): { text: string } | { reason: DecodeErrorReason } {
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    if ((b < 0x20 && b !== 0x09 && b !== 0x0a && b !== 0x0d) || b === 0x7f) return { reason: "binary" };
+    if (encoding === "ascii" && b > 0x7f) return { reason: "encoding" };
+  }
+  if (encoding === "utf8") {
+    try {
+      return { text: utf8.decode(bytes) };
+    } catch {
+      return { reason: "encoding" };
+    }
+  }
+  return { text: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1") };
+}
+
+/** `a.b.0.c` into a parsed JSON value. */
+export function getPath(obj: unknown, path: string): unknown {
+  let cur: unknown = obj;
+  for (const part of path.split(".")) {
+    if (cur === null || typeof cur !== "object") return undefined;
+    if (Array.isArray(cur)) {
+      const i = Number(part);
+      if (!Number.isInteger(i)) return undefined;
+      cur = cur[i];
+    } else {
+      if (!Object.hasOwn(cur, part)) return undefined;
+      cur = (cur as Record<string, unknown>)[part];
+    }
+  }
+  return cur;
+}
+
+const NUMBER_RE = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+
+/** A number from a number or a numeric string; undefined otherwise. */
+export function toNumber(v: unknown): number | undefined {
+  if (typeof v === "number") return Number.isFinite(v) ? v : undefined;
+  if (typeof v === "string") {
+    const s = v.trim();
+    if (!NUMBER_RE.test(s)) return undefined;
+    const n = Number(s);
+    return Number.isFinite(n) ? n : undefined;
+  }
+  return undefined;
+}
+
+function lowerStates(states: SubscriptionConfig["states"]): StateMap | undefined {
+  if (!states) return undefined;
+  const out: Record<string, ReadingValue> = {};
+  for (const [k, v] of Object.entries(states)) out[k.toLowerCase()] = v;
+  return out;
+}
+
+/**
+ * A raw field value → a reading value: numbers stay numbers, booleans stay booleans,
+ * numeric strings become numbers, other strings go through `states` (case-insensitive).
+ */
+function toValue(v: unknown, states: StateMap | undefined): { value: ReadingValue } | { reason: DecodeErrorReason } {
+  if (v === undefined || v === null) return { reason: "no_value" };
+  if (states) {
+    const key = String(v).trim().toLowerCase();
+    if (Object.hasOwn(states, key)) return { value: states[key]! };
+  }
+  if (typeof v === "boolean") return { value: v };
+  const n = toNumber(v);
+  if (n !== undefined) return { value: n };
+  return { reason: typeof v === "string" && states ? "unknown_state" : "bad_number" };
+}
+
+/** Epoch seconds, epoch milliseconds or ISO 8601; undefined when none of those. */
+export function parseTimestamp(v: unknown): number | undefined {
+  const n = toNumber(v);
+  if (n !== undefined) {
+    if (n <= 0) return undefined;
+    // 1e11 s is the year 5138; 1e11 ms is 1973. Anything below is seconds.
+    return n < 1e11 ? Math.round(n * 1000) : Math.round(n);
+  }
+  if (typeof v === "string" && /^\d{4}-\d{2}-\d{2}/.test(v)) {
+    const t = Date.parse(v);
+    return Number.isNaN(t) ? undefined : t;
+  }
+  return undefined;
+}
+
+/** Parses `t=21.5 h=40`, `t:21.5,h:40` or `t=21.5;h=40` into ordered pairs. */
+export function parseKv(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const part of text.split(/[\s,;&]+/)) {
+    if (!part) continue;
+    const m = /^([^=:]+)[=:](.*)$/.exec(part);
+    if (m) out.set(m[1]!, m[2]!);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- templates
+
+type TemplatePart = { lit: string } | { wildcard: number } | { topic: number } | { field: string };
+
+function parseTemplate(t: string): TemplatePart[] {
+  const parts: TemplatePart[] = [];
+  const re = /\{([^{}]+)\}/g;
+  let last = 0;
+  for (let m = re.exec(t); m; m = re.exec(t)) {
+    if (m.index > last) parts.push({ lit: t.slice(last, m.index) });
+    const name = m[1]!;
+    if (/^\d+$/.test(name)) parts.push({ wildcard: Number(name) });
+    else if (/^topic\.\d+$/.test(name)) parts.push({ topic: Number(name.slice(6)) });
+    else parts.push({ field: name });
+    last = m.index + m[0].length;
+  }
+  if (last < t.length) parts.push({ lit: t.slice(last) });
+  return parts;
+}
+
+function templateFields(parts: TemplatePart[]): string[] {
+  return parts.flatMap((p) => ("field" in p ? [p.field] : []));
+}
+
+/** Fills a template; undefined when a placeholder has nothing to give. */
+function render(
+  parts: TemplatePart[],
+  wildcards: readonly string[],
+  topicParts: readonly string[],
+  fields: Fields,
+): string | undefined {
+  if (parts.length === 1 && "lit" in parts[0]!) return parts[0].lit;
+  let s = "";
+  for (const p of parts) {
+    if ("lit" in p) s += p.lit;
+    else if ("wildcard" in p) {
+      const w = wildcards[p.wildcard - 1];
+      if (w === undefined || w === "") return undefined;
+      s += w;
+    } else if ("topic" in p) {
+      const w = topicParts[p.topic - 1];
+      if (w === undefined || w === "") return undefined;
+      s += w;
+    } else {
+      const v = fields(p.field);
+      if (v === undefined || v === null || typeof v === "object" || v === "") return undefined;
+      s += String(v);
+    }
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- topic filters
+
+/**
+ * Matches an MQTT topic against a filter; returns the segments the wildcards took
+ * (`+` one segment each, `#` the rest joined by `/`), or undefined for no match.
+ */
+export function matchTopic(filter: string, topic: string): string[] | undefined {
+  const f = filter.split("/");
+  const t = topic.split("/");
+  const caught: string[] = [];
+  // MQTT 3.1.1 §4.7.2: wildcards at the first level do not match `$` topics.
+  if (topic.startsWith("$") && (f[0] === "+" || f[0] === "#")) return undefined;
+  for (let i = 0; i < f.length; i++) {
+    const seg = f[i]!;
+    if (seg === "#") {
+      caught.push(t.slice(i).join("/"));
+      return caught;
+    }
+    const ts = t[i];
+    if (ts === undefined) return undefined;
+    if (seg === "+") caught.push(ts);
+    else if (seg !== ts) return undefined;
+  }
+  return f.length === t.length ? caught : undefined;
+}
+
+// ---------------------------------------------------------------- extraction shared by MQTT and serial
+
+interface Extractor {
+  sensor: TemplatePart[];
+  metric: TemplatePart[] | undefined;
+  value: string | undefined;
+  values: [string, string][] | undefined;
+  timestamp: string | undefined;
+  states: StateMap | undefined;
+  labels: Readonly<Record<string, string>>;
+  source: string;
+  /** Fields never read as metrics when every numeric field is taken. */
+  reserved: Set<string>;
+}
+
+function extractor(
+  cfg: {
+    sensor: string;
+    metric?: string | undefined;
+    value?: string | undefined;
+    values?: Record<string, string> | undefined;
+    timestamp?: string | undefined;
+    states?: SubscriptionConfig["states"];
+    labels: Record<string, string>;
+  },
+  source: string,
+): Extractor {
+  const sensor = parseTemplate(cfg.sensor);
+  const metric = cfg.metric ? parseTemplate(cfg.metric) : undefined;
+  const reserved = new Set([...templateFields(sensor), ...(metric ? templateFields(metric) : [])]);
+  if (cfg.timestamp) reserved.add(cfg.timestamp);
+  return {
+    sensor,
+    metric,
+    value: cfg.value,
+    values: cfg.values ? Object.entries(cfg.values) : undefined,
+    timestamp: cfg.timestamp,
+    states: lowerStates(cfg.states),
+    labels: Object.freeze({ ...cfg.labels }),
+    source,
+    reserved,
+  };
+}
+
+/**
+ * Readings from named fields. `single` is the value when the input itself is the
+ * value (number/text payloads). `allNumeric` lists field names to take every numeric
+ * one when neither `value` nor `values` is configured (kv, csv, flat json).
+ */
+function extract(
+  ex: Extractor,
+  fields: Fields,
+  wildcards: readonly string[],
+  topicParts: readonly string[],
+  arrival: number,
+  single: { raw: unknown } | undefined,
+  allNumeric: () => Iterable<string>,
+): DecodeResult {
+  const sensor = render(ex.sensor, wildcards, topicParts, fields);
+  if (sensor === undefined) return fail("no_field");
+  let ts = arrival;
+  if (ex.timestamp) ts = parseTimestamp(fields(ex.timestamp)) ?? arrival;
+  const make = (metric: string, value: ReadingValue): Reading => ({
+    sensor,
+    metric,
+    value,
+    ts,
+    source: ex.source,
+    labels: ex.labels,
+  });
+
+  if (single) {
+    const metric = ex.metric ? render(ex.metric, wildcards, topicParts, fields) : "value";
+    if (metric === undefined) return fail("no_field");
+    const v = toValue(single.raw, ex.states);
+    return "reason" in v ? fail(v.reason) : { ok: true, readings: [make(metric, v.value)] };
+  }
+  if (ex.values) {
+    const readings: Reading[] = [];
+    let firstError: DecodeErrorReason | undefined;
+    for (const [metric, path] of ex.values) {
+      const raw = fields(path);
+      if (raw === undefined) continue;
+      const v = toValue(raw, ex.states);
+      if ("reason" in v) firstError ??= v.reason;
+      else readings.push(make(metric, v.value));
+    }
+    if (readings.length > 0) return { ok: true, readings };
+    return fail(firstError ?? "no_value");
+  }
+  if (ex.value) {
+    const metric = ex.metric ? render(ex.metric, wildcards, topicParts, fields) : ex.value;
+    if (metric === undefined) return fail("no_field");
+    const v = toValue(fields(ex.value), ex.states);
+    return "reason" in v ? fail(v.reason) : { ok: true, readings: [make(metric, v.value)] };
+  }
+  const readings: Reading[] = [];
+  for (const name of allNumeric()) {
+    if (ex.reserved.has(name)) continue;
+    const raw = fields(name);
+    // Taking "every numeric field": text fields are labels or ids, not errors.
+    if (typeof raw === "object") continue;
+    const v = toValue(raw, ex.states);
+    if ("value" in v) readings.push(make(name, v.value));
+  }
+  return readings.length > 0 ? { ok: true, readings } : fail("no_value");
+}
+
+function jsonFields(doc: unknown): Fields {
+  return (path) => getPath(doc, path);
+}
+
+function parseJson(text: string): unknown | typeof NOT_JSON {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return NOT_JSON;
+  }
+}
+const NOT_JSON = Symbol("not_json");
+
+function topLevelKeys(doc: unknown): string[] {
+  return doc !== null && typeof doc === "object" && !Array.isArray(doc) ? Object.keys(doc) : [];
+}
+
+// ---------------------------------------------------------------- MQTT
+
+export interface MqttDecoder {
+  readonly filter: string;
+  readonly qos: 0 | 1 | 2;
+  /** Readings from one message, or why not; undefined when the topic is not this subscription's. */
+  decode(topic: string, payload: Uint8Array, arrival: number): DecodeResult | undefined;
+}
+
+export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecoder {
+  const ex = extractor(sub, source);
+  const format = sub.format;
+  return {
+    filter: sub.topic,
+    qos: sub.qos,
+    decode(topic, payload, arrival) {
+      const wildcards = matchTopic(sub.topic, topic);
+      if (!wildcards) return undefined;
+      const topicParts = topic.split("/");
+      const decoded = bytesToText(payload);
+      if ("reason" in decoded) return fail(decoded.reason);
+      const text = decoded.text;
+      switch (format) {
+        case "json": {
+          const doc = parseJson(text);
+          if (doc === NOT_JSON) return fail("not_json");
+          // A bare JSON number/string/bool payload with no path is its own value.
+          const bare = doc === null || typeof doc !== "object";
+          if (bare && !sub.value && !sub.values) {
+            return extract(
+              ex,
+              () => undefined,
+              wildcards,
+              topicParts,
+              arrival,
+              { raw: doc },
+              () => [],
+            );
+          }
+          return extract(ex, jsonFields(doc), wildcards, topicParts, arrival, undefined, () => topLevelKeys(doc));
+        }
+        case "number": {
+          const t = text.trim();
+          if (!t) return fail("empty");
+          if (toNumber(t) === undefined) return fail("bad_number");
+          return extract(
+            ex,
+            () => undefined,
+            wildcards,
+            topicParts,
+            arrival,
+            { raw: t },
+            () => [],
+          );
+        }
+        case "text": {
+          const t = text.trim();
+          if (!t) return fail("empty");
+          return extract(
+            ex,
+            () => undefined,
+            wildcards,
+            topicParts,
+            arrival,
+            { raw: t },
+            () => [],
+          );
+        }
+        case "kv": {
+          const kv = parseKv(text);
+          if (kv.size === 0) return fail("no_value");
+          return extract(
+            ex,
+            (k) => kv.get(k),
+            wildcards,
+            topicParts,
+            arrival,
+            undefined,
+            () => kv.keys(),
+          );
+        }
+      }
+    },
+  };
+}
+
+/** The first subscription (in config order) whose filter matches decides the message. */
+export function decodeMqtt(
+  decoders: readonly MqttDecoder[],
+  topic: string,
+  payload: Uint8Array,
+  arrival: number,
+  maxPayload: number,
+): DecodeResult | undefined {
+  for (const d of decoders) {
+    if (!matchTopic(d.filter, topic)) continue;
+    if (payload.length > maxPayload) return fail("too_large");
+    return d.decode(topic, payload, arrival);
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------- serial lines
+
+export type LineDecoder = (line: Uint8Array, arrival: number) => DecodeResult;
+
+export function serialDecoder(cfg: SerialPortConfig): LineDecoder {
+  const source = `serial:${cfg.name}`;
+  const ex = extractor({ ...cfg, sensor: cfg.sensor ?? cfg.name }, source);
+  const none: readonly string[] = [];
+  const pattern = cfg.format === "regex" && cfg.pattern ? new RegExp(cfg.pattern) : undefined;
+  const columns = cfg.columns ?? [];
+
+  return (bytes, arrival) => {
+    const decoded = bytesToText(bytes, cfg.encoding);
+    if ("reason" in decoded) return fail(decoded.reason);
+    const text = decoded.text.trim();
+    if (!text) return fail("empty");
+    switch (cfg.format) {
+      case "json": {
+        const doc = parseJson(text);
+        if (doc === NOT_JSON) return fail("not_json");
+        if ((doc === null || typeof doc !== "object") && !cfg.value && !cfg.values) {
+          return extract(
+            ex,
+            () => undefined,
+            none,
+            none,
+            arrival,
+            { raw: doc },
+            () => [],
+          );
+        }
+        return extract(ex, jsonFields(doc), none, none, arrival, undefined, () => topLevelKeys(doc));
+      }
+      case "number":
+        if (toNumber(text) === undefined && !ex.states) return fail("bad_number");
+        return extract(
+          ex,
+          () => undefined,
+          none,
+          none,
+          arrival,
+          { raw: text },
+          () => [],
+        );
+      case "kv": {
+        const kv = parseKv(text);
+        if (kv.size === 0) return fail("no_value");
+        return extract(
+          ex,
+          (k) => kv.get(k),
+          none,
+          none,
+          arrival,
+          undefined,
+          () => kv.keys(),
+        );
+      }
+      case "csv": {
+        const cells = text.split(",").map((c) => c.trim());
+        if (cells.length !== columns.length) return fail("columns");
+        const row = new Map(columns.map((c, i) => [c, cells[i]!] as const));
+        return extract(
+          ex,
+          (k) => row.get(k),
+          none,
+          none,
+          arrival,
+          undefined,
+          () => columns,
+        );
+      }
+      case "regex": {
+        const m = pattern?.exec(text);
+        if (!m) return fail("no_match");
+        const groups = m.groups ?? {};
+        const get = (k: string) => groups[k];
+        // Groups named sensor/metric/ts name the reading unless the config does.
+        const regexEx: Extractor = {
+          ...ex,
+          sensor: groups.sensor !== undefined && !cfg.sensor ? parseTemplate("{sensor}") : ex.sensor,
+          metric: groups.metric !== undefined && !cfg.metric ? parseTemplate("{metric}") : ex.metric,
+          timestamp: ex.timestamp ?? (groups.ts !== undefined ? "ts" : undefined),
+        };
+        // A pattern with a `value` group and no other instruction gives one reading.
+        if (!cfg.value && !cfg.values && groups.value !== undefined) {
+          return extract(regexEx, get, none, none, arrival, { raw: groups.value }, () => []);
+        }
+        return extract(regexEx, get, none, none, arrival, undefined, () =>
+          Object.keys(groups).filter((k) => !["sensor", "metric", "ts"].includes(k)),
+        );
+      }
+    }
+  };
+}
+
+// ---------------------------------------------------------------- bounded line splitter
+
+export type SplitItem = { line: Buffer } | { error: "too_long" };
+
+/**
+ * Splits a byte stream into lines without ever holding more than `maxLength` bytes
+ * of one line: a longer line is reported once as `too_long` and discarded up to the
+ * next delimiter. (@serialport/parser-readline has no length bound: a device that
+ * never sends a newline would grow its buffer without limit.) With the default `\n`
+ * delimiter a trailing `\r` is dropped, so CRLF devices work unchanged.
+ */
+export class LineSplitter {
+  readonly #delim: Buffer;
+  readonly #max: number;
+  readonly #stripCr: boolean;
+  #buf: Buffer = Buffer.alloc(0);
+  #discarding = false;
+
+  constructor(delimiter: string, maxLength: number) {
+    this.#delim = Buffer.from(delimiter, "utf8");
+    this.#max = maxLength;
+    this.#stripCr = delimiter === "\n";
+  }
+
+  push(chunk: Uint8Array): SplitItem[] {
+    const out: SplitItem[] = [];
+    const data = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : Buffer.from(chunk);
+    const dl = this.#delim.length;
+    let start = 0;
+    for (;;) {
+      const i = data.indexOf(this.#delim, start);
+      if (i < 0) break;
+      if (this.#discarding) this.#discarding = false;
+      else this.#emit(data.subarray(start, i), out);
+      start = i + dl;
+    }
+    const rest = data.subarray(start);
+    // Keep a possible partial delimiter (multi-byte) and a CR that may precede `\n`.
+    const slack = dl - 1 + (this.#stripCr ? 1 : 0);
+    if (this.#discarding) {
+      this.#buf = Buffer.from(rest.subarray(Math.max(0, rest.length - (dl - 1))));
+    } else if (rest.length > this.#max + slack) {
+      out.push({ error: "too_long" });
+      this.#discarding = true;
+      this.#buf = Buffer.from(rest.subarray(Math.max(0, rest.length - (dl - 1))));
+    } else {
+      // Copy so a large chunk is not kept alive by a small remainder.
+      this.#buf = Buffer.from(rest);
+    }
+    return out;
+  }
+
+  #emit(raw: Buffer, out: SplitItem[]): void {
+    let line = raw;
+    if (this.#stripCr && line.length > 0 && line[line.length - 1] === 0x0d) line = line.subarray(0, line.length - 1);
+    if (line.length === 0) return;
+    if (line.length > this.#max) out.push({ error: "too_long" });
+    else out.push({ line: Buffer.from(line) });
+  }
+}

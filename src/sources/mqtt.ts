@@ -1,0 +1,423 @@
+/**
+ * Readings from MQTT subscriptions.
+ *
+ * Invariant 1: a QoS 1/2 message is acknowledged only after the sink resolved, i.e.
+ * after what its readings caused is committed. MQTT.js acknowledges a QoS 1 publish
+ * when `handleMessage`'s callback runs and handles incoming packets strictly one at a
+ * time, so holding that callback until each commit would cost one fsync per message.
+ * Instead, for QoS 1 the callback is called at once with an error, which makes
+ * MQTT.js move on to the next packet without sending the PUBACK
+ * (lib/handlers/publish.js: `if (err) return done(err)`), and the PUBACK is sent by
+ * us once the batch holding the message is committed. While one commit is in flight
+ * the next batch gathers (group commit); when it reaches MAX_PENDING messages the
+ * callback is held, which stops reading from the socket (TCP backpressure).
+ *
+ * QoS 2: the PUBREC is what makes the broker forget the PUBLISH, and MQTT.js keeps
+ * the message until PUBREL only in memory, so the PUBREC itself is deferred through
+ * `customHandleAcks` until the commit (one message at a time; QoS 2 is rare for sensors).
+ *
+ * A PUBACK is sent only on the connection that received the message: after a
+ * reconnect the broker redelivers unacknowledged messages and they are committed
+ * again (at-least-once; readings carry their payload time).
+ */
+import { readFileSync } from "node:fs";
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
+import type { Clock } from "../clock.js";
+import type { MqttConfig } from "../config/schema.js";
+import type { Logger } from "../ops/logger.js";
+import { RateLimitedLog } from "../ops/logger.js";
+import type { Metrics } from "../ops/metrics.js";
+import { EmbeddedBroker } from "./broker.js";
+import { decodeMqtt, type MqttDecoder, mqttDecoder } from "./decode.js";
+import type { Reading, ReadingSink, Source, SourceState, SourceStatus } from "./reading.js";
+
+export interface MqttSourceOptions {
+  config: MqttConfig;
+  agentId: string;
+  sink: ReadingSink;
+  logger: Logger;
+  metrics: Metrics;
+  clock: Clock;
+}
+
+/** Messages gathered while a commit is in flight before MQTT.js is made to wait. */
+const MAX_PENDING = 20_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+/** Tells MQTT.js to skip its PUBACK: we send it after the commit. */
+class AckDeferred extends Error {
+  constructor() {
+    super("acknowledgement deferred until commit");
+  }
+}
+const ACK_DEFERRED = new AckDeferred();
+
+type PendingAck = { kind: "puback"; messageId: number; stream: unknown } | { kind: "pubrec"; send: () => void };
+
+interface Batch {
+  readings: Reading[];
+  acks: PendingAck[];
+  messages: number;
+}
+
+const emptyBatch = (): Batch => ({ readings: [], acks: [], messages: 0 });
+
+export class MqttSource implements Source {
+  readonly name = "mqtt";
+  readonly #config: MqttConfig;
+  readonly #agentId: string;
+  readonly #sink: ReadingSink;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #clock: Clock;
+  readonly #errLog: RateLimitedLog;
+
+  #client: MqttClient | undefined;
+  #broker: EmbeddedBroker | undefined;
+  #brokerUrl: string | undefined;
+  #decoders: MqttDecoder[] = [];
+  #status: SourceStatus = "stopped";
+  #since = 0;
+  #detail: string | undefined;
+  #stopping = false;
+  #reconnectPeriod = 0;
+
+  #pending: Batch = emptyBatch();
+  #inflight: Promise<void> | undefined;
+  #flushScheduled = false;
+  #held: (() => void) | undefined;
+  #idle: (() => void)[] = [];
+
+  constructor(opts: MqttSourceOptions) {
+    this.#config = opts.config;
+    this.#agentId = opts.agentId;
+    this.#sink = opts.sink;
+    this.#log = opts.logger.child({ component: "mqtt" });
+    this.#metrics = opts.metrics;
+    this.#clock = opts.clock;
+    this.#errLog = new RateLimitedLog(60_000, () => opts.clock.now());
+  }
+
+  get statusTopic(): string {
+    return this.#config.status_topic ?? `edgehook/${this.#agentId}/status`;
+  }
+
+  /** The embedded broker's URL when `url: embedded`, once started. */
+  get brokerUrl(): string | undefined {
+    return this.#brokerUrl;
+  }
+
+  get clientId(): string {
+    return this.#config.client_id ?? `edgehook-${this.#agentId}`;
+  }
+
+  state(): SourceState {
+    const s: SourceState = { name: this.name, kind: "mqtt", status: this.#status, since: this.#since };
+    if (this.#detail) s.detail = this.#detail;
+    return s;
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.#config;
+    this.#stopping = false;
+    this.#decoders = cfg.subscriptions.map((s) => mqttDecoder(s, "mqtt"));
+    let url = cfg.url;
+    let username = cfg.username;
+    let password = cfg.password;
+    if (url === "embedded") {
+      const e = cfg.embedded ?? { host: "127.0.0.1", port: 1883 };
+      this.#broker = new EmbeddedBroker({ ...e, logger: this.#log });
+      url = (await this.#broker.start()).url;
+      this.#brokerUrl = url;
+      username = e.username ?? username;
+      password = e.password ?? password;
+    }
+    this.#reconnectPeriod = cfg.reconnect_period;
+    const options: IClientOptions = {
+      clientId: this.clientId,
+      protocolVersion: cfg.protocol_version,
+      keepalive: Math.max(1, Math.round(cfg.keepalive / 1000)),
+      clean: cfg.clean,
+      reconnectPeriod: cfg.reconnect_period,
+      connectTimeout: 30_000,
+      // We subscribe on every connect ourselves (a resumed session keeps them anyway).
+      resubscribe: false,
+      queueQoSZero: false,
+      will: { topic: this.statusTopic, payload: Buffer.from("offline"), qos: 1, retain: true },
+    };
+    if (username !== undefined) options.username = username;
+    if (password !== undefined) options.password = password;
+    if (cfg.protocol_version === 5 && !cfg.clean) {
+      // MQTT 5 ends a session at disconnect unless an expiry is given (§3.1.2.11.2).
+      options.properties = { sessionExpiryInterval: 0xffffffff };
+    }
+    if (cfg.tls) {
+      if (cfg.tls.ca_file) options.ca = readFileSync(cfg.tls.ca_file);
+      if (cfg.tls.cert_file) options.cert = readFileSync(cfg.tls.cert_file);
+      if (cfg.tls.key_file) options.key = readFileSync(cfg.tls.key_file);
+      options.rejectUnauthorized = cfg.tls.reject_unauthorized;
+    }
+    this.#setStatus("starting");
+    const client = mqtt.connect(url, options);
+    this.#client = client;
+    client.handleMessage = (packet, cb) => this.#onMessage(packet, cb);
+    // Read per publish by MQTT.js; set after construction because the constructor
+    // only keeps it for protocol 5, and the deferred PUBREC is needed for both.
+    client.options.customHandleAcks = (_topic, _message, packet, done) => {
+      if (packet.qos !== 2) return done(0);
+      this.#onQos2(packet, client, () => done(0));
+    };
+    client.on("connect", (connack) => this.#onConnect(client, connack.sessionPresent));
+    client.on("close", () => this.#onClose());
+    client.on("error", (err) => this.#rateLog("error", err, "MQTT error"));
+    this.#log.info({ url: redactUrl(url), clientId: this.clientId }, "connecting to MQTT broker");
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    const client = this.#client;
+    // Let what was received be committed and acknowledged before disconnecting.
+    await this.#whenIdle(STOP_TIMEOUT_MS);
+    if (client) {
+      if (client.connected) {
+        await withTimeout(
+          client.publishAsync(this.statusTopic, "offline", { qos: 1, retain: true }).then(() => undefined),
+          STOP_TIMEOUT_MS,
+        ).catch((err) => this.#log.warn({ err }, "could not publish offline status"));
+      }
+      await withTimeout(client.endAsync(false), STOP_TIMEOUT_MS).catch(async () => {
+        await client.endAsync(true);
+      });
+      this.#client = undefined;
+    }
+    this.#metrics.mqttConnected.set(0);
+    this.#setStatus("stopped");
+    if (this.#broker) {
+      await this.#broker.stop();
+      this.#broker = undefined;
+    }
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  #onConnect(client: MqttClient, sessionPresent: boolean): void {
+    this.#reconnectPeriod = this.#config.reconnect_period;
+    client.options.reconnectPeriod = this.#reconnectPeriod;
+    this.#metrics.mqttConnected.set(1);
+    this.#errLog.reset("error");
+    if (this.#status !== "up") {
+      this.#log.info({ sessionPresent }, "connected to MQTT broker");
+      this.#setStatus("up");
+    }
+    client.publish(this.statusTopic, "online", { qos: 1, retain: true }, (err) => {
+      if (err) this.#rateLog("status", err, "could not publish online status");
+    });
+    const subs = this.#config.subscriptions;
+    if (subs.length === 0) return;
+    const map: Record<string, { qos: 0 | 1 | 2; rh?: number }> = {};
+    for (const s of subs) {
+      // MQTT 5 retain handling 1: retained messages only for a new subscription,
+      // so a reconnect does not replay them as fresh readings.
+      map[s.topic] = this.#config.protocol_version === 5 ? { qos: s.qos, rh: 1 } : { qos: s.qos };
+    }
+    client.subscribe(map, (err, granted) => {
+      if (err) {
+        this.#rateLog("subscribe", err, "subscribe failed");
+        return;
+      }
+      for (const g of granted ?? []) {
+        if (g.qos === 128) this.#log.error({ topic: g.topic }, "broker refused the subscription");
+      }
+    });
+  }
+
+  #onClose(): void {
+    this.#metrics.mqttConnected.set(0);
+    const client = this.#client;
+    if (client && !this.#stopping) {
+      // MQTT.js retries at a fixed period; grow it up to reconnect_max.
+      this.#reconnectPeriod = Math.min(this.#reconnectPeriod * 2, this.#config.reconnect_max);
+      client.options.reconnectPeriod = this.#reconnectPeriod;
+    }
+    if (this.#status === "up" || this.#status === "starting") {
+      if (!this.#stopping) {
+        this.#log.warn({ retryMs: this.#reconnectPeriod }, "MQTT connection lost; reconnecting");
+        this.#setStatus("down");
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  #onMessage(packet: IPublishPacket, cb: (err?: Error) => void): void {
+    if (packet.qos === 2) {
+      // Reached only at PUBREL: the readings were committed before our PUBREC.
+      cb();
+      return;
+    }
+    if (this.#stopping) {
+      // Not acknowledged: the broker keeps it for the next session.
+      cb(packet.qos === 1 ? ACK_DEFERRED : undefined);
+      return;
+    }
+    const client = this.#client;
+    this.#accept(packet);
+    if (packet.qos === 1 && client) {
+      this.#pending.acks.push({ kind: "puback", messageId: packet.messageId!, stream: client.stream });
+    }
+    const proceed = () => cb(packet.qos === 1 ? ACK_DEFERRED : undefined);
+    if (this.#pending.messages >= MAX_PENDING) this.#held = proceed;
+    else proceed();
+    this.#scheduleFlush();
+  }
+
+  #onQos2(packet: IPublishPacket, client: MqttClient, sendPubrec: () => void): void {
+    if (this.#stopping) return; // no PUBREC: redelivered in the next session
+    this.#accept(packet);
+    const stream = client.stream;
+    this.#pending.acks.push({
+      kind: "pubrec",
+      send: () => {
+        if (client.stream === stream && client.connected) sendPubrec();
+      },
+    });
+    this.#scheduleFlush();
+  }
+
+  /** Decodes one message into the pending batch; bad input is counted and skipped. */
+  #accept(packet: IPublishPacket): void {
+    this.#pending.messages++;
+    const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
+    const res = decodeMqtt(this.#decoders, packet.topic, payload, this.#clock.now(), this.#config.max_payload);
+    if (res === undefined) {
+      this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
+      return;
+    }
+    if (!res.ok) {
+      this.#metrics.decodeErrors.inc({ source: "mqtt", reason: res.reason });
+      const suppressed = this.#errLog.shouldLog(`decode:${res.reason}`);
+      if (suppressed !== undefined) {
+        this.#log.warn(
+          { topic: packet.topic, reason: res.reason, bytes: payload.length, suppressed },
+          "skipped a payload that could not be decoded",
+        );
+      }
+      return;
+    }
+    this.#metrics.readings.inc({ source: "mqtt" }, res.readings.length);
+    for (const r of res.readings) this.#pending.readings.push(r);
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled || this.#inflight) return;
+    this.#flushScheduled = true;
+    // After the packets already parsed from this socket read are handled (MQTT.js
+    // works through them on process.nextTick), so they share one commit.
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    if (this.#inflight) return;
+    const batch = this.#pending;
+    if (batch.messages === 0) {
+      this.#notifyIdle();
+      return;
+    }
+    this.#pending = emptyBatch();
+    const held = this.#held;
+    this.#held = undefined;
+    held?.();
+    const client = this.#client;
+    const commit = batch.readings.length > 0 ? this.#sink(batch.readings) : Promise.resolve();
+    this.#inflight = commit.then(
+      () => {
+        for (const a of batch.acks) {
+          if (a.kind === "pubrec") a.send();
+          else if (client && client.stream === a.stream && client.connected) {
+            // biome-ignore lint/complexity/useLiteralKeys: MQTT.js marks it private; it is how acks are sent.
+            client["_sendPacket"]({ cmd: "puback", messageId: a.messageId });
+          }
+        }
+      },
+      (err: unknown) => {
+        // Nothing of this batch is committed. The broker redelivers unacknowledged
+        // messages only on a new connection, so drop this one (after the backoff).
+        this.#rateLog("sink", err, "could not commit readings; reconnecting so the broker redelivers them");
+        const dropped = this.#pending;
+        this.#pending = emptyBatch();
+        const h = this.#held;
+        this.#held = undefined;
+        h?.();
+        void dropped;
+        if (client && !this.#stopping) client.stream?.destroy();
+      },
+    );
+    void this.#inflight.finally(() => {
+      this.#inflight = undefined;
+      this.#flush();
+    });
+  }
+
+  #whenIdle(timeoutMs: number): Promise<void> {
+    if (!this.#inflight && this.#pending.messages === 0 && !this.#flushScheduled) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = this.#clock.setTimeout(() => {
+        this.#log.warn("stopping with readings still uncommitted; the broker will redeliver them");
+        resolve();
+      }, timeoutMs);
+      this.#idle.push(() => {
+        this.#clock.clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  #notifyIdle(): void {
+    const waiters = this.#idle;
+    this.#idle = [];
+    for (const w of waiters) w();
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  #setStatus(status: SourceStatus, detail?: string): void {
+    if (this.#status === status) return;
+    this.#status = status;
+    this.#since = this.#clock.now();
+    this.#detail = detail;
+  }
+
+  #rateLog(key: string, err: unknown, msg: string): void {
+    const suppressed = this.#errLog.shouldLog(key);
+    if (suppressed !== undefined) this.#log.warn({ err, suppressed }, msg);
+  }
+}
+
+function redactUrl(u: string): string {
+  try {
+    const url = new URL(u);
+    if (url.password) url.password = "redacted";
+    return url.toString();
+  } catch {
+    return u;
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}
