@@ -170,9 +170,11 @@ function prepareAll(db: Database) {
     ),
     deleteState: db.prepare("DELETE FROM series_state WHERE rule = ? AND series = ?"),
     loadStates: db.prepare("SELECT rule, series, version, state FROM series_state"),
+    // Walks the heads in priority/id order and stops after LIMIT due ones; without the
+    // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
     next: db.prepare(
       `SELECT d.id, e.id AS event_id, d.destination, d.series, e.type, d.priority, d.attempts, d.created_at, e.body
-       FROM deliveries d JOIN events e ON e.seq = d.event_seq
+       FROM deliveries d INDEXED BY deliveries_next_heads JOIN events e ON e.seq = d.event_seq
        WHERE d.destination = ? AND d.is_head = 1 AND d.next_at <= ?
        ORDER BY d.priority DESC, d.id LIMIT ?`,
     ),
@@ -242,7 +244,7 @@ function prepareAll(db: Database) {
     ),
     deadOf: db.prepare(
       `SELECT id, destination, series, state FROM deliveries
-       WHERE state <> 0 AND state = 2 AND destination = ? ORDER BY id LIMIT ?`,
+       WHERE state <> 0 AND state = 2 AND destination = ? LIMIT ?`,
     ),
     markReplayed: db.prepare(
       `UPDATE deliveries SET state = 0, is_head = 0, attempts = 0, next_at = ?, settled_at = NULL, reason = NULL
