@@ -856,8 +856,10 @@ export class RuleEngine {
     const readings = entries.map((e) => {
       if (e.ts > newest) newest = e.ts;
       // Written in this same call: take the row back instead of writing and removing it.
-      if (e.row !== undefined) (unwritten ??= new Set()).add(e.row);
-      else this.#out.removedStates.push({ rule: buf.rule.name, series: e.key });
+      if (e.row !== undefined) {
+        unwritten ??= new Set();
+        unwritten.add(e.row);
+      } else this.#out.removedStates.push({ rule: buf.rule.name, series: e.key });
       return {
         sensor: e.sensor,
         metric: e.metric,
