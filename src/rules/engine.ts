@@ -24,11 +24,16 @@
  *   values are counted in `stats.nonNumeric` and skipped. `equals` compares as text.
  * - Cooldown: after a resolve, a condition that comes back waits (pending) until the
  *   cooldown is over, then fires if it still holds. Nothing is lost, it is only delayed.
+ * - Aggregates are evaluated at each reading, and while an alert is pending or firing
+ *   also when a sample leaves the window, so a `count` alert clears when the readings
+ *   stop. An emptied avg/min/max window is "no data", not a value: the state is kept.
  * - Persistence: a state row is written only when something a restart needs changes:
  *   pending (with the pending-since time), firing, clearing, resolved with a cooldown, a
  *   sensor first seen or going silent/returning, a buffered batch reading. A reading that
  *   changes nothing writes nothing. Aggregate and rate windows are not persisted; after a
- *   restart they refill from new readings (a rate needs two samples again).
+ *   restart they refill from new readings (a rate needs two samples again). A batch
+ *   never names one series in both `states` and `removedStates`, so the order in which
+ *   the agent applies the two lists does not matter.
  * - Restart (restore): a firing series stays firing (no second firing) and resolves
  *   normally. A pending or clearing series keeps its since-time; it needs one fresh
  *   reading after the restart to confirm the condition before `for`/`clear_for` can
