@@ -227,6 +227,12 @@ export class RuleEngine {
     const now = this.#clock.now();
     this.#now = now;
     const batchRows: { seq: number; row: SeriesStateRow; rule: CompiledRule }[] = [];
+    // New buffered readings must never reuse the key of a stored one, whatever its rule.
+    for (const row of rows) {
+      const parts = row.series.split("\u001f");
+      const seq = parts[1] === BATCH_SENSOR ? Number(parts[2]) : Number.NaN;
+      if (Number.isInteger(seq) && seq >= this.#batchSeq) this.#batchSeq = seq + 1;
+    }
     for (const row of rows) {
       const rule = this.#byName.get(row.rule);
       const parts = row.series.split("\u001f");
@@ -259,7 +265,7 @@ export class RuleEngine {
       this.#scheduleNext(series, now);
     }
     batchRows.sort((x, y) => x.seq - y.seq);
-    for (const { seq, row, rule } of batchRows) {
+    for (const { row, rule } of batchRows) {
       const st = row.state as Record<string, unknown>;
       if (typeof st.sensor !== "string" || typeof st.metric !== "string" || typeof st.ts !== "number") continue;
       const value = st.value as ReadingValue;
@@ -273,7 +279,6 @@ export class RuleEngine {
         labels: (st.labels as Record<string, string> | undefined) ?? EMPTY_LABELS,
         row: undefined,
       });
-      if (Number.isFinite(seq) && seq >= this.#batchSeq) this.#batchSeq = seq + 1;
     }
     for (const buf of this.#batches.values()) {
       if (buf.entries.length > 0 && buf.rule.batchMs !== undefined) this.#queue.schedule(buf, now + buf.rule.batchMs);

@@ -478,6 +478,27 @@ describe("forward", () => {
     expect(h.store.size).toBe(0);
   });
 
+  it("a batched rule changed during downtime still sends what was buffered, without key clashes", () => {
+    const h = new Harness(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "1m" } }));
+    h.feed("meter", "kwh", 1, sec(0));
+    h.feed("meter", "kwh", 2, sec(10));
+    h.restart(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "2m" } }));
+    h.feed("meter", "kwh", 3, sec(20));
+    expect(h.store.size).toBe(3); // the new reading did not overwrite a stored one
+    const evts = h.advanceTo(sec(200));
+    expect((evts[0]!.body.data.readings as { value: number }[]).map((r) => r.value)).toEqual([1, 2, 3]);
+    expect(h.store.size).toBe(0);
+  });
+
+  it("a batched rule removed during downtime drops its buffer and counts it", () => {
+    const h = new Harness(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "1m" } }));
+    h.feed("meter", "kwh", 1, sec(0));
+    h.restart(rules({ name: "other", match: { sensor: "meter" }, above: 100 }));
+    expect(h.advanceTo(sec(200))).toEqual([]);
+    expect(h.engine.stats.droppedBatched).toBe(1);
+    expect(h.store.size).toBe(0);
+  });
+
   it("a reload that changes a batched rule sends what it buffered", () => {
     const h = new Harness(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "1m" } }));
     h.feed("meter", "kwh", 1, sec(0));
