@@ -32,7 +32,8 @@ async function main() {
       ...(i % 2 ? { for: "30s" } : {}),
     });
   }
-  for (let i = 0; i < 6; i++) defs.push({ match: { sensor: "s*", metric: `m${i}`, labels: { site: "barn" } }, below: 42 });
+  for (let i = 0; i < 6; i++)
+    defs.push({ match: { sensor: "s*", metric: `m${i}`, labels: { site: "barn" } }, below: 42 });
   for (let i = 0; i < 8; i++) {
     defs.push({
       match: { sensor: `s${i}?`, metric: "m*" },
@@ -41,9 +42,15 @@ async function main() {
     });
   }
   for (let i = 0; i < 8; i++) {
-    defs.push({ match: { sensor: `s${i}*`, metric: `m${(i + 3) % METRICS}` }, rate_above: 2, rate_per: "s", rate_window: "30s" });
+    defs.push({
+      match: { sensor: `s${i}*`, metric: `m${(i + 3) % METRICS}` },
+      rate_above: 2,
+      rate_per: "s",
+      rate_window: "30s",
+    });
   }
-  for (let i = 0; i < 6; i++) defs.push({ match: { sensor: `s${i}*`, metric: i % 2 ? "*" : `m${i}` }, absent_for: "5m" });
+  for (let i = 0; i < 6; i++)
+    defs.push({ match: { sensor: `s${i}*`, metric: i % 2 ? "*" : `m${i}` }, absent_for: "5m" });
   for (let i = 0; i < 4; i++) defs.push({ match: { sensor: `s0${i}`, metric: "m?" }, equals: "OPEN" });
   defs.push({ match: { sensor: "s00", metric: "m0" }, forward: true });
   defs.push({ match: { sensor: "s01", metric: "*" }, forward: true });
@@ -72,7 +79,14 @@ async function main() {
     const m = series % METRICS;
     const round = (i / (SENSORS * METRICS)) | 0;
     const value = m === 7 && s < 4 ? (round % 50 < 25 ? "OPEN" : "CLOSED") : 50 + 12 * Math.sin(round / 20 + series);
-    readings[i] = { sensor: names[s], metric: metrics[m], value, ts: t0 + i, source: "bench", labels: s % 2 ? barn : house };
+    readings[i] = {
+      sensor: names[s],
+      metric: metrics[m],
+      value,
+      ts: t0 + i,
+      source: "bench",
+      labels: s % 2 ? barn : house,
+    };
   }
 
   for (const batchSize of [1, 100]) {

@@ -24,11 +24,16 @@
  *   values are counted in `stats.nonNumeric` and skipped. `equals` compares as text.
  * - Cooldown: after a resolve, a condition that comes back waits (pending) until the
  *   cooldown is over, then fires if it still holds. Nothing is lost, it is only delayed.
+ * - Aggregates are evaluated at each reading, and while an alert is pending or firing
+ *   also when a sample leaves the window, so a `count` alert clears when the readings
+ *   stop. An emptied avg/min/max window is "no data", not a value: the state is kept.
  * - Persistence: a state row is written only when something a restart needs changes:
  *   pending (with the pending-since time), firing, clearing, resolved with a cooldown, a
  *   sensor first seen or going silent/returning, a buffered batch reading. A reading that
  *   changes nothing writes nothing. Aggregate and rate windows are not persisted; after a
- *   restart they refill from new readings (a rate needs two samples again).
+ *   restart they refill from new readings (a rate needs two samples again). A batch
+ *   never names one series in both `states` and `removedStates`, so the order in which
+ *   the agent applies the two lists does not matter.
  * - Restart (restore): a firing series stays firing (no second firing) and resolves
  *   normally. A pending or clearing series keeps its since-time; it needs one fresh
  *   reading after the restart to confirm the condition before `for`/`clear_for` can
@@ -160,6 +165,8 @@ interface BatchEntry {
   value: ReadingValue;
   ts: number;
   labels: Readonly<Record<string, string>>;
+  /** The row written for it in the current call, if any (see #flush). */
+  row: SeriesStateRow | undefined;
 }
 
 interface BatchBuffer extends Schedulable {
@@ -200,6 +207,8 @@ export class RuleEngine {
   #out: CommitBatch = { events: [], states: [], removedStates: [] };
   #now = 0;
   #dirty: Series[] = [];
+  /** Batch entries whose row was written in the current call. */
+  #fresh: BatchEntry[] = [];
 
   readonly stats: RuleEngineStats = { late: 0, nonNumeric: 0, droppedBatched: 0, staleStates: 0 };
 
@@ -218,6 +227,12 @@ export class RuleEngine {
     const now = this.#clock.now();
     this.#now = now;
     const batchRows: { seq: number; row: SeriesStateRow; rule: CompiledRule }[] = [];
+    // New buffered readings must never reuse the key of a stored one, whatever its rule.
+    for (const row of rows) {
+      const parts = row.series.split("\u001f");
+      const seq = parts[1] === BATCH_SENSOR ? Number(parts[2]) : Number.NaN;
+      if (Number.isInteger(seq) && seq >= this.#batchSeq) this.#batchSeq = seq + 1;
+    }
     for (const row of rows) {
       const rule = this.#byName.get(row.rule);
       const parts = row.series.split("\u001f");
@@ -250,7 +265,7 @@ export class RuleEngine {
       this.#scheduleNext(series, now);
     }
     batchRows.sort((x, y) => x.seq - y.seq);
-    for (const { seq, row, rule } of batchRows) {
+    for (const { row, rule } of batchRows) {
       const st = row.state as Record<string, unknown>;
       if (typeof st.sensor !== "string" || typeof st.metric !== "string" || typeof st.ts !== "number") continue;
       const value = st.value as ReadingValue;
@@ -262,8 +277,8 @@ export class RuleEngine {
         value,
         ts: st.ts,
         labels: (st.labels as Record<string, string> | undefined) ?? EMPTY_LABELS,
+        row: undefined,
       });
-      if (Number.isFinite(seq) && seq >= this.#batchSeq) this.#batchSeq = seq + 1;
     }
     for (const buf of this.#batches.values()) {
       if (buf.entries.length > 0 && buf.rule.batchMs !== undefined) this.#queue.schedule(buf, now + buf.rule.batchMs);
@@ -394,6 +409,17 @@ export class RuleEngine {
       }
       this.#dirty = [];
     }
+    if (this.#fresh.length > 0) {
+      for (const e of this.#fresh) e.row = undefined;
+      this.#fresh = [];
+    }
+    // A batch never names a series in both lists, so the order in which the agent
+    // applies them cannot matter. Only a row removed by restore (carried over) and
+    // written again in this call can meet here; the write is the newer state.
+    if (out.removedStates.length > 0 && out.states.length > 0) {
+      const written = new Set(out.states.map((r) => `${r.rule}\u001f${r.series}`));
+      out.removedStates = out.removedStates.filter((r) => !written.has(`${r.rule}\u001f${r.series}`));
+    }
     this.#out = { events: [], states: [], removedStates: [] };
     return out;
   }
@@ -484,6 +510,10 @@ export class RuleEngine {
     }
     s.value = cond.numeric ? v : r.value;
     this.#step(s, v, r.ts, now);
+    if (s.agg !== undefined && s.phase !== OK) {
+      const expiry = s.agg.nextExpiry();
+      if (expiry !== undefined) this.#queue.schedule(s, expiry);
+    }
   }
 
   #pendingDue(s: AlertSeries): number {
@@ -543,6 +573,16 @@ export class RuleEngine {
   }
 
   #alertDue(s: AlertSeries, now: number): void {
+    // A window that loses samples changes its aggregate without any reading: an open
+    // alert (count of door openings, say) must be able to clear when the readings stop.
+    if (!s.stale && s.agg !== undefined && s.phase !== OK) {
+      s.agg.evict(now);
+      const v = s.agg.value();
+      if (v !== undefined) {
+        s.value = v;
+        this.#step(s, v, now, now);
+      }
+    }
     if (!s.stale) {
       if (s.phase === PENDING && now >= this.#pendingDue(s)) {
         this.#fire(s, now, now);
@@ -643,6 +683,7 @@ export class RuleEngine {
     s.repeats = num(st.repeats, 0);
     s.cooldownUntil = num(st.cooldown_until, 0);
     s.value = st.value as number | string | boolean | undefined;
+    if (st.labels && typeof st.labels === "object") s.lastLabels = st.labels as Record<string, string>;
     s.stale = phase === PENDING || phase === CLEARING;
     if (phase === OK && s.cooldownUntil <= now) {
       // Only an expired cooldown was left: nothing to keep.
@@ -774,16 +815,26 @@ export class RuleEngine {
     }
     const buf = this.#batchFor(rule);
     const key = seriesKey(rule.name, BATCH_SENSOR, String(this.#batchSeq++));
-    const entry: BatchEntry = { key, sensor: r.sensor, metric: r.metric, value: r.value, ts: r.ts, labels: r.labels };
-    buf.entries.push(entry);
     // One small row per buffered reading, so an acknowledged reading survives a crash
     // before its batch is sent; the flush removes the rows in the same commit.
-    this.#out.states.push({
+    const row: SeriesStateRow = {
       rule: rule.name,
       series: key,
       version: rule.version,
       state: { sensor: r.sensor, metric: r.metric, value: r.value, ts: r.ts, labels: r.labels },
-    });
+    };
+    this.#out.states.push(row);
+    const entry: BatchEntry = {
+      key,
+      sensor: r.sensor,
+      metric: r.metric,
+      value: r.value,
+      ts: r.ts,
+      labels: r.labels,
+      row,
+    };
+    buf.entries.push(entry);
+    this.#fresh.push(entry);
     if (buf.entries.length >= MAX_BATCH) this.#flush(buf, now);
     else if (buf.entries.length === 1) this.#queue.schedule(buf, now + rule.batchMs);
   }
@@ -811,9 +862,14 @@ export class RuleEngine {
     buf.dueAt = undefined;
     const cfg = buf.rule.cfg;
     let newest = Number.NEGATIVE_INFINITY;
+    let unwritten: Set<SeriesStateRow> | undefined;
     const readings = entries.map((e) => {
       if (e.ts > newest) newest = e.ts;
-      this.#out.removedStates.push({ rule: buf.rule.name, series: e.key });
+      // Written in this same call: take the row back instead of writing and removing it.
+      if (e.row !== undefined) {
+        unwritten ??= new Set();
+        unwritten.add(e.row);
+      } else this.#out.removedStates.push({ rule: buf.rule.name, series: e.key });
       return {
         sensor: e.sensor,
         metric: e.metric,
@@ -822,6 +878,10 @@ export class RuleEngine {
         labels: mergeLabels(e.labels, cfg.labels),
       };
     });
+    if (unwritten !== undefined) {
+      const drop = unwritten;
+      this.#out.states = this.#out.states.filter((r) => !drop.has(r));
+    }
     const data: Record<string, unknown> = {
       agent: this.#agentId,
       rule: buf.rule.name,
@@ -846,6 +906,10 @@ export class RuleEngine {
     if ((s.phase === FIRING || s.phase === CLEARING) && s.rule.repeatMs !== undefined) {
       const r = s.notifiedAt + s.rule.repeatMs;
       if (r < due) due = r;
+    }
+    if (s.agg !== undefined && s.phase !== OK && !s.stale) {
+      const expiry = s.agg.nextExpiry();
+      if (expiry !== undefined && expiry < due) due = expiry;
     }
     if (due !== Number.POSITIVE_INFINITY) this.#queue.schedule(s, Math.max(due, now));
   }
@@ -897,6 +961,7 @@ export class RuleEngine {
           value: st.value as ReadingValue,
           ts: st.ts,
           labels: (st.labels as Record<string, string> | undefined) ?? EMPTY_LABELS,
+          row: undefined,
         });
       } else this.stats.droppedBatched++;
       return;

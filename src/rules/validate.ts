@@ -147,9 +147,6 @@ export function checkRule(r: RuleConfig, given: (key: string) => boolean): RuleP
     add(["forward", "batch_every"], "must be longer than 0s");
   }
 
-  if (r.match.sensor === "") add(["match", "sensor"], "must not be empty (use * for every sensor)");
-  if (r.match.metric === "") add(["match", "metric"], "must not be empty (use * for every metric)");
-
   for (const k of Object.keys(r.extra)) {
     if ((RESERVED_DATA_KEYS as readonly string[]).includes(k)) {
       add(["extra", k], `is a field edgehook sets in the body; choose another name`);

@@ -68,6 +68,11 @@ export class AggregateWindow {
     return this.#at.length;
   }
 
+  /** When the oldest sample leaves the window (the aggregate changes without a reading). */
+  nextExpiry(): number | undefined {
+    return this.#at.length === 0 ? undefined : this.#at.first() + this.#overMs;
+  }
+
   add(at: number, value: number): void {
     if (this.#at.length >= MAX_WINDOW_SAMPLES) this.#evictOne();
     this.#at.push(at);
@@ -88,10 +93,10 @@ export class AggregateWindow {
     }
   }
 
-  /** Drops samples that arrived before `now - over`. */
+  /** Drops samples that arrived `over` or longer ago (a 1m window at 12:01 no longer holds 12:00). */
   evict(now: number): void {
     const cutoff = now - this.#overMs;
-    while (this.#at.length > 0 && this.#at.first() < cutoff) this.#evictOne();
+    while (this.#at.length > 0 && this.#at.first() <= cutoff) this.#evictOne();
   }
 
   /** The aggregate of what is in the window; undefined when empty (count is then 0). */
@@ -150,7 +155,7 @@ export class RateWindow {
 
   evict(now: number): void {
     const cutoff = now - this.#overMs;
-    while (this.#at.length > 0 && this.#at.first() < cutoff) this.#evictOne();
+    while (this.#at.length > 0 && this.#at.first() <= cutoff) this.#evictOne();
   }
 
   /** Per second; undefined with fewer than two samples or no time between them. */

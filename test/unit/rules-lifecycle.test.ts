@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { MAX_BATCH } from "../../src/rules/engine.js";
+import { type AggregateFn, AggregateWindow } from "../../src/rules/windows.js";
 import { Harness, reading, rules, sec } from "./rules-support.js";
 
 const M = { sensor: "tank", metric: "level" };
@@ -81,8 +82,9 @@ describe("aggregate", () => {
     expect(h.events[0]!.body.data.value).toBe(6);
   });
 
-  it("min, max and count follow samples leaving the window", () => {
-    const table: { fn: string; values: [number, number][]; want: number }[] = [
+  it("min, max, count and avg follow samples leaving the window", () => {
+    const table: { fn: AggregateFn; values: [number, number][]; at: number; want: number | undefined }[] = [
+      // window 60 s: at 70 s the sample from 0 s has left (and one from exactly 10 s would too)
       {
         fn: "min",
         values: [
@@ -91,8 +93,9 @@ describe("aggregate", () => {
           [40, 7],
           [70, 8],
         ],
+        at: 70,
         want: 7,
-      }, // t=0 left at 70 (window 60 s)
+      },
       {
         fn: "max",
         values: [
@@ -101,17 +104,19 @@ describe("aggregate", () => {
           [40, 3],
           [70, 2],
         ],
+        at: 70,
         want: 3,
       },
       {
         fn: "count",
         values: [
           [0, 1],
-          [20, 1],
+          [10, 1],
           [40, 1],
           [70, 1],
         ],
-        want: 3,
+        at: 70,
+        want: 2,
       },
       {
         fn: "avg",
@@ -121,15 +126,41 @@ describe("aggregate", () => {
           [40, 4],
           [70, 6],
         ],
+        at: 70,
         want: 4,
+      },
+      {
+        fn: "min",
+        values: [
+          [0, 1],
+          [20, 2],
+          [30, 0],
+        ],
+        at: 90,
+        want: undefined,
+      },
+      { fn: "count", values: [[0, 1]], at: 60, want: 0 },
+      {
+        fn: "max",
+        values: [
+          [0, 5],
+          [1, 4],
+          [2, 3],
+          [3, 6],
+          [4, 1],
+        ],
+        at: 63.5,
+        want: 1,
       },
     ];
     for (const row of table) {
-      const h = new Harness(rules({ match: M, above: -1e9, aggregate: { fn: row.fn, over: "1m" }, for: "1h" }));
-      for (const [t, v] of row.values) h.feed("tank", "level", v, sec(t));
-      // Pending holds the last compared value; force the firing to read it.
-      const evts = h.advanceTo(sec(70 + 3600));
-      expect(evts[0]!.body.data.value, row.fn).toBe(row.want);
+      const w = new AggregateWindow(row.fn, 60_000);
+      for (const [t, v] of row.values) {
+        w.evict(t * 1000);
+        w.add(t * 1000, v);
+      }
+      w.evict(row.at * 1000);
+      expect(w.value(), `${row.fn} ${JSON.stringify(row.values)} at ${row.at}`).toBe(row.want);
     }
   });
 
@@ -393,6 +424,13 @@ describe("forward", () => {
     expect(h.engine.nextDueAt()).toBeUndefined();
   });
 
+  it("forwards late readings too (telemetry wants every point; the body has its time)", () => {
+    const h = new Harness(rules({ match: { sensor: "meter" }, forward: true }));
+    h.feed("meter", "kwh", 2, sec(10));
+    h.feed("meter", "kwh", 1, sec(11), { ts: sec(5) });
+    expect(h.events.map((e) => e.body.timestamp)).toEqual([sec(10), sec(5)].map((t) => new Date(t).toISOString()));
+  });
+
   it("batch_every gathers readings into one `readings` event per interval", () => {
     const h = new Harness(rules({ match: { sensor: "meter" }, forward: { batch_every: "1m" } }));
     h.feed("meter", "kwh", 1, sec(0));
@@ -437,6 +475,27 @@ describe("forward", () => {
     const evts = h.advanceTo(sec(200));
     expect(evts).toHaveLength(1);
     expect((evts[0]!.body.data.readings as { value: number }[]).map((r) => r.value)).toEqual([1, 2, 3]);
+    expect(h.store.size).toBe(0);
+  });
+
+  it("a batched rule changed during downtime still sends what was buffered, without key clashes", () => {
+    const h = new Harness(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "1m" } }));
+    h.feed("meter", "kwh", 1, sec(0));
+    h.feed("meter", "kwh", 2, sec(10));
+    h.restart(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "2m" } }));
+    h.feed("meter", "kwh", 3, sec(20));
+    expect(h.store.size).toBe(3); // the new reading did not overwrite a stored one
+    const evts = h.advanceTo(sec(200));
+    expect((evts[0]!.body.data.readings as { value: number }[]).map((r) => r.value)).toEqual([1, 2, 3]);
+    expect(h.store.size).toBe(0);
+  });
+
+  it("a batched rule removed during downtime drops its buffer and counts it", () => {
+    const h = new Harness(rules({ name: "fw", match: { sensor: "meter" }, forward: { batch_every: "1m" } }));
+    h.feed("meter", "kwh", 1, sec(0));
+    h.restart(rules({ name: "other", match: { sensor: "meter" }, above: 100 }));
+    expect(h.advanceTo(sec(200))).toEqual([]);
+    expect(h.engine.stats.droppedBatched).toBe(1);
     expect(h.store.size).toBe(0);
   });
 
@@ -508,5 +567,28 @@ describe("many series per rule", () => {
     );
     const out = h.feed("tank", "level", 25, sec(0));
     expect(out.map((e) => `${e.rule}:${e.type}`)).toEqual(["warm:alert.firing", "hot:alert.firing", "log:reading"]);
+  });
+});
+
+describe("aggregate windows that empty without readings", () => {
+  it("a firing count alert resolves on tick once the samples leave the window", () => {
+    const h = new Harness(
+      rules({ match: { sensor: "door", metric: "open" }, above: 2, aggregate: { fn: "count", over: "1m" } }),
+    );
+    for (const t of [0, 10, 20]) h.feed("door", "open", 1, sec(t));
+    expect(h.types()).toEqual(["alert.firing"]);
+    // No more readings. At 60 s the first sample leaves: count 2, no longer above 2.
+    expect(h.advanceTo(sec(59.999))).toEqual([]);
+    const evts = h.advanceTo(sec(60));
+    expect(h.types(evts)).toEqual(["alert.resolved"]);
+    expect(evts[0]!.body.data.value).toBe(2);
+    expect(h.engine.nextDueAt()).toBeUndefined(); // at rest: no timer left
+  });
+
+  it("an avg alert keeps its state when the window empties (no data is not a value)", () => {
+    const h = new Harness(rules({ match: M, above: 30, aggregate: { fn: "avg", over: "1m" } }));
+    expect(h.types(h.feed("tank", "level", 40, sec(0)))).toEqual(["alert.firing"]);
+    expect(h.advanceTo(sec(3600))).toEqual([]);
+    expect(h.types(h.feed("tank", "level", 20, sec(3601)))).toEqual(["alert.resolved"]);
   });
 });

@@ -48,6 +48,11 @@ export class Harness {
   }
 
   commit(b: CommitBatch): NewEvent[] {
+    // The agent may apply states and removals in any order: no series may be in both.
+    const written = new Set(b.states.map((s) => `${s.rule}|${s.series}`));
+    for (const r of b.removedStates) {
+      if (written.has(`${r.rule}|${r.series}`)) throw new Error(`series in both states and removedStates: ${r.series}`);
+    }
     this.batches.push(b);
     for (const s of b.states) this.store.set(`${s.rule}|${s.series}`, JSON.parse(JSON.stringify(s)));
     for (const r of b.removedStates) this.store.delete(`${r.rule}|${r.series}`);

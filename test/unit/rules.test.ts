@@ -4,7 +4,7 @@
  * they should see at the receiver.
  */
 import { describe, expect, it } from "vitest";
-import { Harness, rules, sec } from "./rules-support.js";
+import { Harness, reading, rules, sec } from "./rules-support.js";
 
 const M = { sensor: "greenhouse", metric: "temp" };
 
@@ -333,6 +333,16 @@ describe("restart (restore)", () => {
     expect(h.store.size).toBe(0);
     expect(h.feed("greenhouse", "temp", 33, sec(20))).toEqual([]);
     expect(h.types(h.feed("greenhouse", "temp", 36, sec(30)))).toEqual(["alert.firing"]);
+  });
+
+  it("a changed rule's first state after a restart is not undone by the removal of its old row", () => {
+    const h = new Harness(rules({ match: M, above: 30 }));
+    h.feed("greenhouse", "temp", 31, sec(0));
+    h.restart(rules({ match: M, above: 35 }));
+    // No tick in between: the old row's removal and the new firing row share one batch.
+    const evts = h.commit(h.engine.process([reading("greenhouse", "temp", 36, sec(5))]));
+    expect(h.types(evts)).toEqual(["alert.resolved", "alert.firing"]);
+    expect([...h.store.values()].map((r) => (r.state as { phase: string }).phase)).toEqual(["firing"]);
   });
 
   it("a rule removed during downtime resolves its firing series with the stored destinations", () => {
