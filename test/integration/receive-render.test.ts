@@ -107,7 +107,9 @@ describe("render → sign → gzip → POST", () => {
     expect(res.status).toBe(200);
     const got = receiver.received.find((w) => w.id === "msg_slack");
     expect(got?.verification.ok).toBe(true);
-    expect((got?.json as { text: string }).text).toBe('🔴 CRITICAL: boiler "main" ✓/temp is 81.5 (threshold 80)');
+    expect((got?.json as { text: string } | undefined)?.text).toBe(
+      '🔴 CRITICAL: boiler "main" ✓/temp is 81.5 (threshold 80)',
+    );
     expect(lines.find((l) => l.includes("msg_slack"))).toContain('"🔴 CRITICAL: boiler \\"main\\" ✓/temp');
   });
 
@@ -122,7 +124,7 @@ describe("render → sign → gzip → POST", () => {
         .split(" ")
         .map((s) => s.split(",")[0]),
     ).toEqual(["v1", "v1a"]);
-    expect((got?.json as { topic: string }).topic).toBe("topic");
+    expect((got?.json as { topic: string } | undefined)?.topic).toBe("topic");
   });
 
   it("an XML template arrives escaped with its content type", async () => {
