@@ -222,7 +222,11 @@ function parseExpr(src: string): Expr | string {
   const filters: Filter[] = [];
   for (const raw of pieces.slice(1)) {
     const f = parseFilter(raw.trim());
-    if (typeof f === "string") return `${f} in {{${src}}}`;
+    if (typeof f === "string") {
+      // Name the placeholder before the (long) list of filters.
+      const [problem, list] = f.split(" (filters: ");
+      return `${problem} in {{${src}}}${list === undefined ? "" : ` (filters: ${list}`}`;
+    }
     filters.push(f);
   }
   return { path, filters };
@@ -273,10 +277,47 @@ function parseFilter(src: string): Filter | string {
       if (a[2] === "") break;
     }
   }
-  if (!Object.hasOwn(FILTERS, name)) return `unknown filter '${name}' (filters: ${FILTER_NAMES.join(", ")})`;
+  if (!Object.hasOwn(FILTERS, name)) {
+    return `unknown filter '${name}'${didYouMean(name, FILTER_NAMES)} (filters: ${FILTER_NAMES.join(", ")})`;
+  }
   const problem = (FILTERS[name] as FilterSpec).check(args);
   if (problem) return problem;
   return { name, args };
+}
+
+function fieldNames(known: ReadonlySet<string> | "any"): string[] {
+  const extra = known === "any" ? [] : [...known];
+  return ["type", "timestamp", ...[...KNOWN_DATA_FIELDS, ...extra].map((f) => `data.${f}`)];
+}
+
+/** Levenshtein distance, for "did you mean" on typos. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(
+        (prev[j] as number) + 1,
+        (cur[j - 1] as number) + 1,
+        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    prev = cur;
+  }
+  return prev[b.length] as number;
+}
+
+function didYouMean(name: string, candidates: readonly string[]): string {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const c of candidates) {
+    const d = distance(name, c);
+    if (d < bestD) {
+      bestD = d;
+      best = c;
+    }
+  }
+  return best === undefined ? "" : `; did you mean ${best}?`;
 }
 
 function checkPath(path: string[], known: ReadonlySet<string> | "any"): boolean {
@@ -312,7 +353,7 @@ function compileString(
     if (!checkPath(e.path, known)) {
       problems.push({
         path,
-        message: `unknown placeholder ${m[0]} (fields: type, timestamp, data.${[...KNOWN_DATA_FIELDS].join(", data.")}, data.labels.<name>${known !== "any" && known.size ? `, data.${[...known].join(", data.")}` : ""})`,
+        message: `unknown placeholder ${m[0]}${didYouMean(e.path.join("."), fieldNames(known))} (fields: ${fieldNames(known).join(", ")}, data.labels.<name>)`,
       });
       bad = true;
       continue;

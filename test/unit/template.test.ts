@@ -272,3 +272,12 @@ destinations:
     /agent\.yaml:8:13: destinations\.chat\.template\.text: quote a value that starts with \{\{ \(YAML reads it as a mapping\): write "\{\{ data\.sensor \}\}"/,
   );
 });
+
+it("suggests the nearest field or filter for a typo", () => {
+  const r = compileTemplate({ a: "{{ data.sensr }}", b: "{{ data.value | rond }}", c: "{{ data.zzzzzz }}" }, ["t"]);
+  expect(r.ok ? [] : r.problems.map((p) => p.message.split(" (")[0])).toEqual([
+    "unknown placeholder {{ data.sensr }}; did you mean data.sensor?",
+    "unknown filter 'rond'; did you mean round? in {{ data.value | rond }}",
+    "unknown placeholder {{ data.zzzzzz }}",
+  ]);
+});
