@@ -37,6 +37,29 @@ export const KNOWN_DATA_FIELDS: ReadonlySet<string> = new Set([
   "since",
 ]);
 
+/**
+ * Fields the rule engine adds for some event types (src/rules/engine.ts): why an alert
+ * resolved, how long it fired, when a silent sensor was last seen, aggregate/rate details,
+ * batched telemetry. Missing in an event, they render as empty (or null).
+ */
+export const EVENT_DATA_FIELDS: ReadonlySet<string> = new Set([
+  "condition",
+  "reason",
+  "repeat",
+  "firing_for_s",
+  "duration_s",
+  "last_seen",
+  "absent_for_s",
+  "reading_value",
+  "rate_per",
+  "rate_window_s",
+  "source",
+  "count",
+]);
+
+/** Object- or list-valued fields whose inner paths are not checked (`data.aggregate.fn`). */
+const OPEN_DATA_FIELDS: ReadonlySet<string> = new Set(["aggregate", "readings"]);
+
 export interface CompileOptions {
   /**
    * `content_type` of the destination. Required for a text (string) template, where
@@ -287,7 +310,8 @@ function parseFilter(src: string): Filter | string {
 
 function fieldNames(known: ReadonlySet<string> | "any"): string[] {
   const extra = known === "any" ? [] : [...known];
-  return ["type", "timestamp", ...[...KNOWN_DATA_FIELDS, ...extra].map((f) => `data.${f}`)];
+  const fields = [...KNOWN_DATA_FIELDS, ...EVENT_DATA_FIELDS, ...OPEN_DATA_FIELDS, ...extra];
+  return ["type", "timestamp", ...fields.map((f) => `data.${f}`)];
 }
 
 /** Levenshtein distance, for "did you mean" on typos. */
@@ -326,7 +350,8 @@ function checkPath(path: string[], known: ReadonlySet<string> | "any"): boolean 
   if (root !== "data") return false;
   if (field === undefined || known === "any") return true;
   if (field === "labels") return rest.length <= 1;
-  if (KNOWN_DATA_FIELDS.has(field)) return rest.length === 0;
+  if (KNOWN_DATA_FIELDS.has(field) || EVENT_DATA_FIELDS.has(field)) return rest.length === 0;
+  if (OPEN_DATA_FIELDS.has(field)) return true;
   // Rule `extra` values may be objects; their inner shape is the author's business.
   return known.has(field);
 }

@@ -74,6 +74,8 @@ describe("template placeholders", () => {
     ["{{ data.labels | json }}", '{"room":"cellar"}'],
     ["{{ data.site.name }}", "Home"],
     ["{{ data.sensor | truncate(4) }}", "boi…"],
+    ["{{ data.duration_s | default(0) }}", 0],
+    ['{{ data.aggregate.fn | default("none") }}', "none"],
   ])("%s → %j", (tpl, expected) => {
     expect(renderWith({ x: tpl }).x).toEqual(expected);
   });
