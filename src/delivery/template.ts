@@ -142,12 +142,23 @@ const FILTERS: Record<string, FilterSpec> = {
     },
   },
   time: {
-    check: noArgs("time"),
-    apply: (v) => {
+    check: (args) => {
+      if (args.length === 0) return undefined;
+      const tz = args[0];
+      if (args.length !== 1 || typeof tz !== "string")
+        return 'time takes an optional time zone, e.g. time("Europe/Berlin")';
+      return zoneFormat(tz) ? undefined : `unknown time zone '${tz}' (use an IANA name like Europe/Berlin)`;
+    },
+    apply: (v, [tz]) => {
       const d = toDate(v);
       if (!d) return v;
-      const iso = d.toISOString();
-      return `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
+      if (tz === undefined) {
+        const iso = d.toISOString();
+        return `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
+      }
+      const parts: Record<string, string> = {};
+      for (const p of (zoneFormat(tz as string) as Intl.DateTimeFormat).formatToParts(d)) parts[p.type] = p.value;
+      return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute} ${parts.timeZoneName}`;
     },
   },
   iso: {
@@ -185,6 +196,30 @@ const FILTERS: Record<string, FilterSpec> = {
 };
 
 export const FILTER_NAMES: readonly string[] = Object.keys(FILTERS);
+
+const zoneFormats = new Map<string, Intl.DateTimeFormat | undefined>();
+
+/** A formatter for `time("Zone/Name")`, or undefined when the zone is unknown. Cached: built once per zone. */
+function zoneFormat(tz: string): Intl.DateTimeFormat | undefined {
+  if (zoneFormats.has(tz)) return zoneFormats.get(tz);
+  let f: Intl.DateTimeFormat | undefined;
+  try {
+    f = new Intl.DateTimeFormat("en-US", {
+      timeZone: tz,
+      year: "numeric",
+      month: "2-digit",
+      day: "2-digit",
+      hour: "2-digit",
+      minute: "2-digit",
+      hourCycle: "h23",
+      timeZoneName: "short",
+    });
+  } catch {
+    f = undefined;
+  }
+  if (zoneFormats.size < 64) zoneFormats.set(tz, f);
+  return f;
+}
 
 function roundTo(x: number, n: number): number {
   // Scale through the decimal string so 1.005 rounds to 1.01 rather than 1.00 (binary FP).
