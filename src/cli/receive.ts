@@ -82,6 +82,7 @@ export function summarize(json: unknown, body: Buffer): { type: string; summary:
   const type = typeof o.type === "string" ? o.type : "-";
   const data = o.data && typeof o.data === "object" ? (o.data as Record<string, unknown>) : undefined;
   if (type === "batch" && Array.isArray(data?.events)) return { type, summary: `${data.events.length} events` };
+  if (Array.isArray(data?.readings)) return { type, summary: `${data.readings.length} readings` };
   if (data) {
     const what = [data.sensor, data.metric].filter((x) => typeof x === "string" && x).join("/");
     const value = data.value === undefined ? "" : `=${fmtNumber(data.value)}`;

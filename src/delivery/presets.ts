@@ -45,6 +45,12 @@ export interface Facts {
   threshold: unknown;
   severity: Severity;
   since: unknown;
+  /** sensor.silent: when the sensor last reported (null when never). */
+  lastSeen: unknown;
+  /** sensor.silent: the rule's absent_for in seconds. */
+  absentForS: unknown;
+  /** readings: how many readings the batch holds. */
+  count: unknown;
   labels: Record<string, string>;
   /** `data` fields beyond the known ones (rule `extra`). */
   extra: Record<string, unknown>;
@@ -74,6 +80,9 @@ export function factsOf(envelope: unknown): Facts {
     threshold: data.threshold,
     severity: sev,
     since: data.since,
+    lastSeen: data.last_seen,
+    absentForS: data.absent_for_s,
+    count: data.count,
     labels,
     extra,
   };
@@ -154,17 +163,30 @@ function status(f: Facts): string {
     case "test":
       return "TEST";
     default:
-      return f.type || "event";
+      return (f.type || "event").toUpperCase();
   }
+}
+
+/** `90` → `1m30s`: how long a sensor may stay silent, as rules write it. */
+function seconds(v: unknown): string {
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) return toText(v);
+  const h = Math.floor(v / 3600);
+  const m = Math.floor((v % 3600) / 60);
+  const s = Math.round(v % 60);
+  return [h && `${h}h`, m && `${m}m`, s && `${s}s`].filter(Boolean).join("") || "0s";
 }
 
 /** The measurement part: `is 81.5 (threshold 80)`, or what a silent sensor means. */
 function detail(f: Facts): string {
   const k = kindOf(f.type);
-  if (k === "silent")
+  if (k === "silent") {
+    if (f.lastSeen !== undefined && f.lastSeen !== null) return `has sent nothing since ${formatTime(f.lastSeen)}`;
+    if (typeof f.absentForS === "number") return `has sent nothing for ${seconds(f.absentForS)}`;
     return f.since !== undefined ? `has sent nothing since ${formatTime(f.since)}` : "has gone silent";
+  }
   if (k === "returned") return "reports again";
   if (k === "test") return `test webhook from ${f.agent || "edgehook"}`;
+  if (typeof f.count === "number" && f.value === undefined) return `sent ${f.count} readings`;
   const value = f.value === undefined ? "" : `is ${formatValue(f.value)}`;
   const threshold = f.threshold === undefined || f.threshold === null ? "" : ` (threshold ${formatValue(f.threshold)})`;
   return `${value}${threshold}`.trim();

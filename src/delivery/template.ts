@@ -37,6 +37,29 @@ export const KNOWN_DATA_FIELDS: ReadonlySet<string> = new Set([
   "since",
 ]);
 
+/**
+ * Fields the rule engine adds for some event types (src/rules/engine.ts): why an alert
+ * resolved, how long it fired, when a silent sensor was last seen, aggregate/rate details,
+ * batched telemetry. Missing in an event, they render as empty (or null).
+ */
+export const EVENT_DATA_FIELDS: ReadonlySet<string> = new Set([
+  "condition",
+  "reason",
+  "repeat",
+  "firing_for_s",
+  "duration_s",
+  "last_seen",
+  "absent_for_s",
+  "reading_value",
+  "rate_per",
+  "rate_window_s",
+  "source",
+  "count",
+]);
+
+/** Object- or list-valued fields whose inner paths are not checked (`data.aggregate.fn`). */
+const OPEN_DATA_FIELDS: ReadonlySet<string> = new Set(["aggregate", "readings"]);
+
 export interface CompileOptions {
   /**
    * `content_type` of the destination. Required for a text (string) template, where
@@ -119,12 +142,23 @@ const FILTERS: Record<string, FilterSpec> = {
     },
   },
   time: {
-    check: noArgs("time"),
-    apply: (v) => {
+    check: (args) => {
+      if (args.length === 0) return undefined;
+      const tz = args[0];
+      if (args.length !== 1 || typeof tz !== "string")
+        return 'time takes an optional time zone, e.g. time("Europe/Berlin")';
+      return zoneFormat(tz) ? undefined : `unknown time zone '${tz}' (use an IANA name like Europe/Berlin)`;
+    },
+    apply: (v, [tz]) => {
       const d = toDate(v);
       if (!d) return v;
-      const iso = d.toISOString();
-      return `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
+      if (tz === undefined) {
+        const iso = d.toISOString();
+        return `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
+      }
+      const parts: Record<string, string> = {};
+      for (const p of (zoneFormat(tz as string) as Intl.DateTimeFormat).formatToParts(d)) parts[p.type] = p.value;
+      return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute} ${parts.timeZoneName}`;
     },
   },
   iso: {
@@ -162,6 +196,30 @@ const FILTERS: Record<string, FilterSpec> = {
 };
 
 export const FILTER_NAMES: readonly string[] = Object.keys(FILTERS);
+
+const zoneFormats = new Map<string, Intl.DateTimeFormat | undefined>();
+
+/** A formatter for `time("Zone/Name")`, or undefined when the zone is unknown. Cached: built once per zone. */
+function zoneFormat(tz: string): Intl.DateTimeFormat | undefined {
+  if (zoneFormats.has(tz)) return zoneFormats.get(tz);
+  let f: Intl.DateTimeFormat | undefined;
+  try {
+    f = new Intl.DateTimeFormat("en-US", {
+      timeZone: tz,
+      year: "numeric",
+      month: "2-digit",
+      day: "2-digit",
+      hour: "2-digit",
+      minute: "2-digit",
+      hourCycle: "h23",
+      timeZoneName: "short",
+    });
+  } catch {
+    f = undefined;
+  }
+  if (zoneFormats.size < 64) zoneFormats.set(tz, f);
+  return f;
+}
 
 function roundTo(x: number, n: number): number {
   // Scale through the decimal string so 1.005 rounds to 1.01 rather than 1.00 (binary FP).
@@ -222,7 +280,11 @@ function parseExpr(src: string): Expr | string {
   const filters: Filter[] = [];
   for (const raw of pieces.slice(1)) {
     const f = parseFilter(raw.trim());
-    if (typeof f === "string") return `${f} in {{${src}}}`;
+    if (typeof f === "string") {
+      // Name the placeholder before the (long) list of filters.
+      const [problem, list] = f.split(" (filters: ");
+      return `${problem} in {{${src}}}${list === undefined ? "" : ` (filters: ${list}`}`;
+    }
     filters.push(f);
   }
   return { path, filters };
@@ -273,10 +335,48 @@ function parseFilter(src: string): Filter | string {
       if (a[2] === "") break;
     }
   }
-  if (!Object.hasOwn(FILTERS, name)) return `unknown filter '${name}' (filters: ${FILTER_NAMES.join(", ")})`;
+  if (!Object.hasOwn(FILTERS, name)) {
+    return `unknown filter '${name}'${didYouMean(name, FILTER_NAMES)} (filters: ${FILTER_NAMES.join(", ")})`;
+  }
   const problem = (FILTERS[name] as FilterSpec).check(args);
   if (problem) return problem;
   return { name, args };
+}
+
+function fieldNames(known: ReadonlySet<string> | "any"): string[] {
+  const extra = known === "any" ? [] : [...known];
+  const fields = [...KNOWN_DATA_FIELDS, ...EVENT_DATA_FIELDS, ...OPEN_DATA_FIELDS, ...extra];
+  return ["type", "timestamp", ...fields.map((f) => `data.${f}`)];
+}
+
+/** Levenshtein distance, for "did you mean" on typos. */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(
+        (prev[j] as number) + 1,
+        (cur[j - 1] as number) + 1,
+        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    prev = cur;
+  }
+  return prev[b.length] as number;
+}
+
+function didYouMean(name: string, candidates: readonly string[]): string {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const c of candidates) {
+    const d = distance(name, c);
+    if (d < bestD) {
+      bestD = d;
+      best = c;
+    }
+  }
+  return best === undefined ? "" : `; did you mean ${best}?`;
 }
 
 function checkPath(path: string[], known: ReadonlySet<string> | "any"): boolean {
@@ -285,7 +385,8 @@ function checkPath(path: string[], known: ReadonlySet<string> | "any"): boolean 
   if (root !== "data") return false;
   if (field === undefined || known === "any") return true;
   if (field === "labels") return rest.length <= 1;
-  if (KNOWN_DATA_FIELDS.has(field)) return rest.length === 0;
+  if (KNOWN_DATA_FIELDS.has(field) || EVENT_DATA_FIELDS.has(field)) return rest.length === 0;
+  if (OPEN_DATA_FIELDS.has(field)) return true;
   // Rule `extra` values may be objects; their inner shape is the author's business.
   return known.has(field);
 }
@@ -312,7 +413,7 @@ function compileString(
     if (!checkPath(e.path, known)) {
       problems.push({
         path,
-        message: `unknown placeholder ${m[0]} (fields: type, timestamp, data.${[...KNOWN_DATA_FIELDS].join(", data.")}, data.labels.<name>${known !== "any" && known.size ? `, data.${[...known].join(", data.")}` : ""})`,
+        message: `unknown placeholder ${m[0]}${didYouMean(e.path.join("."), fieldNames(known))} (fields: ${fieldNames(known).join(", ")}, data.labels.<name>)`,
       });
       bad = true;
       continue;

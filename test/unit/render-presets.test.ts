@@ -201,6 +201,22 @@ describe("presets for other event types", () => {
       "SILENT: boiler/temp has sent nothing since 2026-01-01 10:00 UTC",
     ],
     [{ type: "sensor.returned", data: { sensor: "boiler", metric: "temp" } }, "BACK: boiler/temp reports again"],
+    [
+      {
+        type: "sensor.silent",
+        data: { sensor: "boiler", metric: "temp", last_seen: "2026-01-01T09:59:00Z", since: "2026-01-01T10:09:00Z" },
+      },
+      "SILENT: boiler/temp has sent nothing since 2026-01-01 09:59 UTC",
+    ],
+    [
+      { type: "sensor.silent", data: { sensor: "boiler", metric: "temp", last_seen: null, absent_for_s: 5400 } },
+      "SILENT: boiler/temp has sent nothing for 1h30m",
+    ],
+    [
+      { type: "readings", data: { rule: "forward-all", count: 12, readings: [] } },
+      "READINGS: forward-all sent 12 readings",
+    ],
+    [{ type: "reading", data: { sensor: "boiler", metric: "temp", value: 21.5 } }, "READING: boiler/temp is 21.5"],
     [{ type: "test", data: { agent: "pi-cellar" } }, "TEST: test webhook from pi-cellar"],
     [{ type: "alert.repeat", data: { ...firing.data } }, "CRITICAL (still firing): boiler/temp is 81.456"],
   ])("%j", (ev, expected) => {

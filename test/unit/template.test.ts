@@ -64,6 +64,9 @@ describe("template placeholders", () => {
     ["{{ data.value | fixed(2) }}", "81.46"],
     ["{{ data.value | fixed }}", "81.46"],
     ["{{ data.since | time }}", "2026-01-01 11:58 UTC"],
+    ['{{ data.since | time("Europe/Berlin") }}', "2026-01-01 12:58 GMT+1"],
+    ['{{ data.since | time("America/New_York") }}', "2026-01-01 06:58 EST"],
+    ['{{ data.since | time("UTC") }}', "2026-01-01 11:58 UTC"],
     ["{{ timestamp | epoch }}", 1767268805],
     ["{{ timestamp | iso }}", "2026-01-01T12:00:05.123Z"],
     ["{{ data.severity | upper }}", "CRITICAL"],
@@ -74,6 +77,8 @@ describe("template placeholders", () => {
     ["{{ data.labels | json }}", '{"room":"cellar"}'],
     ["{{ data.site.name }}", "Home"],
     ["{{ data.sensor | truncate(4) }}", "boi…"],
+    ["{{ data.duration_s | default(0) }}", 0],
+    ['{{ data.aggregate.fn | default("none") }}', "none"],
   ])("%s → %j", (tpl, expected) => {
     expect(renderWith({ x: tpl }).x).toEqual(expected);
   });
@@ -165,6 +170,11 @@ describe("template compile errors", () => {
     [{ text: "{{ data.value | round(x) }}" }, "destinations.x.template.text: arguments of round"],
     [{ text: "{{ data.value | round(1, 2) }}" }, "destinations.x.template.text: round takes one whole number"],
     [{ text: "{{ data.value | default }}" }, "destinations.x.template.text: default takes one value"],
+    [
+      { text: '{{ data.since | time("Mars/Olympus") }}' },
+      "destinations.x.template.text: unknown time zone 'Mars/Olympus'",
+    ],
+    [{ text: "{{ data.since | time(1) }}" }, "destinations.x.template.text: time takes an optional time zone"],
     [{ text: "{{ }}" }, "destinations.x.template.text: empty placeholder"],
     [{ text: "{{ data.sensor" }, "destinations.x.template.text: a placeholder opened with {{ is not closed"],
     [{ text: "{{ data.value.x }}" }, "destinations.x.template.text: unknown placeholder"],
@@ -271,4 +281,13 @@ destinations:
   expect(() => parseConfig(text, "agent.yaml", { env: {} })).toThrow(
     /agent\.yaml:8:13: destinations\.chat\.template\.text: quote a value that starts with \{\{ \(YAML reads it as a mapping\): write "\{\{ data\.sensor \}\}"/,
   );
+});
+
+it("suggests the nearest field or filter for a typo", () => {
+  const r = compileTemplate({ a: "{{ data.sensr }}", b: "{{ data.value | rond }}", c: "{{ data.zzzzzz }}" }, ["t"]);
+  expect(r.ok ? [] : r.problems.map((p) => p.message.split(" (")[0])).toEqual([
+    "unknown placeholder {{ data.sensr }}; did you mean data.sensor?",
+    "unknown filter 'rond'; did you mean round? in {{ data.value | rond }}",
+    "unknown placeholder {{ data.zzzzzz }}",
+  ]);
 });
