@@ -229,12 +229,14 @@ function issueToProblems(issue: Issue, root: Node, lc: LineCounter, file: string
   } else if (issue.code === "invalid_type" && exists) {
     message = `must be ${issue.expected === "number" ? "a number" : issue.expected === "string" ? "text" : issue.expected === "array" ? "a list" : issue.expected === "object" ? "a mapping of keys" : issue.expected}`;
   }
-  if (exists && isScalar(node)) message += ` (is '${String(node.source ?? node.value)}')`;
+  const secretKey = path.some((p) => typeof p === "string" && SECRET_KEYS.has(p));
+  if (exists && isScalar(node) && !secretKey) message += ` (is '${String(node.source ?? node.value)}')`;
   return [{ file, line: pos.line, col: pos.col, key: path.join("."), message }];
 }
 
 function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, problems: ConfigProblem[]) {
-  const add = (path: (string | number)[], message: string) => {
+  /** `secret`: never echo the value (it may be a real secret with a typo). */
+  const add = (path: (string | number)[], message: string, secret = false) => {
     const node = nodeAt(root, path) ?? nearest(root, path);
     const pos = lc.linePos(node?.range?.[0] ?? 0);
     const value = nodeAt(root, path);
@@ -243,7 +245,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       line: pos.line,
       col: pos.col,
       key: path.join("."),
-      message: value && isScalar(value) ? `${message} (is '${String(value.value)}')` : message,
+      message: value && isScalar(value) && !secret ? `${message} (is '${String(value.value)}')` : message,
     });
   };
   const destNames = Object.keys(config.destinations);
@@ -321,6 +323,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
         add(
           Array.isArray(d.secret) ? ["destinations", name, "secret", i] : ["destinations", name, "secret"],
           "must be a Standard Webhooks secret: whsec_ followed by base64",
+          true,
         );
       }
     });

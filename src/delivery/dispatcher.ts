@@ -29,7 +29,7 @@ import { EdgehookError } from "../errors.js";
 import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
-import { type Decision, decide, OfflineProbe, type Outcome, TokenBucket } from "./policy.js";
+import { type Decision, decide, describeError, OfflineProbe, type Outcome, TokenBucket } from "./policy.js";
 import { buildRequest } from "./request.js";
 
 export type DestinationState = "up" | "down" | "disabled";
@@ -73,6 +73,21 @@ export interface DispatcherOptions {
   env?: Readonly<Record<string, string | undefined>>;
   /** Longest wait before outcomes are written (default 3 ms). */
   settleDelayMs?: number;
+  /**
+   * Called after every attempt with what the receiver answered (the first bytes of its
+   * body) or the error; `edgehook send-test` prints it. When unset, answers are discarded.
+   */
+  onAttempt?: (info: AttemptInfo) => void;
+}
+
+export interface AttemptInfo {
+  eventId: string;
+  destination: string;
+  status?: number;
+  headers?: Record<string, string | string[] | undefined>;
+  /** Up to the first 4 KiB of the answer. */
+  body?: Buffer;
+  error?: string;
 }
 
 const CLOCK_DETAIL = "clock not synchronised";
@@ -122,6 +137,7 @@ export class Dispatcher {
   readonly #metrics: Metrics;
   readonly #clockSynced: (() => boolean) | undefined;
   readonly #random: () => number;
+  readonly #onAttempt: ((info: AttemptInfo) => void) | undefined;
   readonly #env: Readonly<Record<string, string | undefined>>;
   readonly #settleDelayMs: number;
   readonly #lanes = new Map<string, Lane>();
@@ -144,6 +160,7 @@ export class Dispatcher {
     this.#metrics = options.metrics;
     this.#clockSynced = options.clockSynced;
     this.#random = options.random ?? Math.random;
+    this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
     this.#settleDelayMs = options.settleDelayMs ?? 3;
   }
@@ -580,11 +597,30 @@ export class Dispatcher {
         .then(
           async (res): Promise<Outcome> => {
             const ra = res.headers["retry-after"];
-            // Read and discard the answer so the keep-alive connection can be reused.
-            await res.body.dump({ limit: 65_536 }).catch(() => undefined);
+            if (this.#onAttempt) {
+              const chunks: Buffer[] = [];
+              let n = 0;
+              for await (const chunk of res.body) {
+                if (n < 4096) chunks.push(chunk as Buffer);
+                n += (chunk as Buffer).length;
+              }
+              this.#onAttempt({
+                eventId: delivery.eventId,
+                destination: lane.name,
+                status: res.statusCode,
+                headers: res.headers,
+                body: Buffer.concat(chunks).subarray(0, 4096),
+              });
+            } else {
+              // Read and discard the answer so the keep-alive connection can be reused.
+              await res.body.dump({ limit: 65_536 }).catch(() => undefined);
+            }
             return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
           },
-          (error: unknown): Outcome => ({ kind: "error", error }),
+          (error: unknown): Outcome => {
+            this.#onAttempt?.({ eventId: delivery.eventId, destination: lane.name, error: describeError(error) });
+            return { kind: "error", error };
+          },
         );
     } catch (error) {
       outcome = Promise.resolve({ kind: "error", error });

@@ -34,6 +34,12 @@ type DefaultMetricInstaller = (registry: Registry, config: { prefix: string }) =
 
 export class Metrics {
   readonly registry = new Registry();
+  readonly #scrapeHooks: (() => void)[] = [];
+
+  /** Runs `fn` before each scrape, so gauges read from the outbox are current. */
+  onScrape(fn: () => void): void {
+    this.#scrapeHooks.push(fn);
+  }
 
   readonly readings = new Counter({
     name: "edgehook_readings_total",
@@ -58,6 +64,9 @@ export class Metrics {
     help: "Deliveries in the outbox per destination and state",
     labelNames: ["destination", "state"] as const,
     registers: [this.registry],
+    collect: () => {
+      for (const fn of this.#scrapeHooks) fn();
+    },
   });
   readonly oldestPendingSeconds = new Gauge({
     name: "edgehook_outbox_oldest_pending_seconds",
