@@ -340,6 +340,7 @@ async function main() {
 
     // Start to READY=1, several cold starts (the last one stays up for the rest).
     const readyMs = [];
+    const readyCpuMs = [];
     let agent;
     for (let run = 0; run < START_RUNS; run++) {
       const ready = notify.next("READY=1");
@@ -350,11 +351,13 @@ async function main() {
         exited.then((code) => Promise.reject(new Error(`agent exited ${code}:\n${agent.log().slice(-3000)}`))),
       ]);
       readyMs.push(at - agent.t0);
+      // CPU the start-up used: unlike wall time, not inflated by other load on the machine.
+      readyCpuMs.push(procSample(agent.child.pid).cpuS * 1000);
       if (run < START_RUNS - 1) await stopAgent(agent.child);
     }
     const pid = agent.child.pid;
     console.log(
-      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${readyMs.map((m) => m.toFixed(0)).join(", ")})`,
+      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${readyMs.map((m) => m.toFixed(0)).join(", ")}), CPU used by then ${median(readyCpuMs).toFixed(0)} ms; load average ${readFileSync("/proc/loadavg", "utf8").split(" ")[0]}`,
     );
 
     await sleep(5_000); // let start-up work (JIT, first connects) settle
