@@ -16,7 +16,8 @@ const readme = readFileSync("README.md", "utf8");
 
 function block(lang: string, after: string): string {
   const start = readme.indexOf(after);
-  const m = new RegExp("```" + lang + "\\n([\\s\\S]*?)```").exec(readme.slice(start));
+  const fence = "```";
+  const m = new RegExp(`${fence}${lang}\\n([\\s\\S]*?)${fence}`).exec(readme.slice(start));
   if (start < 0 || !m) throw new Error(`README has no ${lang} block after '${after}'`);
   return m[1] as string;
 }
