@@ -35,10 +35,14 @@
  *   never names one series in both `states` and `removedStates`, so the order in which
  *   the agent applies the two lists does not matter.
  * - Restart (restore): a firing series stays firing (no second firing) and resolves
- *   normally. A pending or clearing series keeps its since-time; it needs one fresh
- *   reading after the restart to confirm the condition before `for`/`clear_for` can
- *   complete (we do not fire on a value read before the downtime), and completes on that
- *   reading at once if the time is already up. Repeats continue their schedule.
+ *   normally. A pending or clearing series continues from where it was: its timer keeps
+ *   its start, and it completes on time with or without a new reading, exactly as a
+ *   running agent completes `for` on the last reading it has (one that arrives in the
+ *   meantime and contradicts it interrupts it as usual). If the time ran out during the
+ *   downtime it completes at the first tick after restore. Repeats and cooldowns continue
+ *   their schedule. The latest value is not written per reading, so an event caused by
+ *   time alone after a restart, before the series' next reading, carries the value stored
+ *   at its last state change (pending, firing, clearing or the previous repeat).
  *   absent_for: the silence timer of a series seen before the restart starts again at
  *   restore time, so the agent's own downtime is not reported as sensor silence (and a
  *   restart after a long outage does not raise a storm of sensor.silent). A series that
@@ -137,8 +141,6 @@ interface AlertSeries extends SeriesBase {
   notifiedAt: number;
   repeats: number;
   cooldownUntil: number;
-  /** Restored pending/clearing: waits for a fresh reading before completing. */
-  stale: boolean;
   agg: AggregateWindow | undefined;
   rate: RateWindow | undefined;
 }
@@ -494,7 +496,6 @@ export class RuleEngine {
     s.lastTs = r.ts;
     s.lastLabels = r.labels;
     s.raw = r.value;
-    s.stale = false;
     if (rule.aggregate !== undefined) {
       if (s.agg === undefined) s.agg = new AggregateWindow(rule.aggregate.fn, rule.aggregate.overMs);
       s.agg.evict(now);
@@ -575,7 +576,7 @@ export class RuleEngine {
   #alertDue(s: AlertSeries, now: number): void {
     // A window that loses samples changes its aggregate without any reading: an open
     // alert (count of door openings, say) must be able to clear when the readings stop.
-    if (!s.stale && s.agg !== undefined && s.phase !== OK) {
+    if (s.agg !== undefined && s.phase !== OK) {
       s.agg.evict(now);
       const v = s.agg.value();
       if (v !== undefined) {
@@ -583,15 +584,13 @@ export class RuleEngine {
         this.#step(s, v, now, now);
       }
     }
-    if (!s.stale) {
-      if (s.phase === PENDING && now >= this.#pendingDue(s)) {
-        this.#fire(s, now, now);
-        return;
-      }
-      if (s.phase === CLEARING && now >= s.clearingAt + s.rule.clearForMs) {
-        this.#resolve(s, now, now, "cleared");
-        return;
-      }
+    if (s.phase === PENDING && now >= this.#pendingDue(s)) {
+      this.#fire(s, now, now);
+      return;
+    }
+    if (s.phase === CLEARING && now >= s.clearingAt + s.rule.clearForMs) {
+      this.#resolve(s, now, now, "cleared");
+      return;
     }
     const every = s.rule.repeatMs;
     if ((s.phase === FIRING || s.phase === CLEARING) && every !== undefined && now >= s.notifiedAt + every) {
@@ -610,7 +609,6 @@ export class RuleEngine {
     s.firedAt = now;
     s.notifiedAt = now;
     s.repeats = 0;
-    s.stale = false;
     this.#mark(s);
     const cfg = s.rule.cfg;
     this.#emit("alert.firing", cfg, s.rule.priority, s.key, ts, now, this.#alertData(s, s.value), cfg.extra);
@@ -624,7 +622,6 @@ export class RuleEngine {
     const cfg = s.rule.cfg;
     this.#emit("alert.resolved", cfg, s.rule.priority, s.key, ts, now, data, cfg.extra);
     s.phase = OK;
-    s.stale = false;
     s.cooldownUntil = s.rule.cooldownMs !== undefined ? now + s.rule.cooldownMs : 0;
     this.#mark(s);
   }
@@ -684,7 +681,6 @@ export class RuleEngine {
     s.cooldownUntil = num(st.cooldown_until, 0);
     s.value = st.value as number | string | boolean | undefined;
     if (st.labels && typeof st.labels === "object") s.lastLabels = st.labels as Record<string, string>;
-    s.stale = phase === PENDING || phase === CLEARING;
     if (phase === OK && s.cooldownUntil <= now) {
       // Only an expired cooldown was left: nothing to keep.
       this.#carry.removedStates.push({ rule: rule.name, series: key });
@@ -899,15 +895,13 @@ export class RuleEngine {
       return;
     }
     let due = Number.POSITIVE_INFINITY;
-    if (!s.stale) {
-      if (s.phase === PENDING) due = this.#pendingDue(s);
-      else if (s.phase === CLEARING) due = s.clearingAt + s.rule.clearForMs;
-    }
+    if (s.phase === PENDING) due = this.#pendingDue(s);
+    else if (s.phase === CLEARING) due = s.clearingAt + s.rule.clearForMs;
     if ((s.phase === FIRING || s.phase === CLEARING) && s.rule.repeatMs !== undefined) {
       const r = s.notifiedAt + s.rule.repeatMs;
       if (r < due) due = r;
     }
-    if (s.agg !== undefined && s.phase !== OK && !s.stale) {
+    if (s.agg !== undefined && s.phase !== OK) {
       const expiry = s.agg.nextExpiry();
       if (expiry !== undefined && expiry < due) due = expiry;
     }
@@ -1054,7 +1048,6 @@ function newAlertSeries(rule: CompiledRule, key: string, sensor: string, metric:
     notifiedAt: 0,
     repeats: 0,
     cooldownUntil: 0,
-    stale: false,
     agg: undefined,
     rate: undefined,
   };
@@ -1094,6 +1087,7 @@ function alertState(s: AlertSeries): Record<string, unknown> | undefined {
         phase: "pending",
         pending_at: s.pendingAt,
         since: s.sinceTs,
+        value: s.value ?? null,
         ...(s.cooldownUntil > 0 ? { cooldown_until: s.cooldownUntil } : {}),
       };
     default:
