@@ -77,6 +77,8 @@ export const MAX_BATCH = 1000;
 const MATCH_CACHE_LIMIT = 50_000;
 /** Sensor part of the series key of buffered batch readings. */
 const BATCH_SENSOR = "\u0000batch";
+/** ECMAScript Date range in ms. */
+const MAX_DATE = 8.64e15;
 
 const OK = 0;
 const PENDING = 1;
@@ -102,6 +104,8 @@ export interface RuleEngineStats {
   droppedBatched: number;
   /** State rows from before a restart that no longer fit a rule and were removed. */
   staleStates: number;
+  /** Readings whose ts is not a usable time (NaN, out of range), skipped. */
+  badTime: number;
 }
 
 /** Who receives an event and how it is ranked; from the rule, or from a stored row. */
@@ -212,7 +216,13 @@ export class RuleEngine {
   /** Batch entries whose row was written in the current call. */
   #fresh: BatchEntry[] = [];
 
-  readonly stats: RuleEngineStats = { late: 0, nonNumeric: 0, droppedBatched: 0, staleStates: 0 };
+  readonly stats: RuleEngineStats = {
+    late: 0,
+    nonNumeric: 0,
+    droppedBatched: 0,
+    staleStates: 0,
+    badTime: 0,
+  };
 
   constructor(opts: RuleEngineOptions) {
     this.#agentId = opts.agentId;
@@ -294,6 +304,11 @@ export class RuleEngine {
     const now = this.#now;
     for (let i = 0; i < readings.length; i++) {
       const r = readings[i] as Reading;
+      // Outside what a Date can hold (or NaN): no body could carry its time.
+      if (!(r.ts > -MAX_DATE && r.ts < MAX_DATE)) {
+        this.stats.badTime++;
+        continue;
+      }
       const targets = this.#targets(r.sensor, r.metric);
       for (let j = 0; j < targets.length; j++) {
         const t = targets[j] as Target;
@@ -323,6 +338,11 @@ export class RuleEngine {
       }
     }
     return this.#finish();
+  }
+
+  /** Series with state in memory (for metrics). */
+  get seriesCount(): number {
+    return this.#series.size;
   }
 
   nextDueAt(): number | undefined {

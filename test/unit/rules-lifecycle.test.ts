@@ -334,6 +334,15 @@ describe("late and out-of-order readings", () => {
     expect(h.types()).toEqual(["sensor.silent"]);
   });
 
+  it("a reading without a usable time is counted and skipped, not thrown", () => {
+    const h = new Harness(rules({ match: M, above: 10 }, { name: "fw", match: M, forward: true }));
+    for (const ts of [Number.NaN, Number.POSITIVE_INFINITY, 9e15]) {
+      expect(h.commit(h.engine.process([reading("tank", "level", 11, ts)]))).toEqual([]);
+    }
+    expect(h.engine.stats.badTime).toBe(3);
+    expect(h.types(h.feed("tank", "level", 11, sec(1)))).toEqual(["alert.firing", "reading"]);
+  });
+
   it("equal timestamps (a redelivered duplicate) are processed normally", () => {
     const h = new Harness(rules({ match: M, above: 10 }));
     h.feed("tank", "level", 11, sec(10));
