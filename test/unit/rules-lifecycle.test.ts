@@ -533,6 +533,10 @@ describe("matching", () => {
     { match: { sensor: "*", metric: "temp" }, sensor: "x", metric: "temp", hit: true },
     { match: { sensor: "*", metric: "temp" }, sensor: "x", metric: "temperature", hit: false },
     { match: { sensor: "*/kitchen/*" }, sensor: "home/kitchen/1", metric: "t", hit: true },
+    { match: { sensor: "pump(1)+[a]" }, sensor: "pump(1)+[a]", metric: "t", hit: true }, // regex characters are literal
+    { match: { sensor: "pump(1)+[a]" }, sensor: "pump11a", metric: "t", hit: false },
+    { match: { sensor: "^x$|y" }, sensor: "y", metric: "t", hit: false },
+    { match: { sensor: "thermo-*", metric: "t?mp" }, sensor: "thermo-é", metric: "tèmp", hit: true }, // ? is one character
     { match: { labels: { site: "barn" } }, sensor: "s", metric: "t", labels: { site: "barn", x: "y" }, hit: true },
     { match: { labels: { site: "barn" } }, sensor: "s", metric: "t", labels: { site: "house" }, hit: false },
     { match: { labels: { site: "barn" } }, sensor: "s", metric: "t", hit: false },

@@ -112,10 +112,18 @@ describe("firing and resolving", () => {
     expect(e!.createdAt).toBe(sec(100));
   });
 
-  it("fires once while the condition holds", () => {
+  it("fires once while the condition holds, and writes no state for the readings after", () => {
     const h = new Harness(rules({ match: M, above: 30 }));
     for (let i = 0; i < 10; i++) h.feed("greenhouse", "temp", 31 + i, sec(i));
     expect(h.types()).toEqual(["alert.firing"]);
+    expect(h.batches.map((b) => b.states.length + b.removedStates.length)).toEqual([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+  });
+
+  it("a reading below the threshold writes nothing at all", () => {
+    const h = new Harness(rules({ match: M, above: 30 }));
+    for (let i = 0; i < 5; i++) h.feed("greenhouse", "temp", 20, sec(i));
+    expect(h.batches.every((b) => b.events.length + b.states.length + b.removedStates.length === 0)).toBe(true);
+    expect(h.engine.nextDueAt()).toBeUndefined();
   });
 
   it("priority overrides the severity's default", () => {
