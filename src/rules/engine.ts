@@ -998,6 +998,7 @@ export class RuleEngine {
       severity: meta.severity,
       labels: (st.labels as Record<string, string> | undefined) ?? {},
       since: iso(num(st.since, now)),
+      duration_s: Math.max(0, Math.round((now - num(silent ? st.silence_from : st.fired_at, now)) / 1000)),
       reason,
     };
     this.#carry.events.push(

@@ -368,11 +368,19 @@ describe("restart (restore)", () => {
   it("a rule removed during downtime resolves its firing series with the stored destinations", () => {
     const h = new Harness(rules({ match: M, above: 30, severity: "critical" }));
     h.feed("greenhouse", "temp", 31, sec(0));
+    h.clock.advance(90_000);
     h.restart(rules({ name: "other", match: M, below: 0 }));
-    const evts = h.advanceTo(sec(1));
+    const evts = h.advanceTo(sec(91));
     expect(evts).toHaveLength(1);
     expect(evts[0]).toMatchObject({ type: "alert.resolved", rule: "r0", destinations: ["ops"], severity: "critical" });
-    expect(evts[0]!.body.data).toMatchObject({ reason: "rule removed", sensor: "greenhouse", metric: "temp" });
+    expect(evts[0]!.body.data).toMatchObject({
+      reason: "rule removed",
+      sensor: "greenhouse",
+      metric: "temp",
+      value: 31,
+      since: new Date(sec(0)).toISOString(),
+      duration_s: 90,
+    });
     expect(h.store.size).toBe(0);
   });
 });
