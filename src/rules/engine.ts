@@ -93,7 +93,18 @@ export interface RuleEngineOptions {
   agentId: string;
   rules: readonly RuleConfig[];
   clock: Clock;
+  /**
+   * Most series kept in memory (design invariant 6: sensor names come from topics and
+   * lines, so their number is not ours to choose). At the limit, series at rest (ok, no
+   * stored row, empty windows) are dropped; if that does not make room, readings of new
+   * series are counted in `stats.seriesLimit` and skipped. Default 100,000.
+   */
+  maxSeries?: number;
 }
+
+export const DEFAULT_MAX_SERIES = 100_000;
+/** At the limit, look for series at rest at most this often (the sweep is O(series)). */
+const SWEEP_INTERVAL_MS = 60_000;
 
 export interface RuleEngineStats {
   /** Readings older than the newest seen for their series, ignored for state. */
@@ -106,6 +117,10 @@ export interface RuleEngineStats {
   staleStates: number;
   /** Readings whose ts is not a usable time (NaN, out of range), skipped. */
   badTime: number;
+  /** Readings of new series skipped because `maxSeries` series are active. */
+  seriesLimit: number;
+  /** Series at rest dropped to make room. */
+  seriesEvicted: number;
 }
 
 /** Who receives an event and how it is ranked; from the rule, or from a stored row. */
@@ -198,6 +213,8 @@ const iso = (ms: number): string => new Date(ms).toISOString();
 export class RuleEngine {
   readonly #agentId: string;
   readonly #clock: Clock;
+  readonly #maxSeries: number;
+  #lastSweep = Number.NEGATIVE_INFINITY;
   #rules: CompiledRule[];
   #byName: Map<string, CompiledRule>;
   readonly #series = new Map<string, Series>();
@@ -222,9 +239,12 @@ export class RuleEngine {
     droppedBatched: 0,
     staleStates: 0,
     badTime: 0,
+    seriesLimit: 0,
+    seriesEvicted: 0,
   };
 
   constructor(opts: RuleEngineOptions) {
+    this.#maxSeries = opts.maxSeries ?? DEFAULT_MAX_SERIES;
     this.#agentId = opts.agentId;
     this.#clock = opts.clock;
     this.#rules = opts.rules.map(compileRule);
@@ -483,6 +503,25 @@ export class RuleEngine {
     return targets;
   }
 
+  // ------------------------------------------------------------------ memory bound
+
+  /** Room for one more series? At the limit, drops series at rest (at most once a minute). */
+  #admit(now: number): boolean {
+    if (this.#series.size < this.#maxSeries) return true;
+    if (now - this.#lastSweep >= SWEEP_INTERVAL_MS) {
+      this.#lastSweep = now;
+      for (const [key, s] of this.#series) {
+        if (!atRest(s, now)) continue;
+        s.gone = true;
+        this.#series.delete(key);
+        this.stats.seriesEvicted++;
+      }
+    }
+    if (this.#series.size < this.#maxSeries) return true;
+    this.stats.seriesLimit++;
+    return false;
+  }
+
   // ------------------------------------------------------------------ alert rules
 
   #alertReading(t: Target, r: Reading, now: number): void {
@@ -491,6 +530,7 @@ export class RuleEngine {
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AlertSeries | undefined;
       if (s === undefined) {
+        if (!this.#admit(now)) return;
         s = newAlertSeries(rule, t.key, r.sensor, r.metric);
         this.#series.set(t.key, s);
       }
@@ -716,6 +756,7 @@ export class RuleEngine {
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AbsentSeries | undefined;
       if (s === undefined) {
+        if (!this.#admit(now)) return;
         s = newAbsentSeries(t.rule, t.key, r.sensor, t.rule.perSensor ? "*" : r.metric, now);
         this.#series.set(t.key, s);
       }
@@ -1095,6 +1136,24 @@ function newAbsentSeries(rule: CompiledRule, key: string, sensor: string, metric
     silenceFrom: now,
     sinceTs: now,
   };
+}
+
+/**
+ * Nothing to lose by dropping it: an alert series that is ok, has no stored row, no
+ * cooldown and no samples in its window. (Only its late-reading guard goes, which a
+ * reading older than a forgotten one cannot turn into a flap: it starts from ok.)
+ */
+function atRest(s: Series, now: number): boolean {
+  if (s.kind !== "alert" || s.phase !== OK || s.persisted || s.dirty || s.cooldownUntil > now) return false;
+  if (s.agg !== undefined) {
+    s.agg.evict(now);
+    if (s.agg.count > 0) return false;
+  }
+  if (s.rate !== undefined) {
+    s.rate.evict(now);
+    if (s.rate.count > 0) return false;
+  }
+  return true;
 }
 
 /** The row a restart needs, or undefined when the series is at rest (row removed). */

@@ -605,3 +605,35 @@ describe("aggregate windows that empty without readings", () => {
     expect(h.types(h.feed("tank", "level", 20, sec(3601)))).toEqual(["alert.resolved"]);
   });
 });
+
+describe("bounded memory (maxSeries)", () => {
+  it("drops series at rest to make room for new ones", () => {
+    const h = new Harness(rules({ match: { sensor: "*" }, above: 30 }), undefined, 10);
+    for (let i = 0; i < 10; i++) h.feed(`s${i}`, "t", 20, sec(i));
+    expect(h.engine.seriesCount).toBe(10);
+    expect(h.types(h.feed("s10", "t", 31, sec(10)))).toEqual(["alert.firing"]);
+    expect(h.engine.stats.seriesEvicted).toBe(10);
+    expect(h.engine.seriesCount).toBe(1);
+  });
+
+  it("never drops a firing series; new series are counted and skipped instead", () => {
+    const h = new Harness(rules({ match: { sensor: "*" }, above: 30 }), undefined, 10);
+    for (let i = 0; i < 10; i++) h.feed(`s${i}`, "t", 31, sec(i));
+    expect(h.feed("s10", "t", 31, sec(10))).toEqual([]);
+    expect(h.engine.stats.seriesLimit).toBe(1);
+    // The firing ones still resolve.
+    expect(h.types(h.feed("s3", "t", 20, sec(11)))).toEqual(["alert.resolved"]);
+  });
+
+  it("keeps series whose window still holds samples", () => {
+    const h = new Harness(rules({ match: { sensor: "*" }, rate_above: 1, rate_window: "1m" }), undefined, 2);
+    h.feed("a", "t", 1, sec(0));
+    h.feed("b", "t", 1, sec(0));
+    h.feed("c", "t", 1, sec(1));
+    expect(h.engine.stats.seriesLimit).toBe(1);
+    // A minute later both windows are empty: room again.
+    h.feed("c", "t", 1, sec(120));
+    expect(h.engine.stats.seriesEvicted).toBe(2);
+    expect(h.engine.seriesCount).toBe(1);
+  });
+});
