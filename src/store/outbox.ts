@@ -264,7 +264,7 @@ export class Outbox implements OutboxReader {
   readonly #check: boolean;
   #maxAge: Readonly<Record<string, number>>;
   #db: Database | undefined;
-  #s!: Statements;
+  #statements: Statements | undefined;
   #tx!: (fn: () => unknown) => unknown;
 
   #queue: Waiter[] = [];
@@ -294,13 +294,19 @@ export class Outbox implements OutboxReader {
     this.#dropLog = new RateLimitedLog(60_000, () => options.clock.now());
   }
 
+  /** The prepared statements; using them on a closed outbox is a programming error. */
+  get #s(): Statements {
+    if (!this.#statements) throw new Error("outbox is not open");
+    return this.#statements;
+  }
+
   // ------------------------------------------------------------ lifecycle
 
   open(): void {
     if (this.#db) return;
     const db = openDatabase(this.#file, { logger: this.#log, check: this.#check, now: () => this.#clock.now() });
     this.#db = db;
-    this.#s = prepareAll(db);
+    this.#statements = prepareAll(db);
     const tx = db.transaction((fn: () => unknown) => fn());
     // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a
     // deferred read turning into SQLITE_BUSY when another process writes.
@@ -312,8 +318,14 @@ export class Outbox implements OutboxReader {
   close(): void {
     if (!this.#db) return;
     this.flush();
-    this.#db.close();
-    this.#db = undefined;
+    try {
+      // Keeps the planner's statistics fresh for the next start (cheap, SQLite docs).
+      this.#db.pragma("optimize");
+    } finally {
+      this.#db.close();
+      this.#db = undefined;
+      this.#statements = undefined;
+    }
   }
 
   get isOpen(): boolean {
