@@ -77,7 +77,7 @@ export const HISTORY_LENGTH = 10;
 /** Rows handled per transaction by maintenance, replay and purge. */
 const BATCH_ROWS = 5000;
 /** Rows pruned/expired per maintain() pass. */
-export const MAINTAIN_MAX_ROWS = 50_000;
+export const MAINTAIN_MAX_ROWS = 20_000;
 /** How long a free-disk reading is trusted. */
 const DISK_CHECK_MS = 1000;
 
@@ -346,8 +346,10 @@ export class Outbox implements OutboxReader {
 
   /**
    * Stores the batch's events (one delivery per destination) and rule states atomically.
-   * Resolves once the transaction carrying it committed durably. With a FakeClock the
-   * commit happens when the clock passes commit_delay, or on flush().
+   * Resolves once the transaction carrying it committed durably; rejects if that
+   * transaction failed (then nothing of the batch is stored: do not acknowledge it).
+   * The group waits commit_delay on the injected clock: with a FakeClock advance it,
+   * call flush(), or use commit_delay 0 (the next turn of the event loop).
    */
   commit(batch: CommitBatch): Promise<CommitResult> {
     if (!this.#db) return Promise.reject(new Error("outbox is not open"));
