@@ -974,6 +974,11 @@ export class Outbox implements OutboxReader {
     }
   }
 
+  /** Brings the outbox gauges up to date (called before each /metrics scrape). */
+  refreshMetrics(): void {
+    this.#updateMetrics();
+  }
+
   #updateMetrics(): void {
     const now = this.#clock.now();
     for (const [destination, c] of this.#counts) {
