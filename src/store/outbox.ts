@@ -393,7 +393,14 @@ export class Outbox implements OutboxReader {
     try {
       results = this.#commitGroup(group.map((w) => w.batch));
     } catch (err) {
-      // One bad batch (e.g. a duplicate event id) must not fail the others: retry each alone.
+      if (!isBatchSpecific(err)) {
+        // The database itself failed (busy, I/O, full): retrying each batch would only
+        // repeat the wait. Nothing was stored; callers must not acknowledge.
+        this.#log.error({ err, batches: group.length }, "outbox commit failed; the batches were not stored");
+        for (const w of group) w.reject(err);
+        return;
+      }
+      // One bad batch (a duplicate event id, a body that is not JSON) must not fail the others.
       this.#log.warn({ err, batches: group.length }, "group commit failed; committing batches one by one");
       for (const w of group) {
         try {
@@ -1017,6 +1024,13 @@ interface StateRow {
   series: string;
   version: string;
   state: string;
+}
+
+/** Errors caused by one batch's content rather than by the database. */
+function isBatchSpecific(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && code.startsWith("SQLITE_")) return code.startsWith("SQLITE_CONSTRAINT");
+  return true; // e.g. TypeError from JSON.stringify of a body
 }
 
 function toListing(r: DeliveryRow): DeliveryListing {

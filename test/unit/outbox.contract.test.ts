@@ -370,6 +370,19 @@ describe("durability and reopening", () => {
     expect(realCounts()).toMatchObject({ events: 2, "ops/pending": 2 });
   });
 
+  it("a body that cannot be serialised fails only its own batch", async () => {
+    const o = makeOutbox();
+    const bad = ev("b:s:m");
+    bad.body.data.big = 10n; // JSON.stringify throws on BigInt
+    const good = o.commit(batch([ev("g:s:m")]));
+    const failing = o.commit(batch([bad], [{ rule: "b", series: "b:s:m", version: "1", state: 1 }]));
+    clock.advance(2);
+    await expect(good).resolves.toMatchObject({ accepted: 1 });
+    await expect(failing).rejects.toThrow(/BigInt/);
+    expect(o.loadStates()).toEqual([]);
+    expect(realCounts()).toMatchObject({ events: 1 });
+  });
+
   it("removes rule states in the same transaction", async () => {
     const o = makeOutbox();
     await commit(o, [], [{ rule: "r", series: "a", version: "1", state: { x: 1 } }]);
