@@ -34,8 +34,9 @@
  *   MAINTAIN_MAX_ROWS rows per pass so one pass never blocks the event loop for long.
  *
  * Memory does not grow with the backlog: counts live in the `counts`/`totals` tables,
- * updated in the same transactions as the rows and mirrored in memory; no query loads
- * more than a bounded batch of rows.
+ * updated in the same transactions as the rows, recounted from the rows when the agent
+ * opens the outbox, and mirrored in memory, so limits never need COUNT(*) per commit;
+ * no query loads more than a bounded batch of rows.
  *
  * Another process (`edgehook queue ...`) may open the same file while the agent runs
  * (WAL); PRAGMA data_version tells us when it changed something, and the in-memory
@@ -311,6 +312,9 @@ export class Outbox implements OutboxReader {
     // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a
     // deferred read turning into SQLITE_BUSY when another process writes.
     this.#tx = (fn) => tx.immediate(fn);
+    // The agent recounts at start (one pass, like the integrity check before it), so a
+    // counter that ever drifted cannot bend the limits for the rest of the run.
+    if (this.#check) this.#recount();
     this.#loadCounters();
   }
 
@@ -920,6 +924,30 @@ export class Outbox implements OutboxReader {
     this.#bytes += delta.bytes;
     this.#reportDrops(delta.drops);
     return result;
+  }
+
+  /** Rewrites the `counts`/`totals` tables from the rows; warns when they had drifted. */
+  #recount(): void {
+    const db = this.#db as Database;
+    this.#tx(() => {
+      const snapshot = () =>
+        JSON.stringify([
+          db.prepare("SELECT destination, state, n FROM counts WHERE n <> 0 ORDER BY destination, state").all(),
+          this.#s.totals.all(),
+        ]);
+      const before = snapshot();
+      db.exec(`
+        DELETE FROM counts;
+        INSERT INTO counts (destination, state, n)
+          SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state;
+        UPDATE totals SET value = (SELECT COUNT(*) FROM events) WHERE key = 'events';
+        UPDATE totals SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes';
+      `);
+      const after = snapshot();
+      if (before !== after) {
+        this.#log.warn({ before, after }, "outbox counters did not match the stored rows; recounted");
+      }
+    });
   }
 
   #loadCounters(): void {

@@ -127,6 +127,31 @@ describe("operator log lines", () => {
     expect(warns[1]).toMatchObject({ suppressedLogs: 1 });
   });
 
+  it("recounts the counters from the rows when the agent opens the outbox", async () => {
+    let { lines, clock, outbox } = setup({ max_events: 100 });
+    for (let i = 0; i < 5; i++) await outbox.commit({ events: [ev(clock)], states: [], removedStates: [] });
+    const [d] = outbox.next("ops", clock.now(), 1, new Set());
+    outbox.settle([{ id: d!.id, outcome: "delivered", attempt: { at: clock.now(), status: 200, durationMs: 1 } }]);
+    clock.advance(120_000);
+    outbox.maintain(); // prunes the delivered row: its count row stays at 0
+    outbox.close();
+    await settle();
+    expect(lines.filter((l) => l.level === "warn")).toEqual([]);
+
+    const raw = new Database(join(dir, "outbox.db"));
+    raw.prepare("UPDATE counts SET n = n + 1000").run();
+    raw.prepare("UPDATE totals SET value = 7").run();
+    raw.close();
+    ({ lines, clock, outbox } = setup({ max_events: 100 }));
+    expect(outbox.totals()).toMatchObject({ events: 4, pending: 4 });
+    expect(outbox.stats()).toMatchObject([{ destination: "ops", pending: 4, delivered: 0, dead: 0 }]);
+    outbox.close();
+    await settle();
+    expect(lines.filter((l) => l.level === "warn").map((l) => l.msg)).toEqual([
+      "outbox counters did not match the stored rows; recounted",
+    ]);
+  });
+
   it("warns once when the disk floor is reached, not on every refused commit", async () => {
     const { lines, clock, outbox } = setup({ min_free_disk: Number.MAX_SAFE_INTEGER });
     for (let i = 0; i < 3; i++) {
