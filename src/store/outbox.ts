@@ -322,14 +322,11 @@ export class Outbox implements OutboxReader {
   close(): void {
     if (!this.#db) return;
     this.flush();
-    try {
-      // Keeps the planner's statistics fresh for the next start (cheap, SQLite docs).
-      this.#db.pragma("optimize");
-    } finally {
-      this.#db.close();
-      this.#db = undefined;
-      this.#statements = undefined;
-    }
+    // No PRAGMA optimize/ANALYZE: every query is written for a named index, and planner
+    // statistics gathered on a small outbox could steer it wrong on a large one.
+    this.#db.close();
+    this.#db = undefined;
+    this.#statements = undefined;
   }
 
   get isOpen(): boolean {
