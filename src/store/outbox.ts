@@ -82,6 +82,11 @@ export const MAINTAIN_MAX_ROWS = 20_000;
 /** How long a free-disk reading is trusted. */
 const DISK_CHECK_MS = 1000;
 
+/**
+ * next_at of a delivery that has not been tried yet: due whatever the wall clock says,
+ * so a clock stepped backwards (NTP after a boot without RTC) never holds back new events.
+ */
+const DUE_NOW = 0;
 const PENDING = 0;
 const DELIVERED = 1;
 const DEAD = 2;
@@ -441,7 +446,6 @@ export class Outbox implements OutboxReader {
       }
       return { accepted: 0, dropped };
     }
-    const now = this.#clock.now();
     for (const e of b.events) {
       const destinations = new Set(e.destinations);
       if (destinations.size === 0) continue;
@@ -462,7 +466,7 @@ export class Outbox implements OutboxReader {
         const key = `${d}\u0000${e.series}`;
         let hasPending = memo.get(key);
         if (hasPending === undefined) hasPending = s.hasPending.get(d, e.series) !== undefined;
-        s.insertDelivery.run(seq, d, e.series, e.priority, e.createdAt, hasPending ? 0 : 1, now);
+        s.insertDelivery.run(seq, d, e.series, e.priority, e.createdAt, hasPending ? 0 : 1, DUE_NOW);
         memo.set(key, true);
         delta.count(d, PENDING, 1);
       }
@@ -665,11 +669,10 @@ export class Outbox implements OutboxReader {
    */
   replay(target: ReplayTarget): number {
     const s = this.#s;
-    const now = this.#clock.now();
     const requeue = (rows: { id: number; destination: string; series: string; state: number }[], delta: Delta) => {
       const series = new Map<string, [string, string]>();
       for (const r of rows) {
-        s.markReplayed.run(now, r.id);
+        s.markReplayed.run(DUE_NOW, r.id);
         delta.count(r.destination, r.state, -1);
         delta.count(r.destination, PENDING, 1);
         series.set(`${r.destination}\u0000${r.series}`, [r.destination, r.series]);

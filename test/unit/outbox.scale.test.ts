@@ -105,7 +105,7 @@ describe("outbox at scale", () => {
       outbox.next("ops", clock.now(), 4, new Set());
     });
     expect(ms).toBeLessThan(3);
-    expect(outbox.nextDueAt("ops")).toBe(clock.now());
+    expect(outbox.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
   });
 
   it("settle() promotes the next row of the long series without scanning it", () => {
