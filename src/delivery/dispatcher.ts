@@ -71,7 +71,7 @@ export interface DispatcherOptions {
   random?: () => number;
   /** Proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); the agent passes process.env. */
   env?: Readonly<Record<string, string | undefined>>;
-  /** Longest wait before outcomes are written (default 3 ms). */
+  /** Longest wait before outcomes are written (default 5 ms). */
   settleDelayMs?: number;
 }
 
@@ -99,7 +99,7 @@ interface Lane {
   since: number;
   detail: string | undefined;
   flights: Map<number, Flight>;
-  /** Series and delivery ids (as strings) in flight or with an unwritten outcome. */
+  /** Series with a delivery in flight or an outcome not yet written. */
   exclude: Set<string>;
   probe: OfflineProbe;
   bucket: TokenBucket | undefined;
@@ -145,7 +145,7 @@ export class Dispatcher {
     this.#clockSynced = options.clockSynced;
     this.#random = options.random ?? Math.random;
     this.#env = options.env ?? process.env;
-    this.#settleDelayMs = options.settleDelayMs ?? 3;
+    this.#settleDelayMs = options.settleDelayMs ?? 5;
   }
 
   start(): void {
@@ -557,9 +557,9 @@ export class Dispatcher {
   #send(lane: Lane, delivery: Delivery, probe: boolean): void {
     const at = this.#clock.now();
     const started = this.#clock.monotonic();
-    const idKey = String(delivery.id);
+    // Series alone is enough: each in-flight delivery is the head of its series, and the
+    // outbox over-fetches by exclude.size, so ids would only double that.
     lane.exclude.add(delivery.series);
-    lane.exclude.add(idKey);
     const abort = new AbortController();
     const flight: Flight = { delivery, abort, probe, aborted: false, done: Promise.resolve() };
     lane.flights.set(delivery.id, flight);
@@ -598,7 +598,6 @@ export class Dispatcher {
     if (flight.aborted) {
       // Shutdown: no outcome to record; the delivery stays pending as it was.
       lane.exclude.delete(delivery.series);
-      lane.exclude.delete(String(delivery.id));
       if (flight.probe) lane.probe.released();
       this.#resolveIdle();
       return;
@@ -636,6 +635,12 @@ export class Dispatcher {
     }
     this.#transition(lane, flight, decision);
     this.#queueSettle({ lane, settlement, series: delivery.series });
+    // Slots are free: other series can go out while this outcome waits to be written. Refill
+    // in chunks (a quarter of the lane) so one outbox read serves several requests.
+    if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
+      this.#toPump.add(lane);
+      this.#schedulePumps();
+    }
   }
 
   /** Destination state and logging after one outcome. */
@@ -746,7 +751,6 @@ export class Dispatcher {
     }
     for (const p of batch) {
       p.lane.exclude.delete(p.series);
-      p.lane.exclude.delete(String(p.settlement.id));
       if (!this.#stopping) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();
