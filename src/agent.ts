@@ -233,7 +233,16 @@ export class Agent {
     });
     const outbox = this.#outbox;
     if (!outbox) throw new Error("outbox is closed");
-    await outbox.commit({ ...batch, events });
+    try {
+      await outbox.commit({ ...batch, events });
+    } catch (err) {
+      // The engine's memory is now ahead of the store. The readings are not acknowledged
+      // (the broker sends them again); rebuild the engine from what is durable.
+      this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
+      this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
+      this.#engine.restore(outbox.loadStates());
+      throw err;
+    }
     if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();
     this.#scheduleTick();
   }
