@@ -197,7 +197,7 @@ native modules: when no prebuilt binary matches (often on armhf), npm compiles t
     find "$stage/node_modules" -mindepth 1 -maxdepth 1 -type d -empty -delete # emptied @scope directories
   else
     say "installing dependencies with npm install --omit=dev --no-audit --no-fund (needs network)"
-    (cd "$stage" && "$NPM" ci --omit=dev --no-audit --no-fund --loglevel=error) || die "$npm_failed"
+    (cd "$stage" && "$NPM" install --omit=dev --no-audit --no-fund --loglevel=error) || die "$npm_failed"
   fi
   # A broken native module should fail the install, not the service at boot.
   (cd "$stage" && "$NODE" -e 'new (require("better-sqlite3"))(":memory:").close()') ||
