@@ -100,6 +100,7 @@ export class Agent {
       clock: this.#clock,
       logger: log.child({ component: "outbox" }),
       metrics: this.metrics,
+      destinationMaxAge: destinationMaxAge(config),
     });
     this.#outbox.open();
     const outbox = this.#outbox;
@@ -295,6 +296,7 @@ export class Agent {
     });
     this.#chain = rulesApplied;
     await rulesApplied;
+    this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
     this.#dispatcher?.reconfigure(config.destinations);
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
@@ -395,4 +397,11 @@ export class Agent {
       },
     });
   }
+}
+
+/** Destinations whose `max_age` overrides `outbox.max_age`. */
+function destinationMaxAge(config: Config): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, d] of Object.entries(config.destinations)) if (d.max_age !== undefined) out[name] = d.max_age;
+  return out;
 }
