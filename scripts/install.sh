@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs edgehook as a systemd service on Debian / Raspberry Pi OS (arm64, armhf, amd64).
 #
-#   sudo scripts/install.sh                  install or upgrade from this checkout (npm ci --omit=dev)
+#   sudo scripts/install.sh                  install or upgrade from this checkout (npm install --omit=dev --no-audit --no-fund)
 #   sudo scripts/install.sh --from-checkout  same, but reuse this checkout's node_modules (no network)
 #   sudo scripts/install.sh --uninstall      remove the service and /opt/edgehook; keep config and data
 #   sudo scripts/install.sh --uninstall --purge   also remove /etc/edgehook, /var/lib/edgehook and the user
@@ -166,7 +166,7 @@ check_source() {
     [ -e "$SOURCE/$f" ] || die "$SOURCE/$f is missing: run this script from an edgehook checkout or release"
   done
   [ -d "$SOURCE/dist" ] && [ -n "$(ls -A "$SOURCE/dist")" ] ||
-    die "$SOURCE/dist is missing: build first with 'npm ci && npm run build'"
+    die "$SOURCE/dist is missing: build first with 'npm install && npm run build'"
 }
 
 # Program files: exactly the package's "files" (package.json) plus the lockfile, into a
@@ -189,15 +189,15 @@ stage_program() {
 native modules: when no prebuilt binary matches (often on armhf), npm compiles them, which needs
   sudo apt-get install -y build-essential python3 make g++"
   if [ "$from_checkout" = 1 ]; then
-    [ -d "$SOURCE/node_modules" ] || die "--from-checkout: $SOURCE/node_modules is missing (run npm ci there)"
+    [ -d "$SOURCE/node_modules" ] || die "--from-checkout: $SOURCE/node_modules is missing (run npm install there)"
     say "copying node_modules from $SOURCE and pruning development packages"
     # "/." follows a node_modules that is itself a symlink.
     cp -a "$SOURCE/node_modules/." "$stage/node_modules/"
     (cd "$stage" && "$NPM" prune --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error) || die "$npm_failed"
     find "$stage/node_modules" -mindepth 1 -maxdepth 1 -type d -empty -delete # emptied @scope directories
   else
-    say "installing dependencies with npm ci --omit=dev (needs network)"
-    (cd "$stage" && "$NPM" ci --omit=dev --no-audit --no-fund --loglevel=error) || die "$npm_failed"
+    say "installing dependencies with npm install --omit=dev --no-audit --no-fund (needs network)"
+    (cd "$stage" && "$NPM" install --omit=dev --no-audit --no-fund --loglevel=error) || die "$npm_failed"
   fi
   # A broken native module should fail the install, not the service at boot.
   (cd "$stage" && "$NODE" -e 'new (require("better-sqlite3"))(":memory:").close()') ||

@@ -100,6 +100,7 @@ export class Agent {
       clock: this.#clock,
       logger: log.child({ component: "outbox" }),
       metrics: this.metrics,
+      destinationMaxAge: destinationMaxAge(config),
     });
     this.#outbox.open();
     const outbox = this.#outbox;
@@ -233,7 +234,16 @@ export class Agent {
     });
     const outbox = this.#outbox;
     if (!outbox) throw new Error("outbox is closed");
-    await outbox.commit({ ...batch, events });
+    try {
+      await outbox.commit({ ...batch, events });
+    } catch (err) {
+      // The engine's memory is now ahead of the store. The readings are not acknowledged
+      // (the broker sends them again); rebuild the engine from what is durable.
+      this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
+      this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
+      this.#engine.restore(outbox.loadStates());
+      throw err;
+    }
     if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();
     this.#scheduleTick();
   }
@@ -286,6 +296,7 @@ export class Agent {
     });
     this.#chain = rulesApplied;
     await rulesApplied;
+    this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
     this.#dispatcher?.reconfigure(config.destinations);
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
@@ -386,4 +397,11 @@ export class Agent {
       },
     });
   }
+}
+
+/** Destinations whose `max_age` overrides `outbox.max_age`. */
+function destinationMaxAge(config: Config): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, d] of Object.entries(config.destinations)) if (d.max_age !== undefined) out[name] = d.max_age;
+  return out;
 }

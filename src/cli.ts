@@ -99,7 +99,8 @@ export async function runCli(argv: string[], io: CliIO): Promise<number> {
       }
       case "ports": {
         const { portsCommand } = await import("./cli/ports.js");
-        return await portsCommand(rest, io.out);
+        // portsCommand writes text with its own newlines.
+        return await portsCommand(rest, { write: (text: string) => io.out(text.replace(/\n$/, "")) });
       }
       case "version":
       case "--version":

@@ -102,18 +102,13 @@ http:
   const started = Date.now();
   let receiverDown: Promise<void> | undefined;
   let receiverUp = false;
-  const done = new Promise<void>((resolve) => {
-    const offs = [io.onSignal("SIGINT", () => resolve()), io.onSignal("SIGTERM", () => resolve())];
-    const timer = setTimeout(resolve, durationMs);
-    void done.then(() => {
-      clearTimeout(timer);
-      for (const off of offs) off();
-    });
+  let lastPending = 0;
+  let finish!: (why: "timeout" | "signal") => void;
+  const done = new Promise<"timeout" | "signal">((resolve) => {
+    finish = resolve;
   });
-  let stopped = false;
-  void done.then(() => {
-    stopped = true;
-  });
+  const offs = [io.onSignal("SIGINT", () => finish("signal")), io.onSignal("SIGTERM", () => finish("signal"))];
+  const timer = setTimeout(() => finish("timeout"), durationMs);
 
   const tick = setInterval(() => {
     const t = (Date.now() - started) / 1000;
@@ -126,6 +121,11 @@ http:
       receiverDown = receiver.stop();
       receiver = undefined;
     }
+    if (receiverDown && !receiverUp) {
+      const pending = agent.health().outbox.pending;
+      if (pending !== lastPending) say(`outbox: ${pending} event(s) pending, waiting for the receiver`);
+      lastPending = pending;
+    }
     if (t >= OFFLINE_UNTIL_S && receiverDown && !receiverUp) {
       receiverUp = true;
       say(`bringing the receiver back; ${agent.health().outbox.pending} event(s) waiting in the outbox`);
@@ -135,9 +135,11 @@ http:
     }
   }, 500);
 
-  await done;
+  const why = await done;
+  clearTimeout(timer);
+  for (const off of offs) off();
   clearInterval(tick);
-  say(stopped ? "stopping" : "interrupted");
+  say(why === "timeout" ? "time is up, stopping" : "interrupted, stopping");
   await client.endAsync();
   await agent.stop();
   await receiverDown;

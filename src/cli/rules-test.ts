@@ -96,11 +96,12 @@ export async function rulesTestCommand(
   }
   runDue(clock.now());
 
-  const { late, nonNumeric } = engine.stats;
+  const { late, nonNumeric, badTime } = engine.stats;
   err(
     `rules test: ${count(readings.length, "reading")}, ${count(events, "event")} up to ${new Date(clock.now()).toISOString()}` +
       (late ? `, ${count(late, "late reading")} ignored` : "") +
       (nonNumeric ? `, ${count(nonNumeric, "non-numeric value")} skipped` : "") +
+      (badTime ? `, ${count(badTime, "reading")} with an impossible time skipped` : "") +
       (bad ? `, ${count(bad, "bad line")}` : ""),
   );
   return bad > 0 ? 1 : 0;
@@ -125,7 +126,7 @@ function parseLine(raw: string): Reading | string {
     return "value: must be a number, a string or true/false";
   }
   let ts: number;
-  if (typeof r.ts === "number" && Number.isFinite(r.ts)) ts = r.ts < 1e11 ? r.ts * 1000 : r.ts;
+  if (typeof r.ts === "number" && Number.isFinite(r.ts)) ts = Math.abs(r.ts) < 1e11 ? r.ts * 1000 : r.ts;
   else if (typeof r.ts === "string" && !Number.isNaN(Date.parse(r.ts))) ts = Date.parse(r.ts);
   else return "ts: must be epoch milliseconds or an ISO 8601 time";
   let labels: Record<string, string> = {};

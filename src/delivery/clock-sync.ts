@@ -114,14 +114,8 @@ export class ClockSyncMonitor {
     if (answer !== this.#answer) {
       const was = this.#answer;
       this.#answer = answer;
-      if (answer === "unsynced") {
-        this.#logger.warn(
-          { code: "EDGEHOOK_CLOCK_UNSYNCED" },
-          "system clock is not synchronised; webhooks are held until it is (agent.require_clock_sync: auto)",
-        );
-      } else if (was === "unsynced") {
-        this.#logger.info("system clock synchronised; delivering webhooks");
-      }
+      // The dispatcher logs holding and resuming (once each); this is the detail behind it.
+      this.#logger.debug({ was, answer }, "clock synchronisation state changed");
       for (const fn of this.#listeners) fn();
     }
     if (this.#stopped) return;

@@ -21,6 +21,7 @@
  * directly (setTimeout/setImmediate): they group I/O and must keep running even when a test
  * freezes the logical clock.
  */
+import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
 import type { Clock, TimerHandle } from "../clock.js";
@@ -71,7 +72,7 @@ export interface DispatcherOptions {
   random?: () => number;
   /** Proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); the agent passes process.env. */
   env?: Readonly<Record<string, string | undefined>>;
-  /** Longest wait before outcomes are written (default 3 ms). */
+  /** Longest wait before outcomes are written (default 5 ms). */
   settleDelayMs?: number;
   /**
    * Called after every attempt with what the receiver answered (the first bytes of its
@@ -98,7 +99,6 @@ const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
 
 interface Flight {
   delivery: Delivery;
-  abort: AbortController;
   probe: boolean;
   aborted: boolean;
   done: Promise<void>;
@@ -114,7 +114,9 @@ interface Lane {
   since: number;
   detail: string | undefined;
   flights: Map<number, Flight>;
-  /** Series and delivery ids (as strings) in flight or with an unwritten outcome. */
+  /** One signal per lane aborts every request of it at shutdown (one per request costs at 5k/s). */
+  abort: AbortController;
+  /** Series with a delivery in flight or an outcome not yet written. */
   exclude: Set<string>;
   probe: OfflineProbe;
   bucket: TokenBucket | undefined;
@@ -162,7 +164,7 @@ export class Dispatcher {
     this.#random = options.random ?? Math.random;
     this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
-    this.#settleDelayMs = options.settleDelayMs ?? 3;
+    this.#settleDelayMs = options.settleDelayMs ?? 5;
   }
 
   start(): void {
@@ -221,10 +223,8 @@ export class Dispatcher {
       await Promise.race([Promise.all(flights.map((f) => f.done)), grace]);
       if (timer) this.#clock.clearTimeout(timer);
       const left = [...this.#lanes.values()].flatMap((l) => [...l.flights.values()]);
-      for (const f of left) {
-        f.aborted = true;
-        f.abort.abort();
-      }
+      for (const f of left) f.aborted = true;
+      for (const lane of this.#lanes.values()) if (lane.flights.size > 0) lane.abort.abort();
       if (left.length > 0) {
         this.#log.warn({ aborted: left.length }, "shutdown: aborted requests still in flight; they stay pending");
       }
@@ -349,6 +349,7 @@ export class Dispatcher {
       since: this.#clock.now(),
       detail: undefined,
       flights: new Map(),
+      abort: laneAbort(),
       exclude: new Set(),
       probe: new OfflineProbe(this.#clock),
       bucket: config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined,
@@ -574,11 +575,10 @@ export class Dispatcher {
   #send(lane: Lane, delivery: Delivery, probe: boolean): void {
     const at = this.#clock.now();
     const started = this.#clock.monotonic();
-    const idKey = String(delivery.id);
+    // Series alone is enough: each in-flight delivery is the head of its series, and the
+    // outbox over-fetches by exclude.size, so ids would only double that.
     lane.exclude.add(delivery.series);
-    lane.exclude.add(idKey);
-    const abort = new AbortController();
-    const flight: Flight = { delivery, abort, probe, aborted: false, done: Promise.resolve() };
+    const flight: Flight = { delivery, probe, aborted: false, done: Promise.resolve() };
     lane.flights.set(delivery.id, flight);
     let outcome: Promise<Outcome>;
     try {
@@ -590,7 +590,7 @@ export class Dispatcher {
           method: "POST",
           headers,
           body,
-          signal: abort.signal,
+          signal: lane.abort.signal,
           headersTimeout: lane.config.response_timeout,
           bodyTimeout: lane.config.response_timeout,
         })
@@ -634,7 +634,6 @@ export class Dispatcher {
     if (flight.aborted) {
       // Shutdown: no outcome to record; the delivery stays pending as it was.
       lane.exclude.delete(delivery.series);
-      lane.exclude.delete(String(delivery.id));
       if (flight.probe) lane.probe.released();
       this.#resolveIdle();
       return;
@@ -672,6 +671,12 @@ export class Dispatcher {
     }
     this.#transition(lane, flight, decision);
     this.#queueSettle({ lane, settlement, series: delivery.series });
+    // Slots are free: other series can go out while this outcome waits to be written. Refill
+    // in chunks (a quarter of the lane) so one outbox read serves several requests.
+    if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
+      this.#toPump.add(lane);
+      this.#schedulePumps();
+    }
   }
 
   /** Destination state and logging after one outcome. */
@@ -782,7 +787,6 @@ export class Dispatcher {
     }
     for (const p of batch) {
       p.lane.exclude.delete(p.series);
-      p.lane.exclude.delete(String(p.settlement.id));
       if (!this.#stopping) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();
@@ -801,6 +805,13 @@ export class Dispatcher {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+function laneAbort(): AbortController {
+  const ac = new AbortController();
+  // Up to `concurrency` (64) requests listen on it at once; that is not a leak.
+  setMaxListeners(0, ac.signal);
+  return ac;
 }
 
 /** Keys that need a new HTTP client when they change on reload. */

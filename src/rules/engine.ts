@@ -35,10 +35,14 @@
  *   never names one series in both `states` and `removedStates`, so the order in which
  *   the agent applies the two lists does not matter.
  * - Restart (restore): a firing series stays firing (no second firing) and resolves
- *   normally. A pending or clearing series keeps its since-time; it needs one fresh
- *   reading after the restart to confirm the condition before `for`/`clear_for` can
- *   complete (we do not fire on a value read before the downtime), and completes on that
- *   reading at once if the time is already up. Repeats continue their schedule.
+ *   normally. A pending or clearing series continues from where it was: its timer keeps
+ *   its start, and it completes on time with or without a new reading, exactly as a
+ *   running agent completes `for` on the last reading it has (one that arrives in the
+ *   meantime and contradicts it interrupts it as usual). If the time ran out during the
+ *   downtime it completes at the first tick after restore. Repeats and cooldowns continue
+ *   their schedule. The latest value is not written per reading, so an event caused by
+ *   time alone after a restart, before the series' next reading, carries the value stored
+ *   at its last state change (pending, firing, clearing or the previous repeat).
  *   absent_for: the silence timer of a series seen before the restart starts again at
  *   restore time, so the agent's own downtime is not reported as sensor silence (and a
  *   restart after a long outage does not raise a storm of sensor.silent). A series that
@@ -73,6 +77,8 @@ export const MAX_BATCH = 1000;
 const MATCH_CACHE_LIMIT = 50_000;
 /** Sensor part of the series key of buffered batch readings. */
 const BATCH_SENSOR = "\u0000batch";
+/** ECMAScript Date range in ms. */
+const MAX_DATE = 8.64e15;
 
 const OK = 0;
 const PENDING = 1;
@@ -87,7 +93,18 @@ export interface RuleEngineOptions {
   agentId: string;
   rules: readonly RuleConfig[];
   clock: Clock;
+  /**
+   * Most series kept in memory (design invariant 6: sensor names come from topics and
+   * lines, so their number is not ours to choose). At the limit, series at rest (ok, no
+   * stored row, empty windows) are dropped; if that does not make room, readings of new
+   * series are counted in `stats.seriesLimit` and skipped. Default 100,000.
+   */
+  maxSeries?: number;
 }
+
+export const DEFAULT_MAX_SERIES = 100_000;
+/** At the limit, look for series at rest at most this often (the sweep is O(series)). */
+const SWEEP_INTERVAL_MS = 60_000;
 
 export interface RuleEngineStats {
   /** Readings older than the newest seen for their series, ignored for state. */
@@ -98,6 +115,12 @@ export interface RuleEngineStats {
   droppedBatched: number;
   /** State rows from before a restart that no longer fit a rule and were removed. */
   staleStates: number;
+  /** Readings whose ts is not a usable time (NaN, out of range), skipped. */
+  badTime: number;
+  /** Readings of new series skipped because `maxSeries` series are active. */
+  seriesLimit: number;
+  /** Series at rest dropped to make room. */
+  seriesEvicted: number;
 }
 
 /** Who receives an event and how it is ranked; from the rule, or from a stored row. */
@@ -137,8 +160,6 @@ interface AlertSeries extends SeriesBase {
   notifiedAt: number;
   repeats: number;
   cooldownUntil: number;
-  /** Restored pending/clearing: waits for a fresh reading before completing. */
-  stale: boolean;
   agg: AggregateWindow | undefined;
   rate: RateWindow | undefined;
 }
@@ -192,6 +213,8 @@ const iso = (ms: number): string => new Date(ms).toISOString();
 export class RuleEngine {
   readonly #agentId: string;
   readonly #clock: Clock;
+  readonly #maxSeries: number;
+  #lastSweep = Number.NEGATIVE_INFINITY;
   #rules: CompiledRule[];
   #byName: Map<string, CompiledRule>;
   readonly #series = new Map<string, Series>();
@@ -210,9 +233,18 @@ export class RuleEngine {
   /** Batch entries whose row was written in the current call. */
   #fresh: BatchEntry[] = [];
 
-  readonly stats: RuleEngineStats = { late: 0, nonNumeric: 0, droppedBatched: 0, staleStates: 0 };
+  readonly stats: RuleEngineStats = {
+    late: 0,
+    nonNumeric: 0,
+    droppedBatched: 0,
+    staleStates: 0,
+    badTime: 0,
+    seriesLimit: 0,
+    seriesEvicted: 0,
+  };
 
   constructor(opts: RuleEngineOptions) {
+    this.#maxSeries = opts.maxSeries ?? DEFAULT_MAX_SERIES;
     this.#agentId = opts.agentId;
     this.#clock = opts.clock;
     this.#rules = opts.rules.map(compileRule);
@@ -292,6 +324,11 @@ export class RuleEngine {
     const now = this.#now;
     for (let i = 0; i < readings.length; i++) {
       const r = readings[i] as Reading;
+      // Outside what a Date can hold (or NaN): no body could carry its time.
+      if (!(r.ts > -MAX_DATE && r.ts < MAX_DATE)) {
+        this.stats.badTime++;
+        continue;
+      }
       const targets = this.#targets(r.sensor, r.metric);
       for (let j = 0; j < targets.length; j++) {
         const t = targets[j] as Target;
@@ -321,6 +358,11 @@ export class RuleEngine {
       }
     }
     return this.#finish();
+  }
+
+  /** Series with state in memory (for metrics). */
+  get seriesCount(): number {
+    return this.#series.size;
   }
 
   nextDueAt(): number | undefined {
@@ -461,6 +503,25 @@ export class RuleEngine {
     return targets;
   }
 
+  // ------------------------------------------------------------------ memory bound
+
+  /** Room for one more series? At the limit, drops series at rest (at most once a minute). */
+  #admit(now: number): boolean {
+    if (this.#series.size < this.#maxSeries) return true;
+    if (now - this.#lastSweep >= SWEEP_INTERVAL_MS) {
+      this.#lastSweep = now;
+      for (const [key, s] of this.#series) {
+        if (!atRest(s, now)) continue;
+        s.gone = true;
+        this.#series.delete(key);
+        this.stats.seriesEvicted++;
+      }
+    }
+    if (this.#series.size < this.#maxSeries) return true;
+    this.stats.seriesLimit++;
+    return false;
+  }
+
   // ------------------------------------------------------------------ alert rules
 
   #alertReading(t: Target, r: Reading, now: number): void {
@@ -469,6 +530,7 @@ export class RuleEngine {
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AlertSeries | undefined;
       if (s === undefined) {
+        if (!this.#admit(now)) return;
         s = newAlertSeries(rule, t.key, r.sensor, r.metric);
         this.#series.set(t.key, s);
       }
@@ -494,7 +556,6 @@ export class RuleEngine {
     s.lastTs = r.ts;
     s.lastLabels = r.labels;
     s.raw = r.value;
-    s.stale = false;
     if (rule.aggregate !== undefined) {
       if (s.agg === undefined) s.agg = new AggregateWindow(rule.aggregate.fn, rule.aggregate.overMs);
       s.agg.evict(now);
@@ -575,7 +636,7 @@ export class RuleEngine {
   #alertDue(s: AlertSeries, now: number): void {
     // A window that loses samples changes its aggregate without any reading: an open
     // alert (count of door openings, say) must be able to clear when the readings stop.
-    if (!s.stale && s.agg !== undefined && s.phase !== OK) {
+    if (s.agg !== undefined && s.phase !== OK) {
       s.agg.evict(now);
       const v = s.agg.value();
       if (v !== undefined) {
@@ -583,15 +644,13 @@ export class RuleEngine {
         this.#step(s, v, now, now);
       }
     }
-    if (!s.stale) {
-      if (s.phase === PENDING && now >= this.#pendingDue(s)) {
-        this.#fire(s, now, now);
-        return;
-      }
-      if (s.phase === CLEARING && now >= s.clearingAt + s.rule.clearForMs) {
-        this.#resolve(s, now, now, "cleared");
-        return;
-      }
+    if (s.phase === PENDING && now >= this.#pendingDue(s)) {
+      this.#fire(s, now, now);
+      return;
+    }
+    if (s.phase === CLEARING && now >= s.clearingAt + s.rule.clearForMs) {
+      this.#resolve(s, now, now, "cleared");
+      return;
     }
     const every = s.rule.repeatMs;
     if ((s.phase === FIRING || s.phase === CLEARING) && every !== undefined && now >= s.notifiedAt + every) {
@@ -610,7 +669,6 @@ export class RuleEngine {
     s.firedAt = now;
     s.notifiedAt = now;
     s.repeats = 0;
-    s.stale = false;
     this.#mark(s);
     const cfg = s.rule.cfg;
     this.#emit("alert.firing", cfg, s.rule.priority, s.key, ts, now, this.#alertData(s, s.value), cfg.extra);
@@ -624,7 +682,6 @@ export class RuleEngine {
     const cfg = s.rule.cfg;
     this.#emit("alert.resolved", cfg, s.rule.priority, s.key, ts, now, data, cfg.extra);
     s.phase = OK;
-    s.stale = false;
     s.cooldownUntil = s.rule.cooldownMs !== undefined ? now + s.rule.cooldownMs : 0;
     this.#mark(s);
   }
@@ -684,7 +741,6 @@ export class RuleEngine {
     s.cooldownUntil = num(st.cooldown_until, 0);
     s.value = st.value as number | string | boolean | undefined;
     if (st.labels && typeof st.labels === "object") s.lastLabels = st.labels as Record<string, string>;
-    s.stale = phase === PENDING || phase === CLEARING;
     if (phase === OK && s.cooldownUntil <= now) {
       // Only an expired cooldown was left: nothing to keep.
       this.#carry.removedStates.push({ rule: rule.name, series: key });
@@ -700,6 +756,7 @@ export class RuleEngine {
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AbsentSeries | undefined;
       if (s === undefined) {
+        if (!this.#admit(now)) return;
         s = newAbsentSeries(t.rule, t.key, r.sensor, t.rule.perSensor ? "*" : r.metric, now);
         this.#series.set(t.key, s);
       }
@@ -899,15 +956,13 @@ export class RuleEngine {
       return;
     }
     let due = Number.POSITIVE_INFINITY;
-    if (!s.stale) {
-      if (s.phase === PENDING) due = this.#pendingDue(s);
-      else if (s.phase === CLEARING) due = s.clearingAt + s.rule.clearForMs;
-    }
+    if (s.phase === PENDING) due = this.#pendingDue(s);
+    else if (s.phase === CLEARING) due = s.clearingAt + s.rule.clearForMs;
     if ((s.phase === FIRING || s.phase === CLEARING) && s.rule.repeatMs !== undefined) {
       const r = s.notifiedAt + s.rule.repeatMs;
       if (r < due) due = r;
     }
-    if (s.agg !== undefined && s.phase !== OK && !s.stale) {
+    if (s.agg !== undefined && s.phase !== OK) {
       const expiry = s.agg.nextExpiry();
       if (expiry !== undefined && expiry < due) due = expiry;
     }
@@ -984,6 +1039,7 @@ export class RuleEngine {
       severity: meta.severity,
       labels: (st.labels as Record<string, string> | undefined) ?? {},
       since: iso(num(st.since, now)),
+      duration_s: Math.max(0, Math.round((now - num(silent ? st.silence_from : st.fired_at, now)) / 1000)),
       reason,
     };
     this.#carry.events.push(
@@ -1054,7 +1110,6 @@ function newAlertSeries(rule: CompiledRule, key: string, sensor: string, metric:
     notifiedAt: 0,
     repeats: 0,
     cooldownUntil: 0,
-    stale: false,
     agg: undefined,
     rate: undefined,
   };
@@ -1083,6 +1138,24 @@ function newAbsentSeries(rule: CompiledRule, key: string, sensor: string, metric
   };
 }
 
+/**
+ * Nothing to lose by dropping it: an alert series that is ok, has no stored row, no
+ * cooldown and no samples in its window. (Only its late-reading guard goes, which a
+ * reading older than a forgotten one cannot turn into a flap: it starts from ok.)
+ */
+function atRest(s: Series, now: number): boolean {
+  if (s.kind !== "alert" || s.phase !== OK || s.persisted || s.dirty || s.cooldownUntil > now) return false;
+  if (s.agg !== undefined) {
+    s.agg.evict(now);
+    if (s.agg.count > 0) return false;
+  }
+  if (s.rate !== undefined) {
+    s.rate.evict(now);
+    if (s.rate.count > 0) return false;
+  }
+  return true;
+}
+
 /** The row a restart needs, or undefined when the series is at rest (row removed). */
 function alertState(s: AlertSeries): Record<string, unknown> | undefined {
   const cfg = s.rule.cfg;
@@ -1094,6 +1167,7 @@ function alertState(s: AlertSeries): Record<string, unknown> | undefined {
         phase: "pending",
         pending_at: s.pendingAt,
         since: s.sinceTs,
+        value: s.value ?? null,
         ...(s.cooldownUntil > 0 ? { cooldown_until: s.cooldownUntil } : {}),
       };
     default:

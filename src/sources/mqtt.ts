@@ -168,7 +168,7 @@ export class MqttSource implements Source {
       this.#onQos2(packet, client, () => done(0));
     };
     client.on("connect", (connack) => this.#onConnect(client, connack.sessionPresent));
-    client.on("close", () => this.#onClose());
+    client.prependListener("close", () => this.#onClose());
     client.on("error", (err) => this.#rateLog("error", err, "MQTT error"));
     this.#log.info({ url: redactUrl(url), clientId: this.clientId }, "connecting to MQTT broker");
   }
@@ -235,15 +235,18 @@ export class MqttSource implements Source {
     this.#metrics.mqttConnected.set(0);
     const client = this.#client;
     if (client && !this.#stopping) {
-      // MQTT.js retries at a fixed period; grow it up to reconnect_max.
-      this.#reconnectPeriod = Math.min(this.#reconnectPeriod * 2, this.#config.reconnect_max);
+      // MQTT.js retries at a fixed period, read when it schedules the retry (this
+      // listener runs before its own): wait the current delay, then double it.
       client.options.reconnectPeriod = this.#reconnectPeriod;
+      this.#reconnectPeriod = Math.min(this.#reconnectPeriod * 2, this.#config.reconnect_max);
     }
-    if (this.#status === "up" || this.#status === "starting") {
-      if (!this.#stopping) {
-        this.#log.warn({ retryMs: this.#reconnectPeriod }, "MQTT connection lost; reconnecting");
-        this.#setStatus("down");
-      }
+    if (this.#stopping) return;
+    if (this.#status === "up") {
+      this.#log.warn({ retryMs: client?.options.reconnectPeriod }, "MQTT connection lost; reconnecting");
+      this.#setStatus("down");
+    } else if (this.#status === "starting") {
+      this.#log.warn({ retryMs: client?.options.reconnectPeriod }, "MQTT broker not reachable; retrying");
+      this.#setStatus("down");
     }
   }
 

@@ -11,7 +11,7 @@ import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../../src/clock.js";
 import { configSchema, type MqttConfig } from "../../src/config/schema.js";
-import { silentLogger } from "../../src/ops/logger.js";
+import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { MqttSource } from "../../src/sources/mqtt.js";
 import type { Reading } from "../../src/sources/reading.js";
@@ -216,18 +216,20 @@ describe("MqttSource", () => {
     expect(src.state().status).toBe("up");
   });
 
-  it("a message whose commit never finished is redelivered to the next process (SIGKILL)", async () => {
-    const config = mqttConfig(broker.url, {
-      client_id: "killed",
-      subscriptions: [{ topic: "kill/+", metric: "v", format: "number", qos: 1 }],
-    });
-    // A child process runs the built MqttSource with a sink that never resolves.
-    const dir = mkdtempSync(join(tmpdir(), "edgehook-mqtt-kill-"));
-    const script = join(dir, "child.mjs");
-    const dist = resolve("dist/sources/mqtt.js");
-    writeFileSync(
-      script,
-      `import { MqttSource } from ${JSON.stringify(dist)};
+  it.each([1, 2] as const)(
+    "a QoS %i message whose commit never finished is redelivered to the next process (SIGKILL)",
+    async (qos) => {
+      const config = mqttConfig(broker.url, {
+        client_id: `killed-${qos}`,
+        subscriptions: [{ topic: `kill${qos}/+`, metric: "v", format: "number", qos }],
+      });
+      // A child process runs the built MqttSource with a sink that never resolves.
+      const dir = mkdtempSync(join(tmpdir(), "edgehook-mqtt-kill-"));
+      const script = join(dir, "child.mjs");
+      const dist = resolve("dist/sources/mqtt.js");
+      writeFileSync(
+        script,
+        `import { MqttSource } from ${JSON.stringify(dist)};
 import { Metrics } from ${JSON.stringify(resolve("dist/ops/metrics.js"))};
 import { silentLogger } from ${JSON.stringify(resolve("dist/ops/logger.js"))};
 import { systemClock } from ${JSON.stringify(resolve("dist/clock.js"))};
@@ -237,77 +239,98 @@ const src = new MqttSource({ config, agentId: "t1", logger: silentLogger(), metr
 await src.start();
 setInterval(() => { if (src.state().status === "up") process.stdout.write("up\\n"); }, 50);
 `,
-    );
-    const child = spawn(process.execPath, [script, JSON.stringify(config)], { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += String(d);
-    });
-    try {
-      await waitUntil(() => out.includes("up"), "child connected");
-      const pub = await publisher(broker.url);
-      clients.push(pub);
-      // Until the child's subscription is active, probes may be lost; publish until one arrives.
-      let n = 0;
-      while (!out.includes("[")) {
-        await pub.publishAsync("kill/a", String(++n), { qos: 1 });
-        await new Promise((r) => setTimeout(r, 100));
-        if (n > 50) throw new Error("child never received a message");
-      }
-    } finally {
-      child.kill("SIGKILL");
-    }
-    await new Promise((r) => child.once("exit", r));
-    const inChild = JSON.parse(out.split("\n").find((l) => l.startsWith("["))!) as number[];
-    // The same client id resumes the session: what the child never acknowledged comes back.
-    const sink = new Collect();
-    const src = source(config, sink);
-    await src.start();
-    await sink.waitFor((r) => inChild.every((v) => r.some((x) => x.value === v)), "redelivery of the uncommitted");
-  });
-
-  it("loses no QoS 1 reading while the broker and the source restart (persistent session)", async () => {
-    const config = mqttConfig(broker.url, {
-      client_id: "persist",
-      subscriptions: [{ topic: "seq/+", metric: "n", format: "number", qos: 1 }],
-    });
-    const sink = new Collect();
-    let src = source(config, sink);
-    await src.start();
-    const pub = await mqtt.connectAsync(broker.url, { clientId: "seq-pub", clean: false, reconnectPeriod: 50 });
-    clients.push(pub);
-    await ready(src, sink, pub, "seq/probe", "-1");
-
-    const total = 3000;
-    const acked = new Set<number>();
-    let sent = 0;
-    const sending = (async () => {
-      while (sent < total) {
-        const n = sent++;
-        pub.publish("seq/a", String(n), { qos: 1 }, (err) => {
-          if (!err) acked.add(n);
-        });
-        if (n % 50 === 0) await new Promise((r) => setTimeout(r, 5));
-      }
-    })();
-
-    await waitUntil(() => sent > total / 4, "a quarter sent");
-    await broker.restart();
-    await waitUntil(() => sent > total / 2, "half sent");
-    await src.stop();
-    await new Promise((r) => setTimeout(r, 200)); // messages pile up in the session meanwhile
-    src = source(config, sink);
-    await src.start();
-    await sending;
-    await waitUntil(() => acked.size === total, "publisher acknowledged everything", 20_000);
-    const missing = () => {
-      const got = new Set(sink.readings.map((x) => x.value));
-      return Array.from({ length: total }, (_, i) => i).filter((i) => !got.has(i));
-    };
-    await sink
-      .waitFor(() => missing().length === 0, "all readings", 20_000)
-      .catch((err) => {
-        throw new Error(`${(err as Error).message}; missing ${missing().slice(0, 20).join(",")} (${missing().length})`);
+      );
+      const child = spawn(process.execPath, [script, JSON.stringify(config)], { stdio: ["ignore", "pipe", "inherit"] });
+      let out = "";
+      child.stdout.on("data", (d) => {
+        out += String(d);
       });
-  });
+      try {
+        await waitUntil(() => out.includes("up"), "child connected");
+        const pub = await publisher(broker.url);
+        clients.push(pub);
+        // Until the child's subscription is active, probes may be lost; publish until one arrives.
+        let n = 0;
+        while (!out.includes("[")) {
+          await pub.publishAsync(`kill${qos}/a`, String(++n), { qos });
+          await new Promise((r) => setTimeout(r, 100));
+          if (n > 50) throw new Error("child never received a message");
+        }
+      } finally {
+        child.kill("SIGKILL");
+      }
+      await new Promise((r) => child.once("exit", r));
+      const inChild = JSON.parse(out.split("\n").find((l) => l.startsWith("["))!) as number[];
+      // The same client id resumes the session: what the child never acknowledged comes back.
+      const sink = new Collect();
+      const src = source(config, sink);
+      await src.start();
+      await sink.waitFor((r) => inChild.every((v) => r.some((x) => x.value === v)), "redelivery of the uncommitted");
+    },
+  );
+
+  it.each([4, 5] as const)(
+    "loses no QoS 1 reading while the broker and the source restart (protocol %i, persistent session)",
+    async (protocol_version) => {
+      const config = mqttConfig(broker.url, {
+        client_id: `persist-${protocol_version}`,
+        protocol_version,
+        subscriptions: [{ topic: "seq/+", metric: "n", format: "number", qos: 1 }],
+      });
+      const sink = new Collect();
+      const logs: Record<string, unknown>[] = [];
+      const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
+      const metrics = new Metrics();
+      let src = new MqttSource({ config, agentId: "t1", sink: sink.sink, logger, metrics, clock: systemClock });
+      sources.push(src);
+      await src.start();
+      const pub = await mqtt.connectAsync(broker.url, { clientId: "seq-pub", clean: false, reconnectPeriod: 50 });
+      clients.push(pub);
+      await ready(src, sink, pub, "seq/probe", "-1");
+
+      const total = 3000;
+      const acked = new Set<number>();
+      let sent = 0;
+      const sending = (async () => {
+        while (sent < total) {
+          const n = sent++;
+          pub.publish("seq/a", String(n), { qos: 1 }, (err) => {
+            if (!err) acked.add(n);
+          });
+          if (n % 50 === 0) await new Promise((r) => setTimeout(r, 5));
+        }
+      })();
+
+      await waitUntil(() => sent > total / 4, "a quarter sent");
+      await broker.stop();
+      await waitUntil(() => src.state().status === "down", "down while the broker is away");
+      expect(await counter(metrics, "edgehook_mqtt_connected", {})).toBe(0);
+      await new Promise((r) => setTimeout(r, 300)); // a few failed reconnects
+      await broker.start();
+      await waitUntil(() => src.state().status === "up", "up again");
+      expect(await counter(metrics, "edgehook_mqtt_connected", {})).toBe(1);
+      // One line per state change, however many reconnects failed in between.
+      expect(logs.filter((l) => l.msg === "MQTT connection lost; reconnecting")).toHaveLength(1);
+      expect(logs.filter((l) => l.msg === "connected to MQTT broker")).toHaveLength(2);
+      await waitUntil(() => sent > total / 2, "half sent");
+      await src.stop();
+      await new Promise((r) => setTimeout(r, 200)); // messages pile up in the session meanwhile
+      src = source(config, sink);
+      expect(sink.readings.length).toBeLessThan(total); // the rest must come from the stored session
+      await src.start();
+      await sending;
+      await waitUntil(() => acked.size === total, "publisher acknowledged everything", 20_000);
+      const missing = () => {
+        const got = new Set(sink.readings.map((x) => x.value));
+        return Array.from({ length: total }, (_, i) => i).filter((i) => !got.has(i));
+      };
+      await sink
+        .waitFor(() => missing().length === 0, "all readings", 20_000)
+        .catch((err) => {
+          throw new Error(
+            `${(err as Error).message}; missing ${missing().slice(0, 20).join(",")} (${missing().length})`,
+          );
+        });
+    },
+  );
 });

@@ -334,6 +334,15 @@ describe("late and out-of-order readings", () => {
     expect(h.types()).toEqual(["sensor.silent"]);
   });
 
+  it("a reading without a usable time is counted and skipped, not thrown", () => {
+    const h = new Harness(rules({ match: M, above: 10 }, { name: "fw", match: M, forward: true }));
+    for (const ts of [Number.NaN, Number.POSITIVE_INFINITY, 9e15]) {
+      expect(h.commit(h.engine.process([reading("tank", "level", 11, ts)]))).toEqual([]);
+    }
+    expect(h.engine.stats.badTime).toBe(3);
+    expect(h.types(h.feed("tank", "level", 11, sec(1)))).toEqual(["alert.firing", "reading"]);
+  });
+
   it("equal timestamps (a redelivered duplicate) are processed normally", () => {
     const h = new Harness(rules({ match: M, above: 10 }));
     h.feed("tank", "level", 11, sec(10));
@@ -524,6 +533,10 @@ describe("matching", () => {
     { match: { sensor: "*", metric: "temp" }, sensor: "x", metric: "temp", hit: true },
     { match: { sensor: "*", metric: "temp" }, sensor: "x", metric: "temperature", hit: false },
     { match: { sensor: "*/kitchen/*" }, sensor: "home/kitchen/1", metric: "t", hit: true },
+    { match: { sensor: "pump(1)+[a]" }, sensor: "pump(1)+[a]", metric: "t", hit: true }, // regex characters are literal
+    { match: { sensor: "pump(1)+[a]" }, sensor: "pump11a", metric: "t", hit: false },
+    { match: { sensor: "^x$|y" }, sensor: "y", metric: "t", hit: false },
+    { match: { sensor: "thermo-*", metric: "t?mp" }, sensor: "thermo-é", metric: "tèmp", hit: true }, // ? is one character
     { match: { labels: { site: "barn" } }, sensor: "s", metric: "t", labels: { site: "barn", x: "y" }, hit: true },
     { match: { labels: { site: "barn" } }, sensor: "s", metric: "t", labels: { site: "house" }, hit: false },
     { match: { labels: { site: "barn" } }, sensor: "s", metric: "t", hit: false },
@@ -590,5 +603,37 @@ describe("aggregate windows that empty without readings", () => {
     expect(h.types(h.feed("tank", "level", 40, sec(0)))).toEqual(["alert.firing"]);
     expect(h.advanceTo(sec(3600))).toEqual([]);
     expect(h.types(h.feed("tank", "level", 20, sec(3601)))).toEqual(["alert.resolved"]);
+  });
+});
+
+describe("bounded memory (maxSeries)", () => {
+  it("drops series at rest to make room for new ones", () => {
+    const h = new Harness(rules({ match: { sensor: "*" }, above: 30 }), undefined, 10);
+    for (let i = 0; i < 10; i++) h.feed(`s${i}`, "t", 20, sec(i));
+    expect(h.engine.seriesCount).toBe(10);
+    expect(h.types(h.feed("s10", "t", 31, sec(10)))).toEqual(["alert.firing"]);
+    expect(h.engine.stats.seriesEvicted).toBe(10);
+    expect(h.engine.seriesCount).toBe(1);
+  });
+
+  it("never drops a firing series; new series are counted and skipped instead", () => {
+    const h = new Harness(rules({ match: { sensor: "*" }, above: 30 }), undefined, 10);
+    for (let i = 0; i < 10; i++) h.feed(`s${i}`, "t", 31, sec(i));
+    expect(h.feed("s10", "t", 31, sec(10))).toEqual([]);
+    expect(h.engine.stats.seriesLimit).toBe(1);
+    // The firing ones still resolve.
+    expect(h.types(h.feed("s3", "t", 20, sec(11)))).toEqual(["alert.resolved"]);
+  });
+
+  it("keeps series whose window still holds samples", () => {
+    const h = new Harness(rules({ match: { sensor: "*" }, rate_above: 1, rate_window: "1m" }), undefined, 2);
+    h.feed("a", "t", 1, sec(0));
+    h.feed("b", "t", 1, sec(0));
+    h.feed("c", "t", 1, sec(1));
+    expect(h.engine.stats.seriesLimit).toBe(1);
+    // A minute later both windows are empty: room again.
+    h.feed("c", "t", 1, sec(120));
+    expect(h.engine.stats.seriesEvicted).toBe(2);
+    expect(h.engine.seriesCount).toBe(1);
   });
 });

@@ -41,10 +41,10 @@ export class Harness {
   readonly batches: CommitBatch[] = [];
   #rules: RuleConfig[];
 
-  constructor(ruleConfigs: RuleConfig[], clock = new FakeClock(T0)) {
+  constructor(ruleConfigs: RuleConfig[], clock = new FakeClock(T0), maxSeries?: number) {
     this.clock = clock;
     this.#rules = ruleConfigs;
-    this.engine = new RuleEngine({ agentId: "pi-1", rules: ruleConfigs, clock });
+    this.engine = new RuleEngine({ agentId: "pi-1", rules: ruleConfigs, clock, maxSeries });
   }
 
   commit(b: CommitBatch): NewEvent[] {

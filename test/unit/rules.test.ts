@@ -112,10 +112,18 @@ describe("firing and resolving", () => {
     expect(e!.createdAt).toBe(sec(100));
   });
 
-  it("fires once while the condition holds", () => {
+  it("fires once while the condition holds, and writes no state for the readings after", () => {
     const h = new Harness(rules({ match: M, above: 30 }));
     for (let i = 0; i < 10; i++) h.feed("greenhouse", "temp", 31 + i, sec(i));
     expect(h.types()).toEqual(["alert.firing"]);
+    expect(h.batches.map((b) => b.states.length + b.removedStates.length)).toEqual([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+  });
+
+  it("a reading below the threshold writes nothing at all", () => {
+    const h = new Harness(rules({ match: M, above: 30 }));
+    for (let i = 0; i < 5; i++) h.feed("greenhouse", "temp", 20, sec(i));
+    expect(h.batches.every((b) => b.events.length + b.states.length + b.removedStates.length === 0)).toBe(true);
+    expect(h.engine.nextDueAt()).toBeUndefined();
   });
 
   it("priority overrides the severity's default", () => {
@@ -287,21 +295,33 @@ describe("restart (restore)", () => {
     h.feed("greenhouse", "temp", 31, sec(0));
     h.advanceTo(sec(300));
     h.restart();
-    // After the restart, a fresh reading confirms the condition; the timer kept its start.
+    expect([...h.store.values()][0]!.state).toMatchObject({ phase: "pending", pending_at: sec(0), since: sec(0) });
     h.feed("greenhouse", "temp", 32, sec(310));
     expect(h.advanceTo(sec(599))).toEqual([]);
     const evts = h.advanceTo(sec(600));
     expect(h.types(evts)).toEqual(["alert.firing"]);
     expect(evts[0]!.body.data.since).toBe(new Date(sec(0)).toISOString());
+    expect(evts[0]!.body.data.value).toBe(32);
   });
 
-  it("a restored pending series does not fire on the old value alone", () => {
+  it("a restored pending series completes on time without a new reading, like a running agent", () => {
     const h = new Harness(rules({ match: M, above: 30, for: "10m" }));
     h.feed("greenhouse", "temp", 31, sec(0));
+    h.advanceTo(sec(120));
     h.restart();
-    expect(h.advanceTo(sec(3600))).toEqual([]);
-    // The first reading after the restart: still above, and the 10 minutes are long over.
-    expect(h.types(h.feed("greenhouse", "temp", 31, sec(3601)))).toEqual(["alert.firing"]);
+    expect(h.advanceTo(sec(599))).toEqual([]);
+    const evts = h.advanceTo(sec(600));
+    expect(h.types(evts)).toEqual(["alert.firing"]);
+    expect(evts[0]!.body.data.value).toBe(31); // the value stored when pending began
+  });
+
+  it("a pending series whose time ran out during the downtime fires at the first tick", () => {
+    const h = new Harness(rules({ match: M, above: 30, for: "10m" }));
+    h.feed("greenhouse", "temp", 31, sec(0));
+    h.clock.advance(3600_000);
+    h.restart();
+    expect(h.engine.nextDueAt()).toBe(sec(3600));
+    expect(h.types(h.advanceTo(sec(3600)))).toEqual(["alert.firing"]);
   });
 
   it("a restored pending series is interrupted by a fresh value below", () => {
@@ -348,11 +368,91 @@ describe("restart (restore)", () => {
   it("a rule removed during downtime resolves its firing series with the stored destinations", () => {
     const h = new Harness(rules({ match: M, above: 30, severity: "critical" }));
     h.feed("greenhouse", "temp", 31, sec(0));
+    h.clock.advance(90_000);
     h.restart(rules({ name: "other", match: M, below: 0 }));
-    const evts = h.advanceTo(sec(1));
+    const evts = h.advanceTo(sec(91));
     expect(evts).toHaveLength(1);
     expect(evts[0]).toMatchObject({ type: "alert.resolved", rule: "r0", destinations: ["ops"], severity: "critical" });
-    expect(evts[0]!.body.data).toMatchObject({ reason: "rule removed", sensor: "greenhouse", metric: "temp" });
+    expect(evts[0]!.body.data).toMatchObject({
+      reason: "rule removed",
+      sensor: "greenhouse",
+      metric: "temp",
+      value: 31,
+      since: new Date(sec(0)).toISOString(),
+      duration_s: 90,
+    });
     expect(h.store.size).toBe(0);
   });
+});
+
+describe("restart at any point", () => {
+  // With conditions that need no window, the stored rows are the whole state: a run that
+  // restarts after every few readings must send exactly what a run without restarts sends.
+  const ruleSet = rules(
+    {
+      name: "hot",
+      match: { sensor: "probe-*", metric: "temp" },
+      above: 30,
+      clear_below: 27,
+      repeat_every: "5m",
+      cooldown: "2m",
+    },
+    {
+      name: "cold",
+      match: { sensor: "probe-*", metric: "temp" },
+      below: 5,
+      clear_above: 8,
+      for: "30s",
+      clear_for: "20s",
+    },
+    { name: "band", match: { sensor: "probe-*", metric: "temp" }, outside: [0, 35], clear_above: 2, clear_below: 33 },
+    { name: "door", match: { sensor: "probe-*", metric: "door" }, equals: "OPEN", repeat_every: "10m" },
+  );
+  function script(seed: number) {
+    let x = seed;
+    const rnd = () => {
+      x = (x * 1103515245 + 12345) % 2147483648;
+      return x / 2147483648;
+    };
+    const steps: { sensor: string; metric: string; value: number | string; at: number }[] = [];
+    const temp = [20, 20, 20];
+    for (let i = 0; i < 600; i++) {
+      const p = Math.floor(rnd() * 3);
+      const at = sec(i * 7);
+      if (rnd() < 0.2) steps.push({ sensor: `probe-${p}`, metric: "door", value: rnd() < 0.5 ? "OPEN" : "CLOSED", at });
+      else {
+        temp[p] = Math.max(-5, Math.min(40, (temp[p] as number) + (rnd() - 0.5) * 8));
+        steps.push({ sensor: `probe-${p}`, metric: "temp", value: Math.round((temp[p] as number) * 10) / 10, at });
+      }
+    }
+    return steps;
+  }
+  // One documented difference: the latest value is not written per reading, so an event
+  // caused by time alone (tick) after a restart carries the value stored at the series'
+  // last state change. Readings here arrive 1 ms after they were taken, so a body whose
+  // timestamp equals the agent's creation time came from a tick: those are compared
+  // without their value, everything else exactly.
+  const summary = (h: Harness) =>
+    h.events.map((e) => {
+      const byTick = Date.parse(e.body.timestamp) === e.createdAt;
+      return `${e.body.timestamp} ${e.type} ${e.rule} ${e.body.data.sensor} ${byTick ? "(tick)" : e.body.data.value}`;
+    });
+
+  for (const seed of [1, 7, 42]) {
+    it(`seed ${seed}: restarting every 3 readings changes nothing the receiver sees`, () => {
+      const steps = script(seed);
+      const straight = new Harness(ruleSet);
+      const restarted = new Harness(ruleSet);
+      steps.forEach((s, i) => {
+        straight.feed(s.sensor, s.metric, s.value, s.at, { ts: s.at - 1 });
+        restarted.feed(s.sensor, s.metric, s.value, s.at, { ts: s.at - 1 });
+        if (i % 3 === 2) restarted.restart();
+      });
+      straight.advanceTo(sec(600 * 7 + 3600));
+      restarted.advanceTo(sec(600 * 7 + 3600));
+      expect(summary(straight).length).toBeGreaterThan(10);
+      expect(new Set(straight.types())).toEqual(new Set(["alert.firing", "alert.resolved", "alert.repeat"]));
+      expect(summary(restarted)).toEqual(summary(straight));
+    });
+  }
 });
