@@ -649,9 +649,8 @@ export class Dispatcher {
     }
     this.#transition(lane, flight, decision);
     this.#queueSettle({ lane, settlement, series: delivery.series });
-    // Slots are free: other series can go out while this outcome waits to be written. Refill
-    // in chunks (a quarter of the lane) so one outbox read serves several requests.
-    if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
+    // Other series can go out while this outcome waits to be written.
+    if (this.#worthAPass(lane)) {
       this.#toPump.add(lane);
       this.#schedulePumps();
     }
@@ -765,10 +764,19 @@ export class Dispatcher {
     }
     for (const p of batch) {
       p.lane.exclude.delete(p.series);
-      if (!this.#stopping) this.#toPump.add(p.lane);
+      if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();
     this.#resolveIdle();
+  }
+
+  /**
+   * Refill in chunks (a quarter of the lane) so one outbox read serves several requests; a
+   * lane with fewer free slots gets its pass from a later completion, which always comes.
+   */
+  #worthAPass(lane: Lane): boolean {
+    if (lane.state !== "up") return true;
+    return lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2);
   }
 
   #isIdle(): boolean {
