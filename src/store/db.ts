@@ -120,7 +120,7 @@ export function openDatabase(file: string, opts: OpenOptions): Database.Database
   const check = opts.check ?? true;
   mkdirSync(dirname(file), { recursive: true });
   try {
-    return openChecked(file, check);
+    return openChecked(file, check, opts.logger);
   } catch (err) {
     if (!check || !isCorruption(err)) throw err;
     const suffix = `.corrupt-${new Date((opts.now ?? Date.now)()).toISOString()}`;
@@ -129,11 +129,11 @@ export function openDatabase(file: string, opts: OpenOptions): Database.Database
       { err, file, movedTo: `${file}${suffix}`, moved, code: "EDGEHOOK_DB_CORRUPT" },
       `outbox database ${file} is damaged (${(err as Error).message}); moved it to ${file}${suffix} and started an empty outbox. Events still pending in the old file were not delivered: keep the moved file for inspection (sqlite3 .recover can salvage rows) and check the storage (dmesg, SD card health).`,
     );
-    return openChecked(file, true);
+    return openChecked(file, true, opts.logger);
   }
 }
 
-function openChecked(file: string, check: boolean): Database.Database {
+function openChecked(file: string, check: boolean, logger: Logger): Database.Database {
   const db = new Database(file);
   try {
     db.pragma("journal_mode = WAL");
@@ -146,7 +146,11 @@ function openChecked(file: string, check: boolean): Database.Database {
     db.pragma("journal_size_limit = 16777216");
     db.pragma("temp_store = FILE");
     if (check) {
+      const started = performance.now();
       const rows = db.pragma("quick_check(5)") as { quick_check: string }[];
+      const ms = Math.round(performance.now() - started);
+      // It reads the whole file: worth a line when a large backlog makes the start slow.
+      if (ms > 1000) logger.info({ file, ms }, "outbox integrity check done");
       const problems = rows.map((r) => r.quick_check).filter((r) => r !== "ok");
       if (problems.length > 0) {
         throw new CorruptDatabaseError(`quick_check: ${problems.join("; ")}`);
@@ -185,12 +189,13 @@ function isCorruption(err: unknown): boolean {
   return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB"));
 }
 
+/** Renames the file and its -wal/-shm so they stay a matching set (`x.corrupt-T`, `x.corrupt-T-wal`). */
 function moveAside(file: string, suffix: string): string[] {
   const moved: string[] = [];
-  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
-    if (existsSync(f)) {
-      renameSync(f, `${f.replace(/(-wal|-shm)$/, "")}${suffix}${f.match(/(-wal|-shm)$/)?.[0] ?? ""}`);
-      moved.push(f);
+  for (const ext of ["", "-wal", "-shm"]) {
+    if (existsSync(file + ext)) {
+      renameSync(file + ext, `${file}${suffix}${ext}`);
+      moved.push(file + ext);
     }
   }
   return moved;

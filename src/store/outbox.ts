@@ -34,8 +34,9 @@
  *   MAINTAIN_MAX_ROWS rows per pass so one pass never blocks the event loop for long.
  *
  * Memory does not grow with the backlog: counts live in the `counts`/`totals` tables,
- * updated in the same transactions as the rows and mirrored in memory; no query loads
- * more than a bounded batch of rows.
+ * updated in the same transactions as the rows, recounted from the rows when the agent
+ * opens the outbox, and mirrored in memory, so limits never need COUNT(*) per commit;
+ * no query loads more than a bounded batch of rows.
  *
  * Another process (`edgehook queue ...`) may open the same file while the agent runs
  * (WAL); PRAGMA data_version tells us when it changed something, and the in-memory
@@ -77,10 +78,15 @@ export const HISTORY_LENGTH = 10;
 /** Rows handled per transaction by maintenance, replay and purge. */
 const BATCH_ROWS = 5000;
 /** Rows pruned/expired per maintain() pass. */
-export const MAINTAIN_MAX_ROWS = 50_000;
+export const MAINTAIN_MAX_ROWS = 20_000;
 /** How long a free-disk reading is trusted. */
 const DISK_CHECK_MS = 1000;
 
+/**
+ * next_at of a delivery that has not been tried yet: due whatever the wall clock says,
+ * so a clock stepped backwards (NTP after a boot without RTC) never holds back new events.
+ */
+const DUE_NOW = 0;
 const PENDING = 0;
 const DELIVERED = 1;
 const DEAD = 2;
@@ -170,9 +176,11 @@ function prepareAll(db: Database) {
     ),
     deleteState: db.prepare("DELETE FROM series_state WHERE rule = ? AND series = ?"),
     loadStates: db.prepare("SELECT rule, series, version, state FROM series_state"),
+    // Walks the heads in priority/id order and stops after LIMIT due ones; without the
+    // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
     next: db.prepare(
       `SELECT d.id, e.id AS event_id, d.destination, d.series, e.type, d.priority, d.attempts, d.created_at, e.body
-       FROM deliveries d JOIN events e ON e.seq = d.event_seq
+       FROM deliveries d INDEXED BY deliveries_next_heads JOIN events e ON e.seq = d.event_seq
        WHERE d.destination = ? AND d.is_head = 1 AND d.next_at <= ?
        ORDER BY d.priority DESC, d.id LIMIT ?`,
     ),
@@ -242,7 +250,7 @@ function prepareAll(db: Database) {
     ),
     deadOf: db.prepare(
       `SELECT id, destination, series, state FROM deliveries
-       WHERE state <> 0 AND state = 2 AND destination = ? ORDER BY id LIMIT ?`,
+       WHERE state <> 0 AND state = 2 AND destination = ? LIMIT ?`,
     ),
     markReplayed: db.prepare(
       `UPDATE deliveries SET state = 0, is_head = 0, attempts = 0, next_at = ?, settled_at = NULL, reason = NULL
@@ -262,7 +270,7 @@ export class Outbox implements OutboxReader {
   readonly #check: boolean;
   #maxAge: Readonly<Record<string, number>>;
   #db: Database | undefined;
-  #s!: Statements;
+  #statements: Statements | undefined;
   #tx!: (fn: () => unknown) => unknown;
 
   #queue: Waiter[] = [];
@@ -292,17 +300,26 @@ export class Outbox implements OutboxReader {
     this.#dropLog = new RateLimitedLog(60_000, () => options.clock.now());
   }
 
+  /** The prepared statements; using them on a closed outbox is a programming error. */
+  get #s(): Statements {
+    if (!this.#statements) throw new Error("outbox is not open");
+    return this.#statements;
+  }
+
   // ------------------------------------------------------------ lifecycle
 
   open(): void {
     if (this.#db) return;
     const db = openDatabase(this.#file, { logger: this.#log, check: this.#check, now: () => this.#clock.now() });
     this.#db = db;
-    this.#s = prepareAll(db);
+    this.#statements = prepareAll(db);
     const tx = db.transaction((fn: () => unknown) => fn());
     // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a
     // deferred read turning into SQLITE_BUSY when another process writes.
     this.#tx = (fn) => tx.immediate(fn);
+    // The agent recounts at start (one pass, like the integrity check before it), so a
+    // counter that ever drifted cannot bend the limits for the rest of the run.
+    if (this.#check) this.#recount();
     this.#loadCounters();
   }
 
@@ -310,8 +327,11 @@ export class Outbox implements OutboxReader {
   close(): void {
     if (!this.#db) return;
     this.flush();
+    // No PRAGMA optimize/ANALYZE: every query is written for a named index, and planner
+    // statistics gathered on a small outbox could steer it wrong on a large one.
     this.#db.close();
     this.#db = undefined;
+    this.#statements = undefined;
   }
 
   get isOpen(): boolean {
@@ -332,8 +352,10 @@ export class Outbox implements OutboxReader {
 
   /**
    * Stores the batch's events (one delivery per destination) and rule states atomically.
-   * Resolves once the transaction carrying it committed durably. With a FakeClock the
-   * commit happens when the clock passes commit_delay, or on flush().
+   * Resolves once the transaction carrying it committed durably; rejects if that
+   * transaction failed (then nothing of the batch is stored: do not acknowledge it).
+   * The group waits commit_delay on the injected clock: with a FakeClock advance it,
+   * call flush(), or use commit_delay 0 (the next turn of the event loop).
    */
   commit(batch: CommitBatch): Promise<CommitResult> {
     if (!this.#db) return Promise.reject(new Error("outbox is not open"));
@@ -377,7 +399,14 @@ export class Outbox implements OutboxReader {
     try {
       results = this.#commitGroup(group.map((w) => w.batch));
     } catch (err) {
-      // One bad batch (e.g. a duplicate event id) must not fail the others: retry each alone.
+      if (!isBatchSpecific(err)) {
+        // The database itself failed (busy, I/O, full): retrying each batch would only
+        // repeat the wait. Nothing was stored; callers must not acknowledge.
+        this.#log.error({ err, batches: group.length }, "outbox commit failed; the batches were not stored");
+        for (const w of group) w.reject(err);
+        return;
+      }
+      // One bad batch (a duplicate event id, a body that is not JSON) must not fail the others.
       this.#log.warn({ err, batches: group.length }, "group commit failed; committing batches one by one");
       for (const w of group) {
         try {
@@ -417,7 +446,6 @@ export class Outbox implements OutboxReader {
       }
       return { accepted: 0, dropped };
     }
-    const now = this.#clock.now();
     for (const e of b.events) {
       const destinations = new Set(e.destinations);
       if (destinations.size === 0) continue;
@@ -438,7 +466,7 @@ export class Outbox implements OutboxReader {
         const key = `${d}\u0000${e.series}`;
         let hasPending = memo.get(key);
         if (hasPending === undefined) hasPending = s.hasPending.get(d, e.series) !== undefined;
-        s.insertDelivery.run(seq, d, e.series, e.priority, e.createdAt, hasPending ? 0 : 1, now);
+        s.insertDelivery.run(seq, d, e.series, e.priority, e.createdAt, hasPending ? 0 : 1, DUE_NOW);
         memo.set(key, true);
         delta.count(d, PENDING, 1);
       }
@@ -532,7 +560,19 @@ export class Outbox implements OutboxReader {
   loadStates(): SeriesStateRow[] {
     if (!this.#db) throw new Error("outbox is not open");
     const rows = this.#s.loadStates.all() as StateRow[];
-    return rows.map((r) => ({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) }));
+    const out: SeriesStateRow[] = [];
+    for (const r of rows) {
+      try {
+        out.push({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) });
+      } catch (err) {
+        // One unreadable row must not stop the agent from starting: that series starts fresh.
+        this.#log.warn(
+          { err, rule: r.rule, series: r.series },
+          "unreadable rule state skipped; the series starts fresh",
+        );
+      }
+    }
+    return out;
   }
 
   // ------------------------------------------------------------ destination flags
@@ -619,7 +659,7 @@ export class Outbox implements OutboxReader {
       | undefined;
     if (!e) return undefined;
     const deliveries = (this.#s.deliveriesOfEvent.all(e.seq) as (DeliveryRow & { history: string | null })[]).map(
-      (r) => ({ ...toListing(r), history: r.history ? (JSON.parse(r.history) as AttemptRecord[]) : [] }),
+      (r) => ({ ...toListing(r), history: parseHistory(r.history) }),
     );
     return {
       id: e.id,
@@ -641,11 +681,10 @@ export class Outbox implements OutboxReader {
    */
   replay(target: ReplayTarget): number {
     const s = this.#s;
-    const now = this.#clock.now();
     const requeue = (rows: { id: number; destination: string; series: string; state: number }[], delta: Delta) => {
       const series = new Map<string, [string, string]>();
       for (const r of rows) {
-        s.markReplayed.run(now, r.id);
+        s.markReplayed.run(DUE_NOW, r.id);
         delta.count(r.destination, r.state, -1);
         delta.count(r.destination, PENDING, 1);
         series.set(`${r.destination}\u0000${r.series}`, [r.destination, r.series]);
@@ -899,6 +938,30 @@ export class Outbox implements OutboxReader {
     return result;
   }
 
+  /** Rewrites the `counts`/`totals` tables from the rows; warns when they had drifted. */
+  #recount(): void {
+    const db = this.#db as Database;
+    this.#tx(() => {
+      const snapshot = () =>
+        JSON.stringify([
+          db.prepare("SELECT destination, state, n FROM counts WHERE n <> 0 ORDER BY destination, state").all(),
+          this.#s.totals.all(),
+        ]);
+      const before = snapshot();
+      db.exec(`
+        DELETE FROM counts;
+        INSERT INTO counts (destination, state, n)
+          SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state;
+        UPDATE totals SET value = (SELECT COUNT(*) FROM events) WHERE key = 'events';
+        UPDATE totals SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes';
+      `);
+      const after = snapshot();
+      if (before !== after) {
+        this.#log.warn({ before, after }, "outbox counters did not match the stored rows; recounted");
+      }
+    });
+  }
+
   #loadCounters(): void {
     this.#counts.clear();
     for (const r of this.#s.counts.all() as { destination: string; state: number; n: number }[]) {
@@ -958,6 +1021,11 @@ export class Outbox implements OutboxReader {
     }
   }
 
+  /** Brings the outbox gauges up to date (called before each /metrics scrape). */
+  refreshMetrics(): void {
+    this.#updateMetrics();
+  }
+
   #updateMetrics(): void {
     const now = this.#clock.now();
     for (const [destination, c] of this.#counts) {
@@ -998,6 +1066,13 @@ interface StateRow {
   state: string;
 }
 
+/** Errors caused by one batch's content rather than by the database. */
+function isBatchSpecific(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && code.startsWith("SQLITE_")) return code.startsWith("SQLITE_CONSTRAINT");
+  return true; // e.g. TypeError from JSON.stringify of a body
+}
+
 function toListing(r: DeliveryRow): DeliveryListing {
   return {
     id: r.id,
@@ -1018,12 +1093,22 @@ function toListing(r: DeliveryRow): DeliveryListing {
 }
 
 function appendHistory(json: string | null, attempt: AttemptRecord): string {
-  const history = json ? (JSON.parse(json) as AttemptRecord[]) : [];
+  const history = parseHistory(json);
   const entry: AttemptRecord = { at: attempt.at, durationMs: Math.round(attempt.durationMs) };
   if (attempt.status !== undefined) entry.status = attempt.status;
   if (attempt.error !== undefined) entry.error = clip(attempt.error);
   history.push(entry);
   return JSON.stringify(history.slice(-HISTORY_LENGTH));
+}
+
+function parseHistory(json: string | null): AttemptRecord[] {
+  if (!json) return [];
+  try {
+    const parsed: unknown = JSON.parse(json);
+    return Array.isArray(parsed) ? (parsed as AttemptRecord[]) : [];
+  } catch {
+    return []; // history is informational; a damaged one starts over
+  }
 }
 
 function clip(text: string): string {

@@ -90,7 +90,7 @@ export interface DeliveryListing {
   state: DeliveryState;
   attempts: number;
   createdAt: number;
-  /** When the next attempt is due (pending only). */
+  /** When the next attempt is due (pending only); 0 when due at once (never tried, or replayed). */
   nextAt: number | null;
   settledAt: number | null;
   lastStatus: number | null;
