@@ -675,10 +675,15 @@ export class Dispatcher {
         lane.probe.reset();
         this.#quiet.reset(`${name}:down`);
         this.#quiet.shouldLog(`${name}:down`);
-        this.#log.warn(
-          { destination: name, error: decision.error },
-          `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
-        );
+        // A flapping receiver (one dead backend behind a balancer) would otherwise log twice
+        // per second; transitions log at the slow cadence with a count of those skipped.
+        const flaps = this.#quiet.shouldLog(`${name}:transition`);
+        if (flaps !== undefined) {
+          this.#log.warn(
+            { destination: name, error: decision.error, suppressedTransitions: flaps },
+            `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
+          );
+        }
         this.#arm(lane, lane.probe.waitMs() ?? 1_000);
       }
       return;
@@ -688,10 +693,15 @@ export class Dispatcher {
     if (lane.state === "down") {
       const downMs = this.#clock.now() - lane.since;
       this.#setState(lane, "up", undefined);
-      this.#log.info(
-        { destination: name, downSeconds: Math.round(downMs / 1000) },
-        `destination ${name} reachable again; sending the backlog`,
-      );
+      // After a real outage (a minute or more) always say so; quick flaps share the slow cadence.
+      if (downMs >= 60_000) this.#quiet.reset(`${name}:transition`);
+      const flaps = this.#quiet.shouldLog(`${name}:transition`);
+      if (flaps !== undefined) {
+        this.#log.info(
+          { destination: name, downSeconds: Math.round(downMs / 1000), suppressedTransitions: flaps },
+          `destination ${name} reachable again; sending the backlog`,
+        );
+      }
     }
     if (decision.action === "dead") {
       if (decision.disable && lane.state !== "disabled") {
