@@ -141,6 +141,7 @@ export class Dispatcher {
   #clockHeld = false;
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
+  #stopped: Promise<void> | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#outbox = options.outbox;
@@ -192,8 +193,15 @@ export class Dispatcher {
    * the rest (they stay pending and are sent again after the restart), writes every
    * collected outcome and closes the connections.
    */
-  async stop(graceMs: number): Promise<void> {
-    if (!this.#started) return;
+  stop(graceMs: number): Promise<void> {
+    if (!this.#started) return Promise.resolve();
+    this.#stopped ??= this.#stop(graceMs).finally(() => {
+      this.#stopped = undefined;
+    });
+    return this.#stopped;
+  }
+
+  async #stop(graceMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#pumpImmediate) clearImmediate(this.#pumpImmediate);
     this.#pumpImmediate = undefined;

@@ -202,7 +202,16 @@ describe("dispatcher against real receivers", () => {
     r.dispatcher.start();
     await r.receiver.waitFor(() => r.receiver.requests === 1, "first attempt");
     await r.settle();
-    await r.advance(119_999);
+    // Nothing is due for two minutes: the dispatcher sleeps instead of polling the outbox.
+    const next = r.outbox.next.bind(r.outbox);
+    let reads = 0;
+    r.outbox.next = (...args) => {
+      reads++;
+      return next(...args);
+    };
+    for (let t = 0; t < 119; t++) await r.advance(1_000);
+    await r.advance(999);
+    expect(reads).toBe(0);
     expect(r.receiver.requests).toBe(1);
     await r.advance(1);
     await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "accepted after Retry-After");
