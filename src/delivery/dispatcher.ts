@@ -158,12 +158,20 @@ export class Dispatcher {
 
   start(): void {
     if (this.#started) return;
+    // Every TLS file is read before anything starts, so a bad one leaves nothing half-open.
+    const transports = new Map<string, HttpDispatcher>();
+    try {
+      for (const [name, config] of Object.entries(this.#destinations)) transports.set(name, this.#transport(config));
+    } catch (err) {
+      for (const t of transports.values()) void t.destroy().catch(() => undefined);
+      throw err;
+    }
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
     const disabled = this.#disabledFlags();
     for (const [name, config] of Object.entries(this.#destinations)) {
-      const lane = this.#newLane(name, config, this.#transport(config));
+      const lane = this.#newLane(name, config, transports.get(name) as HttpDispatcher);
       const flag = disabled.get(name);
       if (flag) {
         lane.state = "disabled";
@@ -513,6 +521,9 @@ export class Dispatcher {
     const now = this.#clock.now();
     try {
       if (lane.state === "down") {
+        // One request at a time while down: requests sent before the outage was noticed
+        // finish (or time out) first; their completion brings us back here.
+        if (lane.flights.size > 0) return;
         const wait = lane.probe.waitMs();
         if (wait === undefined) return; // the one probe is in flight
         if (wait > 0) {
