@@ -23,6 +23,7 @@
  */
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
@@ -72,6 +73,8 @@ export interface DispatcherOptions {
   random?: () => number;
   /** Proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); the agent passes process.env. */
   env?: Readonly<Record<string, string | undefined>>;
+  /** Relative tls.*_file paths are resolved against this (the config file's directory). */
+  baseDir?: string;
   /** Longest wait before outcomes are written (default 5 ms). */
   settleDelayMs?: number;
   /**
@@ -116,6 +119,8 @@ interface Lane {
   flights: Map<number, Flight>;
   /** One signal per lane aborts every request of it at shutdown (one per request costs at 5k/s). */
   abort: AbortController;
+  /** Outcomes of this lane collected but not yet written. */
+  unwritten: number;
   /** Series with a delivery in flight or an outcome not yet written. */
   exclude: Set<string>;
   probe: OfflineProbe;
@@ -142,6 +147,7 @@ export class Dispatcher {
   readonly #onAttempt: ((info: AttemptInfo) => void) | undefined;
   readonly #env: Readonly<Record<string, string | undefined>>;
   readonly #settleDelayMs: number;
+  readonly #baseDir: string | undefined;
   readonly #lanes = new Map<string, Lane>();
   #quiet!: RateLimitedLog;
   #started = false;
@@ -153,6 +159,7 @@ export class Dispatcher {
   #clockHeld = false;
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
+  #stopped: Promise<void> | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#outbox = options.outbox;
@@ -165,16 +172,25 @@ export class Dispatcher {
     this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
     this.#settleDelayMs = options.settleDelayMs ?? 5;
+    this.#baseDir = options.baseDir;
   }
 
   start(): void {
     if (this.#started) return;
+    // Every TLS file is read before anything starts, so a bad one leaves nothing half-open.
+    const transports = new Map<string, HttpDispatcher>();
+    try {
+      for (const [name, config] of Object.entries(this.#destinations)) transports.set(name, this.#transport(config));
+    } catch (err) {
+      for (const t of transports.values()) void t.destroy().catch(() => undefined);
+      throw err;
+    }
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
     const disabled = this.#disabledFlags();
     for (const [name, config] of Object.entries(this.#destinations)) {
-      const lane = this.#newLane(name, config, this.#transport(config));
+      const lane = this.#newLane(name, config, transports.get(name) as HttpDispatcher);
       const flag = disabled.get(name);
       if (flag) {
         lane.state = "disabled";
@@ -204,8 +220,15 @@ export class Dispatcher {
    * the rest (they stay pending and are sent again after the restart), writes every
    * collected outcome and closes the connections.
    */
-  async stop(graceMs: number): Promise<void> {
-    if (!this.#started) return;
+  stop(graceMs: number): Promise<void> {
+    if (!this.#started) return Promise.resolve();
+    this.#stopped ??= this.#stop(graceMs).finally(() => {
+      this.#stopped = undefined;
+    });
+    return this.#stopped;
+  }
+
+  async #stop(graceMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#pumpImmediate) clearImmediate(this.#pumpImmediate);
     this.#pumpImmediate = undefined;
@@ -350,6 +373,7 @@ export class Dispatcher {
       detail: undefined,
       flights: new Map(),
       abort: laneAbort(),
+      unwritten: 0,
       exclude: new Set(),
       probe: new OfflineProbe(this.#clock),
       bucket: config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined,
@@ -368,7 +392,7 @@ export class Dispatcher {
     const read = (file: string | undefined, key: string): Buffer | undefined => {
       if (file === undefined) return undefined;
       try {
-        return readFileSync(file);
+        return readFileSync(this.#baseDir ? resolve(this.#baseDir, file) : file);
       } catch (err) {
         throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `destination tls.${key}: cannot read ${file}`, {
           cause: err,
@@ -517,6 +541,9 @@ export class Dispatcher {
     const now = this.#clock.now();
     try {
       if (lane.state === "down") {
+        // One request at a time while down: requests sent before the outage was noticed
+        // finish (or time out) first; their completion brings us back here.
+        if (lane.flights.size > 0) return;
         const wait = lane.probe.waitMs();
         if (wait === undefined) return; // the one probe is in flight
         if (wait > 0) {
@@ -548,8 +575,17 @@ export class Dispatcher {
         lane.bucket?.take(1);
         this.#send(lane, row, false);
       }
-      if (rows.length < limit) this.#sleepUntilDue(lane, now);
-      else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
+      if (rows.length < limit) {
+        if (lane.unwritten > 0) {
+          // Starved: the remaining series only wait for their outcomes to be written. Once
+          // the last request is back, write now instead of after the batching delay (this is
+          // what limits a few busy series); otherwise the next completion or the delay does.
+          // Either way the write schedules the next pass.
+          if (lane.flights.size === 0) this.#flush();
+          return;
+        }
+        this.#sleepUntilDue(lane, now);
+      } else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
     } catch (err) {
       const n = this.#quiet.shouldLog(`${lane.name}:outbox`);
       if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
@@ -625,7 +661,16 @@ export class Dispatcher {
     } catch (error) {
       outcome = Promise.resolve({ kind: "error", error });
     }
-    flight.done = outcome.then((o) => this.#onOutcome(lane, flight, o, at, started));
+    flight.done = outcome
+      .then((o) => this.#onOutcome(lane, flight, o, at, started))
+      .catch((err: unknown) => {
+        // A bug here must not become an unhandled rejection that kills the agent; the
+        // delivery stays pending and is sent again.
+        lane.flights.delete(delivery.id);
+        lane.exclude.delete(delivery.series);
+        this.#log.error({ err, destination: lane.name }, "internal error while recording a delivery outcome");
+        this.#resolveIdle();
+      });
   }
 
   #onOutcome(lane: Lane, flight: Flight, outcome: Outcome, at: number, started: number): void {
@@ -671,9 +716,8 @@ export class Dispatcher {
     }
     this.#transition(lane, flight, decision);
     this.#queueSettle({ lane, settlement, series: delivery.series });
-    // Slots are free: other series can go out while this outcome waits to be written. Refill
-    // in chunks (a quarter of the lane) so one outbox read serves several requests.
-    if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
+    // Other series can go out while this outcome waits to be written.
+    if (this.#worthAPass(lane)) {
       this.#toPump.add(lane);
       this.#schedulePumps();
     }
@@ -698,10 +742,15 @@ export class Dispatcher {
         lane.probe.reset();
         this.#quiet.reset(`${name}:down`);
         this.#quiet.shouldLog(`${name}:down`);
-        this.#log.warn(
-          { destination: name, error: decision.error },
-          `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
-        );
+        // A flapping receiver (one dead backend behind a balancer) would otherwise log twice
+        // per second; transitions log at the slow cadence with a count of those skipped.
+        const flaps = this.#quiet.shouldLog(`${name}:transition`);
+        if (flaps !== undefined) {
+          this.#log.warn(
+            { destination: name, error: decision.error, suppressedTransitions: flaps },
+            `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
+          );
+        }
         this.#arm(lane, lane.probe.waitMs() ?? 1_000);
       }
       return;
@@ -711,10 +760,15 @@ export class Dispatcher {
     if (lane.state === "down") {
       const downMs = this.#clock.now() - lane.since;
       this.#setState(lane, "up", undefined);
-      this.#log.info(
-        { destination: name, downSeconds: Math.round(downMs / 1000) },
-        `destination ${name} reachable again; sending the backlog`,
-      );
+      // After a real outage (a minute or more) always say so; quick flaps share the slow cadence.
+      if (downMs >= 60_000) this.#quiet.reset(`${name}:transition`);
+      const flaps = this.#quiet.shouldLog(`${name}:transition`);
+      if (flaps !== undefined) {
+        this.#log.info(
+          { destination: name, downSeconds: Math.round(downMs / 1000), suppressedTransitions: flaps },
+          `destination ${name} reachable again; sending the backlog`,
+        );
+      }
     }
     if (decision.action === "dead") {
       if (decision.disable && lane.state !== "disabled") {
@@ -753,6 +807,7 @@ export class Dispatcher {
 
   #queueSettle(p: PendingSettle): void {
     this.#pending.push(p);
+    p.lane.unwritten++;
     if (this.#pending.length >= SETTLE_BATCH_MAX || this.#stopping) {
       this.#flush();
     } else if (!this.#settleTimer) {
@@ -786,11 +841,21 @@ export class Dispatcher {
       return;
     }
     for (const p of batch) {
+      p.lane.unwritten--;
       p.lane.exclude.delete(p.series);
-      if (!this.#stopping) this.#toPump.add(p.lane);
+      if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();
     this.#resolveIdle();
+  }
+
+  /**
+   * Refill in chunks (a quarter of the lane) so one outbox read serves several requests; a
+   * lane with fewer free slots gets its pass from a later completion, which always comes.
+   */
+  #worthAPass(lane: Lane): boolean {
+    if (lane.state !== "up") return true;
+    return lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2);
   }
 
   #isIdle(): boolean {
