@@ -8,7 +8,7 @@
  * when an MQTT QoS 1 message may be acknowledged (design invariant 1).
  */
 import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { type Clock, systemClock, type TimerHandle } from "./clock.js";
 import type { LoadedConfig } from "./config/load.js";
 import type { Config, DestinationConfig } from "./config/schema.js";
@@ -122,6 +122,7 @@ export class Agent {
       metrics: this.metrics,
       clockSynced: clockSync ? () => clockSync.synced() : undefined,
       env: this.#env,
+      baseDir: dirname(this.#loaded.file),
     });
     this.#dispatcher.start();
     clockSync?.onChange(() => this.#dispatcher?.wake());
@@ -265,6 +266,9 @@ export class Agent {
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
+    // Destinations first: a TLS file that cannot be read rejects the reload before
+    // anything changed.
+    this.#dispatcher?.reconfigure(config.destinations);
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
       if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
@@ -272,7 +276,6 @@ export class Agent {
     this.#chain = rulesApplied;
     await rulesApplied;
     this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
-    this.#dispatcher?.reconfigure(config.destinations);
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
       JSON.stringify(prev.serial) !== JSON.stringify(config.serial)
