@@ -23,6 +23,7 @@
  */
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
@@ -72,6 +73,8 @@ export interface DispatcherOptions {
   random?: () => number;
   /** Proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); the agent passes process.env. */
   env?: Readonly<Record<string, string | undefined>>;
+  /** Relative tls.*_file paths are resolved against this (the config file's directory). */
+  baseDir?: string;
   /** Longest wait before outcomes are written (default 5 ms). */
   settleDelayMs?: number;
   /**
@@ -142,6 +145,7 @@ export class Dispatcher {
   readonly #onAttempt: ((info: AttemptInfo) => void) | undefined;
   readonly #env: Readonly<Record<string, string | undefined>>;
   readonly #settleDelayMs: number;
+  readonly #baseDir: string | undefined;
   readonly #lanes = new Map<string, Lane>();
   #quiet!: RateLimitedLog;
   #started = false;
@@ -165,6 +169,7 @@ export class Dispatcher {
     this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
     this.#settleDelayMs = options.settleDelayMs ?? 5;
+    this.#baseDir = options.baseDir;
   }
 
   start(): void {
@@ -368,7 +373,7 @@ export class Dispatcher {
     const read = (file: string | undefined, key: string): Buffer | undefined => {
       if (file === undefined) return undefined;
       try {
-        return readFileSync(file);
+        return readFileSync(this.#baseDir ? resolve(this.#baseDir, file) : file);
       } catch (err) {
         throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `destination tls.${key}: cannot read ${file}`, {
           cause: err,
@@ -625,7 +630,16 @@ export class Dispatcher {
     } catch (error) {
       outcome = Promise.resolve({ kind: "error", error });
     }
-    flight.done = outcome.then((o) => this.#onOutcome(lane, flight, o, at, started));
+    flight.done = outcome
+      .then((o) => this.#onOutcome(lane, flight, o, at, started))
+      .catch((err: unknown) => {
+        // A bug here must not become an unhandled rejection that kills the agent; the
+        // delivery stays pending and is sent again.
+        lane.flights.delete(delivery.id);
+        lane.exclude.delete(delivery.series);
+        this.#log.error({ err, destination: lane.name }, "internal error while recording a delivery outcome");
+        this.#resolveIdle();
+      });
   }
 
   #onOutcome(lane: Lane, flight: Flight, outcome: Outcome, at: number, started: number): void {
