@@ -32,7 +32,8 @@ import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
 import { type Decision, decide, describeError, OfflineProbe, type Outcome, TokenBucket } from "./policy.js";
-import { buildRequest } from "./request.js";
+import { batchId, RenderError } from "./render.js";
+import { type BuiltRequest, buildBatchRequest, buildRequest } from "./request.js";
 
 export type DestinationState = "up" | "down" | "disabled";
 
@@ -101,7 +102,8 @@ const RECHECK_MS = 5_000;
 const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
 
 interface Flight {
-  delivery: Delivery;
+  /** One delivery, or the members of a batch in the order they are in the body. */
+  deliveries: Delivery[];
   probe: boolean;
   aborted: boolean;
   done: Promise<void>;
@@ -126,6 +128,8 @@ interface Lane {
   timer: TimerHandle | undefined;
   timerAt: number;
   removed: boolean;
+  /** Batching: monotonic time since which the lane waits for a partial batch to fill. */
+  fillSince: number | undefined;
 }
 
 interface PendingSettle {
@@ -361,6 +365,7 @@ export class Dispatcher {
       timer: undefined,
       timerAt: 0,
       removed: false,
+      fillSince: undefined,
     };
   }
 
@@ -520,6 +525,7 @@ export class Dispatcher {
     if (this.#stopping || lane.removed || lane.state === "disabled") return;
     if (this.#held()) return; // the recheck cadence wakes every lane once synced
     const now = this.#clock.now();
+    const perRequest = lane.config.batch?.max_events ?? 1;
     try {
       if (lane.state === "down") {
         const wait = lane.probe.waitMs();
@@ -528,13 +534,15 @@ export class Dispatcher {
           this.#arm(lane, wait);
           return;
         }
-        const [head] = this.#outbox.next(lane.name, now, 1, lane.exclude);
-        if (!head) {
+        // A batch lane probes with a whole batch: the backlog is old, there is nothing to wait for.
+        const heads = this.#outbox.next(lane.name, now, perRequest, lane.exclude);
+        if (heads.length === 0) {
           this.#sleepUntilDue(lane, now);
           return;
         }
         lane.probe.begin();
-        this.#send(lane, head, true);
+        lane.fillSince = undefined;
+        this.#send(lane, heads, true);
         return;
       }
       const free = lane.config.concurrency - lane.flights.size;
@@ -548,18 +556,54 @@ export class Dispatcher {
         }
         limit = Math.min(limit, tokens);
       }
-      const rows = this.#outbox.next(lane.name, now, limit, lane.exclude);
-      for (const row of rows) {
+      const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude);
+      let sent = 0;
+      let i = 0;
+      // Full requests go at once (one delivery each, or max_events per batch).
+      while (rows.length - i >= perRequest && sent < limit) {
         lane.bucket?.take(1);
-        this.#send(lane, row, false);
+        this.#send(lane, rows.slice(i, i + perRequest), false);
+        i += perRequest;
+        sent++;
       }
-      if (rows.length < limit) this.#sleepUntilDue(lane, now);
+      const rest = rows.length - i;
+      if (rest === 0) {
+        lane.fillSince = undefined;
+      } else if (sent < limit) {
+        // A partial batch: wait up to max_wait for it to fill (a wake() on new deliveries or
+        // this timer looks again), then send what there is.
+        const wait = this.#fillWait(lane, rows.slice(i), now);
+        if (wait <= 0) {
+          lane.fillSince = undefined;
+          lane.bucket?.take(1);
+          this.#send(lane, rows.slice(i), false);
+          sent++;
+        } else {
+          this.#arm(lane, wait);
+          return;
+        }
+      }
+      if (rows.length < limit * perRequest) this.#sleepUntilDue(lane, now);
       else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
     } catch (err) {
       const n = this.#quiet.shouldLog(`${lane.name}:outbox`);
       if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
       this.#arm(lane, 1_000);
     }
+  }
+
+  /**
+   * Ms a partial batch may still wait to fill: until its oldest event is `max_wait` old, or
+   * the lane has waited `max_wait` (so a wall clock set back cannot hold it longer). 0 = send.
+   */
+  #fillWait(lane: Lane, rows: readonly Delivery[], now: number): number {
+    const maxWait = lane.config.batch?.max_wait ?? 0;
+    if (maxWait <= 0) return 0;
+    const mono = this.#clock.monotonic();
+    lane.fillSince ??= mono;
+    let oldest = now;
+    for (const r of rows) oldest = Math.min(oldest, r.createdAt);
+    return Math.max(0, Math.min(oldest + maxWait - now, lane.fillSince + maxWait - mono));
   }
 
   /** Nothing more is due now: sleep until the next head is due (or a wake/completion). */
@@ -577,114 +621,172 @@ export class Dispatcher {
 
   // ------------------------------------------------------------ attempts
 
-  #send(lane: Lane, delivery: Delivery, probe: boolean): void {
+  /** The request for `deliveries` (a batch on a batch lane, even of one event). */
+  #build(lane: Lane, deliveries: Delivery[], nowSec: number): BuiltRequest & { path: string } {
+    const built =
+      lane.config.batch !== undefined
+        ? buildBatchRequest(deliveries, lane.config, nowSec)
+        : buildRequest(deliveries[0] as Delivery, lane.config, nowSec);
+    if (built.url === lane.config.url) return { ...built, path: lane.path };
+    // A preset chose another URL (ntfy posts to the server root). The lane's connection
+    // pool belongs to the destination's origin, so only the path may differ.
+    const url = new URL(built.url);
+    if (url.origin !== lane.origin) {
+      throw new RenderError(`rendered URL has origin ${url.origin}, not the destination's ${lane.origin}`);
+    }
+    return { ...built, path: `${url.pathname}${url.search}` };
+  }
+
+  #send(lane: Lane, deliveries: Delivery[], probe: boolean): void {
     const at = this.#clock.now();
     const started = this.#clock.monotonic();
+    const first = deliveries[0] as Delivery;
+    let built: (BuiltRequest & { path: string }) | undefined;
+    let unsendable: unknown;
+    try {
+      built = this.#build(lane, deliveries, Math.floor(at / 1000));
+    } catch (error) {
+      if (deliveries.length > 1) {
+        // Find the member(s) that cannot be rendered: they die alone, the others go on.
+        const bad: Delivery[] = [];
+        const good: Delivery[] = [];
+        for (const d of deliveries) {
+          try {
+            this.#build(lane, [d], Math.floor(at / 1000));
+            good.push(d);
+          } catch {
+            bad.push(d);
+          }
+        }
+        if (bad.length > 0 && good.length > 0) {
+          this.#send(lane, bad, false);
+          this.#send(lane, good, probe);
+          return;
+        }
+      }
+      unsendable = error;
+    }
     // Series alone is enough: each in-flight delivery is the head of its series, and the
     // outbox over-fetches by exclude.size, so ids would only double that.
-    lane.exclude.add(delivery.series);
-    const flight: Flight = { delivery, probe, aborted: false, done: Promise.resolve() };
-    lane.flights.set(delivery.id, flight);
+    for (const d of deliveries) lane.exclude.add(d.series);
+    const flight: Flight = { deliveries, probe, aborted: false, done: Promise.resolve() };
+    lane.flights.set(first.id, flight);
+    const webhookId =
+      built?.headers["webhook-id"] ??
+      (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
     let outcome: Promise<Outcome>;
-    try {
-      const { headers, body } = buildRequest(delivery, lane.config, Math.floor(at / 1000));
-      outcome = lane.http
-        .request({
-          origin: lane.origin,
-          path: lane.path,
-          method: "POST",
-          headers,
-          body,
-          signal: lane.abort.signal,
-          headersTimeout: lane.config.response_timeout,
-          bodyTimeout: lane.config.response_timeout,
-        })
-        .then(
-          async (res): Promise<Outcome> => {
-            const ra = res.headers["retry-after"];
-            if (this.#onAttempt) {
-              const chunks: Buffer[] = [];
-              let n = 0;
-              for await (const chunk of res.body) {
-                if (n < 4096) chunks.push(chunk as Buffer);
-                n += (chunk as Buffer).length;
+    if (built === undefined) {
+      this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(unsendable) });
+      outcome = Promise.resolve({ kind: "unsendable", error: unsendable });
+    } else {
+      try {
+        outcome = lane.http
+          .request({
+            origin: lane.origin,
+            path: built.path,
+            method: "POST",
+            headers: built.headers,
+            body: built.body,
+            signal: lane.abort.signal,
+            headersTimeout: lane.config.response_timeout,
+            bodyTimeout: lane.config.response_timeout,
+          })
+          .then(
+            async (res): Promise<Outcome> => {
+              const ra = res.headers["retry-after"];
+              if (this.#onAttempt) {
+                const chunks: Buffer[] = [];
+                let n = 0;
+                for await (const chunk of res.body) {
+                  if (n < 4096) chunks.push(chunk as Buffer);
+                  n += (chunk as Buffer).length;
+                }
+                this.#onAttempt({
+                  eventId: webhookId,
+                  destination: lane.name,
+                  status: res.statusCode,
+                  headers: res.headers,
+                  body: Buffer.concat(chunks).subarray(0, 4096),
+                });
+              } else {
+                // Read and discard the answer so the keep-alive connection can be reused.
+                await res.body.dump({ limit: 65_536 }).catch(() => undefined);
               }
-              this.#onAttempt({
-                eventId: delivery.eventId,
-                destination: lane.name,
-                status: res.statusCode,
-                headers: res.headers,
-                body: Buffer.concat(chunks).subarray(0, 4096),
-              });
-            } else {
-              // Read and discard the answer so the keep-alive connection can be reused.
-              await res.body.dump({ limit: 65_536 }).catch(() => undefined);
-            }
-            return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
-          },
-          (error: unknown): Outcome => {
-            this.#onAttempt?.({ eventId: delivery.eventId, destination: lane.name, error: describeError(error) });
-            return { kind: "error", error };
-          },
-        );
-    } catch (error) {
-      outcome = Promise.resolve({ kind: "error", error });
+              return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
+            },
+            (error: unknown): Outcome => {
+              this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
+              return { kind: "error", error };
+            },
+          );
+      } catch (error) {
+        // undici refused the request synchronously (e.g. an invalid header value).
+        this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+        outcome = Promise.resolve({ kind: "unsendable", error });
+      }
     }
     flight.done = outcome
       .then((o) => this.#onOutcome(lane, flight, o, at, started))
       .catch((err: unknown) => {
         // A bug here must not become an unhandled rejection that kills the agent; the
-        // delivery stays pending and is sent again.
-        lane.flights.delete(delivery.id);
-        lane.exclude.delete(delivery.series);
+        // deliveries stay pending and are sent again.
+        lane.flights.delete(first.id);
+        for (const d of deliveries) lane.exclude.delete(d.series);
         this.#log.error({ err, destination: lane.name }, "internal error while recording a delivery outcome");
         this.#resolveIdle();
       });
   }
 
   #onOutcome(lane: Lane, flight: Flight, outcome: Outcome, at: number, started: number): void {
-    const { delivery } = flight;
-    lane.flights.delete(delivery.id);
+    const { deliveries } = flight;
+    lane.flights.delete((deliveries[0] as Delivery).id);
     if (flight.aborted) {
-      // Shutdown: no outcome to record; the delivery stays pending as it was.
-      lane.exclude.delete(delivery.series);
+      // Shutdown: no outcome to record; the deliveries stay pending as they were.
+      for (const d of deliveries) lane.exclude.delete(d.series);
       if (flight.probe) lane.probe.released();
       this.#resolveIdle();
       return;
     }
     const durationMs = Math.round(this.#clock.monotonic() - started);
     const now = this.#clock.now();
-    const decision = decide(outcome, {
-      attempts: delivery.attempts,
-      policy: { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts },
-      now,
-      random: this.#random,
-    });
-    this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
-    const attempt: AttemptRecord = { at, durationMs };
     if (outcome.kind === "response") {
-      attempt.status = outcome.status;
       this.#metrics.deliveryLatency.observe({ destination: lane.name }, durationMs / 1000);
     }
-    if (decision.action !== "delivered") attempt.error = decision.action === "dead" ? decision.reason : decision.error;
-
-    let settlement: Settlement;
-    switch (decision.action) {
-      case "delivered":
-        settlement = { id: delivery.id, outcome: "delivered", attempt };
-        break;
-      case "offline":
-        settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
-        break;
-      case "retry":
-        settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
-        break;
-      case "dead":
-        settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
-        break;
+    // One jitter draw per request: members of a batch with the same history get the same
+    // next try, so the batch is formed again from the same heads.
+    const draw = this.#random();
+    const policy = { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts };
+    const actions = new Set<string>();
+    for (const delivery of deliveries) {
+      const decision = decide(outcome, { attempts: delivery.attempts, policy, now, random: () => draw });
+      this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
+      const attempt: AttemptRecord = { at, durationMs };
+      if (outcome.kind === "response") attempt.status = outcome.status;
+      if (decision.action !== "delivered") {
+        attempt.error = decision.action === "dead" ? decision.reason : decision.error;
+      }
+      let settlement: Settlement;
+      switch (decision.action) {
+        case "delivered":
+          settlement = { id: delivery.id, outcome: "delivered", attempt };
+          break;
+        case "offline":
+          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
+          break;
+        case "retry":
+          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
+          break;
+        case "dead":
+          settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
+          break;
+      }
+      // State changes and logs once per kind of decision, not once per batch member.
+      if (!actions.has(decision.action)) {
+        actions.add(decision.action);
+        this.#transition(lane, flight, decision);
+      }
+      this.#queueSettle({ lane, settlement, series: delivery.series });
     }
-    this.#transition(lane, flight, decision);
-    this.#queueSettle({ lane, settlement, series: delivery.series });
     // Slots are free: other series can go out while this outcome waits to be written. Refill
     // in chunks (a quarter of the lane) so one outbox read serves several requests.
     if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
@@ -696,6 +798,18 @@ export class Dispatcher {
   /** Destination state and logging after one outcome. */
   #transition(lane: Lane, flight: Flight, decision: Decision): void {
     const name = lane.name;
+    if (decision.class === "unsendable") {
+      // Nothing went on the wire: says nothing about the receiver; a probe may go again now.
+      if (flight.probe) lane.probe.released();
+      const n = this.#quiet.shouldLog(`${name}:unsendable`);
+      if (n !== undefined) {
+        this.#log.error(
+          { destination: name, reason: decision.action === "dead" ? decision.reason : undefined, suppressed: n },
+          `destination ${name}: a webhook cannot be built and is dead (${decision.action === "dead" ? decision.reason : ""}); see edgehook queue list`,
+        );
+      }
+      return;
+    }
     if (decision.action === "offline") {
       if (flight.probe) {
         lane.probe.failed();
@@ -819,6 +933,11 @@ export class Dispatcher {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+function describeUnsendable(err: unknown): string {
+  const why = err instanceof Error ? err.message : String(err);
+  return `cannot build the request: ${why.slice(0, 200)}`;
 }
 
 function laneAbort(): AbortController {
