@@ -567,6 +567,8 @@ export class Dispatcher {
         sent++;
       }
       const rest = rows.length - i;
+      // A new partial batch starts waiting now (the lane-side bound of max_wait).
+      if (sent > 0) lane.fillSince = undefined;
       if (rest === 0) {
         lane.fillSince = undefined;
       } else if (sent < limit) {
@@ -599,6 +601,8 @@ export class Dispatcher {
   #fillWait(lane: Lane, rows: readonly Delivery[], now: number): number {
     const maxWait = lane.config.batch?.max_wait ?? 0;
     if (maxWait <= 0) return 0;
+    // A retry goes on its schedule: its batch was formed when it was first sent.
+    if (rows.some((r) => r.attempts > 0)) return 0;
     const mono = this.#clock.monotonic();
     lane.fillSince ??= mono;
     let oldest = now;
