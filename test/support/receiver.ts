@@ -20,7 +20,8 @@ export interface Received {
 export type Answer =
   /** `delayMs` answers later (to let concurrent requests overlap). */
   | { kind: "accept"; status?: number; delayMs?: number }
-  | { kind: "status"; status: number; headers?: Record<string, string> }
+  /** `body` is the answer's text (default "no"). */
+  | { kind: "status"; status: number; headers?: Record<string, string>; body?: string }
   | { kind: "hang" }
   | { kind: "reset" };
 
@@ -102,7 +103,7 @@ export class Receiver {
             req.socket.destroy();
           } else if (a.kind === "status") {
             res.writeHead(a.status, a.headers ?? {});
-            res.end("no");
+            res.end(a.body ?? "no");
           } else {
             rec.accepted = true;
             res.writeHead(a.status ?? 200);
