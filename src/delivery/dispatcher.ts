@@ -161,6 +161,7 @@ export class Dispatcher {
   #clockHeld = false;
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
+  #stopped: Promise<void> | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#outbox = options.outbox;
@@ -178,12 +179,20 @@ export class Dispatcher {
 
   start(): void {
     if (this.#started) return;
+    // Every TLS file is read before anything starts, so a bad one leaves nothing half-open.
+    const transports = new Map<string, HttpDispatcher>();
+    try {
+      for (const [name, config] of Object.entries(this.#destinations)) transports.set(name, this.#transport(config));
+    } catch (err) {
+      for (const t of transports.values()) void t.destroy().catch(() => undefined);
+      throw err;
+    }
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
     const disabled = this.#disabledFlags();
     for (const [name, config] of Object.entries(this.#destinations)) {
-      const lane = this.#newLane(name, config, this.#transport(config));
+      const lane = this.#newLane(name, config, transports.get(name) as HttpDispatcher);
       const flag = disabled.get(name);
       if (flag) {
         lane.state = "disabled";
@@ -213,8 +222,15 @@ export class Dispatcher {
    * the rest (they stay pending and are sent again after the restart), writes every
    * collected outcome and closes the connections.
    */
-  async stop(graceMs: number): Promise<void> {
-    if (!this.#started) return;
+  stop(graceMs: number): Promise<void> {
+    if (!this.#started) return Promise.resolve();
+    this.#stopped ??= this.#stop(graceMs).finally(() => {
+      this.#stopped = undefined;
+    });
+    return this.#stopped;
+  }
+
+  async #stop(graceMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#pumpImmediate) clearImmediate(this.#pumpImmediate);
     this.#pumpImmediate = undefined;
@@ -528,6 +544,9 @@ export class Dispatcher {
     const perRequest = lane.config.batch?.max_events ?? 1;
     try {
       if (lane.state === "down") {
+        // One request at a time while down: requests sent before the outage was noticed
+        // finish (or time out) first; their completion brings us back here.
+        if (lane.flights.size > 0) return;
         const wait = lane.probe.waitMs();
         if (wait === undefined) return; // the one probe is in flight
         if (wait > 0) {
@@ -791,9 +810,8 @@ export class Dispatcher {
       }
       this.#queueSettle({ lane, settlement, series: delivery.series });
     }
-    // Slots are free: other series can go out while this outcome waits to be written. Refill
-    // in chunks (a quarter of the lane) so one outbox read serves several requests.
-    if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
+    // Other series can go out while this outcome waits to be written.
+    if (this.#worthAPass(lane)) {
       this.#toPump.add(lane);
       this.#schedulePumps();
     }
@@ -830,10 +848,15 @@ export class Dispatcher {
         lane.probe.reset();
         this.#quiet.reset(`${name}:down`);
         this.#quiet.shouldLog(`${name}:down`);
-        this.#log.warn(
-          { destination: name, error: decision.error },
-          `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
-        );
+        // A flapping receiver (one dead backend behind a balancer) would otherwise log twice
+        // per second; transitions log at the slow cadence with a count of those skipped.
+        const flaps = this.#quiet.shouldLog(`${name}:transition`);
+        if (flaps !== undefined) {
+          this.#log.warn(
+            { destination: name, error: decision.error, suppressedTransitions: flaps },
+            `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
+          );
+        }
         this.#arm(lane, lane.probe.waitMs() ?? 1_000);
       }
       return;
@@ -843,10 +866,15 @@ export class Dispatcher {
     if (lane.state === "down") {
       const downMs = this.#clock.now() - lane.since;
       this.#setState(lane, "up", undefined);
-      this.#log.info(
-        { destination: name, downSeconds: Math.round(downMs / 1000) },
-        `destination ${name} reachable again; sending the backlog`,
-      );
+      // After a real outage (a minute or more) always say so; quick flaps share the slow cadence.
+      if (downMs >= 60_000) this.#quiet.reset(`${name}:transition`);
+      const flaps = this.#quiet.shouldLog(`${name}:transition`);
+      if (flaps !== undefined) {
+        this.#log.info(
+          { destination: name, downSeconds: Math.round(downMs / 1000), suppressedTransitions: flaps },
+          `destination ${name} reachable again; sending the backlog`,
+        );
+      }
     }
     if (decision.action === "dead") {
       if (decision.disable && lane.state !== "disabled") {
@@ -919,10 +947,19 @@ export class Dispatcher {
     }
     for (const p of batch) {
       p.lane.exclude.delete(p.series);
-      if (!this.#stopping) this.#toPump.add(p.lane);
+      if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();
     this.#resolveIdle();
+  }
+
+  /**
+   * Refill in chunks (a quarter of the lane) so one outbox read serves several requests; a
+   * lane with fewer free slots gets its pass from a later completion, which always comes.
+   */
+  #worthAPass(lane: Lane): boolean {
+    if (lane.state !== "up") return true;
+    return lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2);
   }
 
   #isIdle(): boolean {

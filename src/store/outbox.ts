@@ -560,7 +560,19 @@ export class Outbox implements OutboxReader {
   loadStates(): SeriesStateRow[] {
     if (!this.#db) throw new Error("outbox is not open");
     const rows = this.#s.loadStates.all() as StateRow[];
-    return rows.map((r) => ({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) }));
+    const out: SeriesStateRow[] = [];
+    for (const r of rows) {
+      try {
+        out.push({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) });
+      } catch (err) {
+        // One unreadable row must not stop the agent from starting: that series starts fresh.
+        this.#log.warn(
+          { err, rule: r.rule, series: r.series },
+          "unreadable rule state skipped; the series starts fresh",
+        );
+      }
+    }
+    return out;
   }
 
   // ------------------------------------------------------------ destination flags
@@ -647,7 +659,7 @@ export class Outbox implements OutboxReader {
       | undefined;
     if (!e) return undefined;
     const deliveries = (this.#s.deliveriesOfEvent.all(e.seq) as (DeliveryRow & { history: string | null })[]).map(
-      (r) => ({ ...toListing(r), history: r.history ? (JSON.parse(r.history) as AttemptRecord[]) : [] }),
+      (r) => ({ ...toListing(r), history: parseHistory(r.history) }),
     );
     return {
       id: e.id,
@@ -1081,12 +1093,22 @@ function toListing(r: DeliveryRow): DeliveryListing {
 }
 
 function appendHistory(json: string | null, attempt: AttemptRecord): string {
-  const history = json ? (JSON.parse(json) as AttemptRecord[]) : [];
+  const history = parseHistory(json);
   const entry: AttemptRecord = { at: attempt.at, durationMs: Math.round(attempt.durationMs) };
   if (attempt.status !== undefined) entry.status = attempt.status;
   if (attempt.error !== undefined) entry.error = clip(attempt.error);
   history.push(entry);
   return JSON.stringify(history.slice(-HISTORY_LENGTH));
+}
+
+function parseHistory(json: string | null): AttemptRecord[] {
+  if (!json) return [];
+  try {
+    const parsed: unknown = JSON.parse(json);
+    return Array.isArray(parsed) ? (parsed as AttemptRecord[]) : [];
+  } catch {
+    return []; // history is informational; a damaged one starts over
+  }
 }
 
 function clip(text: string): string {

@@ -152,6 +152,34 @@ describe("operator log lines", () => {
     ]);
   });
 
+  it("a damaged rule-state or history row is skipped, not fatal", async () => {
+    let { lines, clock, outbox } = setup({});
+    await outbox.commit({
+      events: [ev(clock)],
+      states: [
+        { rule: "r", series: "good", version: "1", state: { n: 1 } },
+        { rule: "r", series: "bad", version: "1", state: { n: 2 } },
+      ],
+      removedStates: [],
+    });
+    const [d] = outbox.next("ops", clock.now(), 1, new Set());
+    outbox.close();
+    const raw = new Database(join(dir, "outbox.db"));
+    raw.prepare("UPDATE series_state SET state = '{not json' WHERE series = 'bad'").run();
+    raw.prepare("UPDATE deliveries SET history = 'garbage'").run();
+    raw.close();
+    ({ lines, clock, outbox } = setup({}));
+    expect(outbox.loadStates()).toEqual([{ rule: "r", series: "good", version: "1", state: { n: 1 } }]);
+    outbox.settle([{ id: d!.id, outcome: "delivered", attempt: { at: clock.now(), status: 200, durationMs: 4 } }]);
+    const shown = outbox.list({ state: "delivered" });
+    expect(shown).toHaveLength(1);
+    outbox.close();
+    await settle();
+    expect(lines.filter((l) => l.level === "warn").map((l) => l.msg)).toEqual([
+      "unreadable rule state skipped; the series starts fresh",
+    ]);
+  });
+
   it("warns once when the disk floor is reached, not on every refused commit", async () => {
     const { lines, clock, outbox } = setup({ min_free_disk: Number.MAX_SAFE_INTEGER });
     for (let i = 0; i < 3; i++) {
