@@ -100,6 +100,8 @@ const SETTLE_BATCH_MAX = 512;
 /** How often a held lane (clock) or a disabled one (enabled from the CLI) is looked at again. */
 const RECHECK_MS = 5_000;
 const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
+/** Most remembered batch memberships per lane; beyond it they are forgotten (ids may change). */
+const PIN_MAX = 10_000;
 
 interface Flight {
   /** One delivery, or the members of a batch in the order they are in the body. */
@@ -130,6 +132,18 @@ interface Lane {
   removed: boolean;
   /** Batching: monotonic time since which the lane waits for a partial batch to fill. */
   fillSince: number | undefined;
+  /**
+   * Batching: delivery id → webhook-id of the batch it failed in. A retry sends the same
+   * members together again (same webhook-id) even when other events are waiting by then.
+   * In memory only (bounded by PIN_MAX); after a restart batches are formed again in queue order.
+   */
+  pins: Map<number, string>;
+  /**
+   * Batching: the earliest retry this lane scheduled (epoch ms). While a partial batch waits
+   * to fill, the lane sleeps until the earlier of the two; the outbox's nextDueAt cannot tell
+   * (the waiting events are due already).
+   */
+  retryAt: number | undefined;
 }
 
 interface PendingSettle {
@@ -382,6 +396,8 @@ export class Dispatcher {
       timerAt: 0,
       removed: false,
       fillSince: undefined,
+      pins: new Map(),
+      retryAt: undefined,
     };
   }
 
@@ -559,9 +575,10 @@ export class Dispatcher {
           this.#sleepUntilDue(lane, now);
           return;
         }
+        const { ready, rest } = this.#group(lane, heads, perRequest);
         lane.probe.begin();
         lane.fillSince = undefined;
-        this.#send(lane, heads, true);
+        this.#send(lane, ready[0] ?? rest, true);
         return;
       }
       const free = lane.config.concurrency - lane.flights.size;
@@ -576,31 +593,31 @@ export class Dispatcher {
         limit = Math.min(limit, tokens);
       }
       const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude);
+      const { ready, rest } = this.#group(lane, rows, perRequest);
       let sent = 0;
-      let i = 0;
-      // Full requests go at once (one delivery each, or max_events per batch).
-      while (rows.length - i >= perRequest && sent < limit) {
+      // Full requests go at once (one delivery each, max_events per batch, or a retried batch).
+      for (const group of ready) {
+        if (sent >= limit) break;
         lane.bucket?.take(1);
-        this.#send(lane, rows.slice(i, i + perRequest), false);
-        i += perRequest;
+        this.#send(lane, group, false);
         sent++;
       }
-      const rest = rows.length - i;
       // A new partial batch starts waiting now (the lane-side bound of max_wait).
       if (sent > 0) lane.fillSince = undefined;
-      if (rest === 0) {
+      if (rest.length === 0) {
         lane.fillSince = undefined;
       } else if (sent < limit) {
         // A partial batch: wait up to max_wait for it to fill (a wake() on new deliveries or
         // this timer looks again), then send what there is.
-        const wait = this.#fillWait(lane, rows.slice(i), now);
+        const wait = this.#fillWait(lane, rest, now);
         if (wait <= 0) {
           lane.fillSince = undefined;
           lane.bucket?.take(1);
-          this.#send(lane, rows.slice(i), false);
+          this.#send(lane, rest, false);
           sent++;
         } else {
-          this.#arm(lane, wait);
+          if (lane.retryAt !== undefined && lane.retryAt <= now) lane.retryAt = undefined;
+          this.#arm(lane, lane.retryAt === undefined ? wait : Math.min(wait, lane.retryAt - now));
           return;
         }
       }
@@ -611,6 +628,40 @@ export class Dispatcher {
       if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
       this.#arm(lane, 1_000);
     }
+  }
+
+  /**
+   * Splits due heads (in queue order) into requests. Without batching, one per delivery.
+   * With batching: the members of a batch that failed go together again, at once; the
+   * others fill batches of `perRequest` in queue order, and a last partial one is `rest`.
+   */
+  #group(lane: Lane, rows: Delivery[], perRequest: number): { ready: Delivery[][]; rest: Delivery[] } {
+    if (lane.config.batch === undefined) return { ready: rows.map((r) => [r]), rest: [] };
+    const ready: Delivery[][] = [];
+    const fresh: Delivery[] = [];
+    const pinned = new Map<string, Delivery[]>();
+    for (const r of rows) {
+      const key = lane.pins.get(r.id);
+      if (key === undefined) {
+        fresh.push(r);
+        continue;
+      }
+      let group = pinned.get(key);
+      if (group && group.length >= perRequest) {
+        // max_events was lowered by a reload: the rest of the old batch goes as new events.
+        fresh.push(r);
+        continue;
+      }
+      if (!group) {
+        group = [];
+        pinned.set(key, group);
+        ready.push(group);
+      }
+      group.push(r);
+    }
+    let i = 0;
+    for (; fresh.length - i >= perRequest; i += perRequest) ready.push(fresh.slice(i, i + perRequest));
+    return { ready, rest: fresh.slice(i) };
   }
 
   /**
@@ -780,6 +831,9 @@ export class Dispatcher {
     const draw = this.#random();
     const policy = { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts };
     const actions = new Set<string>();
+    const pinKey =
+      lane.config.batch !== undefined && deliveries.length > 1 ? batchId(deliveries.map((d) => d.eventId)) : undefined;
+    if (pinKey !== undefined && lane.pins.size + deliveries.length > PIN_MAX) lane.pins.clear();
     for (const delivery of deliveries) {
       const decision = decide(outcome, { attempts: delivery.attempts, policy, now, random: () => draw });
       this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
@@ -798,10 +852,17 @@ export class Dispatcher {
           break;
         case "retry":
           settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
+          if (lane.config.batch !== undefined)
+            lane.retryAt = Math.min(lane.retryAt ?? decision.nextAt, decision.nextAt);
           break;
         case "dead":
           settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
           break;
+      }
+      if (pinKey !== undefined && (decision.action === "retry" || decision.action === "offline")) {
+        lane.pins.set(delivery.id, pinKey);
+      } else {
+        lane.pins.delete(delivery.id);
       }
       // State changes and logs once per kind of decision, not once per batch member.
       if (!actions.has(decision.action)) {

@@ -75,7 +75,7 @@ async function rig(extra: Record<string, unknown>) {
     dispatcher,
     metrics,
     /** One event per series named, committed together. */
-    async commit(series: string[]): Promise<NewEvent[]> {
+    async commit(series: string[], priority = 10): Promise<NewEvent[]> {
       const events = series.map((s): NewEvent => {
         const createdAt = clock.now();
         return {
@@ -84,7 +84,7 @@ async function rig(extra: Record<string, unknown>) {
           rule: "hot",
           series: s,
           severity: "warning",
-          priority: 10,
+          priority,
           destinations: ["ops"],
           createdAt,
           body: { type: "alert.firing", timestamp: new Date(createdAt).toISOString(), data: { series: s, n: seq++ } },
@@ -219,5 +219,53 @@ describe("unbuildable requests", () => {
     expect((r.receiver.accepted[0] as Received).json).toMatchObject({ text: expect.stringContaining("WARNING") });
     expect(r.state(next?.id as string)?.state).toBe("delivered");
     expect(r.dispatcher.states().ops?.state).toBe("up");
+  });
+});
+
+describe("batch membership across retries", () => {
+  it("a retried batch keeps its members and webhook-id while a newer event waits for its own batch", async () => {
+    const r = await rig({ batch: { max_events: 4, max_wait: "30s" }, retry_schedule: ["5s"] });
+    let n = 0;
+    r.receiver.answer = () => (n++ === 0 ? { kind: "status", status: 500 } : { kind: "accept" });
+    const first = await r.commit(["a", "b", "c"]);
+    r.dispatcher.start();
+    await r.advance(30_000);
+    await r.receiver.waitFor(() => r.receiver.requests === 1, "the first batch");
+    await r.settle();
+    await r.advance(2_000);
+    const [late] = await r.commit(["d"]); // would fill the batch to 4 if it were formed again
+    await r.settle();
+    await r.advance(3_000); // the retry is due 5 s after the failure
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "the retried batch");
+    const [failed, retried] = r.receiver.arrivals as [Received, Received];
+    expect(retried.id).toBe(failed.id);
+    expect(idsOf(retried)).toEqual(first.map((e) => e.id));
+    // The newer event keeps waiting for its own max_wait.
+    await r.advance(26_999);
+    expect(r.receiver.requests).toBe(2);
+    await r.advance(1);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 2, "the newer event's batch");
+    expect(idsOf(r.receiver.accepted[1] as Received)).toEqual([late?.id]);
+  });
+
+  it("a retry comes on time even while a partial batch is waiting to fill", async () => {
+    const r = await rig({ batch: { max_events: 3, max_wait: "30s" }, retry_schedule: ["5s"] });
+    let n = 0;
+    r.receiver.answer = () => (n++ === 0 ? { kind: "status", status: 500 } : { kind: "accept" });
+    r.dispatcher.start();
+    const [waiting] = await r.commit(["d"]); // starts filling a batch (due to go at 30 s)
+    await r.settle();
+    await r.advance(1_000);
+    const urgent = await r.commit(["a", "b", "c"], 20); // a full batch, ahead in the queue
+    await r.receiver.waitFor(() => r.receiver.requests === 1, "the full batch");
+    await r.settle();
+    await r.advance(4_999);
+    expect(r.receiver.requests).toBe(1);
+    await r.advance(1);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "the retry 5 s after the failure");
+    expect(idsOf(r.receiver.accepted[0] as Received)).toEqual(urgent.map((e) => e.id));
+    await r.advance(24_000);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 2, "the partial batch at 30 s");
+    expect(idsOf(r.receiver.accepted[1] as Received)).toEqual([waiting?.id]);
   });
 });
