@@ -31,7 +31,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function rig(extra: Record<string, unknown>) {
+async function rig(extra: Record<string, unknown>, path = "/hooks") {
   const dir = mkdtempSync(join(tmpdir(), "edgehook-batch-"));
   const file = join(dir, "outbox.db");
   const clock = new FakeClock(Date.now());
@@ -49,7 +49,7 @@ async function rig(extra: Record<string, unknown>) {
   const cfg = configSchema.parse({
     version: 1,
     agent: { id: "test" },
-    destinations: { ops: { url: receiver.url, secret: SECRET, ...extra } },
+    destinations: { ops: { url: `http://127.0.0.1:${receiver.port}${path}`, secret: SECRET, ...extra } },
   });
   const dest = cfg.destinations.ops as DestinationConfig;
   const dispatcher = new Dispatcher({
@@ -201,6 +201,21 @@ describe("batching in the dispatcher", () => {
     expect(r.state(events[1]?.id as string)?.reason).toMatch(/cannot build the request: .*JSON/);
     expect(r.dispatcher.states().ops?.state).toBe("up");
     expect(r.counted("unsendable")).toBe(1);
+  });
+});
+
+describe("rendered requests", () => {
+  it("ntfy posts to the server root under the destination's path prefix, topic in the body", async () => {
+    const r = await rig({ preset: "ntfy" }, "/ntfy/cellar-alerts");
+    const [ev] = await r.commit(["a"]);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "the ntfy message");
+    const got = r.receiver.accepted[0] as Received;
+    expect(got.path).toBe("/ntfy/");
+    expect(got.json).toMatchObject({ topic: "cellar-alerts", title: expect.stringContaining("WARNING") });
+    expect(got.verified).toBe(true); // a secret was given, so it is signed over the rendered body
+    await r.settle();
+    expect(r.state(ev?.id as string)?.state).toBe("delivered");
   });
 });
 

@@ -9,6 +9,8 @@ import { Webhook } from "standardwebhooks";
 
 export interface Received {
   id: string;
+  /** Request target (path and query). */
+  path: string;
   timestamp: number;
   headers: IncomingHttpHeaders;
   body: string;
@@ -80,6 +82,7 @@ export class Receiver {
         }
         const rec: Received & { accepted?: boolean } = {
           id: String(req.headers["webhook-id"] ?? ""),
+          path: req.url ?? "",
           timestamp: Number(req.headers["webhook-timestamp"] ?? 0),
           headers: req.headers,
           body,
