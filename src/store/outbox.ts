@@ -310,6 +310,7 @@ export class Outbox implements OutboxReader {
 
   open(): void {
     if (this.#db) return;
+    validateOptions(this.#file, this.#limits, this.#maxAge);
     const db = openDatabase(this.#file, { logger: this.#log, check: this.#check, now: () => this.#clock.now() });
     this.#db = db;
     this.#statements = prepareAll(db);
@@ -340,6 +341,7 @@ export class Outbox implements OutboxReader {
 
   /** Destination max_age overrides after a config reload. */
   setDestinationMaxAge(maxAge: Readonly<Record<string, number>>): void {
+    validateOptions(this.#file, this.#limits, maxAge);
     this.#maxAge = maxAge;
   }
 
@@ -1064,6 +1066,23 @@ interface StateRow {
   series: string;
   version: string;
   state: string;
+}
+
+/** The schema validates the YAML; this catches a wrong value passed in code, naming it. */
+function validateOptions(file: string, limits: OutboxConfig, maxAge: Readonly<Record<string, number>>): void {
+  if (typeof file !== "string" || file === "") throw new TypeError("outbox file must be a non-empty path");
+  const positive: (keyof OutboxConfig)[] = ["max_events", "max_bytes", "max_age", "keep_delivered"];
+  for (const key of positive) {
+    const v = limits[key];
+    if (typeof v !== "number" || !(v > 0)) throw new TypeError(`outbox.${key} must be a positive number (is ${v})`);
+  }
+  for (const key of ["min_free_disk", "commit_delay"] as const) {
+    const v = limits[key];
+    if (typeof v !== "number" || !(v >= 0)) throw new TypeError(`outbox.${key} must be a number >= 0 (is ${v})`);
+  }
+  for (const [name, v] of Object.entries(maxAge)) {
+    if (!(v > 0)) throw new TypeError(`destinations.${name}.max_age must be a positive duration (is ${v})`);
+  }
 }
 
 /** Errors caused by one batch's content rather than by the database. */

@@ -66,6 +66,37 @@ describe("openDatabase", () => {
   });
 });
 
+describe("Outbox options", () => {
+  it("names the wrong option", () => {
+    const base = {
+      file: join(dir, "outbox.db"),
+      clock: new FakeClock(),
+      logger: silentLogger(),
+      metrics: new Metrics(),
+    };
+    const limits: OutboxConfig = {
+      max_events: 10,
+      max_bytes: 1000,
+      max_age: 1000,
+      min_free_disk: 0,
+      keep_delivered: 1000,
+      commit_delay: 0,
+    };
+    expect(() => new Outbox({ ...base, limits: { ...limits, max_events: 0 } }).open()).toThrow(
+      "outbox.max_events must be a positive number (is 0)",
+    );
+    expect(() => new Outbox({ ...base, limits: { ...limits, commit_delay: -1 } }).open()).toThrow(
+      /outbox\.commit_delay/,
+    );
+    expect(() => new Outbox({ ...base, limits, destinationMaxAge: { ops: 0 } }).open()).toThrow(
+      /destinations\.ops\.max_age/,
+    );
+    const ok = new Outbox({ ...base, limits });
+    ok.open();
+    ok.close();
+  });
+});
+
 describe("operator log lines", () => {
   const limits: OutboxConfig = {
     max_events: 3,
