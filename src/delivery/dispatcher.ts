@@ -789,6 +789,12 @@ export class Dispatcher {
               return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
             },
             (error: unknown): Outcome => {
+              if (isInvalidRequest(error)) {
+                // undici rejected the request itself (e.g. a header value with a newline):
+                // nothing was sent and no retry can send it.
+                this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+                return { kind: "unsendable", error };
+              }
               this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
               return { kind: "error", error };
             },
@@ -1035,6 +1041,11 @@ export class Dispatcher {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** undici's argument validation failed: the request is malformed, not the network down. */
+function isInvalidRequest(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "UND_ERR_INVALID_ARG";
 }
 
 function describeUnsendable(err: unknown): string {

@@ -220,6 +220,19 @@ describe("rendered requests", () => {
 });
 
 describe("unbuildable requests", () => {
+  it("a request undici refuses (a header value with a newline) is dead with the reason, not offline", async () => {
+    const r = await rig({ headers: { "X-Site": "north\nsouth" } });
+    const [ev] = await r.commit(["a"]);
+    r.dispatcher.start();
+    await r.settle();
+    expect(r.receiver.requests).toBe(0);
+    expect(r.state(ev?.id as string)).toMatchObject({ state: "dead" });
+    expect(r.state(ev?.id as string)?.reason).toMatch(/^cannot build the request: invalid x-site header/);
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+    expect(r.counted("offline")).toBe(0);
+    expect(r.counted("unsendable")).toBe(1);
+  });
+
   it("a body a preset cannot render is dead at once, the destination stays up, the series moves on", async () => {
     const r = await rig({ preset: "slack" });
     const [bad] = await r.commit(["a"]);
