@@ -31,7 +31,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function rig(extra: Record<string, unknown>, path = "/hooks") {
+async function rig(extra: Record<string, unknown>, path = "/hooks", inflate = false) {
   const dir = mkdtempSync(join(tmpdir(), "edgehook-batch-"));
   const file = join(dir, "outbox.db");
   const clock = new FakeClock(Date.now());
@@ -44,7 +44,7 @@ async function rig(extra: Record<string, unknown>, path = "/hooks") {
     metrics,
   });
   outbox.open();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(SECRET, { inflate });
   await receiver.start();
   const cfg = configSchema.parse({
     version: 1,
@@ -205,6 +205,18 @@ describe("batching in the dispatcher", () => {
 });
 
 describe("rendered requests", () => {
+  it("a large batch is gzipped, and verifies once inflated", async () => {
+    const r = await rig({ batch: { max_events: 20, max_wait: "0s" }, gzip_above: "1KB" }, "/hooks", true);
+    const events = await r.commit(Array.from({ length: 20 }, (_, i) => `series-${i}`));
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "one gzipped batch");
+    const got = r.receiver.accepted[0] as Received;
+    expect(got.headers["content-encoding"]).toBe("gzip");
+    expect(Number(got.headers["content-length"])).toBeLessThan(got.body.length);
+    expect(got.verified).toBe(true);
+    expect(idsOf(got)).toEqual(events.map((e) => e.id));
+  });
+
   it("ntfy posts to the server root under the destination's path prefix, topic in the body", async () => {
     const r = await rig({ preset: "ntfy" }, "/ntfy/cellar-alerts");
     const [ev] = await r.commit(["a"]);

@@ -5,6 +5,7 @@
  */
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { gunzipSync } from "node:zlib";
 import { Webhook } from "standardwebhooks";
 
 export interface Received {
@@ -41,9 +42,12 @@ export class Receiver {
   #port = 0;
   #waiters: { pred: () => boolean; resolve: () => void }[] = [];
   readonly #wh: Webhook | undefined;
+  readonly #inflate: boolean;
 
-  constructor(secret?: string) {
+  /** `inflate`: gunzip `content-encoding: gzip` bodies before verifying, as body parsers do. */
+  constructor(secret?: string, options: { inflate?: boolean } = {}) {
     this.#wh = secret ? new Webhook(secret) : undefined;
+    this.#inflate = options.inflate ?? false;
   }
 
   get port(): number {
@@ -64,7 +68,15 @@ export class Receiver {
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("end", () => {
         this.requests++;
-        const body = Buffer.concat(chunks).toString("utf8");
+        let raw = Buffer.concat(chunks);
+        if (this.#inflate && req.headers["content-encoding"] === "gzip") {
+          try {
+            raw = gunzipSync(raw);
+          } catch {
+            // Left as it came: verification and JSON parsing fail visibly.
+          }
+        }
+        const body = raw.toString("utf8");
         let verified = false;
         if (this.#wh) {
           try {
