@@ -123,6 +123,8 @@ interface Lane {
   flights: Map<number, Flight>;
   /** One signal per lane aborts every request of it at shutdown (one per request costs at 5k/s). */
   abort: AbortController;
+  /** Outcomes of this lane collected but not yet written. */
+  unwritten: number;
   /** Series with a delivery in flight or an outcome not yet written. */
   exclude: Set<string>;
   probe: OfflineProbe;
@@ -389,6 +391,7 @@ export class Dispatcher {
       detail: undefined,
       flights: new Map(),
       abort: laneAbort(),
+      unwritten: 0,
       exclude: new Set(),
       probe: new OfflineProbe(this.#clock),
       bucket: config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined,
@@ -621,8 +624,17 @@ export class Dispatcher {
           return;
         }
       }
-      if (rows.length < limit * perRequest) this.#sleepUntilDue(lane, now);
-      else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
+      if (rows.length < limit * perRequest) {
+        if (lane.unwritten > 0) {
+          // Starved: the remaining series only wait for their outcomes to be written. Once
+          // the last request is back, write now instead of after the batching delay (this is
+          // what limits a few busy series); otherwise the next completion or the delay does.
+          // Either way the write schedules the next pass.
+          if (lane.flights.size === 0) this.#flush();
+          return;
+        }
+        this.#sleepUntilDue(lane, now);
+      } else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
     } catch (err) {
       const n = this.#quiet.shouldLog(`${lane.name}:outbox`);
       if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
@@ -980,6 +992,7 @@ export class Dispatcher {
 
   #queueSettle(p: PendingSettle): void {
     this.#pending.push(p);
+    p.lane.unwritten++;
     if (this.#pending.length >= SETTLE_BATCH_MAX || this.#stopping) {
       this.#flush();
     } else if (!this.#settleTimer) {
@@ -1013,6 +1026,7 @@ export class Dispatcher {
       return;
     }
     for (const p of batch) {
+      p.lane.unwritten--;
       p.lane.exclude.delete(p.series);
       if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
     }
