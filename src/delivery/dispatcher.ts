@@ -322,12 +322,13 @@ export class Dispatcher {
       }
       const oldRate = lane.config.rate_limit;
       lane.config = config;
+      // The path may change on the same origin (same connections): requests go to the new one.
+      const url = new URL(config.url);
+      lane.origin = url.origin;
+      lane.path = `${url.pathname}${url.search}`;
       if (transport) {
         const old = lane.http;
         lane.http = transport;
-        const url = new URL(config.url);
-        lane.origin = url.origin;
-        lane.path = `${url.pathname}${url.search}`;
         void old.close().catch(() => undefined);
       }
       if (oldRate !== config.rate_limit) {

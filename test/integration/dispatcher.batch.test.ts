@@ -205,6 +205,23 @@ describe("batching in the dispatcher", () => {
 });
 
 describe("rendered requests", () => {
+  it("a reload that changes only the URL path sends to the new path", async () => {
+    const r = await rig({}, "/old");
+    await r.commit(["a"]);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "the first webhook");
+    await r.settle();
+    const cfg = configSchema.parse({
+      version: 1,
+      agent: { id: "test" },
+      destinations: { ops: { url: `http://127.0.0.1:${r.receiver.port}/new?v=2`, secret: SECRET } },
+    });
+    r.dispatcher.reconfigure(cfg.destinations as Record<string, DestinationConfig>);
+    await r.commit(["b"]);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 2, "the second webhook");
+    expect(r.receiver.accepted.map((a) => a.path)).toEqual(["/old", "/new?v=2"]);
+  });
+
   it("a large batch is gzipped, and verifies once inflated", async () => {
     const r = await rig({ batch: { max_events: 20, max_wait: "0s" }, gzip_above: "1KB" }, "/hooks", true);
     const events = await r.commit(Array.from({ length: 20 }, (_, i) => `series-${i}`));
