@@ -133,7 +133,15 @@ describe("batching in the dispatcher", () => {
     r.dispatcher.start();
     const first = await r.commit(["a", "b", "c"]);
     await r.settle();
-    await r.advance(9_000);
+    // Waiting is a timer, not polling: the outbox is not read again while the batch fills.
+    const next = r.outbox.next.bind(r.outbox);
+    let reads = 0;
+    r.outbox.next = (...args) => {
+      reads++;
+      return next(...args);
+    };
+    for (let s = 0; s < 9; s++) await r.advance(1_000);
+    expect(reads).toBe(0);
     expect(r.receiver.requests).toBe(0); // still filling
     const more = await r.commit(["d", "e", "f"]);
     await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "a full batch");
