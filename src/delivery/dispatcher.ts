@@ -32,7 +32,8 @@ import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
 import { type Decision, decide, describeError, OfflineProbe, type Outcome, TokenBucket } from "./policy.js";
-import { buildRequest } from "./request.js";
+import { batchId, RenderError } from "./render.js";
+import { type BuiltRequest, buildBatchRequest, buildRequest } from "./request.js";
 
 export type DestinationState = "up" | "down" | "disabled";
 
@@ -99,9 +100,12 @@ const SETTLE_BATCH_MAX = 512;
 /** How often a held lane (clock) or a disabled one (enabled from the CLI) is looked at again. */
 const RECHECK_MS = 5_000;
 const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
+/** Most remembered batch memberships per lane; beyond it they are forgotten (ids may change). */
+const PIN_MAX = 10_000;
 
 interface Flight {
-  delivery: Delivery;
+  /** One delivery, or the members of a batch in the order they are in the body. */
+  deliveries: Delivery[];
   probe: boolean;
   aborted: boolean;
   done: Promise<void>;
@@ -128,6 +132,20 @@ interface Lane {
   timer: TimerHandle | undefined;
   timerAt: number;
   removed: boolean;
+  /** Batching: monotonic time since which the lane waits for a partial batch to fill. */
+  fillSince: number | undefined;
+  /**
+   * Batching: delivery id → webhook-id of the batch it failed in. A retry sends the same
+   * members together again (same webhook-id) even when other events are waiting by then.
+   * In memory only (bounded by PIN_MAX); after a restart batches are formed again in queue order.
+   */
+  pins: Map<number, string>;
+  /**
+   * Batching: the earliest retry this lane scheduled (epoch ms). While a partial batch waits
+   * to fill, the lane sleeps until the earlier of the two; the outbox's nextDueAt cannot tell
+   * (the waiting events are due already).
+   */
+  retryAt: number | undefined;
 }
 
 interface PendingSettle {
@@ -304,12 +322,13 @@ export class Dispatcher {
       }
       const oldRate = lane.config.rate_limit;
       lane.config = config;
+      // The path may change on the same origin (same connections): requests go to the new one.
+      const url = new URL(config.url);
+      lane.origin = url.origin;
+      lane.path = `${url.pathname}${url.search}`;
       if (transport) {
         const old = lane.http;
         lane.http = transport;
-        const url = new URL(config.url);
-        lane.origin = url.origin;
-        lane.path = `${url.pathname}${url.search}`;
         void old.close().catch(() => undefined);
       }
       if (oldRate !== config.rate_limit) {
@@ -380,6 +399,9 @@ export class Dispatcher {
       timer: undefined,
       timerAt: 0,
       removed: false,
+      fillSince: undefined,
+      pins: new Map(),
+      retryAt: undefined,
     };
   }
 
@@ -539,6 +561,7 @@ export class Dispatcher {
     if (this.#stopping || lane.removed || lane.state === "disabled") return;
     if (this.#held()) return; // the recheck cadence wakes every lane once synced
     const now = this.#clock.now();
+    const perRequest = lane.config.batch?.max_events ?? 1;
     try {
       if (lane.state === "down") {
         // One request at a time while down: requests sent before the outage was noticed
@@ -550,13 +573,16 @@ export class Dispatcher {
           this.#arm(lane, wait);
           return;
         }
-        const [head] = this.#outbox.next(lane.name, now, 1, lane.exclude);
-        if (!head) {
+        // A batch lane probes with a whole batch: the backlog is old, there is nothing to wait for.
+        const heads = this.#outbox.next(lane.name, now, perRequest, lane.exclude);
+        if (heads.length === 0) {
           this.#sleepUntilDue(lane, now);
           return;
         }
+        const { ready, rest } = this.#group(lane, heads, perRequest);
         lane.probe.begin();
-        this.#send(lane, head, true);
+        lane.fillSince = undefined;
+        this.#send(lane, ready[0] ?? rest, true);
         return;
       }
       const free = lane.config.concurrency - lane.flights.size;
@@ -570,12 +596,36 @@ export class Dispatcher {
         }
         limit = Math.min(limit, tokens);
       }
-      const rows = this.#outbox.next(lane.name, now, limit, lane.exclude);
-      for (const row of rows) {
+      const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude);
+      const { ready, rest } = this.#group(lane, rows, perRequest);
+      let sent = 0;
+      // Full requests go at once (one delivery each, max_events per batch, or a retried batch).
+      for (const group of ready) {
+        if (sent >= limit) break;
         lane.bucket?.take(1);
-        this.#send(lane, row, false);
+        this.#send(lane, group, false);
+        sent++;
       }
-      if (rows.length < limit) {
+      // A new partial batch starts waiting now (the lane-side bound of max_wait).
+      if (sent > 0) lane.fillSince = undefined;
+      if (rest.length === 0) {
+        lane.fillSince = undefined;
+      } else if (sent < limit) {
+        // A partial batch: wait up to max_wait for it to fill (a wake() on new deliveries or
+        // this timer looks again), then send what there is.
+        const wait = this.#fillWait(lane, rest, now);
+        if (wait <= 0) {
+          lane.fillSince = undefined;
+          lane.bucket?.take(1);
+          this.#send(lane, rest, false);
+          sent++;
+        } else {
+          if (lane.retryAt !== undefined && lane.retryAt <= now) lane.retryAt = undefined;
+          this.#arm(lane, lane.retryAt === undefined ? wait : Math.min(wait, lane.retryAt - now));
+          return;
+        }
+      }
+      if (rows.length < limit * perRequest) {
         if (lane.unwritten > 0) {
           // Starved: the remaining series only wait for their outcomes to be written. Once
           // the last request is back, write now instead of after the batching delay (this is
@@ -593,6 +643,56 @@ export class Dispatcher {
     }
   }
 
+  /**
+   * Splits due heads (in queue order) into requests. Without batching, one per delivery.
+   * With batching: the members of a batch that failed go together again, at once; the
+   * others fill batches of `perRequest` in queue order, and a last partial one is `rest`.
+   */
+  #group(lane: Lane, rows: Delivery[], perRequest: number): { ready: Delivery[][]; rest: Delivery[] } {
+    if (lane.config.batch === undefined) return { ready: rows.map((r) => [r]), rest: [] };
+    const ready: Delivery[][] = [];
+    const fresh: Delivery[] = [];
+    const pinned = new Map<string, Delivery[]>();
+    for (const r of rows) {
+      const key = lane.pins.get(r.id);
+      if (key === undefined) {
+        fresh.push(r);
+        continue;
+      }
+      let group = pinned.get(key);
+      if (group && group.length >= perRequest) {
+        // max_events was lowered by a reload: the rest of the old batch goes as new events.
+        fresh.push(r);
+        continue;
+      }
+      if (!group) {
+        group = [];
+        pinned.set(key, group);
+        ready.push(group);
+      }
+      group.push(r);
+    }
+    let i = 0;
+    for (; fresh.length - i >= perRequest; i += perRequest) ready.push(fresh.slice(i, i + perRequest));
+    return { ready, rest: fresh.slice(i) };
+  }
+
+  /**
+   * Ms a partial batch may still wait to fill: until its oldest event is `max_wait` old, or
+   * the lane has waited `max_wait` (so a wall clock set back cannot hold it longer). 0 = send.
+   */
+  #fillWait(lane: Lane, rows: readonly Delivery[], now: number): number {
+    const maxWait = lane.config.batch?.max_wait ?? 0;
+    if (maxWait <= 0) return 0;
+    // A retry goes on its schedule: its batch was formed when it was first sent.
+    if (rows.some((r) => r.attempts > 0)) return 0;
+    const mono = this.#clock.monotonic();
+    lane.fillSince ??= mono;
+    let oldest = now;
+    for (const r of rows) oldest = Math.min(oldest, r.createdAt);
+    return Math.max(0, Math.min(oldest + maxWait - now, lane.fillSince + maxWait - mono));
+  }
+
   /** Nothing more is due now: sleep until the next head is due (or a wake/completion). */
   #sleepUntilDue(lane: Lane, now: number): void {
     const due = this.#outbox.nextDueAt(lane.name);
@@ -608,114 +708,188 @@ export class Dispatcher {
 
   // ------------------------------------------------------------ attempts
 
-  #send(lane: Lane, delivery: Delivery, probe: boolean): void {
+  /** The request for `deliveries` (a batch on a batch lane, even of one event). */
+  #build(lane: Lane, deliveries: Delivery[], nowSec: number): BuiltRequest & { path: string } {
+    const built =
+      lane.config.batch !== undefined
+        ? buildBatchRequest(deliveries, lane.config, nowSec)
+        : buildRequest(deliveries[0] as Delivery, lane.config, nowSec);
+    if (built.url === lane.config.url) return { ...built, path: lane.path };
+    // A preset chose another URL (ntfy posts to the server root). The lane's connection
+    // pool belongs to the destination's origin, so only the path may differ.
+    const url = new URL(built.url);
+    if (url.origin !== lane.origin) {
+      throw new RenderError(`rendered URL has origin ${url.origin}, not the destination's ${lane.origin}`);
+    }
+    return { ...built, path: `${url.pathname}${url.search}` };
+  }
+
+  #send(lane: Lane, deliveries: Delivery[], probe: boolean): void {
     const at = this.#clock.now();
     const started = this.#clock.monotonic();
+    const first = deliveries[0] as Delivery;
+    let built: (BuiltRequest & { path: string }) | undefined;
+    let unsendable: unknown;
+    try {
+      built = this.#build(lane, deliveries, Math.floor(at / 1000));
+    } catch (error) {
+      if (deliveries.length > 1) {
+        // Find the member(s) that cannot be rendered: they die alone, the others go on.
+        const bad: Delivery[] = [];
+        const good: Delivery[] = [];
+        for (const d of deliveries) {
+          try {
+            this.#build(lane, [d], Math.floor(at / 1000));
+            good.push(d);
+          } catch {
+            bad.push(d);
+          }
+        }
+        if (bad.length > 0 && good.length > 0) {
+          this.#send(lane, bad, false);
+          this.#send(lane, good, probe);
+          return;
+        }
+      }
+      unsendable = error;
+    }
     // Series alone is enough: each in-flight delivery is the head of its series, and the
     // outbox over-fetches by exclude.size, so ids would only double that.
-    lane.exclude.add(delivery.series);
-    const flight: Flight = { delivery, probe, aborted: false, done: Promise.resolve() };
-    lane.flights.set(delivery.id, flight);
+    for (const d of deliveries) lane.exclude.add(d.series);
+    const flight: Flight = { deliveries, probe, aborted: false, done: Promise.resolve() };
+    lane.flights.set(first.id, flight);
+    const webhookId =
+      built?.headers["webhook-id"] ??
+      (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
     let outcome: Promise<Outcome>;
-    try {
-      const { headers, body } = buildRequest(delivery, lane.config, Math.floor(at / 1000));
-      outcome = lane.http
-        .request({
-          origin: lane.origin,
-          path: lane.path,
-          method: "POST",
-          headers,
-          body,
-          signal: lane.abort.signal,
-          headersTimeout: lane.config.response_timeout,
-          bodyTimeout: lane.config.response_timeout,
-        })
-        .then(
-          async (res): Promise<Outcome> => {
-            const ra = res.headers["retry-after"];
-            if (this.#onAttempt) {
-              const chunks: Buffer[] = [];
-              let n = 0;
-              for await (const chunk of res.body) {
-                if (n < 4096) chunks.push(chunk as Buffer);
-                n += (chunk as Buffer).length;
+    if (built === undefined) {
+      this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(unsendable) });
+      outcome = Promise.resolve({ kind: "unsendable", error: unsendable });
+    } else {
+      try {
+        outcome = lane.http
+          .request({
+            origin: lane.origin,
+            path: built.path,
+            method: "POST",
+            headers: built.headers,
+            body: built.body,
+            signal: lane.abort.signal,
+            headersTimeout: lane.config.response_timeout,
+            bodyTimeout: lane.config.response_timeout,
+          })
+          .then(
+            async (res): Promise<Outcome> => {
+              const ra = res.headers["retry-after"];
+              if (this.#onAttempt) {
+                const chunks: Buffer[] = [];
+                let n = 0;
+                for await (const chunk of res.body) {
+                  if (n < 4096) chunks.push(chunk as Buffer);
+                  n += (chunk as Buffer).length;
+                }
+                this.#onAttempt({
+                  eventId: webhookId,
+                  destination: lane.name,
+                  status: res.statusCode,
+                  headers: res.headers,
+                  body: Buffer.concat(chunks).subarray(0, 4096),
+                });
+              } else {
+                // Read and discard the answer so the keep-alive connection can be reused.
+                await res.body.dump({ limit: 65_536 }).catch(() => undefined);
               }
-              this.#onAttempt({
-                eventId: delivery.eventId,
-                destination: lane.name,
-                status: res.statusCode,
-                headers: res.headers,
-                body: Buffer.concat(chunks).subarray(0, 4096),
-              });
-            } else {
-              // Read and discard the answer so the keep-alive connection can be reused.
-              await res.body.dump({ limit: 65_536 }).catch(() => undefined);
-            }
-            return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
-          },
-          (error: unknown): Outcome => {
-            this.#onAttempt?.({ eventId: delivery.eventId, destination: lane.name, error: describeError(error) });
-            return { kind: "error", error };
-          },
-        );
-    } catch (error) {
-      outcome = Promise.resolve({ kind: "error", error });
+              return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
+            },
+            (error: unknown): Outcome => {
+              if (isInvalidRequest(error)) {
+                // undici rejected the request itself (e.g. a header value with a newline):
+                // nothing was sent and no retry can send it.
+                this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+                return { kind: "unsendable", error };
+              }
+              this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
+              return { kind: "error", error };
+            },
+          );
+      } catch (error) {
+        // undici refused the request synchronously (e.g. an invalid header value).
+        this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+        outcome = Promise.resolve({ kind: "unsendable", error });
+      }
     }
     flight.done = outcome
       .then((o) => this.#onOutcome(lane, flight, o, at, started))
       .catch((err: unknown) => {
         // A bug here must not become an unhandled rejection that kills the agent; the
-        // delivery stays pending and is sent again.
-        lane.flights.delete(delivery.id);
-        lane.exclude.delete(delivery.series);
+        // deliveries stay pending and are sent again.
+        lane.flights.delete(first.id);
+        for (const d of deliveries) lane.exclude.delete(d.series);
         this.#log.error({ err, destination: lane.name }, "internal error while recording a delivery outcome");
         this.#resolveIdle();
       });
   }
 
   #onOutcome(lane: Lane, flight: Flight, outcome: Outcome, at: number, started: number): void {
-    const { delivery } = flight;
-    lane.flights.delete(delivery.id);
+    const { deliveries } = flight;
+    lane.flights.delete((deliveries[0] as Delivery).id);
     if (flight.aborted) {
-      // Shutdown: no outcome to record; the delivery stays pending as it was.
-      lane.exclude.delete(delivery.series);
+      // Shutdown: no outcome to record; the deliveries stay pending as they were.
+      for (const d of deliveries) lane.exclude.delete(d.series);
       if (flight.probe) lane.probe.released();
       this.#resolveIdle();
       return;
     }
     const durationMs = Math.round(this.#clock.monotonic() - started);
     const now = this.#clock.now();
-    const decision = decide(outcome, {
-      attempts: delivery.attempts,
-      policy: { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts },
-      now,
-      random: this.#random,
-    });
-    this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
-    const attempt: AttemptRecord = { at, durationMs };
     if (outcome.kind === "response") {
-      attempt.status = outcome.status;
       this.#metrics.deliveryLatency.observe({ destination: lane.name }, durationMs / 1000);
     }
-    if (decision.action !== "delivered") attempt.error = decision.action === "dead" ? decision.reason : decision.error;
-
-    let settlement: Settlement;
-    switch (decision.action) {
-      case "delivered":
-        settlement = { id: delivery.id, outcome: "delivered", attempt };
-        break;
-      case "offline":
-        settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
-        break;
-      case "retry":
-        settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
-        break;
-      case "dead":
-        settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
-        break;
+    // One jitter draw per request: members of a batch with the same history get the same
+    // next try, so the batch is formed again from the same heads.
+    const draw = this.#random();
+    const policy = { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts };
+    const actions = new Set<string>();
+    const pinKey =
+      lane.config.batch !== undefined && deliveries.length > 1 ? batchId(deliveries.map((d) => d.eventId)) : undefined;
+    if (pinKey !== undefined && lane.pins.size + deliveries.length > PIN_MAX) lane.pins.clear();
+    for (const delivery of deliveries) {
+      const decision = decide(outcome, { attempts: delivery.attempts, policy, now, random: () => draw });
+      this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
+      const attempt: AttemptRecord = { at, durationMs };
+      if (outcome.kind === "response") attempt.status = outcome.status;
+      if (decision.action !== "delivered") {
+        attempt.error = decision.action === "dead" ? decision.reason : decision.error;
+      }
+      let settlement: Settlement;
+      switch (decision.action) {
+        case "delivered":
+          settlement = { id: delivery.id, outcome: "delivered", attempt };
+          break;
+        case "offline":
+          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
+          break;
+        case "retry":
+          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
+          if (lane.config.batch !== undefined)
+            lane.retryAt = Math.min(lane.retryAt ?? decision.nextAt, decision.nextAt);
+          break;
+        case "dead":
+          settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
+          break;
+      }
+      if (pinKey !== undefined && (decision.action === "retry" || decision.action === "offline")) {
+        lane.pins.set(delivery.id, pinKey);
+      } else {
+        lane.pins.delete(delivery.id);
+      }
+      // State changes and logs once per kind of decision, not once per batch member.
+      if (!actions.has(decision.action)) {
+        actions.add(decision.action);
+        this.#transition(lane, flight, decision);
+      }
+      this.#queueSettle({ lane, settlement, series: delivery.series });
     }
-    this.#transition(lane, flight, decision);
-    this.#queueSettle({ lane, settlement, series: delivery.series });
     // Other series can go out while this outcome waits to be written.
     if (this.#worthAPass(lane)) {
       this.#toPump.add(lane);
@@ -726,6 +900,18 @@ export class Dispatcher {
   /** Destination state and logging after one outcome. */
   #transition(lane: Lane, flight: Flight, decision: Decision): void {
     const name = lane.name;
+    if (decision.class === "unsendable") {
+      // Nothing went on the wire: says nothing about the receiver; a probe may go again now.
+      if (flight.probe) lane.probe.released();
+      const n = this.#quiet.shouldLog(`${name}:unsendable`);
+      if (n !== undefined) {
+        this.#log.error(
+          { destination: name, reason: decision.action === "dead" ? decision.reason : undefined, suppressed: n },
+          `destination ${name}: a webhook cannot be built and is dead (${decision.action === "dead" ? decision.reason : ""}); see edgehook queue list`,
+        );
+      }
+      return;
+    }
     if (decision.action === "offline") {
       if (flight.probe) {
         lane.probe.failed();
@@ -870,6 +1056,16 @@ export class Dispatcher {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** undici's argument validation failed: the request is malformed, not the network down. */
+function isInvalidRequest(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "UND_ERR_INVALID_ARG";
+}
+
+function describeUnsendable(err: unknown): string {
+  const why = err instanceof Error ? err.message : String(err);
+  return `cannot build the request: ${why.slice(0, 200)}`;
 }
 
 function laneAbort(): AbortController {
