@@ -5,6 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
@@ -173,6 +174,44 @@ describe("MqttSource", () => {
     await ready(src2, sink2, pub, "raw/probe/x", "2");
     expect(sink2.readings.map((r) => r.value)).toEqual([2]);
     expect(await counter(metrics2, "edgehook_decode_errors_total", {})).toBe(0);
+  });
+
+  it("backs off while the broker refuses connections, logs it once, and stops promptly", async () => {
+    // A TCP server that hangs up on every connection: a broker that is not there yet.
+    let attempts = 0;
+    const server = createServer((sock) => {
+      attempts++;
+      sock.destroy();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const config = mqttConfig(`mqtt://127.0.0.1:${port}`, { client_id: "away" });
+      const logs: Record<string, unknown>[] = [];
+      const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
+      const src = new MqttSource({
+        config,
+        agentId: "t1",
+        sink: async () => {},
+        logger,
+        metrics: new Metrics(),
+        clock: systemClock,
+      });
+      sources.push(src);
+      await src.start();
+      await new Promise((r) => setTimeout(r, 1_600));
+      expect(src.state().status).toBe("down");
+      // reconnect_period 50ms doubling to 400ms: about 6 tries in 1.6 s, not 30.
+      expect(attempts).toBeGreaterThanOrEqual(4);
+      expect(attempts).toBeLessThanOrEqual(9);
+      expect(logs.filter((l) => l.msg === "MQTT broker not reachable; retrying")).toHaveLength(1);
+      const t0 = Date.now();
+      await src.stop();
+      expect(Date.now() - t0).toBeLessThan(1_000);
+      expect(src.state().status).toBe("stopped");
+    } finally {
+      server.close();
+    }
   });
 
   it("publishes a retained online status and offline on a clean stop", async () => {
