@@ -81,6 +81,7 @@ export class MqttSource implements Source {
   #detail: string | undefined;
   #stopping = false;
   #reconnectPeriod = 0;
+  #lastError: string | undefined;
 
   #pending: Batch = emptyBatch();
   #inflight: Promise<void> | undefined;
@@ -169,7 +170,11 @@ export class MqttSource implements Source {
     };
     client.on("connect", (connack) => this.#onConnect(client, connack.sessionPresent));
     client.prependListener("close", () => this.#onClose());
-    client.on("error", (err) => this.#rateLog("error", err, "MQTT error"));
+    client.on("error", (err) => {
+      this.#lastError = err.message;
+      if (this.#status !== "up") this.#detail = err.message;
+      this.#rateLog("error", err, "MQTT error");
+    });
     this.#log.info({ url: redactUrl(url), clientId: this.clientId }, "connecting to MQTT broker");
   }
 
@@ -205,6 +210,7 @@ export class MqttSource implements Source {
     client.options.reconnectPeriod = this.#reconnectPeriod;
     this.#metrics.mqttConnected.set(1);
     this.#errLog.reset("error");
+    this.#lastError = undefined;
     if (this.#status !== "up") {
       this.#log.info({ sessionPresent }, "connected to MQTT broker");
       this.#setStatus("up");
@@ -243,10 +249,10 @@ export class MqttSource implements Source {
     if (this.#stopping) return;
     if (this.#status === "up") {
       this.#log.warn({ retryMs: client?.options.reconnectPeriod }, "MQTT connection lost; reconnecting");
-      this.#setStatus("down");
+      this.#setStatus("down", this.#lastError);
     } else if (this.#status === "starting") {
       this.#log.warn({ retryMs: client?.options.reconnectPeriod }, "MQTT broker not reachable; retrying");
-      this.#setStatus("down");
+      this.#setStatus("down", this.#lastError);
     }
   }
 

@@ -150,8 +150,11 @@ export class SerialSource implements Source {
     this.#setStatus("down", String(code));
     if (!this.#announcedDown) {
       this.#announcedDown = true;
+      const hint = /permission denied|EACCES/i.test(err.message)
+        ? "add the edgehook user to the group owning the device (often dialout)"
+        : undefined;
       this.#log.warn(
-        { path: this.#config.path, reason: err.message, retryMaxMs: this.#config.reopen_max },
+        { path: this.#config.path, reason: err.message, hint, retryMaxMs: this.#config.reopen_max },
         this.#everOpened ? "serial port went away; reopening when it returns" : "serial port not available; retrying",
       );
     }

@@ -121,7 +121,10 @@ describe("MqttSource", () => {
     });
     const sink = new Collect();
     const metrics = new Metrics();
-    const src = source(config, sink, metrics);
+    const logs: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
+    const src = new MqttSource({ config, agentId: "t1", sink: sink.sink, logger, metrics, clock: systemClock });
+    sources.push(src);
     await src.start();
     const pub = await publisher(broker.url);
     clients.push(pub);
@@ -164,6 +167,15 @@ describe("MqttSource", () => {
     expect(await counter(metrics, "edgehook_decode_errors_total", { reason: "binary" })).toBe(1);
     expect(await counter(metrics, "edgehook_decode_errors_total", { reason: "too_large" })).toBe(1);
     expect(src.state().status).toBe("up");
+
+    // A flood of garbage is counted in full but logged at a bounded rate.
+    for (let i = 0; i < 50; i++) pub.publish("sensors/x/temp", "garbage", { qos: 0 });
+    await pub.publishAsync("sensors/kitchen/temp", JSON.stringify({ temperature: 22 }), { qos: 1 });
+    await sink.waitFor((r) => r.length === 8, "reading after the flood");
+    expect(await counter(metrics, "edgehook_decode_errors_total", { reason: "not_json" })).toBe(51);
+    expect(
+      logs.filter((l) => l.msg === "skipped a payload that could not be decoded" && l.reason === "not_json"),
+    ).toHaveLength(1);
 
     // Bad payloads were acknowledged too: a new session with the same id gets none of them again.
     await src.stop();
