@@ -4,7 +4,8 @@
  * through a local mosquitto into MqttSource, whose sink commits to SQLite the way the
  * agent does: one WAL transaction with synchronous=FULL per sink call, inserting a
  * row for ~1 in 100 readings (realistic: most readings change no rule state) or for
- * every reading (worst case). Figures are the median of 3 runs per mix, with the CPU
+ * every reading (worst case); a baseline run without SQLite shows what the publisher
+ * and broker allow. Figures are the median of 3 runs per mix, with the CPU
  * time of this process (MQTT client, decode, SQLite) per 1,000 readings.
  *
  *   npm run build && node scripts/bench/ingest.mjs [--count 100000] [--runs 3]
@@ -127,7 +128,8 @@ async function run(url, mix, runNo) {
       cpu0 = process.cpuUsage();
     }
     calls++;
-    commit(readings);
+    if (mix === "baseline") seen += readings.length;
+    else commit(readings);
     if (seen >= COUNT) done();
   };
   const config = configSchema.parse({
@@ -182,10 +184,14 @@ const mosq = await startMosquitto(port);
 const url = `mqtt://127.0.0.1:${port}`;
 try {
   console.log(`ingest: ${COUNT} QoS 1 readings per run, ${RUNS} runs per mix, node ${process.version}`);
-  for (const mix of ["realistic", "worst"]) {
+  for (const mix of ["baseline", "realistic", "worst"]) {
     const results = [];
     for (let i = 0; i < RUNS; i++) results.push(await run(url, mix, i));
-    const rowNote = mix === "worst" ? "a row per reading" : "a row per 100 readings";
+    const rowNote = {
+      baseline: "no SQLite, for reference",
+      realistic: "a row per 100 readings",
+      worst: "a row per reading",
+    }[mix];
     console.log(
       `${mix.padEnd(9)} (${rowNote}): ${median(results.map((r) => r.perSec))} readings/s median ` +
         `[${results.map((r) => r.perSec).join(", ")}], ` +

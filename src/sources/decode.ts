@@ -342,7 +342,13 @@ export interface MqttDecoder {
   readonly filter: string;
   readonly qos: 0 | 1 | 2;
   /** Readings from one message, or why not; undefined when the topic is not this subscription's. */
-  decode(topic: string, payload: Uint8Array, arrival: number): DecodeResult | undefined;
+  decode(topic: string, payload: Uint8Array, arrival: number, match?: TopicMatch): DecodeResult | undefined;
+}
+
+/** What matching a topic against a filter gave: wildcard captures and the topic's segments. */
+export interface TopicMatch {
+  wildcards: readonly string[];
+  topicParts: readonly string[];
 }
 
 export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecoder {
@@ -351,10 +357,10 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
   return {
     filter: sub.topic,
     qos: sub.qos,
-    decode(topic, payload, arrival) {
-      const wildcards = matchTopic(sub.topic, topic);
+    decode(topic, payload, arrival, match) {
+      const wildcards = match?.wildcards ?? matchTopic(sub.topic, topic);
       if (!wildcards) return undefined;
-      const topicParts = topic.split("/");
+      const topicParts = match?.topicParts ?? topic.split("/");
       const decoded = bytesToText(payload);
       if ("reason" in decoded) return fail(decoded.reason);
       const text = decoded.text;
@@ -420,6 +426,41 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
       }
     },
   };
+}
+
+/**
+ * Routes messages to the first subscription (in config order) whose filter matches,
+ * remembering the match per topic: sensors publish on a small, stable set of topics.
+ */
+export class MqttRouter {
+  readonly #decoders: readonly MqttDecoder[];
+  readonly #maxPayload: number;
+  readonly #cache = new Map<string, { decoder: MqttDecoder; match: TopicMatch } | null>();
+
+  constructor(decoders: readonly MqttDecoder[], maxPayload: number) {
+    this.#decoders = decoders;
+    this.#maxPayload = maxPayload;
+  }
+
+  decode(topic: string, payload: Uint8Array, arrival: number): DecodeResult | undefined {
+    let hit = this.#cache.get(topic);
+    if (hit === undefined) {
+      hit = null;
+      for (const decoder of this.#decoders) {
+        const wildcards = matchTopic(decoder.filter, topic);
+        if (wildcards) {
+          hit = { decoder, match: { wildcards, topicParts: topic.split("/") } };
+          break;
+        }
+      }
+      // Bounded: a publisher cycling through endless topics must not grow memory.
+      if (this.#cache.size >= 4096) this.#cache.clear();
+      this.#cache.set(topic, hit);
+    }
+    if (!hit) return undefined;
+    if (payload.length > this.#maxPayload) return fail("too_large");
+    return hit.decoder.decode(topic, payload, arrival, hit.match);
+  }
 }
 
 /** The first subscription (in config order) whose filter matches decides the message. */

@@ -28,7 +28,7 @@ import type { Logger } from "../ops/logger.js";
 import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import { EmbeddedBroker } from "./broker.js";
-import { decodeMqtt, type MqttDecoder, mqttDecoder } from "./decode.js";
+import { MqttRouter, mqttDecoder } from "./decode.js";
 import type { Reading, ReadingSink, Source, SourceState, SourceStatus } from "./reading.js";
 
 export interface MqttSourceOptions {
@@ -75,7 +75,7 @@ export class MqttSource implements Source {
   #client: MqttClient | undefined;
   #broker: EmbeddedBroker | undefined;
   #brokerUrl: string | undefined;
-  #decoders: MqttDecoder[] = [];
+  #router: MqttRouter | undefined;
   #status: SourceStatus = "stopped";
   #since = 0;
   #detail: string | undefined;
@@ -121,7 +121,10 @@ export class MqttSource implements Source {
   async start(): Promise<void> {
     const cfg = this.#config;
     this.#stopping = false;
-    this.#decoders = cfg.subscriptions.map((s) => mqttDecoder(s, "mqtt"));
+    this.#router = new MqttRouter(
+      cfg.subscriptions.map((s) => mqttDecoder(s, "mqtt")),
+      cfg.max_payload,
+    );
     let url = cfg.url;
     let username = cfg.username;
     let password = cfg.password;
@@ -297,7 +300,7 @@ export class MqttSource implements Source {
   #accept(packet: IPublishPacket): void {
     this.#pending.messages++;
     const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
-    const res = decodeMqtt(this.#decoders, packet.topic, payload, this.#clock.now(), this.#config.max_payload);
+    const res = this.#router?.decode(packet.topic, payload, this.#clock.now());
     if (res === undefined) {
       this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
       return;
@@ -343,6 +346,9 @@ export class MqttSource implements Source {
     const commit = batch.readings.length > 0 ? this.#sink(batch.readings) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
+        // One write for the whole batch of acknowledgements instead of one per message.
+        const stream = client?.stream as { cork?: () => void; uncork?: () => void } | undefined;
+        stream?.cork?.();
         for (const a of batch.acks) {
           if (a.kind === "pubrec") a.send();
           else if (client && client.stream === a.stream && client.connected) {
@@ -350,6 +356,7 @@ export class MqttSource implements Source {
             client["_sendPacket"]({ cmd: "puback", messageId: a.messageId });
           }
         }
+        stream?.uncork?.();
       },
       (err: unknown) => {
         // Nothing of this batch is committed. The broker redelivers unacknowledged
