@@ -9,6 +9,7 @@
  * time of this process (MQTT client, decode, SQLite) per 1,000 readings.
  *
  *   npm run build && node scripts/bench/ingest.mjs [--count 100000] [--runs 3]
+ *        [--broker-inflight 0] [--protocol 4]
  *
  * Loopback only, bounded in count and time; stops mosquitto and the publisher itself.
  */
@@ -30,6 +31,9 @@ const arg = (name, dflt) => {
 };
 const COUNT = arg("count", 100_000);
 const RUNS = arg("runs", 3);
+/** mosquitto's max_inflight_messages (0 = unlimited; its own default is 20). */
+const INFLIGHT = arg("broker-inflight", 0);
+const PROTOCOL = arg("protocol", 4);
 const RUN_TIMEOUT_MS = 30_000;
 
 const dir = mkdtempSync(join(tmpdir(), "edgehook-bench-"));
@@ -50,9 +54,13 @@ async function startMosquitto(port) {
   const conf = join(dir, "mosquitto.conf");
   writeFileSync(
     conf,
-    [`listener ${port} 127.0.0.1`, "allow_anonymous true", "max_queued_messages 0", "max_inflight_messages 0", ""].join(
-      "\n",
-    ),
+    [
+      `listener ${port} 127.0.0.1`,
+      "allow_anonymous true",
+      "max_queued_messages 0",
+      `max_inflight_messages ${INFLIGHT}`,
+      "",
+    ].join("\n"),
   );
   const proc = spawn("mosquitto", ["-c", conf], { stdio: "ignore" });
   const deadline = Date.now() + 5_000;
@@ -138,6 +146,7 @@ async function run(url, mix, runNo) {
     mqtt: {
       url,
       client_id: `bench-${mix}-${runNo}`,
+      protocol_version: PROTOCOL,
       clean: true,
       subscriptions: [{ topic: "bench/+/env", metric: "temperature", value: "temperature", qos: 1 }],
     },
@@ -183,7 +192,10 @@ const port = await freePort();
 const mosq = await startMosquitto(port);
 const url = `mqtt://127.0.0.1:${port}`;
 try {
-  console.log(`ingest: ${COUNT} QoS 1 readings per run, ${RUNS} runs per mix, node ${process.version}`);
+  console.log(
+    `ingest: ${COUNT} QoS 1 readings per run, ${RUNS} runs per mix, MQTT protocol ${PROTOCOL}, ` +
+      `mosquitto max_inflight_messages ${INFLIGHT}, node ${process.version}`,
+  );
   for (const mix of ["baseline", "realistic", "worst"]) {
     const results = [];
     for (let i = 0; i < RUNS; i++) results.push(await run(url, mix, i));

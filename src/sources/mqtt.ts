@@ -343,7 +343,7 @@ export class MqttSource implements Source {
     this.#held = undefined;
     held?.();
     const client = this.#client;
-    const commit = batch.readings.length > 0 ? this.#sink(batch.readings) : Promise.resolve();
+    const commit = batch.readings.length > 0 ? callSink(this.#sink, batch.readings) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
         // One write for the whole batch of acknowledgements instead of one per message.
@@ -409,6 +409,15 @@ export class MqttSource implements Source {
   #rateLog(key: string, err: unknown, msg: string): void {
     const suppressed = this.#errLog.shouldLog(key);
     if (suppressed !== undefined) this.#log.warn({ err, suppressed }, msg);
+  }
+}
+
+/** A sink that throws instead of rejecting must not break the batching loop. */
+function callSink(sink: ReadingSink, readings: Reading[]): Promise<void> {
+  try {
+    return sink(readings);
+  } catch (err) {
+    return Promise.reject(err);
   }
 }
 

@@ -228,7 +228,7 @@ export class SerialSource implements Source {
     const batch = this.#pending;
     this.#pending = [];
     if (this.#port?.isPaused()) this.#port.resume();
-    this.#inflight = this.#sink(batch).then(
+    this.#inflight = callSink(this.#sink, batch).then(
       () => undefined,
       (err: unknown) => {
         // A serial device cannot resend; the readings are lost, and said so.
@@ -249,6 +249,15 @@ export class SerialSource implements Source {
     if (this.#status !== status) this.#since = this.#clock.now();
     this.#status = status;
     this.#detail = detail;
+  }
+}
+
+/** A sink that throws instead of rejecting must not break the batching loop. */
+function callSink(sink: ReadingSink, readings: Reading[]): Promise<void> {
+  try {
+    return sink(readings);
+  } catch (err) {
+    return Promise.reject(err);
   }
 }
 

@@ -3,7 +3,7 @@
  * without restarting the source, and a corpus of bad input between good lines.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { systemClock } from "../../src/clock.js";
+import { type Clock, systemClock } from "../../src/clock.js";
 import { configSchema } from "../../src/config/schema.js";
 import { createLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
@@ -25,7 +25,10 @@ interface Rig {
   waitFor(pred: () => boolean, what: string, timeoutMs?: number): Promise<void>;
 }
 
-async function rig(port: Record<string, unknown>, { startPty = true } = {}): Promise<Rig> {
+async function rig(
+  port: Record<string, unknown>,
+  { startPty = true, clock = systemClock }: { startPty?: boolean; clock?: Clock } = {},
+): Promise<Rig> {
   const pty = new SocatPty();
   if (startPty) await pty.start();
   cleanups.push(() => pty.stop());
@@ -45,7 +48,7 @@ async function rig(port: Record<string, unknown>, { startPty = true } = {}): Pro
     },
     logger,
     metrics,
-    clock: systemClock,
+    clock,
   });
   await src.start();
   cleanups.push(() => src.stop());
@@ -134,9 +137,20 @@ describe("SerialSource", () => {
     expect(msgs.filter((m) => m === "serial port is back")).toHaveLength(1);
   });
 
-  it("waits for a port that is absent at start", async () => {
-    const r = await rig({}, { startPty: false });
+  it("waits for a port that is absent at start, retrying with a growing delay", async () => {
+    // The real clock, with the delays the source asks for written down.
+    const delays: number[] = [];
+    const clock: Clock = {
+      ...systemClock,
+      setTimeout: (fn, ms) => {
+        delays.push(ms);
+        return systemClock.setTimeout(fn, ms);
+      },
+    };
+    const r = await rig({ reopen_max: "1s" }, { startPty: false, clock });
     expect(r.src.state().status).toBe("down");
+    await r.waitFor(() => delays.length >= 4, "four retries");
+    expect(delays.slice(0, 4)).toEqual([250, 500, 1000, 1000]);
     await r.pty.start();
     await r.waitFor(() => r.src.state().status === "up", "opened once it appeared");
     await r.pty.write("x=5\n");
