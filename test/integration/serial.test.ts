@@ -17,6 +17,8 @@ afterEach(async () => {
 });
 
 interface Rig {
+  sinkCalls: number;
+  sinkBehaviour: (r: Reading[]) => Promise<void>;
   pty: SocatPty;
   src: SerialSource;
   readings: Reading[];
@@ -41,9 +43,12 @@ async function rig(
   const logs: Record<string, unknown>[] = [];
   const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
   const metrics = new Metrics();
+  const rigObj = { sinkCalls: 0, sinkBehaviour: async (_r: Reading[]) => {} };
   const src = new SerialSource({
     config,
     sink: async (r) => {
+      rigObj.sinkCalls++;
+      await rigObj.sinkBehaviour(r);
       readings.push(...r);
     },
     logger,
@@ -59,7 +64,7 @@ async function rig(
       await new Promise((r) => setTimeout(r, 10));
     }
   };
-  return { pty, src, readings, logs, metrics, waitFor };
+  return Object.assign(rigObj, { pty, src, readings, logs, metrics, waitFor });
 }
 
 async function metric(metrics: Metrics, name: string, labels: Record<string, string>): Promise<number> {
@@ -192,6 +197,33 @@ describe("SerialSource", () => {
     // Logged at a bounded rate: at most one line per reason in this burst.
     const skipped = r.logs.filter((l) => l.msg === "skipped a line that could not be decoded");
     expect(skipped.length).toBeLessThanOrEqual(4);
+  });
+
+  it("keeps reading while a commit is slow, in order, many lines per commit", async () => {
+    const r = await rig({});
+    await r.waitFor(() => r.src.state().status === "up", "port open");
+    r.sinkBehaviour = () => new Promise((res) => setTimeout(res, 100));
+    const n = 2000;
+    for (let i = 0; i < n; i += 100) {
+      await r.pty.write(Array.from({ length: 100 }, (_, j) => `i=${i + j}\n`).join(""));
+    }
+    await r.waitFor(() => r.readings.length === n, `${n} readings`, 15_000);
+    expect(r.readings.map((x) => x.value)).toEqual(Array.from({ length: n }, (_, i) => i));
+    expect(r.sinkCalls).toBeLessThan(n / 10);
+  });
+
+  it("goes on after a failed commit, saying how many readings were lost", async () => {
+    const r = await rig({});
+    await r.waitFor(() => r.src.state().status === "up", "port open");
+    r.sinkBehaviour = async (batch) => {
+      if (batch.some((x) => x.value === 1)) throw new Error("disk full");
+    };
+    await r.pty.write("a=1\n");
+    await r.waitFor(() => r.logs.some((l) => l.msg === "could not commit serial readings"), "the failure logged");
+    await r.pty.write("a=2\n");
+    await r.waitFor(() => r.readings.length === 1, "next reading");
+    expect(r.readings[0]!.value).toBe(2);
+    expect(r.logs.find((l) => l.msg === "could not commit serial readings")!.lost).toBe(1);
   });
 
   it("writes the poll command while open", async () => {
