@@ -4,11 +4,11 @@
  */
 export const ErrorCodes = {
   EDGEHOOK_CONFIG_INVALID: "the configuration file is invalid (exit 78)",
-  EDGEHOOK_CONFIG_UNREADABLE: "the configuration file or a *_file it names cannot be read (exit 78)",
+  EDGEHOOK_CONFIG_UNREADABLE: "the configuration file or a `*_file` it names cannot be read (exit 78)",
   EDGEHOOK_USAGE: "the command line is wrong (exit 64)",
   EDGEHOOK_DB_CORRUPT: "the outbox database failed its integrity check and was moved aside",
   EDGEHOOK_OUTBOX_FULL: "the outbox reached a limit and dropped or refused events",
-  EDGEHOOK_DISK_FLOOR: "free disk space is under outbox.min_free_disk; new events are refused",
+  EDGEHOOK_DISK_FLOOR: "free disk space is under `outbox.min_free_disk`; new events are refused",
   EDGEHOOK_DESTINATION_DISABLED: "a receiver answered 410 Gone; the destination is disabled until re-enabled",
   EDGEHOOK_CLOCK_UNSYNCED: "the system clock is not synchronised; signing is held back",
   EDGEHOOK_NOT_FOUND: "the delivery or destination named on the command line does not exist",

@@ -11,7 +11,9 @@ import { readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
 import type { z } from "zod";
+import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-schema.js";
 import { EdgehookError } from "../errors.js";
+import { checkRule } from "../rules/validate.js";
 import { type Config, configSchema } from "./schema.js";
 
 export interface ConfigProblem {
@@ -227,12 +229,14 @@ function issueToProblems(issue: Issue, root: Node, lc: LineCounter, file: string
   } else if (issue.code === "invalid_type" && exists) {
     message = `must be ${issue.expected === "number" ? "a number" : issue.expected === "string" ? "text" : issue.expected === "array" ? "a list" : issue.expected === "object" ? "a mapping of keys" : issue.expected}`;
   }
-  if (exists && isScalar(node)) message += ` (is '${String(node.source ?? node.value)}')`;
+  const secretKey = path.some((p) => typeof p === "string" && SECRET_KEYS.has(p));
+  if (exists && isScalar(node) && !secretKey) message += ` (is '${String(node.source ?? node.value)}')`;
   return [{ file, line: pos.line, col: pos.col, key: path.join("."), message }];
 }
 
 function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, problems: ConfigProblem[]) {
-  const add = (path: (string | number)[], message: string) => {
+  /** `secret`: never echo the value (it may be a real secret with a typo). */
+  const add = (path: (string | number)[], message: string, secret = false) => {
     const node = nodeAt(root, path) ?? nearest(root, path);
     const pos = lc.linePos(node?.range?.[0] ?? 0);
     const value = nodeAt(root, path);
@@ -241,7 +245,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       line: pos.line,
       col: pos.col,
       key: path.join("."),
-      message: value && isScalar(value) ? `${message} (is '${String(value.value)}')` : message,
+      message: value && isScalar(value) && !secret ? `${message} (is '${String(value.value)}')` : message,
     });
   };
   const destNames = Object.keys(config.destinations);
@@ -259,32 +263,8 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
         );
       }
     });
-    const conditions = [
-      r.above,
-      r.below,
-      r.between,
-      r.outside,
-      r.equals,
-      r.rate_above,
-      r.rate_below,
-      r.absent_for,
-      r.forward,
-    ].filter((c) => c !== undefined);
-    if (conditions.length === 0) {
-      add(
-        ["rules", i],
-        "needs a condition: above, below, between, outside, equals, rate_above, rate_below, absent_for or forward",
-      );
-    }
-    if (r.above !== undefined && r.clear_below !== undefined && r.clear_below > r.above) {
-      add(["rules", i, "clear_below"], `must not be above the threshold ${r.above}`);
-    }
-    if (r.below !== undefined && r.clear_above !== undefined && r.clear_above < r.below) {
-      add(["rules", i, "clear_above"], `must not be below the threshold ${r.below}`);
-    }
-    for (const k of ["between", "outside"] as const) {
-      const range = r[k];
-      if (range && range[0] > range[1]) add(["rules", i, k], "must be [low, high]");
+    for (const p of checkRule(r, (key) => nodeAt(root, ["rules", i, key]) !== undefined)) {
+      add(["rules", i, ...p.path], p.message);
     }
   });
   const serialNames = new Set<string>();
@@ -335,7 +315,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
   });
   for (const [name, d] of Object.entries(config.destinations)) {
     const secrets = d.secret === undefined ? [] : Array.isArray(d.secret) ? d.secret : [d.secret];
-    if (d.signature === "standard" && secrets.length === 0) {
+    if (needsHmacSecret(d) && secrets.length === 0) {
       add(["destinations", name], "needs secret (or secret_file), or signature: none");
     }
     secrets.forEach((s, i) => {
@@ -343,10 +323,12 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
         add(
           Array.isArray(d.secret) ? ["destinations", name, "secret", i] : ["destinations", name, "secret"],
           "must be a Standard Webhooks secret: whsec_ followed by base64",
+          true,
         );
       }
     });
   }
+  checkDestinationFormats(config, add);
 }
 
 function nodeAt(root: Node, path: (string | number)[]): Node | undefined {

@@ -8,6 +8,7 @@
  * every object is strict, so a typo is an error instead of a silently ignored key.
  */
 import { z } from "zod";
+import { formatKeys } from "../delivery/format-schema.js";
 import { parseDuration, parseRate, parseSize } from "./units.js";
 
 export const duration = () =>
@@ -194,6 +195,8 @@ const destination = z.strictObject({
   min_severity: severity.optional(),
   /** Only events whose labels include these. */
   match_labels: labels.optional(),
+  /** Body format, presets, auth, v1a signing, batching, gzip: src/delivery/format-schema.ts. */
+  ...formatKeys,
 });
 export type DestinationConfig = z.output<typeof destination>;
 
@@ -209,35 +212,50 @@ const rule = z.strictObject({
   /** Which series this rule watches. Globs: `*` any run of characters, `?` one character. */
   match: z
     .strictObject({
-      sensor: z.string().default("*"),
-      metric: z.string().default("*"),
+      sensor: z.string().min(1, "must not be empty (use * for every sensor)").default("*"),
+      metric: z.string().min(1, "must not be empty (use * for every metric)").default("*"),
+      /** Every label given must be on the reading with exactly this value. */
       labels: labels.optional(),
     })
     .default({ sensor: "*", metric: "*" }),
+  /** Alert while the value is strictly greater than this (30 is not above 30). */
   above: z.number().optional(),
+  /** Alert while the value is strictly less than this. */
   below: z.number().optional(),
+  /** Alert while low ≤ value ≤ high. */
   between: z.tuple([z.number(), z.number()]).optional(),
+  /** Alert while value < low or value > high. */
   outside: z.tuple([z.number(), z.number()]).optional(),
+  /** Alert while the value (compared as text) equals this, e.g. OPEN. */
   equals: z.union([z.string(), z.number(), z.boolean()]).optional(),
+  /** Hysteresis for above/outside: a firing alert clears only once the value is strictly below this. */
   clear_below: z.number().optional(),
+  /** Hysteresis for below/outside: a firing alert clears only once the value is strictly above this. */
   clear_above: z.number().optional(),
+  /** The condition must hold this long (agent clock) before the alert fires. */
   for: duration().optional(),
+  /** The value must stay clear this long before the alert resolves. */
   clear_for: duration().optional(),
-  /** Change per second over `rate_window`. */
+  /** Alert while the value rises faster than this many units per `rate_per`, measured over `rate_window`. */
   rate_above: z.number().optional(),
+  /** Alert while the change per `rate_per` is below this (negative: falling faster than). */
   rate_below: z.number().optional(),
   rate_per: z.enum(["s", "m", "h"]).default("s"),
   rate_window: duration().default(60_000),
-  /** Compare an aggregate over a window instead of the raw value. */
+  /** Compare an aggregate of the readings in a sliding window instead of the raw value (thresholds only). */
   aggregate: window.optional(),
+  /** `sensor.silent` when a matching series (whole sensor if match.metric is *) sends nothing for this long. */
   absent_for: duration().optional(),
+  /** While firing, send `alert.repeat` this often. */
   repeat_every: duration().optional(),
+  /** After a resolve, a new firing waits at least this long (against flapping). */
   cooldown: duration().optional(),
-  /** Send every matching reading as telemetry (`reading` events) instead of alerting. */
+  /** Send every matching reading as telemetry (`reading` events), or gathered into one `readings` event per `batch_every`. */
   forward: z.union([z.boolean(), z.strictObject({ batch_every: duration() })]).optional(),
   severity: severity.default("warning"),
   /** Higher goes first after an outage. Default from severity: critical 20, warning 10, info 0. */
   priority: z.number().int().optional(),
+  /** Added to the reading's labels in the body (the rule's win). */
   labels: labels.default({}),
   /** Extra fields merged into the webhook body's `data`. */
   extra: z.record(z.string(), z.unknown()).default({}),

@@ -23,6 +23,12 @@ export const REDACT_PATHS = [
   "config.destinations.*.hub_secret",
   "config.destinations.*.headers",
   "config.mqtt.password",
+  "token",
+  "*.token",
+  "basic_auth.password",
+  "*.basic_auth.password",
+  "ed25519.secret",
+  "*.ed25519.secret",
 ];
 
 export function createLogger(level: string, destination?: DestinationStream): Logger {

@@ -68,3 +68,67 @@ export interface OutboxReader {
   /** Records outcomes; batched into one transaction by the caller or the outbox. */
   settle(settlements: Settlement[]): void;
 }
+
+// ---------------------------------------------------------------- operator queries (edgehook queue ...)
+
+/** Persisted per-destination flag: a 410 Gone disables a destination until an operator re-enables it. */
+export interface DestinationFlag {
+  disabled: boolean;
+  reason?: string;
+  /** Epoch ms when the flag was set. */
+  since?: number;
+}
+
+/** One delivery as `queue list` shows it (no body). */
+export interface DeliveryListing {
+  id: number;
+  eventId: string;
+  destination: string;
+  series: string;
+  type: string;
+  priority: number;
+  state: DeliveryState;
+  attempts: number;
+  createdAt: number;
+  /** When the next attempt is due (pending only); 0 when due at once (never tried, or replayed). */
+  nextAt: number | null;
+  settledAt: number | null;
+  lastStatus: number | null;
+  lastError: string | null;
+  /** Why a delivery is dead (`expired`, `http 400`, ...). */
+  reason: string | null;
+}
+
+/** `queue show ID`: the event, its body and every delivery with its recent attempts. */
+export interface EventDetail {
+  id: string;
+  type: string;
+  rule: string;
+  series: string;
+  severity: string;
+  priority: number;
+  createdAt: number;
+  /** The stored body bytes as text (exactly what is signed). */
+  body: string;
+  deliveries: (DeliveryListing & { history: AttemptRecord[] })[];
+}
+
+export type ReplayTarget = { eventId: string } | { destination: string; state: "dead" };
+
+export interface PurgeRequest {
+  /** Only rows settled longer ago than this. */
+  olderThanMs: number;
+  states: ("delivered" | "dead")[];
+}
+
+/** What one `maintain()` pass did. */
+export interface MaintainResult {
+  /** Delivered/dead rows removed because they were older than their keep time. */
+  pruned: number;
+  /** Pending deliveries marked dead because they outlived max_age. */
+  expired: number;
+  /** Deliveries dropped to get back under max_events / max_bytes, by reason. */
+  dropped: Record<string, number>;
+  /** True when the pass stopped at its work cap and more remains (call again soon). */
+  more: boolean;
+}

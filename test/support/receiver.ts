@@ -18,7 +18,8 @@ export interface Received {
 }
 
 export type Answer =
-  | { kind: "accept"; status?: number }
+  /** `delayMs` answers later (to let concurrent requests overlap). */
+  | { kind: "accept"; status?: number; delayMs?: number }
   | { kind: "status"; status: number; headers?: Record<string, string> }
   | { kind: "hang" }
   | { kind: "reset" };
@@ -27,6 +28,11 @@ export class Receiver {
   readonly received: Received[] = [];
   /** Every request, including rejected ones. */
   requests = 0;
+  /** Every request in order of arrival (including hung and reset ones). */
+  readonly arrivals: Received[] = [];
+  /** Requests whose body arrived and that are not answered yet; and the most at once. */
+  open = 0;
+  maxOpen = 0;
   answer: (r: Received) => Answer = () => ({ kind: "accept" });
   #server: Server | undefined;
   #port = 0;
@@ -80,20 +86,33 @@ export class Receiver {
           verified,
           receivedAt: Date.now(),
         };
+        this.arrivals.push(rec);
+        this.open++;
+        this.maxOpen = Math.max(this.maxOpen, this.open);
         const a = this.answer(rec);
-        if (a.kind === "hang") return; // never answers; the client must time out
-        if (a.kind === "reset") {
-          req.socket.destroy();
-        } else if (a.kind === "status") {
-          res.writeHead(a.status, a.headers ?? {});
-          res.end("no");
-        } else {
-          rec.accepted = true;
-          res.writeHead(a.status ?? 200);
-          res.end("ok");
+        if (a.kind === "hang") {
+          // Never answers; the client must time out.
+          req.socket.once("close", () => this.open--);
+          this.#check();
+          return;
         }
-        this.received.push(rec);
-        this.#check();
+        const finish = () => {
+          this.open--;
+          if (a.kind === "reset") {
+            req.socket.destroy();
+          } else if (a.kind === "status") {
+            res.writeHead(a.status, a.headers ?? {});
+            res.end("no");
+          } else {
+            rec.accepted = true;
+            res.writeHead(a.status ?? 200);
+            res.end("ok");
+          }
+          this.received.push(rec);
+          this.#check();
+        };
+        if (a.kind === "accept" && a.delayMs) setTimeout(finish, a.delayMs);
+        else finish();
       });
     });
     this.#server = server;

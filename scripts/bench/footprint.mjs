@@ -1,0 +1,421 @@
+// Footprint of the real agent process: start-to-READY time, idle RSS and CPU, and RSS, CPU
+// and bytes written under 1,000 readings/s. Two sources (MQTT to a private mosquitto, one
+// socat pty serial line), ten rules, one loopback receiver. Everything on 127.0.0.1 and in
+// a temp directory; every child is killed by PID at the end.
+//
+//   npx tsc -p tsconfig.build.json && node scripts/bench/footprint.mjs [idle-s=60] [load-s=30] [rate=1000]
+//
+// Targets (README / docs/operations.md): idle RSS ≤ 60 MB, idle CPU ≤ 0.5 %, start to READY < 1 s.
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { connect, createServer as createTcpServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import mqtt from "mqtt";
+
+const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+const IDLE_S = Number(positional[0] ?? 60);
+const LOAD_S = Number(positional[1] ?? 30);
+const RATE = Number(positional[2] ?? 1000);
+// --no-serial: MQTT only (for builds without the serial source).
+const SERIAL = !process.argv.includes("--no-serial");
+// Extra node flags for the agent, e.g. FOOTPRINT_NODE_ARGS="--max-semi-space-size=1".
+const NODE_ARGS = (process.env.FOOTPRINT_NODE_ARGS ?? "").split(" ").filter(Boolean);
+const START_RUNS = 3;
+const SERIAL_SHARE = SERIAL ? 0.1 : 0; // a tenth of the readings arrive over the serial line
+const CHECKOUT = fileURLToPath(new URL("../..", import.meta.url));
+const BIN = join(CHECKOUT, "bin/edgehook.js");
+const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+
+const children = [];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const mb = (bytes) => (bytes / 1024 / 1024).toFixed(1);
+
+function track(child, name) {
+  children.push(child);
+  child.once("error", (err) => console.error(`${name}: ${err.message}`));
+  return child;
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createTcpServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(check, what, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+const portOpen = (port) =>
+  new Promise((resolve) => {
+    const s = connect(port, "127.0.0.1");
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+
+// ---------------------------------------------------------------- /proc
+
+function procSample(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // fields[0] is field 3 (state): utime is field 14, stime field 15.
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const rssKb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0);
+  const io = readFileSync(`/proc/${pid}/io`, "utf8");
+  const writeBytes = Number(/^write_bytes: (\d+)/m.exec(io)?.[1] ?? 0);
+  return { at: performance.now(), cpuS: ticks / CLK_TCK, rss: rssKb * 1024, writeBytes };
+}
+
+/** Samples every second for `seconds`; `during` runs alongside (the load). */
+async function observe(pid, seconds, during) {
+  const first = procSample(pid);
+  const rss = [];
+  let last = first;
+  const work = during ? during() : Promise.resolve();
+  for (let i = 0; i < seconds; i++) {
+    await sleep(1000);
+    last = procSample(pid);
+    rss.push(last.rss);
+  }
+  await work;
+  const wall = (last.at - first.at) / 1000;
+  return {
+    rssMedian: median(rss),
+    rssMax: Math.max(...rss),
+    cpuPct: ((last.cpuS - first.cpuS) / wall) * 100,
+    written: last.writeBytes - first.writeBytes,
+  };
+}
+
+function dirBytes(dir) {
+  if (!existsSync(dir)) return 0;
+  return readdirSync(dir).reduce((n, f) => n + statSync(join(dir, f)).size, 0);
+}
+
+// ---------------------------------------------------------------- parts
+
+async function startMosquitto(dir) {
+  const port = await freePort();
+  const conf = join(dir, "mosquitto.conf");
+  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n`);
+  track(spawn("mosquitto", ["-c", conf], { stdio: "ignore" }), "mosquitto");
+  await waitFor(() => portOpen(port), "mosquitto");
+  return port;
+}
+
+async function startPty(dir) {
+  const agentSide = join(dir, "tty-agent");
+  const benchSide = join(dir, "tty-bench");
+  track(
+    spawn("socat", [`pty,raw,echo=0,link=${agentSide}`, `pty,raw,echo=0,link=${benchSide}`], { stdio: "ignore" }),
+    "socat",
+  );
+  await waitFor(() => existsSync(agentSide) && existsSync(benchSide), "socat ptys");
+  return { agentSide, benchSide };
+}
+
+async function startReceiver() {
+  const counts = { requests: 0 };
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      counts.requests++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { server, url: `http://127.0.0.1:${server.address().port}/hook`, counts };
+}
+
+/** A real sd_notify socket (python3 binds it; Node cannot), reporting each datagram. */
+async function startNotifySocket(dir) {
+  const path = join(dir, "notify.sock");
+  const py = track(
+    spawn(
+      "python3",
+      [
+        "-c",
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('LISTENING',flush=True)\nwhile True:\n  print(s.recv(65536).decode().replace('\\n',' '),flush=True)",
+        path,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    ),
+    "notify socket",
+  );
+  const listeners = new Set();
+  const lines = createInterface({ input: py.stdout });
+  await new Promise((resolve) => lines.once("line", resolve));
+  lines.on("line", (line) => {
+    for (const l of listeners) l(line, performance.now());
+  });
+  return {
+    path,
+    /** Resolves with the arrival time of the next message containing `field`. */
+    next(field) {
+      return new Promise((resolve) => {
+        const l = (line, at) => {
+          if (line.split(" ").includes(field)) {
+            listeners.delete(l);
+            resolve(at);
+          }
+        };
+        listeners.add(l);
+      });
+    },
+  };
+}
+
+function writeConfig(dir, { mqttPort, tty, receiverUrl, httpPort }) {
+  const rules = Array.from(
+    { length: 10 },
+    (_, i) => `  - name: temp-high-${i}
+    match: { sensor: "s${i}", metric: temp }
+    above: 50
+    clear_below: 45
+    severity: warning
+    notify: [sink]`,
+  ).join("\n");
+  const yaml = `version: 1
+agent:
+  id: bench-pi
+  data_dir: ${join(dir, "data")}
+  log_level: warn
+mqtt:
+  url: mqtt://127.0.0.1:${mqttPort}
+  subscriptions:
+    - topic: bench/+/temp
+      qos: 1
+      sensor: "{1}"
+      metric: temp
+      format: number
+${
+  SERIAL
+    ? `serial:
+  - name: bench
+    path: ${tty}
+    baud_rate: 115200
+    format: kv
+    sensor: "{id}"
+    values: { temp: temp }
+`
+    : ""
+}destinations:
+  sink:
+    url: ${receiverUrl}
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+rules:
+${rules}
+http:
+  listen: 127.0.0.1:${httpPort}
+`;
+  const file = join(dir, "agent.yaml");
+  writeFileSync(file, yaml, { mode: 0o600 });
+  return file;
+}
+
+function startAgent(config, notifyPath, logFile) {
+  const t0 = performance.now();
+  const child = track(
+    spawn(process.execPath, [...NODE_ARGS, BIN, "run", "--config", config], {
+      env: { ...process.env, NOTIFY_SOCKET: notifyPath },
+      stdio: ["ignore", "pipe", "pipe"],
+    }),
+    "agent",
+  );
+  let log = "";
+  const keep = (d) => {
+    if (log.length < 200_000) log += d;
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  child.once("exit", () => writeFileSync(logFile, log));
+  return { child, t0, log: () => log };
+}
+
+async function stopAgent(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return { code: child.exitCode, ms: 0 };
+  const t0 = performance.now();
+  const exited = new Promise((r) => child.once("exit", (code) => r(code)));
+  child.kill("SIGTERM");
+  const code = await exited;
+  return { code, ms: performance.now() - t0 };
+}
+
+async function scrape(httpPort) {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const sum = (name) =>
+    text
+      .split("\n")
+      .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
+      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+  return {
+    readings: sum("edgehook_readings_total"),
+    events: sum("edgehook_rule_events_total"),
+    heapUsed: sum("edgehook_nodejs_heap_size_used_bytes"),
+    heapTotal: sum("edgehook_nodejs_heap_size_total_bytes"),
+    external: sum("edgehook_nodejs_external_memory_bytes"),
+  };
+}
+
+// ---------------------------------------------------------------- load
+
+/** RATE readings/s for LOAD_S seconds: most over MQTT (QoS 1), a tenth as serial lines. */
+async function load(mqttPort, benchTty) {
+  const client = mqtt.connect(`mqtt://127.0.0.1:${mqttPort}`, { clientId: "footprint-load" });
+  await new Promise((resolve, reject) => {
+    client.once("connect", resolve);
+    client.once("error", reject);
+  });
+  const { openSync, writeSync, closeSync } = await import("node:fs");
+  const tty = openSync(benchTty, "w");
+  const tickMs = 10;
+  const perTick = RATE / (1000 / tickMs);
+  const serialPerTick = perTick * SERIAL_SHARE;
+  let sent = 0;
+  let serialCarry = 0;
+  const t0 = performance.now();
+  const totalTicks = (LOAD_S * 1000) / tickMs;
+  for (let tick = 0; tick < totalTicks; tick++) {
+    // Sensor values swing across the rule threshold (50, clear below 45) about every 5 s.
+    const value = (i) => (50 + 8 * Math.sin((tick / 500) * 2 * Math.PI + i)).toFixed(2);
+    serialCarry += serialPerTick;
+    const serialNow = Math.floor(serialCarry);
+    serialCarry -= serialNow;
+    let lines = "";
+    for (let k = 0; k < serialNow; k++) lines += `id=s${(sent + k) % 10} temp=${value((sent + k) % 10)}\n`;
+    if (lines) writeSync(tty, lines);
+    for (let k = serialNow; k < perTick; k++) {
+      const i = (sent + k) % 10;
+      client.publish(`bench/s${i}/temp`, value(i), { qos: 1 });
+    }
+    sent += perTick;
+    const due = t0 + (tick + 1) * tickMs;
+    const wait = due - performance.now();
+    if (wait > 0) await sleep(wait);
+  }
+  closeSync(tty);
+  await new Promise((r) => client.end(false, {}, r));
+  return sent;
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  if (!existsSync(join(CHECKOUT, "dist/main.js"))) throw new Error("build first: npx tsc -p tsconfig.build.json");
+  const dir = mkdtempSync(join(tmpdir(), "edgehook-footprint-"));
+  const receiver = await startReceiver();
+  try {
+    const mqttPort = await startMosquitto(dir);
+    const { agentSide, benchSide } = await startPty(dir);
+    const notify = await startNotifySocket(dir);
+    const httpPort = await freePort();
+    const config = writeConfig(dir, { mqttPort, tty: agentSide, receiverUrl: receiver.url, httpPort });
+
+    // Start to READY=1, several cold starts (the last one stays up for the rest).
+    const readyMs = [];
+    let agent;
+    for (let run = 0; run < START_RUNS; run++) {
+      const ready = notify.next("READY=1");
+      agent = startAgent(config, notify.path, join(dir, `agent-${run}.log`));
+      const exited = new Promise((r) => agent.child.once("exit", (code) => r(code)));
+      const at = await Promise.race([
+        ready,
+        exited.then((code) => Promise.reject(new Error(`agent exited ${code}:\n${agent.log().slice(-3000)}`))),
+      ]);
+      readyMs.push(at - agent.t0);
+      if (run < START_RUNS - 1) await stopAgent(agent.child);
+    }
+    const pid = agent.child.pid;
+    console.log(
+      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${readyMs.map((m) => m.toFixed(0)).join(", ")})`,
+    );
+
+    await sleep(5_000); // let start-up work (JIT, first connects) settle
+    const idle = await observe(pid, IDLE_S);
+    console.log(
+      `idle ${IDLE_S} s: RSS median ${mb(idle.rssMedian)} MB (max ${mb(idle.rssMax)}), CPU ${idle.cpuPct.toFixed(2)} %, written ${idle.written} B`,
+    );
+
+    const dbBefore = dirBytes(join(dir, "data"));
+    const before = await scrape(httpPort);
+    console.log(
+      `  V8 heap used ${mb(before.heapUsed)} MB of ${mb(before.heapTotal)} MB, external ${mb(before.external)} MB`,
+    );
+    let sent = 0;
+    const busy = await observe(pid, LOAD_S, async () => {
+      sent = await load(mqttPort, benchSide);
+    });
+    // Let the agent finish what is in flight before counting.
+    await waitFor(
+      async () => (await scrape(httpPort)).readings - before.readings >= sent,
+      "readings to arrive",
+      20_000,
+    ).catch(() => {});
+    const after = await scrape(httpPort);
+    const readings = after.readings - before.readings;
+    const events = after.events - before.events;
+    const dbGrowth = dirBytes(join(dir, "data")) - dbBefore;
+    console.log(
+      `load ${RATE}/s for ${LOAD_S} s: RSS median ${mb(busy.rssMedian)} MB (max ${mb(busy.rssMax)}), CPU ${busy.cpuPct.toFixed(1)} %`,
+    );
+    console.log(
+      `  readings sent ${sent}, counted ${readings}; events ${events}; webhooks received ${receiver.counts.requests}`,
+    );
+    console.log(
+      `  written ${mb(busy.written)} MB = ${(busy.written / Math.max(1, readings)).toFixed(0)} B/reading, ${(busy.written / Math.max(1, events)).toFixed(0)} B/event; database files grew ${mb(dbGrowth)} MB`,
+    );
+
+    const stop = await stopAgent(agent.child);
+    console.log(`SIGTERM: exit ${stop.code} after ${stop.ms.toFixed(0)} ms`);
+    const verdict = [
+      ["idle RSS ≤ 60 MB", idle.rssMedian <= 60 * 1024 * 1024],
+      ["idle CPU ≤ 0.5 %", idle.cpuPct <= 0.5],
+      ["start to READY < 1 s", median(readyMs) < 1000],
+    ];
+    for (const [what, ok] of verdict) console.log(`${ok ? "PASS" : "FAIL"} ${what}`);
+  } finally {
+    for (const c of children.reverse()) {
+      if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+    }
+    receiver.server.closeAllConnections();
+    receiver.server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const deadline = setTimeout(
+  () => {
+    console.error("footprint: over time, giving up");
+    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+    process.exit(1);
+  },
+  (IDLE_S + LOAD_S + 60) * 1000,
+);
+deadline.unref();
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

@@ -1,0 +1,407 @@
+/**
+ * The composition root: builds every part, starts them in order, stops them in
+ * reverse (each stop guarded so one failure does not skip the rest), and reloads.
+ *
+ *   sources ─> sink ─> rule engine ─> outbox.commit (group commit) ─> dispatcher
+ *
+ * The sink resolves only after what a batch of readings caused is durable, which is
+ * when an MQTT QoS 1 message may be acknowledged (design invariant 1).
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { type Clock, systemClock, type TimerHandle } from "./clock.js";
+import type { LoadedConfig } from "./config/load.js";
+import type { Config, DestinationConfig } from "./config/schema.js";
+import { ClockSyncMonitor } from "./delivery/clock-sync.js";
+import { Dispatcher } from "./delivery/dispatcher.js";
+import { acceptsEvent } from "./delivery/render.js";
+import type { CommitBatch } from "./events.js";
+import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } from "./ops/health.js";
+import { HttpServer } from "./ops/http.js";
+import type { Logger } from "./ops/logger.js";
+import { Metrics } from "./ops/metrics.js";
+import { RuleEngine } from "./rules/engine.js";
+import { EmbeddedBroker } from "./sources/broker.js";
+import { MqttSource } from "./sources/mqtt.js";
+import type { Reading, Source } from "./sources/reading.js";
+import { Outbox } from "./store/outbox.js";
+
+export interface AgentOptions {
+  loaded: LoadedConfig;
+  logger: Logger;
+  clock?: Clock;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** How often limits, expiry and metrics of the outbox are refreshed. */
+const MAINTENANCE_INTERVAL_MS = 30_000;
+/** /healthz fails (and the systemd watchdog is withheld) when maintenance stalls this long. */
+const MAX_LOOP_SILENCE_MS = 3 * MAINTENANCE_INTERVAL_MS;
+
+export class Agent {
+  readonly metrics = new Metrics();
+  #loaded: LoadedConfig;
+  readonly #logger: Logger;
+  readonly #clock: Clock;
+  readonly #env: NodeJS.ProcessEnv;
+  readonly #startedAt: number;
+  #outbox: Outbox | undefined;
+  #engine: RuleEngine | undefined;
+  #dispatcher: Dispatcher | undefined;
+  #http: HttpServer | undefined;
+  #broker: EmbeddedBroker | undefined;
+  #sources: Source[] = [];
+  #tickTimer: TimerHandle | undefined;
+  #tickAt: number | undefined;
+  #maintenanceTimer: TimerHandle | undefined;
+  #accepting = false;
+  #stopPromise: Promise<void> | undefined;
+  #resolveStopped!: () => void;
+  readonly #stopped = new Promise<void>((resolve) => {
+    this.#resolveStopped = resolve;
+  });
+  /** Serialises engine work and commits that must follow each other (ticks, reloads). */
+  #chain: Promise<unknown> = Promise.resolve();
+  #mqttUrl: string | undefined;
+  #clockSync: ClockSyncMonitor | undefined;
+  readonly #heartbeat: Heartbeat;
+
+  constructor(options: AgentOptions) {
+    this.#loaded = options.loaded;
+    this.#logger = options.logger;
+    this.#clock = options.clock ?? systemClock;
+    this.#env = options.env ?? {};
+    this.#startedAt = this.#clock.now();
+    this.#heartbeat = new Heartbeat(this.#clock, MAX_LOOP_SILENCE_MS);
+  }
+
+  get config(): Config {
+    return this.#loaded.config;
+  }
+
+  /** URL of the MQTT broker in use (the embedded broker's actual address when `url: embedded`). */
+  get mqttUrl(): string | undefined {
+    return this.#mqttUrl;
+  }
+
+  get httpPort(): number | undefined {
+    return this.#httpPort;
+  }
+  #httpPort: number | undefined;
+
+  async start(): Promise<void> {
+    const config = this.config;
+    const log = this.#logger;
+    mkdirSync(this.#loaded.dataDir, { recursive: true });
+
+    this.#outbox = new Outbox({
+      file: join(this.#loaded.dataDir, "outbox.db"),
+      limits: config.outbox,
+      clock: this.#clock,
+      logger: log.child({ component: "outbox" }),
+      metrics: this.metrics,
+      destinationMaxAge: destinationMaxAge(config),
+    });
+    this.#outbox.open();
+    const outbox = this.#outbox;
+    this.metrics.onScrape(() => {
+      if (outbox.isOpen) outbox.refreshMetrics();
+    });
+
+    this.#engine = new RuleEngine({ agentId: config.agent.id, rules: config.rules, clock: this.#clock });
+    this.#engine.restore(this.#outbox.loadStates());
+
+    if (config.agent.require_clock_sync === "auto") {
+      this.#clockSync = new ClockSyncMonitor({ clock: this.#clock, logger: log.child({ component: "clock" }) });
+      await this.#clockSync.start();
+    }
+    const clockSync = this.#clockSync;
+    this.#dispatcher = new Dispatcher({
+      outbox: this.#outbox,
+      destinations: config.destinations,
+      clock: this.#clock,
+      logger: log.child({ component: "dispatcher" }),
+      metrics: this.metrics,
+      clockSynced: clockSync ? () => clockSync.synced() : undefined,
+      env: this.#env,
+    });
+    this.#dispatcher.start();
+    clockSync?.onChange(() => this.#dispatcher?.wake());
+
+    if (config.http.listen !== false) {
+      this.#http = new HttpServer({
+        listen: config.http.listen,
+        metrics: this.metrics,
+        health: () => this.health(),
+        logger: log.child({ component: "http" }),
+      });
+      this.#httpPort = (await this.#http.start()).port;
+    }
+
+    this.#accepting = true;
+    await this.#startSources(config);
+    // Time-driven rule transitions due while we were down (for, absent_for, repeat).
+    this.#scheduleTick();
+    this.#maintenanceTimer = this.#clock.setTimeout(() => this.#maintain(), MAINTENANCE_INTERVAL_MS);
+    this.#maintenanceTimer.unref?.();
+    this.#outbox.maintain();
+  }
+
+  async #startSources(config: Config): Promise<void> {
+    const log = this.#logger;
+    const sink = (readings: Reading[]) => this.#ingest(readings);
+    if (config.mqtt) {
+      let mqttConfig = config.mqtt;
+      if (config.mqtt.url === "embedded") {
+        const e = config.mqtt.embedded;
+        this.#broker = new EmbeddedBroker({
+          host: e?.host ?? "127.0.0.1",
+          port: e?.port ?? 1883,
+          username: e?.username,
+          password: e?.password,
+          logger: log.child({ component: "broker" }),
+        });
+        const { url } = await this.#broker.start();
+        mqttConfig = {
+          ...config.mqtt,
+          url,
+          username: config.mqtt.username ?? e?.username,
+          password: config.mqtt.password ?? e?.password,
+        };
+      }
+      this.#mqttUrl = mqttConfig.url;
+      this.#sources.push(
+        new MqttSource({
+          config: mqttConfig,
+          agentId: config.agent.id,
+          sink,
+          logger: log.child({ component: "mqtt" }),
+          metrics: this.metrics,
+          clock: this.#clock,
+        }),
+      );
+    }
+    // serialport's native binding is loaded only when a port is configured (saves memory).
+    const { SerialSource } =
+      config.serial.length > 0 ? await import("./sources/serial.js") : { SerialSource: undefined };
+    for (const port of config.serial) {
+      if (!SerialSource) break;
+      this.#sources.push(
+        new SerialSource({
+          config: port,
+          sink,
+          logger: log.child({ component: "serial", port: port.name }),
+          metrics: this.metrics,
+          clock: this.#clock,
+        }),
+      );
+    }
+    for (const s of this.#sources) await s.start();
+  }
+
+  async #stopSources(): Promise<void> {
+    const sources = this.#sources;
+    this.#sources = [];
+    for (const s of sources.reverse()) await this.#guard(`stop source ${s.name}`, () => s.stop());
+    if (this.#broker) {
+      const broker = this.#broker;
+      this.#broker = undefined;
+      await this.#guard("stop embedded broker", () => broker.stop());
+    }
+  }
+
+  /** The sink every source hands readings to. Resolves once what they caused is durable. */
+  #ingest(readings: Reading[]): Promise<void> {
+    const engine = this.#engine;
+    if (!this.#accepting || !engine) return Promise.reject(new Error("agent is stopping"));
+    const batch = engine.process(readings);
+    return this.#commit(batch);
+  }
+
+  async #commit(batch: CommitBatch): Promise<void> {
+    if (batch.events.length === 0 && batch.states.length === 0 && batch.removedStates.length === 0) {
+      this.#scheduleTick();
+      return;
+    }
+    const destinations = this.config.destinations;
+    const events = batch.events.map((e) => {
+      this.metrics.ruleEvents.inc({ rule: e.rule, type: e.type });
+      const accepted = e.destinations.filter((name) => {
+        const dest: DestinationConfig | undefined = destinations[name];
+        return dest !== undefined && acceptsEvent(dest, e);
+      });
+      return accepted.length === e.destinations.length ? e : { ...e, destinations: accepted };
+    });
+    const outbox = this.#outbox;
+    if (!outbox) throw new Error("outbox is closed");
+    try {
+      await outbox.commit({ ...batch, events });
+    } catch (err) {
+      // The engine's memory is now ahead of the store. The readings are not acknowledged
+      // (the broker sends them again); rebuild the engine from what is durable.
+      this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
+      this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
+      this.#engine.restore(outbox.loadStates());
+      throw err;
+    }
+    if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();
+    this.#scheduleTick();
+  }
+
+  /** One timer for the rule engine's next time-driven transition; no polling. */
+  #scheduleTick(): void {
+    const engine = this.#engine;
+    if (!engine || !this.#accepting) return;
+    const due = engine.nextDueAt();
+    if (due === this.#tickAt) return;
+    if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
+    this.#tickTimer = undefined;
+    this.#tickAt = due;
+    if (due === undefined) return;
+    this.#tickTimer = this.#clock.setTimeout(
+      () => {
+        this.#tickTimer = undefined;
+        this.#tickAt = undefined;
+        this.#chain = this.#chain
+          .then(() => (this.#accepting && this.#engine ? this.#commit(this.#engine.tick()) : undefined))
+          .catch((err) => this.#logger.error({ err }, "rule tick failed"));
+      },
+      Math.max(0, due - this.#clock.now()),
+    );
+  }
+
+  #maintain(): void {
+    this.#heartbeat.beat();
+    try {
+      this.#outbox?.maintain();
+    } catch (err) {
+      this.#logger.error({ err }, "outbox maintenance failed");
+    }
+    if (this.#accepting) {
+      this.#maintenanceTimer = this.#clock.setTimeout(() => this.#maintain(), MAINTENANCE_INTERVAL_MS);
+      this.#maintenanceTimer.unref?.();
+    }
+  }
+
+  /** Applies a new configuration. The caller validated it; parts that did not change keep running. */
+  async reload(next: LoadedConfig): Promise<void> {
+    const prev = this.config;
+    const config = next.config;
+    if (next.dataDir !== this.#loaded.dataDir) {
+      this.#logger.warn("agent.data_dir changed: takes effect after a restart");
+    }
+    this.#loaded = next;
+    const rulesApplied = this.#chain.then(async () => {
+      if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
+    });
+    this.#chain = rulesApplied;
+    await rulesApplied;
+    this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
+    this.#dispatcher?.reconfigure(config.destinations);
+    if (
+      JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
+      JSON.stringify(prev.serial) !== JSON.stringify(config.serial)
+    ) {
+      this.#logger.info("sources changed: restarting them");
+      await this.#stopSources();
+      await this.#startSources(config);
+    }
+    if (
+      JSON.stringify(prev.outbox) !== JSON.stringify(config.outbox) ||
+      JSON.stringify(prev.http) !== JSON.stringify(config.http)
+    ) {
+      this.#logger.warn("outbox and http settings take effect after a restart");
+    }
+  }
+
+  /**
+   * Stops taking readings, commits what is in hand, lets in-flight deliveries finish
+   * for up to agent.shutdown_timeout, closes the database. Safe to call twice.
+   */
+  stop(): Promise<void> {
+    this.#stopPromise ??= this.#doStop().finally(() => this.#resolveStopped());
+    return this.#stopPromise;
+  }
+
+  /** Resolves when the agent has stopped (after stop()). */
+  stopped(): Promise<void> {
+    return this.#stopped;
+  }
+
+  async #doStop(): Promise<void> {
+    await this.#stopSources();
+    this.#accepting = false;
+    if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
+    if (this.#maintenanceTimer) this.#clock.clearTimeout(this.#maintenanceTimer);
+    this.#clockSync?.stop();
+    await this.#guard("finish rule work", () => this.#chain);
+    if (this.#dispatcher) {
+      const d = this.#dispatcher;
+      await this.#guard("stop dispatcher", () => d.stop(this.config.agent.shutdown_timeout));
+    }
+    if (this.#http) {
+      const h = this.#http;
+      await this.#guard("stop http server", () => h.stop());
+    }
+    if (this.#outbox) {
+      const o = this.#outbox;
+      await this.#guard("close outbox", () => o.close());
+    }
+  }
+
+  async #guard(what: string, fn: () => unknown): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      this.#logger.error({ err }, `${what} failed`);
+    }
+  }
+
+  /** True while the agent can do its job; gates the systemd watchdog ping. */
+  healthy(): boolean {
+    return this.health().status !== "failing";
+  }
+
+  health(): HealthReport {
+    const outbox = this.#outbox;
+    const open = outbox?.isOpen === true;
+    const stats = open ? outbox.stats() : [];
+    const totals = open ? outbox.totals() : { pending: 0, bytes: 0, events: 0 };
+    const states = this.#dispatcher?.states() ?? {};
+    const destinations: Record<string, DestinationHealth> = {};
+    for (const name of Object.keys(this.config.destinations)) {
+      const s = stats.find((x) => x.destination === name);
+      destinations[name] = {
+        state: states[name]?.state ?? "down",
+        pending: s?.pending ?? 0,
+        dead: s?.dead ?? 0,
+        oldest_pending_s: s?.oldestPendingAgeMs == null ? null : Math.round(s.oldestPendingAgeMs / 1000),
+      };
+    }
+    const oldest = stats.reduce<number | null>(
+      (m, s) => (s.oldestPendingAgeMs == null ? m : Math.max(m ?? 0, s.oldestPendingAgeMs)),
+      null,
+    );
+    return evaluateHealth({
+      agent: this.config.agent.id,
+      uptimeMs: this.#clock.now() - this.#startedAt,
+      database: open ? "open" : "closed",
+      loop: { alive: this.#heartbeat.alive(), idleMs: this.#heartbeat.idleMs() },
+      sources: this.#sources.map((s) => s.state()),
+      destinations,
+      outbox: {
+        pending: totals.pending,
+        dead: stats.reduce((n, s) => n + s.dead, 0),
+        bytes: totals.bytes,
+        oldest_pending_s: oldest === null ? null : Math.round(oldest / 1000),
+      },
+    });
+  }
+}
+
+/** Destinations whose `max_age` overrides `outbox.max_age`. */
+function destinationMaxAge(config: Config): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, d] of Object.entries(config.destinations)) if (d.max_age !== undefined) out[name] = d.max_age;
+  return out;
+}

@@ -1,0 +1,397 @@
+/**
+ * `edgehook queue stats|list|show|replay|purge` and `edgehook destination enable`:
+ * operator commands on the outbox database, safe while the agent runs (WAL lets this
+ * second process read and write; busy_timeout waits for the agent's transactions).
+ * They never run the integrity check or move the file: that is the agent's job.
+ *
+ * Exit codes: 0 ok, 64 usage (with a usage line), 1 not found.
+ */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { type ParseArgsConfig, parseArgs } from "node:util";
+import { systemClock } from "../clock.js";
+import type { LoadedConfig } from "../config/load.js";
+import { parseDuration } from "../config/units.js";
+import { ExitCode } from "../errors.js";
+import { silentLogger } from "../ops/logger.js";
+import { Metrics } from "../ops/metrics.js";
+import { Outbox } from "../store/outbox.js";
+import type { DeliveryListing, DeliveryState } from "../store/types.js";
+
+type Out = (line: string) => void;
+
+const USAGE = {
+  stats: "usage: edgehook queue stats [--json] --config FILE",
+  list: "usage: edgehook queue list [--state pending|dead|delivered] [--destination NAME] [--limit N] [--json] --config FILE",
+  show: "usage: edgehook queue show EVENT_ID [--json] --config FILE",
+  replay: "usage: edgehook queue replay EVENT_ID | --destination NAME --dead --config FILE",
+  purge: "usage: edgehook queue purge --older-than 7d [--state delivered|dead] --config FILE",
+  queue: "usage: edgehook queue stats|list|show|replay|purge [options] --config FILE",
+  destination: "usage: edgehook destination enable NAME --config FILE",
+};
+
+export function outboxFile(loaded: LoadedConfig): string {
+  return join(loaded.dataDir, "outbox.db");
+}
+
+function openOutbox(loaded: LoadedConfig): Outbox {
+  const maxAge: Record<string, number> = {};
+  for (const [name, d] of Object.entries(loaded.config.destinations)) {
+    if (d.max_age !== undefined) maxAge[name] = d.max_age;
+  }
+  const outbox = new Outbox({
+    file: outboxFile(loaded),
+    limits: loaded.config.outbox,
+    clock: systemClock,
+    logger: silentLogger(),
+    metrics: new Metrics(),
+    destinationMaxAge: maxAge,
+    check: false,
+  });
+  outbox.open();
+  return outbox;
+}
+
+/** Runs fn on the outbox, or returns `ifMissing` when the agent never created one. */
+function withOutbox<T>(loaded: LoadedConfig, ifMissing: () => T, fn: (o: Outbox) => T): T {
+  if (!existsSync(outboxFile(loaded))) return ifMissing();
+  const outbox = openOutbox(loaded);
+  try {
+    return fn(outbox);
+  } finally {
+    outbox.close();
+  }
+}
+
+function usage(out: Out, line: string, problem?: string): number {
+  if (problem) out(`edgehook: ${problem}`);
+  out(line);
+  return ExitCode.USAGE;
+}
+
+function parse(args: string[], options: NonNullable<ParseArgsConfig["options"]>) {
+  return parseArgs({ args, options, allowPositionals: true, strict: true });
+}
+
+export async function queueCommand(args: string[], loaded: LoadedConfig, out: Out): Promise<number> {
+  const [sub, ...rest] = args;
+  try {
+    switch (sub) {
+      case "stats":
+        return stats(rest, loaded, out);
+      case "list":
+        return list(rest, loaded, out);
+      case "show":
+        return show(rest, loaded, out);
+      case "replay":
+        return replay(rest, loaded, out);
+      case "purge":
+        return purge(rest, loaded, out);
+      default:
+        return usage(out, USAGE.queue, sub === undefined ? undefined : `unknown queue command '${sub}'`);
+    }
+  } catch (err) {
+    // parseArgs throws TypeError with code ERR_PARSE_ARGS_* on unknown or malformed options.
+    if ((err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      return usage(out, USAGE[sub as keyof typeof USAGE] ?? USAGE.queue, (err as Error).message);
+    }
+    throw err;
+  }
+}
+
+function stats(args: string[], loaded: LoadedConfig, out: Out): number {
+  const { values, positionals } = parse(args, { json: { type: "boolean" } });
+  if (positionals.length > 0) return usage(out, USAGE.stats, `unexpected '${positionals[0]}'`);
+  const rows = withOutbox(
+    loaded,
+    () => ({ stats: [], flags: {} }),
+    (o) => ({ stats: o.stats(), flags: o.destinationFlags() }),
+  );
+  const names = new Set([...Object.keys(loaded.config.destinations), ...rows.stats.map((s) => s.destination)]);
+  const table = [...names].sort().map((destination) => {
+    const s = rows.stats.find((x) => x.destination === destination);
+    const flag = (rows.flags as ReturnType<Outbox["destinationFlags"]>)[destination];
+    return {
+      destination,
+      configured: destination in loaded.config.destinations,
+      enabled: !flag?.disabled,
+      ...(flag?.disabled ? { disabledReason: flag.reason ?? null, disabledSince: flag.since ?? null } : {}),
+      pending: s?.pending ?? 0,
+      dead: s?.dead ?? 0,
+      delivered: s?.delivered ?? 0,
+      oldestPendingAgeMs: s?.oldestPendingAgeMs ?? null,
+    };
+  });
+  if (values.json) {
+    out(JSON.stringify(table, null, 2));
+    return ExitCode.OK;
+  }
+  if (!existsSync(outboxFile(loaded))) out(`no outbox yet at ${outboxFile(loaded)} (the agent has not run)`);
+  printTable(out, [
+    ["DESTINATION", "STATE", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING"],
+    ...table.map((t) => [
+      t.destination,
+      t.enabled
+        ? t.configured
+          ? "enabled"
+          : "not in config"
+        : `disabled (${t.disabledReason ?? "no reason"}${t.disabledSince ? `, since ${iso(t.disabledSince)}` : ""})`,
+      String(t.pending),
+      String(t.dead),
+      String(t.delivered),
+      t.oldestPendingAgeMs === null ? "-" : formatAge(t.oldestPendingAgeMs),
+    ]),
+  ]);
+  return ExitCode.OK;
+}
+
+const STATES: readonly DeliveryState[] = ["pending", "delivered", "dead"];
+
+function list(args: string[], loaded: LoadedConfig, out: Out): number {
+  const { values, positionals } = parse(args, {
+    state: { type: "string" },
+    destination: { type: "string" },
+    limit: { type: "string" },
+    json: { type: "boolean" },
+  });
+  if (positionals.length > 0) return usage(out, USAGE.list, `unexpected '${positionals[0]}'`);
+  const state = values.state as string | undefined;
+  if (state !== undefined && !STATES.includes(state as DeliveryState)) {
+    return usage(out, USAGE.list, `--state must be pending, dead or delivered (is '${state}')`);
+  }
+  const limit = values.limit === undefined ? 50 : Number(values.limit);
+  if (!Number.isInteger(limit) || limit <= 0) {
+    return usage(out, USAGE.list, `--limit must be a positive whole number (is '${String(values.limit)}')`);
+  }
+  const rows = withOutbox(
+    loaded,
+    () => [] as DeliveryListing[],
+    (o) =>
+      o.list({
+        limit,
+        ...(state ? { state: state as DeliveryState } : {}),
+        ...(values.destination ? { destination: values.destination as string } : {}),
+      }),
+  );
+  if (values.json) {
+    out(
+      JSON.stringify(
+        rows.map((r) => ({ ...r, series: seriesName(r.series) })),
+        null,
+        2,
+      ),
+    );
+    return ExitCode.OK;
+  }
+  const now = Date.now();
+  printTable(out, [
+    ["EVENT", "DESTINATION", "STATE", "ATTEMPTS", "AGE", "TYPE", "SERIES", "LAST"],
+    ...rows.map((r) => [
+      r.eventId,
+      r.destination,
+      r.state,
+      String(r.attempts),
+      formatAge(now - r.createdAt),
+      r.type,
+      seriesName(r.series),
+      lastOutcome(r),
+    ]),
+  ]);
+  return ExitCode.OK;
+}
+
+function show(args: string[], loaded: LoadedConfig, out: Out): number {
+  const { values, positionals } = parse(args, { json: { type: "boolean" } });
+  const [id, extra] = positionals;
+  if (!id || extra !== undefined) return usage(out, USAGE.show);
+  const detail = withOutbox(
+    loaded,
+    () => undefined,
+    (o) => o.show(id),
+  );
+  if (!detail) {
+    out(`edgehook: no event '${id}' in the outbox (delivered rows are kept for outbox.keep_delivered)`);
+    return ExitCode.FAILURE;
+  }
+  let body: unknown = detail.body;
+  try {
+    body = JSON.parse(detail.body);
+  } catch {
+    // stored bytes are shown as they are
+  }
+  if (values.json) {
+    out(JSON.stringify({ ...detail, series: seriesName(detail.series), body }, null, 2));
+    return ExitCode.OK;
+  }
+  out(`event     ${detail.id}`);
+  out(`type      ${detail.type}`);
+  out(`rule      ${detail.rule}`);
+  out(`series    ${seriesName(detail.series)}`);
+  out(`severity  ${detail.severity} (priority ${detail.priority})`);
+  out(`created   ${iso(detail.createdAt)}`);
+  out("body");
+  for (const line of JSON.stringify(body, null, 2).split("\n")) out(`  ${line}`);
+  for (const d of detail.deliveries) {
+    const when =
+      d.state === "pending"
+        ? d.nextAt !== null && d.nextAt > Date.now()
+          ? `, next attempt ${iso(d.nextAt)}`
+          : ", due now"
+        : d.settledAt !== null
+          ? ` at ${iso(d.settledAt)}`
+          : "";
+    out(
+      `delivery  ${d.destination}: ${d.state}${when}, ${d.attempts} attempt(s)${d.reason ? `, reason: ${d.reason}` : ""}`,
+    );
+    for (const a of d.history) {
+      out(
+        `  ${iso(a.at)}  ${a.status === undefined ? "no answer" : `HTTP ${a.status}`}  ${a.durationMs} ms${a.error ? `  ${a.error}` : ""}`,
+      );
+    }
+  }
+  return ExitCode.OK;
+}
+
+function replay(args: string[], loaded: LoadedConfig, out: Out): number {
+  const { values, positionals } = parse(args, { destination: { type: "string" }, dead: { type: "boolean" } });
+  const [id, extra] = positionals;
+  if (extra !== undefined) return usage(out, USAGE.replay, `unexpected '${extra}'`);
+  if (id !== undefined) {
+    if (values.destination !== undefined || values.dead)
+      return usage(out, USAGE.replay, "give an event id or --destination, not both");
+    const result = withOutbox(
+      loaded,
+      () => undefined,
+      (o) => (o.show(id) ? o.replay({ eventId: id }) : undefined),
+    );
+    if (result === undefined) {
+      out(`edgehook: no event '${id}' in the outbox`);
+      return ExitCode.FAILURE;
+    }
+    out(
+      result === 0
+        ? `${id}: nothing to replay (its deliveries are still pending)`
+        : `${id}: ${result} deliver${result === 1 ? "y" : "ies"} back to pending`,
+    );
+    return ExitCode.OK;
+  }
+  const destination = values.destination as string | undefined;
+  if (!destination || !values.dead) return usage(out, USAGE.replay);
+  const known =
+    destination in loaded.config.destinations ||
+    withOutbox(
+      loaded,
+      () => false,
+      (o) => o.stats().some((s) => s.destination === destination),
+    );
+  if (!known) {
+    out(`edgehook: no destination '${destination}' in the configuration or the outbox`);
+    return ExitCode.FAILURE;
+  }
+  const n = withOutbox(
+    loaded,
+    () => 0,
+    (o) => o.replay({ destination, state: "dead" }),
+  );
+  out(`${destination}: ${n} dead deliver${n === 1 ? "y" : "ies"} back to pending`);
+  return ExitCode.OK;
+}
+
+function purge(args: string[], loaded: LoadedConfig, out: Out): number {
+  const { values, positionals } = parse(args, {
+    "older-than": { type: "string" },
+    state: { type: "string", multiple: true },
+  });
+  if (positionals.length > 0) return usage(out, USAGE.purge, `unexpected '${positionals[0]}'`);
+  const olderThan = values["older-than"] as string | undefined;
+  if (olderThan === undefined) return usage(out, USAGE.purge, "--older-than is required");
+  const ms = parseDuration(olderThan);
+  if (ms === undefined)
+    return usage(out, USAGE.purge, `--older-than must be a duration like 7d or 12h (is '${olderThan}')`);
+  const states = (values.state as string[] | undefined) ?? ["delivered", "dead"];
+  for (const s of states) {
+    if (s !== "delivered" && s !== "dead") {
+      return usage(
+        out,
+        USAGE.purge,
+        `--state must be delivered or dead (is '${s}'); pending deliveries are never purged`,
+      );
+    }
+  }
+  const n = withOutbox(
+    loaded,
+    () => 0,
+    (o) => o.purge({ olderThanMs: ms, states: states as ("delivered" | "dead")[] }),
+  );
+  out(`purged ${n} ${states.join("/")} deliver${n === 1 ? "y" : "ies"} settled more than ${olderThan} ago`);
+  return ExitCode.OK;
+}
+
+export async function destinationCommand(args: string[], loaded: LoadedConfig, out: Out): Promise<number> {
+  const [sub, name, extra] = args;
+  if (sub !== "enable" || !name || extra !== undefined || name.startsWith("-")) return usage(out, USAGE.destination);
+  const result = withOutbox(
+    loaded,
+    () => ({ known: name in loaded.config.destinations, enabled: false }),
+    (o) => {
+      const known = name in loaded.config.destinations || name in o.destinationFlags();
+      return { known, enabled: known && o.enableDestination(name) };
+    },
+  );
+  if (!result.known) {
+    out(`edgehook: no destination '${name}' in the configuration`);
+    return ExitCode.FAILURE;
+  }
+  out(
+    result.enabled
+      ? `${name}: enabled; the running agent resumes deliveries to it`
+      : `${name}: was not disabled; nothing to do`,
+  );
+  return ExitCode.OK;
+}
+
+// ---------------------------------------------------------------- formatting
+
+function seriesName(series: string): string {
+  return series.split("\u001f").join("/");
+}
+
+function lastOutcome(r: DeliveryListing): string {
+  if (r.reason) return r.reason;
+  if (r.lastStatus !== null) return `HTTP ${r.lastStatus}${r.lastError ? ` ${r.lastError}` : ""}`;
+  return r.lastError ?? "";
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+/** 75_000 → "1m15s"; two largest units. */
+export function formatAge(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const parts: [number, string][] = [
+    [Math.floor(s / 86_400), "d"],
+    [Math.floor((s % 86_400) / 3600), "h"],
+    [Math.floor((s % 3600) / 60), "m"],
+    [s % 60, "s"],
+  ];
+  const first = parts.findIndex(([n]) => n > 0);
+  if (first === -1) return "0s";
+  return parts
+    .slice(first, first + 2)
+    .filter(([n]) => n > 0)
+    .map(([n, u]) => `${n}${u}`)
+    .join("");
+}
+
+function printTable(out: Out, rows: string[][]): void {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
+  for (const r of rows) {
+    out(
+      r
+        .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+        .join("  ")
+        .trimEnd(),
+    );
+  }
+}

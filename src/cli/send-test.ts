@@ -1,0 +1,124 @@
+/**
+ * `edgehook send-test DESTINATION --config FILE`: builds a test event and sends it
+ * through the real path — outbox, rendering, signing, dispatcher — to one destination,
+ * then prints what the receiver answered. It uses a throwaway outbox, so a running
+ * agent's queue is not touched. Exit 0 only when the receiver accepted it (2xx).
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { systemClock } from "../clock.js";
+import type { LoadedConfig } from "../config/load.js";
+import { type AttemptInfo, Dispatcher } from "../delivery/dispatcher.js";
+import { ExitCode } from "../errors.js";
+import { type NewEvent, newEventId } from "../events.js";
+import { silentLogger } from "../ops/logger.js";
+import { Metrics } from "../ops/metrics.js";
+import { Outbox } from "../store/outbox.js";
+
+const PREVIEW_BYTES = 512;
+
+export async function sendTestCommand(
+  args: string[],
+  loaded: LoadedConfig,
+  out: (line: string) => void,
+  err: (line: string) => void,
+): Promise<number> {
+  const name = args[0];
+  const config = loaded.config;
+  if (!name || args.length > 1) {
+    err("usage: edgehook send-test DESTINATION --config FILE");
+    return ExitCode.USAGE;
+  }
+  const dest = config.destinations[name];
+  if (!dest) {
+    err(
+      `edgehook send-test: no destination '${name}' (destinations: ${Object.keys(config.destinations).join(", ") || "none"})`,
+    );
+    return ExitCode.FAILURE;
+  }
+  const now = systemClock.now();
+  const event: NewEvent = {
+    id: newEventId(now),
+    type: "test",
+    rule: "send-test",
+    series: `send-test\u001f${name}`,
+    severity: "info",
+    priority: 0,
+    destinations: [name],
+    createdAt: now,
+    body: {
+      type: "test",
+      timestamp: new Date(now).toISOString(),
+      data: {
+        agent: config.agent.id,
+        rule: "send-test",
+        sensor: "edgehook-send-test",
+        metric: "test",
+        value: 42,
+        threshold: 40,
+        severity: "info",
+        labels: {},
+        since: new Date(now).toISOString(),
+        message: `Test webhook from edgehook on ${config.agent.id}`,
+      },
+    },
+  };
+
+  const dir = mkdtempSync(join(tmpdir(), "edgehook-send-test-"));
+  const metrics = new Metrics();
+  const logger = silentLogger();
+  const outbox = new Outbox({
+    file: join(dir, "outbox.db"),
+    limits: config.outbox,
+    clock: systemClock,
+    logger,
+    metrics,
+  });
+  let answer: AttemptInfo | undefined;
+  let onAttempt!: (info: AttemptInfo) => void;
+  const attempted = new Promise<AttemptInfo>((resolve) => {
+    onAttempt = resolve;
+  });
+  // One attempt only: a 5xx is reported, not retried for hours.
+  const once = { ...dest, max_attempts: 1 };
+  const dispatcher = new Dispatcher({
+    outbox,
+    destinations: { [name]: once },
+    clock: systemClock,
+    logger,
+    metrics,
+    onAttempt: (info) => onAttempt(info),
+  });
+  try {
+    outbox.open();
+    await outbox.commit({ events: [event], states: [], removedStates: [] });
+    out(`sending ${event.id} to ${name} (${dest.url})`);
+    dispatcher.start();
+    dispatcher.wake();
+    const timeoutMs = dest.connect_timeout + dest.response_timeout + 1_000;
+    answer = await Promise.race([
+      attempted,
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), timeoutMs).unref()),
+    ]);
+    if (answer?.status !== undefined) {
+      out(`HTTP ${answer.status}`);
+      for (const [k, v] of Object.entries(answer.headers ?? {})) out(`${k}: ${Array.isArray(v) ? v.join(", ") : v}`);
+      out("");
+      const body = answer.body ?? Buffer.alloc(0);
+      out(body.subarray(0, PREVIEW_BYTES).toString("utf8") + (body.length > PREVIEW_BYTES ? " …" : ""));
+      if (answer.status >= 200 && answer.status < 300) {
+        out(`accepted by ${name}`);
+        return ExitCode.OK;
+      }
+      err(`edgehook send-test: ${name} did not accept the webhook (HTTP ${answer.status})`);
+      return ExitCode.FAILURE;
+    }
+    err(`edgehook send-test: ${name} not reachable: ${answer?.error ?? "no answer in time"}`);
+    return ExitCode.FAILURE;
+  } finally {
+    await dispatcher.stop(0);
+    outbox.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

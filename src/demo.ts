@@ -1,0 +1,150 @@
+/**
+ * `edgehook demo`: the whole path on one machine with nothing installed. An embedded
+ * MQTT broker, three simulated greenhouse sensors that cross a threshold, the agent,
+ * and a local receiver that verifies every webhook's signature and prints it. Midway
+ * the receiver goes offline: events wait in the outbox and arrive when it returns.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import mqtt from "mqtt";
+import { Agent } from "./agent.js";
+import { type ReceivedWebhook, type RunningReceiver, startReceiver } from "./cli/receive.js";
+import type { CliIO } from "./cli.js";
+import { loadConfig } from "./config/load.js";
+import { parseDuration } from "./config/units.js";
+import { ExitCode } from "./errors.js";
+import { createLogger } from "./ops/logger.js";
+
+/** Temperature of each simulated sensor at second `t` of the script. */
+const SCRIPT: Record<string, (t: number) => number> = {
+  "greenhouse-1": (t) => (t < 4 ? 24 + t : t < 12 ? 33 : t < 16 ? 33 - (t - 12) * 2 : 25),
+  "greenhouse-2": () => 22 + Math.random(),
+  // Crosses while the receiver is offline (seconds 18 to 30).
+  "greenhouse-3": (t) => (t < 20 ? 26 : t < 25 ? 34 : 24),
+};
+const OFFLINE_FROM_S = 18;
+const OFFLINE_UNTIL_S = 30;
+
+export async function demoCommand(args: string[], io: CliIO): Promise<number> {
+  const { values } = parseArgs({ args, options: { duration: { type: "string", default: "40s" } } });
+  const durationMs = parseDuration(values.duration ?? "40s");
+  if (durationMs === undefined) {
+    io.err("edgehook demo: --duration must be like 40s");
+    return ExitCode.USAGE;
+  }
+  const dir = mkdtempSync(join(tmpdir(), "edgehook-demo-"));
+  const secret = `whsec_${randomBytes(24).toString("base64")}`;
+  const say = (line: string) => io.out(`[demo] ${line}`);
+
+  let verified = 0;
+  const receiverOptions = {
+    host: "127.0.0.1",
+    secret,
+    out: (l: string) => io.out(`[receiver] ${l}`),
+    onWebhook: (w: ReceivedWebhook) => {
+      if (w.verification.ok) verified++;
+    },
+  };
+  let receiver: RunningReceiver | undefined = await startReceiver({ ...receiverOptions, port: 0 });
+  const receiverPort = receiver.port;
+
+  const configFile = join(dir, "agent.yaml");
+  writeFileSync(
+    configFile,
+    `version: 1
+agent:
+  id: demo-pi
+  data_dir: ./data
+  shutdown_timeout: 2s
+  log_level: error
+mqtt:
+  url: embedded
+  embedded: { host: 127.0.0.1, port: 0 }
+  subscriptions:
+    - topic: greenhouse/+/temperature
+      sensor: "{1}"
+      metric: temperature
+      format: json
+      value: celsius
+      timestamp: ts
+destinations:
+  receiver:
+    url: http://127.0.0.1:${receiverPort}/hooks
+    secret: ${secret}
+    retry_schedule: [1s]
+rules:
+  - name: too-hot
+    match: { metric: temperature }
+    above: 30
+    clear_below: 28
+    severity: warning
+    labels: { site: demo }
+    notify: [receiver]
+http:
+  listen: false
+`,
+  );
+  const loaded = loadConfig(configFile, { env: {} });
+  const agent = new Agent({ loaded, logger: createLogger("error") });
+  await agent.start();
+  say(`agent started; embedded MQTT broker at ${agent.mqttUrl}; receiver at http://127.0.0.1:${receiverPort}/hooks`);
+  say("rule too-hot: fires above 30 °C, resolves under 28 °C; three greenhouse sensors publish every 500 ms");
+
+  const client = mqtt.connect(agent.mqttUrl as string, { clientId: "demo-sensors" });
+  await new Promise<void>((resolve, reject) => {
+    client.once("connect", () => resolve());
+    client.once("error", reject);
+  });
+
+  const started = Date.now();
+  let receiverDown: Promise<void> | undefined;
+  let receiverUp = false;
+  let lastPending = 0;
+  let finish!: (why: "timeout" | "signal") => void;
+  const done = new Promise<"timeout" | "signal">((resolve) => {
+    finish = resolve;
+  });
+  const offs = [io.onSignal("SIGINT", () => finish("signal")), io.onSignal("SIGTERM", () => finish("signal"))];
+  const timer = setTimeout(() => finish("timeout"), durationMs);
+
+  const tick = setInterval(() => {
+    const t = (Date.now() - started) / 1000;
+    for (const [sensor, curve] of Object.entries(SCRIPT)) {
+      const celsius = Math.round(curve(t) * 10) / 10;
+      client.publish(`greenhouse/${sensor}/temperature`, JSON.stringify({ celsius, ts: Date.now() }), { qos: 1 });
+    }
+    if (t >= OFFLINE_FROM_S && !receiverDown && !receiverUp && receiver) {
+      say("taking the receiver offline: new events wait in the outbox");
+      receiverDown = receiver.stop();
+      receiver = undefined;
+    }
+    if (receiverDown && !receiverUp) {
+      const pending = agent.health().outbox.pending;
+      if (pending !== lastPending) say(`outbox: ${pending} event(s) pending, waiting for the receiver`);
+      lastPending = pending;
+    }
+    if (t >= OFFLINE_UNTIL_S && receiverDown && !receiverUp) {
+      receiverUp = true;
+      say(`bringing the receiver back; ${agent.health().outbox.pending} event(s) waiting in the outbox`);
+      void receiverDown.then(async () => {
+        receiver = await startReceiver({ ...receiverOptions, port: receiverPort });
+      });
+    }
+  }, 500);
+
+  const why = await done;
+  clearTimeout(timer);
+  for (const off of offs) off();
+  clearInterval(tick);
+  say(why === "timeout" ? "time is up, stopping" : "interrupted, stopping");
+  await client.endAsync();
+  await agent.stop();
+  await receiverDown;
+  await receiver?.stop();
+  say(`done: the receiver verified ${verified} webhook(s)`);
+  rmSync(dir, { recursive: true, force: true });
+  return ExitCode.OK;
+}

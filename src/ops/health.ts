@@ -1,0 +1,119 @@
+/**
+ * What GET /healthz reports. The agent assembles a HealthReport from its parts with
+ * evaluateHealth(); the HTTP server only serialises it.
+ *
+ * Status: `failing` (HTTP 503) when the agent cannot do its job — the outbox database
+ * is not open or the processing loop stopped beating. `degraded` (HTTP 200) when a
+ * source or destination is down: being offline is normal for a store-and-forward
+ * agent (design invariant 4), and a restart would not fix it. `ok` otherwise.
+ */
+import type { Clock } from "../clock.js";
+import type { SourceState } from "../sources/reading.js";
+
+export type HealthStatus = "ok" | "degraded" | "failing";
+export type DatabaseState = "open" | "closed" | "corrupt";
+
+export interface DestinationHealth {
+  state: "up" | "down" | "disabled";
+  pending: number;
+  dead: number;
+  /** Age of the oldest pending delivery in seconds, or null when none is pending. */
+  oldest_pending_s: number | null;
+}
+
+export interface OutboxHealth {
+  pending: number;
+  dead: number;
+  /** Database files on disk, bytes. */
+  bytes: number;
+  /** Age of the oldest pending delivery in seconds, or null when none is pending. */
+  oldest_pending_s: number | null;
+}
+
+export interface HealthReport {
+  status: HealthStatus;
+  /** agent.id from the configuration. */
+  agent: string;
+  uptime_s: number;
+  database: DatabaseState;
+  /** Seconds since the processing loop last beat (see Heartbeat). */
+  loop_idle_s: number;
+  sources: SourceState[];
+  destinations: Record<string, DestinationHealth>;
+  outbox: OutboxHealth;
+  /** Human-readable reasons for a status other than ok. */
+  problems: string[];
+}
+
+export interface HealthInput {
+  agent: string;
+  /** Milliseconds since the agent started. */
+  uptimeMs: number;
+  database: DatabaseState;
+  loop: { alive: boolean; idleMs: number };
+  sources: SourceState[];
+  destinations: Record<string, DestinationHealth>;
+  outbox: OutboxHealth;
+}
+
+/** Derives the status and the problem list from the parts' states. */
+export function evaluateHealth(input: HealthInput): HealthReport {
+  const failing: string[] = [];
+  const degraded: string[] = [];
+  if (input.database !== "open") failing.push(`database is ${input.database}`);
+  if (!input.loop.alive) failing.push(`processing loop silent for ${Math.round(input.loop.idleMs / 1000)} s`);
+  for (const s of input.sources) {
+    if (s.status === "down") degraded.push(`source ${s.name} is down${s.detail ? `: ${s.detail}` : ""}`);
+  }
+  for (const [name, d] of Object.entries(input.destinations)) {
+    if (d.state !== "up") degraded.push(`destination ${name} is ${d.state}`);
+  }
+  const status: HealthStatus = failing.length > 0 ? "failing" : degraded.length > 0 ? "degraded" : "ok";
+  return {
+    status,
+    agent: input.agent,
+    uptime_s: Math.floor(input.uptimeMs / 1000),
+    database: input.database,
+    loop_idle_s: Math.floor(input.loop.idleMs / 1000),
+    sources: input.sources,
+    destinations: input.destinations,
+    outbox: input.outbox,
+    problems: [...failing, ...degraded],
+  };
+}
+
+/** HTTP status for a report: 503 only when failing. */
+export function httpStatusOf(report: HealthReport): 200 | 503 {
+  return report.status === "failing" ? 503 : 200;
+}
+
+/**
+ * Proof of life of a loop that should run regularly (the dispatcher's timer, the
+ * housekeeping tick): the loop calls beat(); alive() is false once no beat came for
+ * maxSilenceMs. Used by /healthz and to withhold the systemd watchdog ping.
+ */
+export class Heartbeat {
+  readonly #clock: Clock;
+  readonly #maxSilenceMs: number;
+  #last: number;
+
+  /** Counts from construction, so a loop that never starts is reported too. */
+  constructor(clock: Clock, maxSilenceMs: number) {
+    this.#clock = clock;
+    this.#maxSilenceMs = maxSilenceMs;
+    this.#last = clock.monotonic();
+  }
+
+  beat(): void {
+    this.#last = this.#clock.monotonic();
+  }
+
+  /** Milliseconds since the last beat (or since construction). */
+  idleMs(): number {
+    return Math.max(0, this.#clock.monotonic() - this.#last);
+  }
+
+  alive(): boolean {
+    return this.idleMs() <= this.#maxSilenceMs;
+  }
+}

@@ -1,0 +1,202 @@
+/**
+ * Opens the outbox database: pragmas for durability, the schema (versioned in code
+ * with forward migrations) and an integrity check that moves a damaged file aside
+ * instead of crash-looping on it.
+ *
+ * Durability: WAL with synchronous=FULL. Every commit fsyncs the WAL, so a commit that
+ * returned survives power loss; group commit in outbox.ts keeps that affordable.
+ */
+import { existsSync, mkdirSync, renameSync } from "node:fs";
+import { dirname } from "node:path";
+import Database from "better-sqlite3";
+import type { Logger } from "../ops/logger.js";
+
+export type { Database } from "better-sqlite3";
+
+/**
+ * Forward migrations; index i upgrades user_version i to i + 1. Never edit a shipped
+ * entry: append a new one. Index names say which query they serve.
+ */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT    NOT NULL,            -- msg_..., the webhook-id
+    type       TEXT    NOT NULL,
+    rule       TEXT    NOT NULL,
+    series     TEXT    NOT NULL,
+    severity   TEXT    NOT NULL,
+    priority   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    size       INTEGER NOT NULL,            -- bytes counted against outbox.max_bytes
+    body       BLOB    NOT NULL             -- the exact bytes every attempt signs
+  );
+  -- queue show ID, queue replay ID
+  CREATE UNIQUE INDEX events_by_id ON events (id);
+
+  CREATE TABLE deliveries (
+    id          INTEGER PRIMARY KEY,
+    event_seq   INTEGER NOT NULL REFERENCES events (seq),
+    destination TEXT    NOT NULL,
+    series      TEXT    NOT NULL,
+    priority    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    state       INTEGER NOT NULL DEFAULT 0, -- 0 pending, 1 delivered, 2 dead
+    is_head     INTEGER NOT NULL DEFAULT 0, -- 1 for the earliest pending row of (destination, series)
+    next_at     INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    settled_at  INTEGER,
+    last_status INTEGER,
+    last_error  TEXT,
+    reason      TEXT,
+    history     TEXT                        -- JSON, the last attempts
+  );
+  -- deliveries of one event: show, orphan-event cleanup (and the foreign key)
+  CREATE INDEX deliveries_by_event ON deliveries (event_seq);
+  -- is there a pending row of this series? which one is the earliest? (enqueue, settle)
+  CREATE INDEX deliveries_pending_by_series ON deliveries (destination, series, id) WHERE state = 0;
+  -- next(): due heads, highest priority first, then oldest. Holds one row per series.
+  CREATE INDEX deliveries_next_heads ON deliveries (destination, priority DESC, id) WHERE is_head = 1;
+  -- nextDueAt(), oldest pending age: earliest head
+  CREATE INDEX deliveries_next_due ON deliveries (destination, next_at) WHERE is_head = 1;
+  -- at most one head per series and destination, enforced by the database
+  CREATE UNIQUE INDEX deliveries_head_of_series ON deliveries (destination, series) WHERE is_head = 1;
+  -- max_age expiry and the full-outbox drop order (lowest priority, oldest first)
+  CREATE INDEX deliveries_expire_and_drop ON deliveries (priority, destination, created_at) WHERE state = 0;
+  -- pruning delivered/dead rows by age, queue replay --dead
+  CREATE INDEX deliveries_prune_settled ON deliveries (state, settled_at) WHERE state <> 0;
+
+  -- Counters kept in step with the rows in the same transactions, so limits and
+  -- stats never need COUNT(*) over a large backlog.
+  CREATE TABLE counts (
+    destination TEXT    NOT NULL,
+    state       INTEGER NOT NULL,
+    n           INTEGER NOT NULL,
+    PRIMARY KEY (destination, state)
+  ) WITHOUT ROWID;
+  CREATE TABLE totals (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  INSERT INTO totals (key, value) VALUES ('events', 0), ('bytes', 0);
+
+  CREATE TABLE series_state (
+    rule    TEXT NOT NULL,
+    series  TEXT NOT NULL,
+    version TEXT NOT NULL,
+    state   TEXT NOT NULL,
+    PRIMARY KEY (rule, series)
+  ) WITHOUT ROWID;
+
+  CREATE TABLE destination_flags (
+    name     TEXT    PRIMARY KEY,
+    disabled INTEGER NOT NULL,
+    reason   TEXT,
+    since    INTEGER
+  ) WITHOUT ROWID;
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+export interface OpenOptions {
+  logger: Logger;
+  /**
+   * Run PRAGMA quick_check and move a damaged file aside (default true). Commands that
+   * open the database while the agent runs pass false: only the agent may move it.
+   */
+  check?: boolean;
+  /** Wall clock for the name of a moved-aside file. */
+  now?: () => number;
+}
+
+/**
+ * Opens (creating if needed) the outbox database. A file that is not a database or
+ * fails its integrity check is renamed to `<file>.corrupt-<ISO time>` (with its -wal
+ * and -shm) and a fresh one is created, so a damaged SD card does not crash-loop the
+ * agent. Throws only when the fresh database cannot be created either.
+ */
+export function openDatabase(file: string, opts: OpenOptions): Database.Database {
+  const check = opts.check ?? true;
+  mkdirSync(dirname(file), { recursive: true });
+  try {
+    return openChecked(file, check, opts.logger);
+  } catch (err) {
+    if (!check || !isCorruption(err)) throw err;
+    const suffix = `.corrupt-${new Date((opts.now ?? Date.now)()).toISOString()}`;
+    const moved = moveAside(file, suffix);
+    opts.logger.error(
+      { err, file, movedTo: `${file}${suffix}`, moved, code: "EDGEHOOK_DB_CORRUPT" },
+      `outbox database ${file} is damaged (${(err as Error).message}); moved it to ${file}${suffix} and started an empty outbox. Events still pending in the old file were not delivered: keep the moved file for inspection (sqlite3 .recover can salvage rows) and check the storage (dmesg, SD card health).`,
+    );
+    return openChecked(file, true, opts.logger);
+  }
+}
+
+function openChecked(file: string, check: boolean, logger: Logger): Database.Database {
+  const db = new Database(file);
+  try {
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = FULL");
+    db.pragma("busy_timeout = 5000");
+    db.pragma("foreign_keys = ON");
+    // Bounded memory: a fixed page cache (8 MiB), no mmap; the WAL file is truncated
+    // back to this size after checkpoints so a burst does not keep disk forever.
+    db.pragma("cache_size = -8192");
+    db.pragma("journal_size_limit = 16777216");
+    db.pragma("temp_store = FILE");
+    if (check) {
+      const started = performance.now();
+      const rows = db.pragma("quick_check(5)") as { quick_check: string }[];
+      const ms = Math.round(performance.now() - started);
+      // It reads the whole file: worth a line when a large backlog makes the start slow.
+      if (ms > 1000) logger.info({ file, ms }, "outbox integrity check done");
+      const problems = rows.map((r) => r.quick_check).filter((r) => r !== "ok");
+      if (problems.length > 0) {
+        throw new CorruptDatabaseError(`quick_check: ${problems.join("; ")}`);
+      }
+    }
+    migrate(db);
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma("user_version", { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new Error(
+      `outbox schema version ${version} is newer than this edgehook understands (${SCHEMA_VERSION}); upgrade edgehook`,
+    );
+  }
+  for (let v = version; v < SCHEMA_VERSION; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v] as string);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+}
+
+class CorruptDatabaseError extends Error {
+  readonly code = "SQLITE_CORRUPT";
+}
+
+/** SQLite's answers for a damaged file or one that is not a database at all. */
+function isCorruption(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB"));
+}
+
+/** Renames the file and its -wal/-shm so they stay a matching set (`x.corrupt-T`, `x.corrupt-T-wal`). */
+function moveAside(file: string, suffix: string): string[] {
+  const moved: string[] = [];
+  for (const ext of ["", "-wal", "-shm"]) {
+    if (existsSync(file + ext)) {
+      renameSync(file + ext, `${file}${suffix}${ext}`);
+      moved.push(file + ext);
+    }
+  }
+  return moved;
+}

@@ -1,0 +1,1105 @@
+/**
+ * The durable outbox: events stored once, one delivery row per (event, destination),
+ * drained by the dispatcher head-of-series first.
+ *
+ * Durability (invariant 1): commit() resolves only after the SQLite transaction holding
+ * the batch committed with synchronous=FULL. Batches arriving within
+ * `outbox.commit_delay` (or until GROUP_MAX_EVENTS are queued) share ONE transaction,
+ * so one fsync covers many callers (group commit).
+ *
+ * Order (invariant 5): within one (destination, series) the delivery with the lowest
+ * id that is still pending is the series "head" (is_head = 1, at most one, enforced by
+ * a unique partial index). Only heads are handed out; a head in backoff blocks its
+ * series, other series go on. Heads are maintained on enqueue, settle, drop, expiry and
+ * replay, so next() reads a small index instead of scanning the backlog.
+ *
+ * Limits and what happens when one is reached (invariant 6) — the stated policy:
+ *
+ * - max_age (destination max_age, else outbox.max_age): a pending delivery older than
+ *   this (by created_at) becomes dead with reason `expired`, counted as
+ *   drops{reason="expired"}. Runs in maintain().
+ * - max_events (stored events) and max_bytes (body bytes plus a fixed allowance per
+ *   event and per delivery for columns and indexes, see EVENT_OVERHEAD): checked after
+ *   every committed batch against in-memory counters, and in maintain(). When over:
+ *     1. delivered rows are pruned, oldest settled first (not counted as drops);
+ *     2. dead rows are pruned, oldest settled first (drops{reason="dead_pruned"});
+ *     3. pending deliveries are dropped, LOWEST priority first and oldest first
+ *        within it (drops{reason="max_events"|"max_bytes"}).
+ *   Every drop is counted and logged (rate-limited warning saying what to do).
+ * - min_free_disk: while free space on the data directory's filesystem is under it,
+ *   commit() stores no new events (accepted: 0, drops{reason="disk_floor"} per
+ *   delivery refused) but still stores rule states; a warning is logged once per change.
+ * - keep_delivered: delivered rows are pruned this long after delivery; dead rows are
+ *   pruned outbox.max_age after they died. Runs in maintain(), at most
+ *   MAINTAIN_MAX_ROWS rows per pass so one pass never blocks the event loop for long.
+ *
+ * Memory does not grow with the backlog: counts live in the `counts`/`totals` tables,
+ * updated in the same transactions as the rows, recounted from the rows when the agent
+ * opens the outbox, and mirrored in memory, so limits never need COUNT(*) per commit;
+ * no query loads more than a bounded batch of rows.
+ *
+ * Another process (`edgehook queue ...`) may open the same file while the agent runs
+ * (WAL); PRAGMA data_version tells us when it changed something, and the in-memory
+ * mirror of the counters is then reloaded.
+ */
+import { statfsSync, statSync } from "node:fs";
+import { dirname } from "node:path";
+import type { Database } from "better-sqlite3";
+import type { Clock, TimerHandle } from "../clock.js";
+import type { OutboxConfig } from "../config/schema.js";
+import type { CommitBatch, SeriesStateRow } from "../events.js";
+import { type Logger, RateLimitedLog } from "../ops/logger.js";
+import type { Metrics } from "../ops/metrics.js";
+import { openDatabase } from "./db.js";
+import type {
+  AttemptRecord,
+  CommitResult,
+  Delivery,
+  DeliveryListing,
+  DeliveryState,
+  DestinationFlag,
+  DestinationStats,
+  EventDetail,
+  MaintainResult,
+  OutboxReader,
+  PurgeRequest,
+  ReplayTarget,
+  Settlement,
+} from "./types.js";
+
+/** Bytes counted per stored event on top of its body (row, id index). */
+export const EVENT_OVERHEAD = 160;
+/** Bytes counted per delivery row (row and its index entries). */
+export const DELIVERY_OVERHEAD = 200;
+/** A group is committed at once when this many events are queued. */
+export const GROUP_MAX_EVENTS = 5000;
+/** Attempts kept per delivery for `queue show`. */
+export const HISTORY_LENGTH = 10;
+/** Rows handled per transaction by maintenance, replay and purge. */
+const BATCH_ROWS = 5000;
+/** Rows pruned/expired per maintain() pass. */
+export const MAINTAIN_MAX_ROWS = 20_000;
+/** How long a free-disk reading is trusted. */
+const DISK_CHECK_MS = 1000;
+
+/**
+ * next_at of a delivery that has not been tried yet: due whatever the wall clock says,
+ * so a clock stepped backwards (NTP after a boot without RTC) never holds back new events.
+ */
+const DUE_NOW = 0;
+const PENDING = 0;
+const DELIVERED = 1;
+const DEAD = 2;
+const STATE_NAMES: readonly DeliveryState[] = ["pending", "delivered", "dead"];
+const STATE_CODES: Record<DeliveryState, number> = { pending: PENDING, delivered: DELIVERED, dead: DEAD };
+
+export interface OutboxOptions {
+  /** Path of the SQLite file (`<data_dir>/outbox.db`). */
+  file: string;
+  limits: OutboxConfig;
+  clock: Clock;
+  logger: Logger;
+  metrics: Metrics;
+  /** Per-destination max_age (ms) overriding limits.max_age. */
+  destinationMaxAge?: Readonly<Record<string, number>>;
+  /**
+   * Run the integrity check on open and move a damaged file aside (default true).
+   * `edgehook queue` passes false: only the agent may move the database.
+   */
+  check?: boolean;
+}
+
+interface Waiter {
+  batch: CommitBatch;
+  resolve: (r: CommitResult) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Changes made by one transaction, applied to the counters when it committed. */
+class Delta {
+  readonly counts = new Map<string, { destination: string; state: number; n: number }>();
+  events = 0;
+  bytes = 0;
+  readonly drops: Record<string, number> = {};
+  count(destination: string, state: number, n: number): void {
+    const key = `${destination}\u0000${state}`;
+    const c = this.counts.get(key);
+    if (c) c.n += n;
+    else this.counts.set(key, { destination, state, n });
+  }
+  drop(reason: string, n: number): void {
+    if (n > 0) this.drops[reason] = (this.drops[reason] ?? 0) + n;
+  }
+}
+
+interface DeliveryRow {
+  id: number;
+  event_id: string;
+  destination: string;
+  series: string;
+  type: string;
+  priority: number;
+  state: number;
+  attempts: number;
+  created_at: number;
+  next_at: number;
+  settled_at: number | null;
+  last_status: number | null;
+  last_error: string | null;
+  reason: string | null;
+}
+
+const LISTING_COLUMNS = `d.id, e.id AS event_id, d.destination, d.series, e.type, d.priority, d.state, d.attempts,
+  d.created_at, d.next_at, d.settled_at, d.last_status, d.last_error, d.reason`;
+
+function prepareAll(db: Database) {
+  return {
+    insertEvent: db.prepare(
+      `INSERT INTO events (id, type, rule, series, severity, priority, created_at, size, body)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    insertDelivery: db.prepare(
+      `INSERT INTO deliveries (event_seq, destination, series, priority, created_at, is_head, next_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    hasPending: db
+      .prepare("SELECT 1 FROM deliveries WHERE destination = ? AND series = ? AND state = 0 LIMIT 1")
+      .pluck(),
+    firstPending: db
+      .prepare("SELECT id FROM deliveries WHERE destination = ? AND series = ? AND state = 0 ORDER BY id LIMIT 1")
+      .pluck(),
+    headOf: db.prepare("SELECT id FROM deliveries WHERE destination = ? AND series = ? AND is_head = 1").pluck(),
+    setHead: db.prepare("UPDATE deliveries SET is_head = ? WHERE id = ?"),
+    upsertState: db.prepare(
+      `INSERT INTO series_state (rule, series, version, state) VALUES (?, ?, ?, ?)
+       ON CONFLICT (rule, series) DO UPDATE SET version = excluded.version, state = excluded.state`,
+    ),
+    deleteState: db.prepare("DELETE FROM series_state WHERE rule = ? AND series = ?"),
+    loadStates: db.prepare("SELECT rule, series, version, state FROM series_state"),
+    // Walks the heads in priority/id order and stops after LIMIT due ones; without the
+    // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
+    next: db.prepare(
+      `SELECT d.id, e.id AS event_id, d.destination, d.series, e.type, d.priority, d.attempts, d.created_at, e.body
+       FROM deliveries d INDEXED BY deliveries_next_heads JOIN events e ON e.seq = d.event_seq
+       WHERE d.destination = ? AND d.is_head = 1 AND d.next_at <= ?
+       ORDER BY d.priority DESC, d.id LIMIT ?`,
+    ),
+    nextDueAt: db.prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
+    oldestPending: db.prepare("SELECT MIN(created_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
+    forSettle: db.prepare("SELECT destination, series, state, history FROM deliveries WHERE id = ?"),
+    markSettled: db.prepare(
+      `UPDATE deliveries SET state = ?, is_head = 0, settled_at = ?, attempts = attempts + ?, last_status = ?,
+         last_error = ?, reason = ?, history = ? WHERE id = ?`,
+    ),
+    markRetry: db.prepare(
+      `UPDATE deliveries SET next_at = ?, attempts = attempts + ?, last_status = ?, last_error = ?, history = ?
+       WHERE id = ?`,
+    ),
+    counts: db.prepare("SELECT destination, state, n FROM counts"),
+    totals: db.prepare("SELECT key, value FROM totals"),
+    addCount: db.prepare(
+      `INSERT INTO counts (destination, state, n) VALUES (?, ?, ?)
+       ON CONFLICT (destination, state) DO UPDATE SET n = n + excluded.n`,
+    ),
+    addTotal: db.prepare("UPDATE totals SET value = value + ? WHERE key = ?"),
+    dataVersion: db.prepare("PRAGMA data_version").pluck(),
+    // Pruning settled rows: oldest settled first. The `state <> 0` term lets SQLite use the partial index.
+    settledBefore: db.prepare(
+      `SELECT id, event_seq, destination FROM deliveries
+       WHERE state <> 0 AND state = ? AND settled_at < ? ORDER BY settled_at LIMIT ?`,
+    ),
+    deleteDelivery: db.prepare("DELETE FROM deliveries WHERE id = ?"),
+    deleteOrphanEvent: db
+      .prepare(
+        "DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?) RETURNING size",
+      )
+      .pluck(),
+    priorityAbove: db
+      .prepare("SELECT priority FROM deliveries WHERE state = 0 AND priority > ? ORDER BY priority LIMIT 1")
+      .pluck(),
+    expiring: db.prepare(
+      `SELECT id, series FROM deliveries
+       WHERE state = 0 AND priority = ? AND destination = ? AND created_at < ? LIMIT ?`,
+    ),
+    markExpired: db.prepare(
+      "UPDATE deliveries SET state = 2, is_head = 0, settled_at = ?, reason = 'expired' WHERE id = ?",
+    ),
+    oldestOfPriority: db.prepare(
+      `SELECT id, event_seq, destination, series, is_head, created_at FROM deliveries
+       WHERE state = 0 AND priority = ? AND destination = ? ORDER BY created_at LIMIT ?`,
+    ),
+    setFlag: db.prepare(
+      `INSERT INTO destination_flags (name, disabled, reason, since) VALUES (?, ?, ?, ?)
+       ON CONFLICT (name) DO UPDATE SET disabled = excluded.disabled, reason = excluded.reason, since = excluded.since`,
+    ),
+    flags: db.prepare("SELECT name, disabled, reason, since FROM destination_flags"),
+    list: db.prepare(
+      `SELECT ${LISTING_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+       WHERE (@state IS NULL OR d.state = @state) AND (@destination IS NULL OR d.destination = @destination)
+       ORDER BY d.id DESC LIMIT @limit`,
+    ),
+    eventById: db.prepare(
+      "SELECT seq, id, type, rule, series, severity, priority, created_at, body FROM events WHERE id = ?",
+    ),
+    deliveriesOfEvent: db.prepare(
+      `SELECT ${LISTING_COLUMNS}, d.history FROM deliveries d JOIN events e ON e.seq = d.event_seq
+       WHERE d.event_seq = ? ORDER BY d.id`,
+    ),
+    settledOfEvent: db.prepare(
+      "SELECT id, destination, series, state FROM deliveries WHERE event_seq = ? AND state <> 0",
+    ),
+    deadOf: db.prepare(
+      `SELECT id, destination, series, state FROM deliveries
+       WHERE state <> 0 AND state = 2 AND destination = ? LIMIT ?`,
+    ),
+    markReplayed: db.prepare(
+      `UPDATE deliveries SET state = 0, is_head = 0, attempts = 0, next_at = ?, settled_at = NULL, reason = NULL
+       WHERE id = ?`,
+    ),
+  };
+}
+
+type Statements = ReturnType<typeof prepareAll>;
+
+export class Outbox implements OutboxReader {
+  readonly #file: string;
+  readonly #limits: OutboxConfig;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #check: boolean;
+  #maxAge: Readonly<Record<string, number>>;
+  #db: Database | undefined;
+  #statements: Statements | undefined;
+  #tx!: (fn: () => unknown) => unknown;
+
+  #queue: Waiter[] = [];
+  #queuedEvents = 0;
+  #timer: TimerHandle | undefined;
+  #immediate: NodeJS.Immediate | undefined;
+
+  /** Mirror of the `counts` table: destination → [pending, delivered, dead]. */
+  #counts = new Map<string, [number, number, number]>();
+  #events = 0;
+  #bytes = 0;
+  #dataVersion = 0;
+  #transactions = 0;
+
+  #diskCheckedAt = Number.NEGATIVE_INFINITY;
+  #diskLow = false;
+  #dropLog: RateLimitedLog;
+
+  constructor(options: OutboxOptions) {
+    this.#file = options.file;
+    this.#limits = options.limits;
+    this.#clock = options.clock;
+    this.#log = options.logger;
+    this.#metrics = options.metrics;
+    this.#check = options.check ?? true;
+    this.#maxAge = options.destinationMaxAge ?? {};
+    this.#dropLog = new RateLimitedLog(60_000, () => options.clock.now());
+  }
+
+  /** The prepared statements; using them on a closed outbox is a programming error. */
+  get #s(): Statements {
+    if (!this.#statements) throw new Error("outbox is not open");
+    return this.#statements;
+  }
+
+  // ------------------------------------------------------------ lifecycle
+
+  open(): void {
+    if (this.#db) return;
+    const db = openDatabase(this.#file, { logger: this.#log, check: this.#check, now: () => this.#clock.now() });
+    this.#db = db;
+    this.#statements = prepareAll(db);
+    const tx = db.transaction((fn: () => unknown) => fn());
+    // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a
+    // deferred read turning into SQLITE_BUSY when another process writes.
+    this.#tx = (fn) => tx.immediate(fn);
+    // The agent recounts at start (one pass, like the integrity check before it), so a
+    // counter that ever drifted cannot bend the limits for the rest of the run.
+    if (this.#check) this.#recount();
+    this.#loadCounters();
+  }
+
+  /** Commits what is queued, then closes the database. Safe to call twice. */
+  close(): void {
+    if (!this.#db) return;
+    this.flush();
+    // No PRAGMA optimize/ANALYZE: every query is written for a named index, and planner
+    // statistics gathered on a small outbox could steer it wrong on a large one.
+    this.#db.close();
+    this.#db = undefined;
+    this.#statements = undefined;
+  }
+
+  get isOpen(): boolean {
+    return this.#db !== undefined;
+  }
+
+  /** Destination max_age overrides after a config reload. */
+  setDestinationMaxAge(maxAge: Readonly<Record<string, number>>): void {
+    this.#maxAge = maxAge;
+  }
+
+  /** Transactions committed since open (group commit makes this much less than commit() calls). */
+  get transactionCount(): number {
+    return this.#transactions;
+  }
+
+  // ------------------------------------------------------------ commit (group commit)
+
+  /**
+   * Stores the batch's events (one delivery per destination) and rule states atomically.
+   * Resolves once the transaction carrying it committed durably; rejects if that
+   * transaction failed (then nothing of the batch is stored: do not acknowledge it).
+   * The group waits commit_delay on the injected clock: with a FakeClock advance it,
+   * call flush(), or use commit_delay 0 (the next turn of the event loop).
+   */
+  commit(batch: CommitBatch): Promise<CommitResult> {
+    if (!this.#db) return Promise.reject(new Error("outbox is not open"));
+    return new Promise<CommitResult>((resolve, reject) => {
+      this.#queue.push({ batch, resolve, reject });
+      this.#queuedEvents += batch.events.length;
+      if (this.#queuedEvents >= GROUP_MAX_EVENTS) {
+        this.flush();
+      } else if (!this.#timer && !this.#immediate) {
+        if (this.#limits.commit_delay > 0) {
+          this.#timer = this.#clock.setTimeout(() => {
+            this.#timer = undefined;
+            this.flush();
+          }, this.#limits.commit_delay);
+          // Not unref'd: queued batches are work the process must finish before it may exit.
+        } else {
+          this.#immediate = setImmediate(() => {
+            this.#immediate = undefined;
+            this.flush();
+          });
+        }
+      }
+    });
+  }
+
+  /** Commits every queued batch now, in one transaction. */
+  flush(): void {
+    if (this.#timer) {
+      this.#clock.clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#immediate) {
+      clearImmediate(this.#immediate);
+      this.#immediate = undefined;
+    }
+    const group = this.#queue;
+    this.#queue = [];
+    this.#queuedEvents = 0;
+    if (group.length === 0) return;
+    let results: CommitResult[];
+    try {
+      results = this.#commitGroup(group.map((w) => w.batch));
+    } catch (err) {
+      if (!isBatchSpecific(err)) {
+        // The database itself failed (busy, I/O, full): retrying each batch would only
+        // repeat the wait. Nothing was stored; callers must not acknowledge.
+        this.#log.error({ err, batches: group.length }, "outbox commit failed; the batches were not stored");
+        for (const w of group) w.reject(err);
+        return;
+      }
+      // One bad batch (a duplicate event id, a body that is not JSON) must not fail the others.
+      this.#log.warn({ err, batches: group.length }, "group commit failed; committing batches one by one");
+      for (const w of group) {
+        try {
+          const [r] = this.#commitGroup([w.batch]);
+          w.resolve(r as CommitResult);
+        } catch (e) {
+          w.reject(e);
+        }
+      }
+      return;
+    }
+    group.forEach((w, i) => {
+      w.resolve(results[i] as CommitResult);
+    });
+  }
+
+  #commitGroup(batches: CommitBatch[]): CommitResult[] {
+    const diskOk = this.#diskOk();
+    return this.#write((delta) => {
+      // Per transaction: does (destination, series) already have a pending row?
+      const memo = new Map<string, boolean>();
+      return batches.map((b) => this.#commitBatch(b, delta, memo, diskOk));
+    });
+  }
+
+  #commitBatch(b: CommitBatch, delta: Delta, memo: Map<string, boolean>, diskOk: boolean): CommitResult {
+    const s = this.#s;
+    for (const st of b.states) s.upsertState.run(st.rule, st.series, st.version, JSON.stringify(st.state) ?? "null");
+    for (const r of b.removedStates) s.deleteState.run(r.rule, r.series);
+    const dropped: Record<string, number> = {};
+    if (!diskOk) {
+      let refused = 0;
+      for (const e of b.events) refused += new Set(e.destinations).size;
+      if (refused > 0) {
+        dropped.disk_floor = refused;
+        delta.drop("disk_floor", refused);
+      }
+      return { accepted: 0, dropped };
+    }
+    for (const e of b.events) {
+      const destinations = new Set(e.destinations);
+      if (destinations.size === 0) continue;
+      const body = Buffer.from(JSON.stringify(e.body));
+      const size = body.length + EVENT_OVERHEAD + DELIVERY_OVERHEAD * destinations.size;
+      const seq = s.insertEvent.run(
+        e.id,
+        e.type,
+        e.rule,
+        e.series,
+        e.severity,
+        e.priority,
+        e.createdAt,
+        size,
+        body,
+      ).lastInsertRowid;
+      for (const d of destinations) {
+        const key = `${d}\u0000${e.series}`;
+        let hasPending = memo.get(key);
+        if (hasPending === undefined) hasPending = s.hasPending.get(d, e.series) !== undefined;
+        s.insertDelivery.run(seq, d, e.series, e.priority, e.createdAt, hasPending ? 0 : 1, DUE_NOW);
+        memo.set(key, true);
+        delta.count(d, PENDING, 1);
+      }
+      delta.events++;
+      delta.bytes += size;
+    }
+    if (this.#overLimit(delta)) {
+      const before = { ...delta.drops };
+      this.#enforceLimits(delta);
+      for (const [reason, n] of Object.entries(delta.drops)) {
+        const added = n - (before[reason] ?? 0);
+        if (added > 0) dropped[reason] = added;
+      }
+      // Drops may have emptied a series: its next row must become head again.
+      memo.clear();
+    }
+    return { accepted: b.events.length, dropped };
+  }
+
+  // ------------------------------------------------------------ dispatcher side
+
+  next(destination: string, now: number, limit: number, exclude: ReadonlySet<string>): Delivery[] {
+    if (limit <= 0) return [];
+    // In-flight rows are at most one per series and are heads, so limit + |exclude| is enough.
+    const rows = this.#db ? (this.#s.next.all(destination, now, limit + exclude.size) as NextRow[]) : [];
+    const out: Delivery[] = [];
+    for (const r of rows) {
+      if (exclude.has(String(r.id)) || exclude.has(r.series)) continue;
+      out.push({
+        id: r.id,
+        eventId: r.event_id,
+        destination: r.destination,
+        series: r.series,
+        type: r.type,
+        priority: r.priority,
+        attempts: r.attempts,
+        createdAt: r.created_at,
+        body: r.body,
+      });
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  nextDueAt(destination: string): number | undefined {
+    if (!this.#db) return undefined;
+    const at = this.#s.nextDueAt.get(destination) as number | null;
+    return at ?? undefined;
+  }
+
+  settle(settlements: Settlement[]): void {
+    if (settlements.length === 0 || !this.#db) return;
+    const s = this.#s;
+    const now = this.#clock.now();
+    this.#write((delta) => {
+      for (const st of settlements) {
+        const row = s.forSettle.get(st.id) as
+          | { destination: string; series: string; state: number; history: string | null }
+          | undefined;
+        // Already settled, dropped or purged meanwhile: nothing to record.
+        if (!row || row.state !== PENDING) continue;
+        const history = appendHistory(row.history, st.attempt);
+        const error = st.attempt.error === undefined ? null : clip(st.attempt.error);
+        const status = st.attempt.status ?? null;
+        if (st.outcome === "retry") {
+          s.markRetry.run(st.nextAt, st.counted ? 1 : 0, status, error, history, st.id);
+          continue;
+        }
+        const state = st.outcome === "delivered" ? DELIVERED : DEAD;
+        const reason = st.outcome === "dead" ? clip(st.reason) : null;
+        s.markSettled.run(state, now, 1, status, error, reason, history, st.id);
+        delta.count(row.destination, PENDING, -1);
+        delta.count(row.destination, state, 1);
+        this.#fixHead(row.destination, row.series);
+      }
+    });
+  }
+
+  /** Makes the earliest pending row of (destination, series) its only head. */
+  #fixHead(destination: string, series: string): void {
+    const s = this.#s;
+    const first = s.firstPending.get(destination, series) as number | undefined;
+    const current = s.headOf.get(destination, series) as number | undefined;
+    if (first === current) return;
+    if (current !== undefined) s.setHead.run(0, current);
+    if (first !== undefined) s.setHead.run(1, first);
+  }
+
+  // ------------------------------------------------------------ rule state
+
+  loadStates(): SeriesStateRow[] {
+    if (!this.#db) throw new Error("outbox is not open");
+    const rows = this.#s.loadStates.all() as StateRow[];
+    return rows.map((r) => ({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) }));
+  }
+
+  // ------------------------------------------------------------ destination flags
+
+  setDestinationDisabled(name: string, reason: string): void {
+    this.#s.setFlag.run(name, 1, clip(reason), this.#clock.now());
+  }
+
+  /** Re-enables a destination; false when it was not disabled. */
+  enableDestination(name: string): boolean {
+    const flag = this.destinationFlags()[name];
+    if (!flag?.disabled) return false;
+    this.#s.setFlag.run(name, 0, null, this.#clock.now());
+    return true;
+  }
+
+  destinationFlags(): Record<string, DestinationFlag> {
+    const out: Record<string, DestinationFlag> = {};
+    for (const r of this.#s.flags.all() as {
+      name: string;
+      disabled: number;
+      reason: string | null;
+      since: number | null;
+    }[]) {
+      const flag: DestinationFlag = { disabled: r.disabled === 1 };
+      if (r.reason !== null) flag.reason = r.reason;
+      if (r.since !== null) flag.since = r.since;
+      out[r.name] = flag;
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------ operator queries
+
+  stats(): DestinationStats[] {
+    this.#syncCounters();
+    const now = this.#clock.now();
+    const out: DestinationStats[] = [];
+    for (const [destination, [pending, delivered, dead]] of [...this.#counts].sort(([a], [b]) => a.localeCompare(b))) {
+      if (pending === 0 && delivered === 0 && dead === 0) continue;
+      const oldest = pending > 0 ? (this.#s.oldestPending.get(destination) as number | null) : null;
+      out.push({
+        destination,
+        pending,
+        delivered,
+        dead,
+        oldestPendingAgeMs: oldest === null ? null : Math.max(0, now - oldest),
+      });
+    }
+    return out;
+  }
+
+  /** Totals the limits are checked against. */
+  totals(): { events: number; bytes: number; pending: number } {
+    this.#syncCounters();
+    let pending = 0;
+    for (const [p] of this.#counts.values()) pending += p;
+    return { events: this.#events, bytes: this.#bytes, pending };
+  }
+
+  list(query: { state?: DeliveryState; destination?: string; limit?: number } = {}): DeliveryListing[] {
+    const state = query.state === undefined ? null : STATE_CODES[query.state];
+    const rows = this.#s.list.all({
+      state,
+      destination: query.destination ?? null,
+      limit: query.limit ?? 50,
+    }) as DeliveryRow[];
+    return rows.map(toListing);
+  }
+
+  show(eventId: string): EventDetail | undefined {
+    const e = this.#s.eventById.get(eventId) as
+      | {
+          seq: number;
+          id: string;
+          type: string;
+          rule: string;
+          series: string;
+          severity: string;
+          priority: number;
+          created_at: number;
+          body: Buffer;
+        }
+      | undefined;
+    if (!e) return undefined;
+    const deliveries = (this.#s.deliveriesOfEvent.all(e.seq) as (DeliveryRow & { history: string | null })[]).map(
+      (r) => ({ ...toListing(r), history: r.history ? (JSON.parse(r.history) as AttemptRecord[]) : [] }),
+    );
+    return {
+      id: e.id,
+      type: e.type,
+      rule: e.rule,
+      series: e.series,
+      severity: e.severity,
+      priority: e.priority,
+      createdAt: e.created_at,
+      body: e.body.toString("utf8"),
+      deliveries,
+    };
+  }
+
+  /**
+   * Puts settled deliveries back to pending with their attempts reset. They keep their
+   * place in their series: a replayed row older than the current head becomes the head.
+   * Returns how many rows went back to pending.
+   */
+  replay(target: ReplayTarget): number {
+    const s = this.#s;
+    const requeue = (rows: { id: number; destination: string; series: string; state: number }[], delta: Delta) => {
+      const series = new Map<string, [string, string]>();
+      for (const r of rows) {
+        s.markReplayed.run(DUE_NOW, r.id);
+        delta.count(r.destination, r.state, -1);
+        delta.count(r.destination, PENDING, 1);
+        series.set(`${r.destination}\u0000${r.series}`, [r.destination, r.series]);
+      }
+      for (const [d, ser] of series.values()) this.#fixHead(d, ser);
+    };
+    if ("eventId" in target) {
+      const e = s.eventById.get(target.eventId) as { seq: number } | undefined;
+      if (!e) return 0;
+      return this.#write((delta) => {
+        const rows = s.settledOfEvent.all(e.seq) as {
+          id: number;
+          destination: string;
+          series: string;
+          state: number;
+        }[];
+        requeue(rows, delta);
+        return rows.length;
+      });
+    }
+    let total = 0;
+    for (;;) {
+      const n = this.#write((delta) => {
+        const rows = s.deadOf.all(target.destination, BATCH_ROWS) as {
+          id: number;
+          destination: string;
+          series: string;
+          state: number;
+        }[];
+        requeue(rows, delta);
+        return rows.length;
+      });
+      total += n;
+      if (n < BATCH_ROWS) return total;
+    }
+  }
+
+  /** Deletes settled rows older than the given age; returns how many deliveries went. */
+  purge(request: PurgeRequest): number {
+    const cutoff = this.#clock.now() - request.olderThanMs;
+    let total = 0;
+    for (const state of new Set(request.states)) {
+      for (;;) {
+        const n = this.#write((delta) => this.#deleteSettled(STATE_CODES[state], cutoff, BATCH_ROWS, delta));
+        total += n;
+        if (n < BATCH_ROWS) break;
+      }
+    }
+    return total;
+  }
+
+  // ------------------------------------------------------------ maintenance
+
+  /**
+   * Prunes old settled rows, expires pending rows past max_age, enforces max_events and
+   * max_bytes, and refreshes the outbox metrics. Call on a timer (e.g. every 30 s) and
+   * again soon when the result says `more`.
+   */
+  maintain(): MaintainResult {
+    const result: MaintainResult = { pruned: 0, expired: 0, dropped: {}, more: false };
+    if (!this.#db) return result;
+    this.#syncCounters();
+    const now = this.#clock.now();
+    let budget = MAINTAIN_MAX_ROWS;
+    const prune = (state: number, cutoff: number) => {
+      while (budget > 0) {
+        const n = this.#write((delta) => this.#deleteSettled(state, cutoff, Math.min(BATCH_ROWS, budget), delta));
+        result.pruned += n;
+        budget -= n;
+        if (n === 0) return;
+      }
+      result.more = true;
+    };
+    prune(DELIVERED, now - this.#limits.keep_delivered);
+    prune(DEAD, now - this.#limits.max_age);
+    if (budget > 0) {
+      const { expired, more } = this.#expire(now, budget);
+      result.expired = expired;
+      result.more ||= more;
+    } else {
+      result.more = true;
+    }
+    if (this.#overLimit()) {
+      const drops = this.#write((delta) => {
+        this.#enforceLimits(delta);
+        return { ...delta.drops };
+      });
+      result.dropped = drops;
+    }
+    this.#updateMetrics();
+    return result;
+  }
+
+  #expire(now: number, budget: number): { expired: number; more: boolean } {
+    const s = this.#s;
+    let expired = 0;
+    const destinations = [...this.#counts].filter(([, c]) => c[0] > 0).map(([d]) => d);
+    for (const destination of destinations) {
+      const cutoff = now - (this.#maxAge[destination] ?? this.#limits.max_age);
+      let priority = Number.MIN_SAFE_INTEGER;
+      for (;;) {
+        const p = s.priorityAbove.get(priority) as number | undefined;
+        if (p === undefined) break;
+        priority = p;
+        for (;;) {
+          if (budget <= 0) return { expired, more: true };
+          const n = this.#write((delta) => {
+            const rows = s.expiring.all(p, destination, cutoff, Math.min(BATCH_ROWS, budget)) as {
+              id: number;
+              series: string;
+            }[];
+            const series = new Set<string>();
+            for (const r of rows) {
+              s.markExpired.run(now, r.id);
+              series.add(r.series);
+            }
+            for (const ser of series) this.#fixHead(destination, ser);
+            delta.count(destination, PENDING, -rows.length);
+            delta.count(destination, DEAD, rows.length);
+            delta.drop("expired", rows.length);
+            return rows.length;
+          });
+          expired += n;
+          budget -= n;
+          if (n === 0) break;
+        }
+      }
+    }
+    return { expired, more: false };
+  }
+
+  #overLimit(delta?: Delta): boolean {
+    const events = this.#events + (delta?.events ?? 0);
+    const bytes = this.#bytes + (delta?.bytes ?? 0);
+    return events > this.#limits.max_events || bytes > this.#limits.max_bytes;
+  }
+
+  /** Inside a write transaction: prunes, then drops, until back under both limits. */
+  #enforceLimits(delta: Delta): void {
+    const overBy = () => {
+      const events = this.#events + delta.events;
+      const bytes = this.#bytes + delta.bytes;
+      const byEvents = events - this.#limits.max_events;
+      const avg = events > 0 ? bytes / events : 1;
+      const byBytes = Math.ceil((bytes - this.#limits.max_bytes) / Math.max(1, avg));
+      return {
+        n: Math.min(BATCH_ROWS, Math.max(byEvents, byBytes, 0)),
+        reason: byEvents >= byBytes ? "max_events" : "max_bytes",
+      };
+    };
+    // 1. delivered rows, oldest first: already done, losing them costs only history.
+    for (let o = overBy(); o.n > 0; o = overBy()) {
+      if (this.#deleteSettled(DELIVERED, Number.MAX_SAFE_INTEGER, o.n, delta) === 0) break;
+    }
+    // 2. dead rows, oldest first: they would only be sent again by an operator's replay.
+    for (let o = overBy(); o.n > 0; o = overBy()) {
+      const n = this.#deleteSettled(DEAD, Number.MAX_SAFE_INTEGER, o.n, delta);
+      delta.drop("dead_pruned", n);
+      if (n === 0) break;
+    }
+    // 3. pending rows: lowest priority first, oldest first within it.
+    for (let o = overBy(); o.n > 0; o = overBy()) {
+      const n = this.#dropPending(o.n, o.reason, delta);
+      if (n === 0) break;
+    }
+  }
+
+  #dropPending(n: number, reason: string, delta: Delta): number {
+    const s = this.#s;
+    const lowest = s.priorityAbove.get(Number.MIN_SAFE_INTEGER) as number | undefined;
+    if (lowest === undefined) return 0;
+    type Row = {
+      id: number;
+      event_seq: number;
+      destination: string;
+      series: string;
+      is_head: number;
+      created_at: number;
+    };
+    const candidates: Row[] = [];
+    const destinations = new Set(this.#counts.keys());
+    for (const k of delta.counts.values()) destinations.add(k.destination);
+    for (const d of destinations) candidates.push(...(s.oldestOfPriority.all(lowest, d, n) as Row[]));
+    candidates.sort((a, b) => a.created_at - b.created_at || a.id - b.id);
+    const victims = candidates.slice(0, n);
+    const heads = new Map<string, [string, string]>();
+    for (const v of victims) {
+      s.deleteDelivery.run(v.id);
+      delta.count(v.destination, PENDING, -1);
+      if (v.is_head === 1) heads.set(`${v.destination}\u0000${v.series}`, [v.destination, v.series]);
+    }
+    for (const [d, ser] of heads.values()) this.#fixHead(d, ser);
+    this.#deleteOrphans(
+      victims.map((v) => v.event_seq),
+      delta,
+    );
+    delta.drop(reason, victims.length);
+    return victims.length;
+  }
+
+  /** Deletes up to `limit` rows of `state` settled before `cutoff`, oldest first. */
+  #deleteSettled(state: number, cutoff: number, limit: number, delta: Delta): number {
+    const s = this.#s;
+    const rows = s.settledBefore.all(state, cutoff, limit) as { id: number; event_seq: number; destination: string }[];
+    for (const r of rows) {
+      s.deleteDelivery.run(r.id);
+      delta.count(r.destination, state, -1);
+    }
+    this.#deleteOrphans(
+      rows.map((r) => r.event_seq),
+      delta,
+    );
+    return rows.length;
+  }
+
+  #deleteOrphans(seqs: number[], delta: Delta): void {
+    for (const seq of new Set(seqs)) {
+      const size = this.#s.deleteOrphanEvent.get(seq, seq) as number | undefined;
+      if (size !== undefined) {
+        delta.events--;
+        delta.bytes -= size;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ counters, disk, metrics
+
+  /** Runs fn in one IMMEDIATE transaction; counters follow only if it committed. */
+  #write<T>(fn: (delta: Delta) => T): T {
+    if (!this.#db) throw new Error("outbox is not open");
+    this.#syncCounters();
+    const delta = new Delta();
+    const result = this.#tx(() => {
+      const r = fn(delta);
+      for (const c of delta.counts.values()) {
+        if (c.n !== 0) this.#s.addCount.run(c.destination, c.state, c.n);
+      }
+      if (delta.events !== 0) this.#s.addTotal.run(delta.events, "events");
+      if (delta.bytes !== 0) this.#s.addTotal.run(delta.bytes, "bytes");
+      return r;
+    }) as T;
+    this.#transactions++;
+    for (const c of delta.counts.values()) {
+      const entry = this.#counts.get(c.destination) ?? [0, 0, 0];
+      entry[c.state] = (entry[c.state] as number) + c.n;
+      this.#counts.set(c.destination, entry);
+    }
+    this.#events += delta.events;
+    this.#bytes += delta.bytes;
+    this.#reportDrops(delta.drops);
+    return result;
+  }
+
+  /** Rewrites the `counts`/`totals` tables from the rows; warns when they had drifted. */
+  #recount(): void {
+    const db = this.#db as Database;
+    this.#tx(() => {
+      const snapshot = () =>
+        JSON.stringify([
+          db.prepare("SELECT destination, state, n FROM counts WHERE n <> 0 ORDER BY destination, state").all(),
+          this.#s.totals.all(),
+        ]);
+      const before = snapshot();
+      db.exec(`
+        DELETE FROM counts;
+        INSERT INTO counts (destination, state, n)
+          SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state;
+        UPDATE totals SET value = (SELECT COUNT(*) FROM events) WHERE key = 'events';
+        UPDATE totals SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes';
+      `);
+      const after = snapshot();
+      if (before !== after) {
+        this.#log.warn({ before, after }, "outbox counters did not match the stored rows; recounted");
+      }
+    });
+  }
+
+  #loadCounters(): void {
+    this.#counts.clear();
+    for (const r of this.#s.counts.all() as { destination: string; state: number; n: number }[]) {
+      const entry = this.#counts.get(r.destination) ?? [0, 0, 0];
+      entry[r.state] = r.n;
+      this.#counts.set(r.destination, entry);
+    }
+    for (const r of this.#s.totals.all() as { key: string; value: number }[]) {
+      if (r.key === "events") this.#events = r.value;
+      if (r.key === "bytes") this.#bytes = r.value;
+    }
+    this.#dataVersion = this.#s.dataVersion.get() as number;
+  }
+
+  /** Reloads the counters when another process (edgehook queue) changed the file. */
+  #syncCounters(): void {
+    const v = this.#s.dataVersion.get() as number;
+    if (v !== this.#dataVersion) this.#loadCounters();
+  }
+
+  #diskOk(): boolean {
+    const mono = this.#clock.monotonic();
+    if (mono - this.#diskCheckedAt < DISK_CHECK_MS) return !this.#diskLow;
+    this.#diskCheckedAt = mono;
+    let free: number;
+    try {
+      const st = statfsSync(dirname(this.#file));
+      free = Number(st.bavail) * Number(st.bsize);
+    } catch {
+      return !this.#diskLow; // cannot tell: keep the last answer
+    }
+    const low = free < this.#limits.min_free_disk;
+    if (low !== this.#diskLow) {
+      this.#diskLow = low;
+      if (low) {
+        this.#log.warn(
+          { freeBytes: free, minFreeDisk: this.#limits.min_free_disk, code: "EDGEHOOK_DISK_FLOOR" },
+          `free disk space under outbox.min_free_disk: new events are refused (rule state is still saved) until space is freed; free up ${dirname(this.#file)} or lower outbox.min_free_disk`,
+        );
+      } else {
+        this.#log.info({ freeBytes: free }, "free disk space back above outbox.min_free_disk: accepting events again");
+      }
+    }
+    return !low;
+  }
+
+  #reportDrops(drops: Record<string, number>): void {
+    for (const [reason, n] of Object.entries(drops)) {
+      this.#metrics.drops.inc({ reason }, n);
+      if (reason === "disk_floor") continue; // logged on state change in #diskOk
+      const suppressed = this.#dropLog.shouldLog(reason);
+      if (suppressed === undefined) continue;
+      this.#log.warn(
+        { reason, dropped: n, suppressedLogs: suppressed, code: "EDGEHOOK_OUTBOX_FULL" },
+        dropAdvice(reason, n, this.#limits),
+      );
+    }
+  }
+
+  /** Brings the outbox gauges up to date (called before each /metrics scrape). */
+  refreshMetrics(): void {
+    this.#updateMetrics();
+  }
+
+  #updateMetrics(): void {
+    const now = this.#clock.now();
+    for (const [destination, c] of this.#counts) {
+      c.forEach((n, state) => {
+        this.#metrics.outboxDepth.set({ destination, state: STATE_NAMES[state] as string }, n);
+      });
+      const oldest = c[0] > 0 ? (this.#s.oldestPending.get(destination) as number | null) : null;
+      this.#metrics.oldestPendingSeconds.set({ destination }, oldest === null ? 0 : Math.max(0, now - oldest) / 1000);
+    }
+    let bytes = 0;
+    for (const f of [this.#file, `${this.#file}-wal`]) {
+      try {
+        bytes += statSync(f).size;
+      } catch {
+        // no WAL file right now
+      }
+    }
+    this.#metrics.outboxBytes.set(bytes);
+  }
+}
+
+interface NextRow {
+  id: number;
+  event_id: string;
+  destination: string;
+  series: string;
+  type: string;
+  priority: number;
+  attempts: number;
+  created_at: number;
+  body: Buffer;
+}
+
+interface StateRow {
+  rule: string;
+  series: string;
+  version: string;
+  state: string;
+}
+
+/** Errors caused by one batch's content rather than by the database. */
+function isBatchSpecific(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && code.startsWith("SQLITE_")) return code.startsWith("SQLITE_CONSTRAINT");
+  return true; // e.g. TypeError from JSON.stringify of a body
+}
+
+function toListing(r: DeliveryRow): DeliveryListing {
+  return {
+    id: r.id,
+    eventId: r.event_id,
+    destination: r.destination,
+    series: r.series,
+    type: r.type,
+    priority: r.priority,
+    state: STATE_NAMES[r.state] ?? "pending",
+    attempts: r.attempts,
+    createdAt: r.created_at,
+    nextAt: r.state === PENDING ? r.next_at : null,
+    settledAt: r.settled_at,
+    lastStatus: r.last_status,
+    lastError: r.last_error,
+    reason: r.reason,
+  };
+}
+
+function appendHistory(json: string | null, attempt: AttemptRecord): string {
+  const history = json ? (JSON.parse(json) as AttemptRecord[]) : [];
+  const entry: AttemptRecord = { at: attempt.at, durationMs: Math.round(attempt.durationMs) };
+  if (attempt.status !== undefined) entry.status = attempt.status;
+  if (attempt.error !== undefined) entry.error = clip(attempt.error);
+  history.push(entry);
+  return JSON.stringify(history.slice(-HISTORY_LENGTH));
+}
+
+function clip(text: string): string {
+  return text.length > 300 ? `${text.slice(0, 297)}...` : text;
+}
+
+function dropAdvice(reason: string, n: number, limits: OutboxConfig): string {
+  switch (reason) {
+    case "expired":
+      return `${n} pending deliveries expired after max_age without being accepted; check that the destination is reachable, or raise max_age`;
+    case "dead_pruned":
+      return `outbox full: removed ${n} dead deliveries to make room (they can no longer be replayed); purge or replay dead deliveries sooner, or raise outbox.max_events/max_bytes`;
+    default:
+      return `outbox full (${reason}: max_events=${limits.max_events}, max_bytes=${limits.max_bytes}): dropped ${n} pending deliveries, lowest priority and oldest first; receivers are not keeping up or are unreachable — fix the destination, or raise outbox.${reason}`;
+  }
+}

@@ -1,0 +1,419 @@
+/**
+ * The dispatcher against real receivers (node:http on 127.0.0.1:0) and the real SQLite
+ * outbox in a temp dir. Logical time (retry schedule, probes, an hour of downtime) runs on
+ * a FakeClock started at the real time, so receivers still verify the signatures with the
+ * `standardwebhooks` package; transport timeouts (response_timeout) are short real ones.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Webhook } from "standardwebhooks";
+import { afterEach, describe, expect, it } from "vitest";
+import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
+import { Dispatcher } from "../../src/delivery/dispatcher.js";
+import type { NewEvent } from "../../src/events.js";
+import { newEventId } from "../../src/events.js";
+import { silentLogger } from "../../src/ops/logger.js";
+import { Metrics } from "../../src/ops/metrics.js";
+import { Outbox } from "../../src/store/outbox.js";
+import { FakeClock } from "../support/fake-clock.js";
+import { Receiver } from "../support/receiver.js";
+
+const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+interface Rig {
+  clock: FakeClock;
+  outbox: Outbox;
+  receiver: Receiver;
+  dispatcher: Dispatcher;
+  metrics: Metrics;
+  dest: DestinationConfig;
+  commit(series: string, n: number, priority?: number): Promise<NewEvent[]>;
+  /** Lets every pass, request and write finish (time does not move). */
+  settle(): Promise<void>;
+  /** Moves logical time and lets what became due run. */
+  advance(ms: number): Promise<void>;
+  counted(cls: string): number;
+}
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+function destination(url: string, extra: Record<string, unknown>): DestinationConfig {
+  const cfg = configSchema.parse({
+    version: 1,
+    agent: { id: "test" },
+    destinations: { ops: { url, secret: SECRET, ...extra } },
+  });
+  return cfg.destinations.ops as DestinationConfig;
+}
+
+interface RigOptions {
+  startReceiver?: boolean;
+  clockSynced?: () => boolean;
+}
+
+async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): Promise<Rig> {
+  const dir = mkdtempSync(join(tmpdir(), "edgehook-disp-"));
+  const clock = new FakeClock(Date.now());
+  const metrics = new Metrics();
+  const outbox = new Outbox({
+    file: join(dir, "outbox.db"),
+    limits: configSchema.parse({ version: 1, agent: { id: "t" } }).outbox,
+    clock,
+    logger: silentLogger(),
+    metrics,
+  });
+  outbox.open();
+  const receiver = new Receiver(SECRET);
+  await receiver.start();
+  if (opts.startReceiver === false) await receiver.stop();
+  const dest = destination(receiver.url, extra);
+  const dispatcher = new Dispatcher({
+    outbox,
+    destinations: { ops: dest },
+    clock,
+    logger: silentLogger(),
+    metrics,
+    random: () => 0.5, // no jitter: the schedule is exact
+    env: {},
+    ...(opts.clockSynced ? { clockSynced: opts.clockSynced } : {}),
+  });
+  cleanups.push(async () => {
+    await dispatcher.stop(0);
+    await receiver.stop();
+    outbox.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  let seq = 0;
+  const r: Rig = {
+    clock,
+    outbox,
+    receiver,
+    dispatcher,
+    metrics,
+    dest,
+    async commit(series, n, priority = 10) {
+      const events: NewEvent[] = [];
+      for (let i = 0; i < n; i++) {
+        const createdAt = clock.now();
+        events.push({
+          id: newEventId(createdAt),
+          type: "alert.firing",
+          rule: "hot",
+          series,
+          severity: "warning",
+          priority,
+          destinations: ["ops"],
+          createdAt,
+          body: {
+            type: "alert.firing",
+            timestamp: new Date(createdAt).toISOString(),
+            data: { series, n: seq++ },
+          },
+        });
+      }
+      // The group-commit delay runs on the (fake) clock: flush now instead.
+      const done = outbox.commit({ events, states: [], removedStates: [] });
+      outbox.flush();
+      await done;
+      dispatcher.wake();
+      return events;
+    },
+    async settle() {
+      // A pass may start requests whose outcome queues another pass: wait until quiet.
+      await new Promise((res) => setImmediate(res));
+      await dispatcher.whenIdle();
+    },
+    async advance(ms) {
+      clock.advance(ms);
+      await r.settle();
+    },
+    counted(cls) {
+      const m = metrics.deliveries as unknown as {
+        hashMap: Record<string, { value: number; labels: Record<string, string> }>;
+      };
+      return Object.values(m.hashMap)
+        .filter((v) => v.labels.class === cls)
+        .reduce((a, v) => a + v.value, 0);
+    },
+  };
+  return r;
+}
+
+function row(r: Rig, eventId: string) {
+  const d = r.outbox.show(eventId)?.deliveries[0];
+  if (!d) throw new Error(`no delivery for ${eventId}`);
+  return d;
+}
+
+describe("dispatcher against real receivers", () => {
+  it("5xx: counts attempts, retries on the schedule, dead after max_attempts; the series then moves on", async () => {
+    const r = await rig({ retry_schedule: ["5s", "30s"], max_attempts: 3 });
+    r.receiver.answer = (rec) =>
+      (rec.json as { data: { n: number } }).data.n === 0 ? { kind: "status", status: 500 } : { kind: "accept" };
+    const [first] = await r.commit("s1", 1);
+    const [second] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.requests === 1, "first attempt");
+    await r.settle();
+    expect(row(r, first!.id)).toMatchObject({ state: "pending", attempts: 1, lastStatus: 500 });
+    // The later event of the series waits behind its head.
+    expect(r.receiver.arrivals.map((a) => a.id)).toEqual([first!.id]);
+
+    await r.advance(4_999);
+    expect(r.receiver.requests).toBe(1);
+    await r.advance(1);
+    await r.receiver.waitFor(() => r.receiver.requests === 2, "retry after 5 s");
+    await r.settle();
+    expect(row(r, first!.id)).toMatchObject({ state: "pending", attempts: 2 });
+
+    await r.advance(29_999);
+    expect(r.receiver.requests).toBe(2);
+    await r.advance(1);
+    await r.receiver.waitFor(() => r.receiver.requests >= 3, "third attempt");
+    await r.settle();
+    expect(row(r, first!.id)).toMatchObject({ state: "dead", attempts: 3 });
+    // The series is unblocked: the second event goes out right away.
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "second event");
+    expect(r.receiver.accepted[0]!.id).toBe(second!.id);
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+    expect(r.counted("5xx")).toBe(3);
+  });
+
+  it("429 with Retry-After: waits exactly that long instead of the schedule", async () => {
+    const r = await rig({ retry_schedule: ["5s"] });
+    let n = 0;
+    r.receiver.answer = () =>
+      n++ === 0 ? { kind: "status", status: 429, headers: { "retry-after": "120" } } : { kind: "accept" };
+    const [ev] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.requests === 1, "first attempt");
+    await r.settle();
+    await r.advance(119_999);
+    expect(r.receiver.requests).toBe(1);
+    await r.advance(1);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "accepted after Retry-After");
+    await r.settle();
+    expect(row(r, ev!.id)).toMatchObject({ state: "delivered", attempts: 2 });
+  });
+
+  it("a receiver that hangs past response_timeout is offline: attempts not spent, destination down, then recovers", async () => {
+    const r = await rig({ response_timeout: "300ms", max_attempts: 1 });
+    r.receiver.answer = () => ({ kind: "hang" });
+    const [ev] = await r.commit("s1", 1);
+    const t0 = Date.now();
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.arrivals.length === 1, "hung request");
+    await r.settle();
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    expect(r.dispatcher.states().ops).toMatchObject({ state: "down", inFlight: 0 });
+    expect(r.dispatcher.states().ops?.detail).toMatch(/timeout/);
+    // max_attempts is 1, yet the delivery is still pending: a timeout is not an answer.
+    expect(row(r, ev!.id)).toMatchObject({ state: "pending", attempts: 0 });
+    r.receiver.answer = () => ({ kind: "accept" });
+    await r.advance(1_000);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "probe accepted");
+    await r.settle();
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+    expect(row(r, ev!.id).state).toBe("delivered");
+  });
+
+  it("a receiver that resets the connection is offline, not a failure", async () => {
+    const r = await rig({ max_attempts: 1 });
+    r.receiver.answer = () => ({ kind: "reset" });
+    const [ev] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.arrivals.length >= 1, "reset request");
+    await r.settle();
+    expect(r.dispatcher.states().ops?.state).toBe("down");
+    expect(row(r, ev!.id)).toMatchObject({ state: "pending", attempts: 0 });
+    expect(r.counted("offline")).toBeGreaterThanOrEqual(1);
+  });
+
+  it("400 is dead at once after one attempt; the series continues", async () => {
+    const r = await rig();
+    r.receiver.answer = (rec) =>
+      (rec.json as { data: { n: number } }).data.n === 0 ? { kind: "status", status: 400 } : { kind: "accept" };
+    const [bad, good] = await r.commit("s1", 2);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "second event");
+    await r.settle();
+    expect(row(r, bad!.id)).toMatchObject({ state: "dead", attempts: 1, lastStatus: 400 });
+    expect(row(r, good!.id).state).toBe("delivered");
+    expect(r.receiver.requests).toBe(2);
+  });
+
+  it("410 kills the delivery and disables the destination; later events wait until enable", async () => {
+    const r = await rig();
+    let gone = true;
+    r.receiver.answer = () => (gone ? { kind: "status", status: 410 } : { kind: "accept" });
+    const [first] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.requests === 1, "410");
+    await r.settle();
+    expect(row(r, first!.id)).toMatchObject({ state: "dead", attempts: 1 });
+    expect(r.dispatcher.states().ops).toMatchObject({ state: "disabled" });
+    expect(r.outbox.destinationFlags().ops?.disabled).toBe(true);
+
+    // The flag is in the outbox: a restarted dispatcher starts with the destination disabled.
+    const again = new Dispatcher({
+      outbox: r.outbox,
+      destinations: { ops: r.dest },
+      clock: r.clock,
+      logger: silentLogger(),
+      metrics: r.metrics,
+      env: {},
+    });
+    again.start();
+    expect(again.states().ops?.state).toBe("disabled");
+    await again.stop(0);
+
+    const later = await r.commit("s2", 3);
+    await r.settle();
+    await r.advance(3_600_000);
+    expect(r.receiver.requests).toBe(1);
+    for (const e of later) expect(row(r, e.id).state).toBe("pending");
+
+    gone = false;
+    r.dispatcher.enable("ops");
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 3, "events after enable");
+    expect(r.receiver.accepted.map((a) => a.id)).toEqual(later.map((e) => e.id));
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+    expect(r.outbox.destinationFlags().ops?.disabled ?? false).toBe(false);
+  });
+
+  it("a receiver down for an hour: one probe at a time, attempts not spent, then everything in order", async () => {
+    const r = await rig({ concurrency: 8, max_attempts: 2 }, { startReceiver: false });
+    const series = ["a", "b", "c", "d"];
+    const committed: NewEvent[] = [];
+    for (let i = 0; i < 5; i++) for (const s of series) committed.push(...(await r.commit(s, 1, s === "d" ? 20 : 10)));
+    r.dispatcher.start();
+    await r.settle();
+    expect(r.dispatcher.states().ops?.state).toBe("down");
+
+    let maxInFlight = 0;
+    for (let t = 0; t < 3_600; t++) {
+      r.clock.advance(1_000);
+      maxInFlight = Math.max(maxInFlight, r.dispatcher.states().ops?.inFlight ?? 0);
+      await r.settle();
+    }
+    expect(maxInFlight).toBe(1);
+    // First try + probes 1, 2, 4, ... 32 s apart, then every 60 s: about 65 in an hour, not thousands.
+    const probes = r.counted("offline");
+    expect(probes).toBeGreaterThanOrEqual(60);
+    expect(probes).toBeLessThanOrEqual(70);
+    for (const e of committed) expect(row(r, e.id)).toMatchObject({ state: "pending", attempts: 0 });
+
+    await r.receiver.start();
+    await r.advance(60_000);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === committed.length, "backlog");
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+    for (const s of series) {
+      const got = r.receiver.accepted.filter((a) => (a.json as { data: { series: string } }).data.series === s);
+      expect(got.map((g) => g.id)).toEqual(committed.filter((e) => e.series === s).map((e) => e.id));
+    }
+    // Priority first after the outage: the probe is the head of the critical series.
+    expect((r.receiver.accepted[0]!.json as { data: { series: string } }).data.series).toBe("d");
+    // Signed at the time of sending (an hour after the events), not at commit time: the
+    // receiver's "timestamp too old" check would reject the latter. Logical time is an hour
+    // ahead of the receiver's real clock here, so check the signature with the package's sign().
+    const wh = new Webhook(SECRET);
+    const committedAt = Math.floor(committed[0]!.createdAt / 1000);
+    for (const a of r.receiver.accepted) {
+      expect(a.timestamp).toBeGreaterThanOrEqual(committedAt + 3_600);
+      expect(a.headers["webhook-signature"]).toBe(wh.sign(a.id, new Date(a.timestamp * 1000), a.body));
+    }
+  });
+
+  it("keeps order within each series while several series go out concurrently", async () => {
+    const r = await rig({ concurrency: 8 });
+    r.receiver.answer = () => ({ kind: "accept", delayMs: Math.floor(Math.random() * 15) });
+    const committed: NewEvent[] = [];
+    for (let i = 0; i < 15; i++)
+      for (const s of ["a", "b", "c", "d", "e", "f"]) committed.push(...(await r.commit(s, 1)));
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === committed.length, "all events", 15_000);
+    expect(r.receiver.maxOpen).toBeGreaterThan(1);
+    expect(r.receiver.maxOpen).toBeLessThanOrEqual(6);
+    for (const s of ["a", "b", "c", "d", "e", "f"]) {
+      const got = r.receiver.arrivals.filter((a) => (a.json as { data: { series: string } }).data.series === s);
+      expect(got.map((g) => g.id)).toEqual(committed.filter((e) => e.series === s).map((e) => e.id));
+    }
+  });
+
+  it("signs every attempt afresh: same webhook-id, new timestamp, verified by standardwebhooks", async () => {
+    const r = await rig({ retry_schedule: ["5s"], hub_secret: "gh-secret" });
+    let n = 0;
+    r.receiver.answer = () => (n++ < 2 ? { kind: "status", status: 503 } : { kind: "accept" });
+    const [ev] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.requests === 1, "first attempt");
+    await r.settle();
+    await r.advance(5_000);
+    await r.receiver.waitFor(() => r.receiver.requests === 2, "second attempt");
+    await r.settle();
+    await r.advance(5_000);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "third attempt");
+    const all = r.receiver.arrivals;
+    expect(all.map((a) => a.id)).toEqual([ev!.id, ev!.id, ev!.id]);
+    expect(all.every((a) => a.verified)).toBe(true);
+    const ts = all.map((a) => a.timestamp);
+    expect(ts[1]! - ts[0]!).toBeGreaterThanOrEqual(5);
+    expect(ts[2]! - ts[1]!).toBeGreaterThanOrEqual(5);
+    expect(new Set(all.map((a) => a.headers["webhook-signature"])).size).toBe(3);
+    expect(all[0]!.headers["x-hub-signature-256"]).toMatch(/^sha256=[0-9a-f]{64}$/);
+    expect(all[0]!.headers["user-agent"]).toMatch(/^edgehook\//);
+    // The body is the stored bytes, unchanged across attempts.
+    expect(new Set(all.map((a) => a.body)).size).toBe(1);
+  });
+
+  it("stop(grace) aborts requests still in flight and leaves them pending", async () => {
+    const r = await rig({ response_timeout: "30s" });
+    r.receiver.answer = () => ({ kind: "hang" });
+    const [ev] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.arrivals.length === 1, "hung request");
+    const t0 = Date.now();
+    const stopped = r.dispatcher.stop(2_000);
+    r.clock.advance(2_000);
+    await stopped;
+    expect(Date.now() - t0).toBeLessThan(1_000);
+    expect(row(r, ev!.id)).toMatchObject({ state: "pending", attempts: 0 });
+  });
+
+  it("rate_limit spaces the drain on the clock", async () => {
+    const r = await rig({ rate_limit: "2/s", concurrency: 8 });
+    const committed: NewEvent[] = [];
+    for (const s of ["a", "b", "c", "d", "e", "f"]) committed.push(...(await r.commit(s, 1)));
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 2, "burst of 2");
+    await r.settle();
+    expect(r.receiver.requests).toBe(2);
+    await r.advance(499);
+    expect(r.receiver.requests).toBe(2);
+    await r.advance(1);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 3, "one more after 500 ms");
+    await r.advance(1_500);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 6, "the rest");
+  });
+
+  it("holds webhooks while the system clock is known unsynchronised, and sends them once it is", async () => {
+    let synced = false;
+    const r = await rig({}, { clockSynced: () => synced });
+    const [ev] = await r.commit("s1", 1);
+    r.dispatcher.start();
+    await r.settle();
+    await r.advance(60_000);
+    expect(r.receiver.requests).toBe(0);
+    expect(r.dispatcher.states().ops).toMatchObject({ state: "down", detail: "clock not synchronised" });
+    synced = true;
+    await r.advance(5_000);
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "held webhook");
+    await r.settle();
+    expect(row(r, ev!.id).state).toBe("delivered");
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+  });
+});

@@ -1,0 +1,133 @@
+/**
+ * The real agent as a child process (`node bin/edgehook.js run --config FILE`), with its
+ * JSON log lines collected so tests can await what an operator would read in journald.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const BIN = resolve(import.meta.dirname, "../../bin/edgehook.js");
+
+export interface LogLine {
+  level: string;
+  msg: string;
+  [k: string]: unknown;
+}
+
+export function tempDir(prefix = "edgehook-test-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export function writeConfig(dir: string, yaml: string): string {
+  const file = join(dir, "agent.yaml");
+  writeFileSync(file, yaml, { mode: 0o600 });
+  return file;
+}
+
+/** Runs an edgehook command to completion. */
+export function edgehook(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    encoding: "utf8",
+    env: { ...process.env, ...env },
+    timeout: 30_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export class AgentProcess {
+  readonly logs: LogLine[] = [];
+  stderr = "";
+  #proc: ChildProcess | undefined;
+  #waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
+  #exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | undefined;
+
+  constructor(
+    readonly configFile: string,
+    readonly env: NodeJS.ProcessEnv = {},
+  ) {}
+
+  get pid(): number | undefined {
+    return this.#proc?.pid;
+  }
+
+  /** Starts the agent and resolves once it logged "edgehook running". */
+  async start(timeoutMs = 15_000): Promise<void> {
+    const proc = spawn(process.execPath, [BIN, "run", "--config", this.configFile], {
+      env: { ...process.env, ...this.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.#proc = proc;
+    this.#exit = new Promise((r) => proc.once("exit", (code, signal) => r({ code, signal })));
+    let buf = "";
+    proc.stdout?.on("data", (d: Buffer) => {
+      buf += d.toString("utf8");
+      let i = buf.indexOf("\n");
+      while (i >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        i = buf.indexOf("\n");
+        try {
+          const parsed = JSON.parse(line) as LogLine;
+          this.logs.push(parsed);
+          for (const w of [...this.#waiters]) {
+            if (w.pred(parsed)) {
+              this.#waiters = this.#waiters.filter((x) => x !== w);
+              w.resolve(parsed);
+            }
+          }
+        } catch {
+          // Not a log line.
+        }
+      }
+    });
+    proc.stderr?.on("data", (d: Buffer) => {
+      this.stderr += d.toString("utf8");
+    });
+    await Promise.race([
+      this.waitForLog((l) => l.msg === "edgehook running", "start", timeoutMs),
+      this.#exit.then((e) => {
+        throw new Error(`agent exited during start (${e.code ?? e.signal}): ${this.stderr}`);
+      }),
+    ]);
+  }
+
+  waitForLog(pred: (l: LogLine) => boolean, what: string, timeoutMs = 15_000): Promise<LogLine> {
+    const found = this.logs.find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        reject(new Error(`timed out waiting for log: ${what}\n${this.logs.map((l) => JSON.stringify(l)).join("\n")}`));
+      }, timeoutMs);
+      const waiter = {
+        pred,
+        resolve: (l: LogLine) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      };
+      this.#waiters.push(waiter);
+    });
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    this.#proc?.kill(signal);
+  }
+
+  async exited(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (!this.#exit) throw new Error("not started");
+    return this.#exit;
+  }
+
+  /** SIGTERM and wait; SIGKILL if it does not exit within `timeoutMs`. */
+  async stop(timeoutMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const proc = this.#proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return this.exited();
+    proc.kill("SIGTERM");
+    const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+    const r = await this.exited();
+    clearTimeout(timer);
+    return r;
+  }
+}

@@ -1,0 +1,678 @@
+/**
+ * Contract of the SQLite outbox, on real database files in a temp directory with a
+ * FakeClock. What a user would notice: nothing committed is lost, order per series,
+ * priorities after an outage, limits that drop what the policy says and count it.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { OutboxConfig } from "../../src/config/schema.js";
+import type { CommitBatch, NewEvent, SeriesStateRow } from "../../src/events.js";
+import { newEventId } from "../../src/events.js";
+import { silentLogger } from "../../src/ops/logger.js";
+import { Metrics } from "../../src/ops/metrics.js";
+import { Outbox } from "../../src/store/outbox.js";
+import type { AttemptRecord } from "../../src/store/types.js";
+import { FakeClock } from "../support/fake-clock.js";
+
+const DEFAULT_LIMITS: OutboxConfig = {
+  max_events: 1_000_000,
+  max_bytes: 512 * 1024 * 1024,
+  max_age: 7 * 86_400_000,
+  min_free_disk: 1,
+  keep_delivered: 86_400_000,
+  commit_delay: 2,
+};
+
+let dir: string;
+let clock: FakeClock;
+let metrics: Metrics;
+const opened: Outbox[] = [];
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), "edgehook-outbox-"));
+  clock = new FakeClock();
+  metrics = new Metrics();
+});
+
+afterEach(() => {
+  for (const o of opened.splice(0)) o.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function file(): string {
+  return join(dir, "outbox.db");
+}
+
+function makeOutbox(limits: Partial<OutboxConfig> = {}, extra: { destinationMaxAge?: Record<string, number> } = {}) {
+  const o = new Outbox({
+    file: file(),
+    limits: { ...DEFAULT_LIMITS, ...limits },
+    clock,
+    logger: silentLogger(),
+    metrics,
+    ...extra,
+  });
+  o.open();
+  opened.push(o);
+  return o;
+}
+
+let seq = 0;
+function ev(series: string, opts: Partial<NewEvent> = {}): NewEvent {
+  seq++;
+  return {
+    id: newEventId(clock.now()),
+    type: "alert.firing",
+    rule: series.split(":")[0] ?? "r",
+    series,
+    severity: "warning",
+    priority: 10,
+    destinations: ["ops"],
+    createdAt: clock.now(),
+    body: {
+      type: "alert.firing",
+      timestamp: new Date(clock.now()).toISOString(),
+      data: { n: seq, series, note: "é ✓" },
+    },
+    ...opts,
+  };
+}
+
+function batch(events: NewEvent[], states: SeriesStateRow[] = [], removed: CommitBatch["removedStates"] = []) {
+  return { events, states, removedStates: removed };
+}
+
+/** Commits and lets the group-commit timer fire (FakeClock). */
+async function commit(o: Outbox, events: NewEvent[], states: SeriesStateRow[] = []) {
+  const p = o.commit(batch(events, states));
+  clock.advance(2);
+  return p;
+}
+
+const attempt = (status?: number, error?: string): AttemptRecord => ({
+  at: clock.now(),
+  durationMs: 12,
+  ...(status === undefined ? {} : { status }),
+  ...(error === undefined ? {} : { error }),
+});
+
+/** Drains a destination to the end, delivering everything; returns event ids in delivery order. */
+function drain(o: Outbox, destination = "ops"): string[] {
+  const order: string[] = [];
+  for (;;) {
+    const batchOut = o.next(destination, clock.now(), 50, new Set());
+    if (batchOut.length === 0) return order;
+    for (const d of batchOut) order.push(d.eventId);
+    o.settle(batchOut.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: attempt(200) })));
+  }
+}
+
+/** Counts straight from the file through a second connection, to check the kept counters. */
+function realCounts(): Record<string, number> {
+  const db = new Database(file(), { readonly: true });
+  try {
+    const out: Record<string, number> = {};
+    for (const r of db.prepare("SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY 1, 2").all() as {
+      destination: string;
+      state: number;
+      n: number;
+    }[]) {
+      out[`${r.destination}/${["pending", "delivered", "dead"][r.state]}`] = r.n;
+    }
+    out.events = (db.prepare("SELECT COUNT(*) FROM events").pluck().get() as number) ?? 0;
+    out.heads = db.prepare("SELECT COUNT(*) FROM deliveries WHERE is_head = 1").pluck().get() as number;
+    return out;
+  } finally {
+    db.close();
+  }
+}
+
+function statsCounts(o: Outbox): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const s of o.stats()) {
+    if (s.pending) out[`${s.destination}/pending`] = s.pending;
+    if (s.delivered) out[`${s.destination}/delivered`] = s.delivered;
+    if (s.dead) out[`${s.destination}/dead`] = s.dead;
+  }
+  return out;
+}
+
+async function dropCount(reason: string): Promise<number> {
+  const m = await metrics.drops.get();
+  return m.values.find((v) => v.labels.reason === reason)?.value ?? 0;
+}
+
+describe("enqueue and next", () => {
+  it("stores the body bytes once and hands out one delivery per destination", async () => {
+    const o = makeOutbox();
+    const e = ev("r1:s1:t", { destinations: ["ops", "backup"] });
+    const res = await commit(o, [e]);
+    expect(res).toEqual({ accepted: 1, dropped: {} });
+
+    const [a] = o.next("ops", clock.now(), 10, new Set());
+    const [b] = o.next("backup", clock.now(), 10, new Set());
+    expect(a?.eventId).toBe(e.id);
+    expect(b?.eventId).toBe(e.id);
+    expect(a?.body.equals(Buffer.from(JSON.stringify(e.body)))).toBe(true);
+    expect(JSON.parse(a!.body.toString("utf8"))).toEqual(e.body);
+    expect(a).toMatchObject({ destination: "ops", series: "r1:s1:t", type: "alert.firing", priority: 10, attempts: 0 });
+    expect(a?.id).not.toBe(b?.id);
+    expect(o.next("nobody", clock.now(), 10, new Set())).toEqual([]);
+    expect(realCounts()).toMatchObject({ events: 1, "ops/pending": 1, "backup/pending": 1 });
+  });
+
+  it("an event without destinations is not stored but its rule state is", async () => {
+    const o = makeOutbox();
+    const res = await commit(
+      o,
+      [ev("r:s:m", { destinations: [] })],
+      [{ rule: "r", series: "r:s:m", version: "v1", state: { firing: true } }],
+    );
+    expect(res.accepted).toBe(1);
+    expect(o.stats()).toEqual([]);
+    expect(o.loadStates()).toEqual([{ rule: "r", series: "r:s:m", version: "v1", state: { firing: true } }]);
+  });
+
+  it("commit resolves only after the group transaction; close() flushes what is queued", async () => {
+    const o = makeOutbox({ commit_delay: 50 });
+    let done = false;
+    const p = o.commit(batch([ev("a:b:c")])).then(() => {
+      done = true;
+    });
+    await Promise.resolve();
+    expect(done).toBe(false);
+    expect(realCounts().events).toBe(0);
+    o.close();
+    await p;
+    expect(done).toBe(true);
+    expect(realCounts().events).toBe(1);
+    o.close(); // twice is fine
+    await expect(o.commit(batch([ev("a:b:c")]))).rejects.toThrow(/not open/);
+  });
+});
+
+describe("settle", () => {
+  it("delivered and dead leave the queue; the next event of the series becomes head", async () => {
+    const o = makeOutbox();
+    const [e1, e2, e3] = [ev("r:s:m"), ev("r:s:m"), ev("r:s:m")];
+    await commit(o, [e1!, e2!, e3!]);
+    let [d] = o.next("ops", clock.now(), 10, new Set());
+    expect(d?.eventId).toBe(e1!.id);
+    o.settle([{ id: d!.id, outcome: "delivered", attempt: attempt(204) }]);
+    [d] = o.next("ops", clock.now(), 10, new Set());
+    expect(d?.eventId).toBe(e2!.id);
+    o.settle([{ id: d!.id, outcome: "dead", attempt: attempt(400, "http 400"), reason: "http 400" }]);
+    [d] = o.next("ops", clock.now(), 10, new Set());
+    expect(d?.eventId).toBe(e3!.id);
+    expect(statsCounts(o)).toEqual({ "ops/pending": 1, "ops/delivered": 1, "ops/dead": 1 });
+
+    const shown = o.show(e2!.id);
+    expect(shown?.deliveries[0]).toMatchObject({ state: "dead", reason: "http 400", lastStatus: 400, attempts: 1 });
+    expect(shown?.deliveries[0]?.history).toEqual([
+      { at: clock.now(), status: 400, durationMs: 12, error: "http 400" },
+    ]);
+    // settling again (e.g. a late duplicate) changes nothing
+    o.settle([{ id: d!.id, outcome: "delivered", attempt: attempt(200) }]);
+    o.settle([{ id: d!.id, outcome: "dead", attempt: attempt(500), reason: "x" }]);
+    expect(statsCounts(o)).toEqual({ "ops/delivered": 2, "ops/dead": 1 });
+  });
+
+  it("retry waits until nextAt, keeps the series blocked, and counts attempts only when told", async () => {
+    const o = makeOutbox();
+    const [e1, e2] = [ev("r:s:m"), ev("r:s:m")];
+    await commit(o, [e1!, e2!, ev("other:s:m")]);
+    const [d] = o.next("ops", clock.now(), 1, new Set());
+    expect(d?.eventId).toBe(e1!.id);
+    const retryAt = clock.now() + 60_000;
+    o.settle([{ id: d!.id, outcome: "retry", attempt: attempt(503), nextAt: retryAt, counted: true }]);
+    // Only the other series is due; e2 waits behind its head (order per series).
+    expect(o.next("ops", clock.now(), 10, new Set()).map((x) => x.series)).toEqual(["other:s:m"]);
+    expect(o.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
+    drain(o); // delivers other:s:m
+    expect(o.nextDueAt("ops")).toBe(retryAt);
+    clock.advance(59_999);
+    expect(o.next("ops", clock.now(), 10, new Set())).toEqual([]);
+    clock.advance(1);
+    const [again] = o.next("ops", clock.now(), 10, new Set());
+    expect(again).toMatchObject({ id: d!.id, eventId: e1!.id, attempts: 1 });
+    // An offline outcome does not spend an attempt.
+    o.settle([
+      { id: d!.id, outcome: "retry", attempt: attempt(undefined, "ECONNREFUSED"), nextAt: clock.now(), counted: false },
+    ]);
+    expect(o.next("ops", clock.now(), 10, new Set())[0]?.attempts).toBe(1);
+    expect(drain(o)).toEqual([e1!.id, e2!.id]);
+    expect(o.nextDueAt("ops")).toBeUndefined();
+  });
+
+  it("new events are due at once even after the wall clock stepped backwards", async () => {
+    const o = makeOutbox();
+    clock.jumpWall(clock.now() + 3_600_000); // clock was an hour ahead...
+    const e = ev("r:s:m");
+    await commit(o, [e]);
+    clock.jumpWall(clock.now() - 3_600_000); // ...until NTP corrected it
+    expect(o.next("ops", clock.now(), 10, new Set()).map((d) => d.eventId)).toEqual([e.id]);
+    expect(o.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
+  });
+
+  it("keeps the last 10 attempts per delivery", async () => {
+    const o = makeOutbox();
+    const e = ev("r:s:m");
+    await commit(o, [e]);
+    const [d] = o.next("ops", clock.now(), 1, new Set());
+    for (let i = 0; i < 13; i++) {
+      clock.advance(1000);
+      o.settle([{ id: d!.id, outcome: "retry", attempt: attempt(500 + i), nextAt: clock.now(), counted: true }]);
+    }
+    const h = o.show(e.id)?.deliveries[0];
+    expect(h?.attempts).toBe(13);
+    expect(h?.history.map((a) => a.status)).toEqual([503, 504, 505, 506, 507, 508, 509, 510, 511, 512]);
+    expect(h?.lastStatus).toBe(512);
+  });
+});
+
+describe("order, heads, priority, exclude", () => {
+  it("delivers each series in commit order per destination while series interleave", async () => {
+    const o = makeOutbox();
+    const committed: Record<string, string[]> = {};
+    for (let round = 0; round < 5; round++) {
+      const events = ["a", "b", "c"].map((s) => ev(`r:${s}:m`));
+      for (const e of events) committed[e.series] = [...(committed[e.series] ?? []), e.id];
+      await commit(o, events);
+    }
+    // one head per series: 3 in flight at most
+    expect(o.next("ops", clock.now(), 100, new Set())).toHaveLength(3);
+    const order = drain(o);
+    for (const [series, ids] of Object.entries(committed)) {
+      expect(order.filter((id) => ids.includes(id))).toEqual(ids);
+      expect(series).toBeTruthy();
+    }
+    expect(order).toHaveLength(15);
+  });
+
+  it("hands out only heads with many series, and drains them all", async () => {
+    const o = makeOutbox();
+    const events: NewEvent[] = [];
+    for (let i = 0; i < 2000; i++) events.push(ev(`r:s${i % 1000}:m`));
+    await commit(o, events);
+    const first = o.next("ops", clock.now(), 200, new Set());
+    expect(first).toHaveLength(200);
+    expect(new Set(first.map((d) => d.series)).size).toBe(200);
+    // every handed-out delivery is the first of its series
+    for (const d of first) expect(d.eventId).toBe(events.find((e) => e.series === d.series)?.id);
+    expect(realCounts().heads).toBe(1000);
+    expect(drain(o)).toHaveLength(2000);
+    expect(realCounts().heads).toBe(0);
+  });
+
+  it("after an outage sends the highest priority first, then the oldest", async () => {
+    const o = makeOutbox();
+    const info = ev("i:s:m", { priority: 0 });
+    clock.advance(1000);
+    const warnOld = ev("w1:s:m", { priority: 10 });
+    clock.advance(1000);
+    const crit = ev("c:s:m", { priority: 20 });
+    clock.advance(1000);
+    const warnNew = ev("w2:s:m", { priority: 10 });
+    await commit(o, [info, warnOld, crit, warnNew]);
+    expect(o.next("ops", clock.now(), 10, new Set()).map((d) => d.eventId)).toEqual([
+      crit.id,
+      warnOld.id,
+      warnNew.id,
+      info.id,
+    ]);
+  });
+
+  it("skips deliveries in flight by id and by series", async () => {
+    const o = makeOutbox();
+    const [a, b, c] = [ev("a:s:m"), ev("b:s:m"), ev("c:s:m")];
+    await commit(o, [a!, b!, c!]);
+    const all = o.next("ops", clock.now(), 10, new Set());
+    const idOfA = String(all.find((d) => d.eventId === a!.id)?.id);
+    const got = o.next("ops", clock.now(), 10, new Set([idOfA, "b:s:m"]));
+    expect(got.map((d) => d.eventId)).toEqual([c!.id]);
+    // limit still honoured after exclusions
+    expect(o.next("ops", clock.now(), 1, new Set([idOfA]))).toHaveLength(1);
+  });
+});
+
+describe("durability and reopening", () => {
+  it("reopen keeps pending rows, attempts, heads, rule states and destination flags", async () => {
+    let o = makeOutbox();
+    const [e1, e2] = [ev("r:s:m"), ev("r:s:m")];
+    await commit(o, [e1!, e2!], [{ rule: "r", series: "r:s:m", version: "h1", state: { since: 5 } }]);
+    const [d] = o.next("ops", clock.now(), 1, new Set());
+    o.settle([{ id: d!.id, outcome: "retry", attempt: attempt(500), nextAt: clock.now() + 10, counted: true }]);
+    o.setDestinationDisabled("ops", "410 Gone");
+    const disabledAt = clock.now();
+    await commit(o, [], []); // empty batch is fine
+    const removal = o.commit(batch([], [], [{ rule: "x", series: "y" }]));
+    clock.advance(2);
+    await removal;
+    o.close();
+
+    o = makeOutbox();
+    clock.advance(10);
+    expect(o.next("ops", clock.now(), 10, new Set())).toMatchObject([{ eventId: e1!.id, attempts: 1 }]);
+    expect(o.loadStates()).toEqual([{ rule: "r", series: "r:s:m", version: "h1", state: { since: 5 } }]);
+    expect(o.destinationFlags()).toEqual({ ops: { disabled: true, reason: "410 Gone", since: disabledAt } });
+    expect(o.enableDestination("ops")).toBe(true);
+    expect(o.enableDestination("ops")).toBe(false);
+    expect(o.destinationFlags().ops?.disabled).toBe(false);
+    expect(statsCounts(o)).toEqual({ "ops/pending": 2 });
+    expect(drain(o)).toEqual([e1!.id, e2!.id]);
+  });
+
+  it("rule states and events of one batch commit together; a failing batch does not fail its group", async () => {
+    const o = makeOutbox();
+    const dup = ev("r:s:m");
+    await commit(o, [dup]);
+    const good = o.commit(batch([ev("g:s:m")], [{ rule: "g", series: "g:s:m", version: "1", state: 1 }]));
+    const bad = o.commit(
+      batch([ev("b:s:m"), { ...dup, series: "b:s:m" }], [{ rule: "b", series: "b:s:m", version: "1", state: 1 }]),
+    );
+    clock.advance(2);
+    await expect(good).resolves.toMatchObject({ accepted: 1 });
+    await expect(bad).rejects.toThrow(/UNIQUE/);
+    expect(o.loadStates().map((s) => s.rule)).toEqual(["g"]);
+    expect(realCounts()).toMatchObject({ events: 2, "ops/pending": 2 });
+  });
+
+  it("a body that cannot be serialised fails only its own batch", async () => {
+    const o = makeOutbox();
+    const bad = ev("b:s:m");
+    bad.body.data.big = 10n; // JSON.stringify throws on BigInt
+    const good = o.commit(batch([ev("g:s:m")]));
+    const failing = o.commit(batch([bad], [{ rule: "b", series: "b:s:m", version: "1", state: 1 }]));
+    clock.advance(2);
+    await expect(good).resolves.toMatchObject({ accepted: 1 });
+    await expect(failing).rejects.toThrow(/BigInt/);
+    expect(o.loadStates()).toEqual([]);
+    expect(realCounts()).toMatchObject({ events: 1 });
+  });
+
+  it("removes rule states in the same transaction", async () => {
+    const o = makeOutbox();
+    await commit(o, [], [{ rule: "r", series: "a", version: "1", state: { x: 1 } }]);
+    const p = o.commit(batch([ev("r:a:m")], [], [{ rule: "r", series: "a" }]));
+    clock.advance(2);
+    await p;
+    expect(o.loadStates()).toEqual([]);
+  });
+});
+
+describe("group commit", () => {
+  it("many concurrent commits share a few transactions", async () => {
+    const o = makeOutbox();
+    const before = o.transactionCount;
+    const promises = Array.from({ length: 500 }, (_, i) =>
+      o.commit(batch([ev(`r:s${i % 7}:m`)], [{ rule: "r", series: `s${i}`, version: "1", state: i }])),
+    );
+    clock.advance(2);
+    const results = await Promise.all(promises);
+    expect(results.every((r) => r.accepted === 1)).toBe(true);
+    expect(o.transactionCount - before).toBe(1);
+    expect(realCounts()).toMatchObject({ events: 500, "ops/pending": 500, heads: 7 });
+    expect(o.loadStates()).toHaveLength(500);
+  });
+
+  it("commits at once when the group reaches its size cap", async () => {
+    const o = makeOutbox({ commit_delay: 60_000 });
+    const events = Array.from({ length: 5000 }, () => ev("r:s:m"));
+    const res = await o.commit(batch(events)); // no clock advance needed
+    expect(res.accepted).toBe(5000);
+  });
+
+  it("commit_delay 0 commits on the next turn of the event loop", async () => {
+    const o = makeOutbox({ commit_delay: 0 });
+    const res = await Promise.all([o.commit(batch([ev("a:b:c")])), o.commit(batch([ev("a:b:c")]))]);
+    expect(res.map((r) => r.accepted)).toEqual([1, 1]);
+    expect(o.transactionCount).toBe(1);
+  });
+});
+
+describe("limits", () => {
+  it("max_events: prunes delivered rows first, then drops the oldest pending of the lowest priority", async () => {
+    const o = makeOutbox({ max_events: 10 });
+    // 4 delivered
+    await commit(o, [ev("d:s:m"), ev("d:s:m"), ev("d:s:m"), ev("d:s:m")]);
+    drain(o);
+    const low = [ev("low:s:m", { priority: 0 }), ev("low:s:m", { priority: 0 })];
+    clock.advance(1);
+    const high = Array.from({ length: 4 }, () => ev("high:s:m", { priority: 20 }));
+    let res = await commit(o, [...low, ...high]); // 10 events stored: at the limit
+    expect(res.dropped).toEqual({});
+    res = await commit(o, [ev("mid:s:m"), ev("mid:s:m")]); // 12: delivered rows go first
+    expect(res.dropped).toEqual({});
+    expect(realCounts()).toMatchObject({ events: 10, "ops/delivered": 2 });
+    res = await commit(o, [ev("mid:s:m"), ev("mid:s:m"), ev("mid:s:m")]); // delivered gone, then 1 low dropped
+    expect(res).toEqual({ accepted: 3, dropped: { max_events: 1 } });
+    expect(o.show(low[0]!.id)).toBeUndefined();
+    expect(o.show(low[1]!.id)).toBeDefined();
+    expect(await dropCount("max_events")).toBe(1);
+    // the surviving low event became the head of its series
+    const next = o.next("ops", clock.now(), 20, new Set()).map((d) => d.eventId);
+    expect(next).toContain(low[1]!.id);
+    expect(realCounts()).toMatchObject({ events: 10, "ops/pending": 10 });
+    expect(o.totals()).toMatchObject({ events: 10, pending: 10 });
+  });
+
+  it("max_bytes drops oldest low-priority events until the stored size fits", async () => {
+    const o = makeOutbox({ max_bytes: 20_000 });
+    const big = (p: number) => {
+      const e = ev("r:s:m", { priority: p });
+      e.body.data.pad = "x".repeat(2500);
+      return e;
+    };
+    const events = Array.from({ length: 10 }, (_, i) => big(i < 5 ? 20 : 0));
+    await commit(o, events);
+    const { bytes, events: n } = o.totals();
+    expect(bytes).toBeLessThanOrEqual(20_000);
+    expect(n).toBeLessThan(10);
+    const kept = new Set(o.list({ limit: 100 }).map((l) => l.eventId));
+    // all critical (priority 20) kept, low-priority ones dropped oldest first
+    for (const e of events.slice(0, 5)) expect(kept.has(e.id)).toBe(true);
+    const lowKept = events.slice(5).filter((e) => kept.has(e.id));
+    expect(lowKept).toEqual(events.slice(10 - lowKept.length));
+    expect(await dropCount("max_bytes")).toBe(10 - n);
+  });
+
+  it("prunes dead rows before dropping pending ones, and counts them", async () => {
+    const o = makeOutbox({ max_events: 3 });
+    await commit(o, [ev("a:s:m"), ev("b:s:m")]);
+    for (const d of o.next("ops", clock.now(), 10, new Set())) {
+      o.settle([{ id: d.id, outcome: "dead", attempt: attempt(400), reason: "http 400" }]);
+    }
+    const res = await commit(o, [ev("c:s:m"), ev("c:s:m")]);
+    expect(res.dropped).toEqual({ dead_pruned: 1 });
+    expect(statsCounts(o)).toEqual({ "ops/pending": 2, "ops/dead": 1 });
+  });
+
+  it("disk floor refuses new events but keeps rule states", async () => {
+    const o = makeOutbox({ min_free_disk: Number.MAX_SAFE_INTEGER });
+    const res = await commit(
+      o,
+      [ev("r:s:m", { destinations: ["a", "b"] })],
+      [{ rule: "r", series: "r:s:m", version: "1", state: "firing" }],
+    );
+    expect(res).toEqual({ accepted: 0, dropped: { disk_floor: 2 } });
+    expect(o.stats()).toEqual([]);
+    expect(o.loadStates()).toHaveLength(1);
+    expect(await dropCount("disk_floor")).toBe(2);
+  });
+
+  it("max_age expires old pending deliveries (destination override first) and promotes the next head", async () => {
+    const o = makeOutbox({ max_age: 3_600_000 }, { destinationMaxAge: { fast: 60_000 } });
+    const old = ev("r:s:m", { destinations: ["ops", "fast"] });
+    await commit(o, [old]);
+    clock.advance(120_000);
+    const fresh = ev("r:s:m", { destinations: ["ops", "fast"] });
+    await commit(o, [fresh]);
+    let res = o.maintain();
+    expect(res.expired).toBe(1);
+    expect(o.next("fast", clock.now(), 10, new Set()).map((d) => d.eventId)).toEqual([fresh.id]);
+    expect(o.next("ops", clock.now(), 10, new Set()).map((d) => d.eventId)).toEqual([old.id]);
+    expect(o.show(old.id)?.deliveries.find((d) => d.destination === "fast")).toMatchObject({
+      state: "dead",
+      reason: "expired",
+    });
+    clock.advance(3_600_000);
+    res = o.maintain();
+    expect(res.expired).toBe(3);
+    expect(o.stats().map((s) => [s.destination, s.pending, s.dead])).toEqual([
+      ["fast", 0, 2],
+      ["ops", 0, 2],
+    ]);
+    expect(await dropCount("expired")).toBe(4);
+  });
+
+  it("maintain prunes delivered rows after keep_delivered and updates the metrics", async () => {
+    const o = makeOutbox({ keep_delivered: 60_000 });
+    await commit(o, [ev("r:s:m"), ev("r:s:m")]);
+    drain(o);
+    await commit(o, [ev("r:s:m")]);
+    clock.advance(30_000);
+    expect(o.maintain().pruned).toBe(0);
+    clock.advance(30_001);
+    expect(o.maintain()).toEqual({ pruned: 2, expired: 0, dropped: {}, more: false });
+    expect(realCounts()).toMatchObject({ events: 1, "ops/pending": 1 });
+    const depth = await metrics.outboxDepth.get();
+    expect(depth.values.find((v) => v.labels.state === "pending")?.value).toBe(1);
+    expect(depth.values.find((v) => v.labels.state === "delivered")?.value).toBe(0);
+    const oldest = await metrics.oldestPendingSeconds.get();
+    expect(oldest.values[0]?.value).toBeCloseTo(60.001, 2);
+    expect((await metrics.outboxBytes.get()).values[0]?.value).toBeGreaterThan(0);
+  });
+});
+
+describe("operator queries", () => {
+  it("stats, list and show", async () => {
+    const o = makeOutbox();
+    const e1 = ev("r:s:m", { destinations: ["ops", "lake"] });
+    await commit(o, [e1]);
+    clock.advance(5000);
+    await commit(o, [ev("r:s:m")]);
+    drain(o, "lake");
+    expect(o.stats()).toEqual([
+      { destination: "lake", pending: 0, delivered: 1, dead: 0, oldestPendingAgeMs: null },
+      { destination: "ops", pending: 2, delivered: 0, dead: 0, oldestPendingAgeMs: clock.now() - e1.createdAt },
+    ]);
+    expect(o.list({ state: "delivered" }).map((l) => [l.eventId, l.destination])).toEqual([[e1.id, "lake"]]);
+    expect(o.list({ destination: "ops", limit: 1 })).toHaveLength(1);
+    expect(o.list()).toHaveLength(3);
+    const shown = o.show(e1.id)!;
+    expect(JSON.parse(shown.body)).toEqual(e1.body);
+    expect(shown.deliveries.map((d) => [d.destination, d.state])).toEqual([
+      ["ops", "pending"],
+      ["lake", "delivered"],
+    ]);
+    expect(o.show("msg_nope")).toBeUndefined();
+  });
+
+  it("replay of dead deliveries puts them back in their place in the series", async () => {
+    const o = makeOutbox();
+    const [e1, e2, e3] = [ev("r:s:m"), ev("r:s:m"), ev("r:s:m")];
+    await commit(o, [e1!, e2!, e3!]);
+    let [d] = o.next("ops", clock.now(), 1, new Set());
+    o.settle([{ id: d!.id, outcome: "dead", attempt: attempt(422), reason: "http 422" }]);
+    [d] = o.next("ops", clock.now(), 1, new Set());
+    expect(d?.eventId).toBe(e2!.id);
+    expect(o.replay({ destination: "ops", state: "dead" })).toBe(1);
+    // e1 is back and is the head again, ahead of e2, with its attempts reset
+    expect(o.next("ops", clock.now(), 10, new Set())).toMatchObject([{ eventId: e1!.id, attempts: 0 }]);
+    expect(realCounts().heads).toBe(1);
+    expect(drain(o)).toEqual([e1!.id, e2!.id, e3!.id]);
+    expect(o.replay({ eventId: e2!.id })).toBe(1);
+    expect(o.replay({ eventId: "msg_unknown" })).toBe(0);
+    expect(statsCounts(o)).toEqual({ "ops/pending": 1, "ops/delivered": 2 });
+  });
+
+  it("purge removes settled rows older than the given age", async () => {
+    const o = makeOutbox();
+    await commit(o, [ev("a:s:m"), ev("b:s:m"), ev("c:s:m")]);
+    const ds = o.next("ops", clock.now(), 10, new Set());
+    o.settle([
+      { id: ds[0]!.id, outcome: "delivered", attempt: attempt(200) },
+      { id: ds[1]!.id, outcome: "dead", attempt: attempt(400), reason: "http 400" },
+    ]);
+    clock.advance(10_000);
+    expect(o.purge({ olderThanMs: 20_000, states: ["delivered", "dead"] })).toBe(0);
+    expect(o.purge({ olderThanMs: 5_000, states: ["dead"] })).toBe(1);
+    expect(o.purge({ olderThanMs: 5_000, states: ["delivered", "dead"] })).toBe(1);
+    expect(realCounts()).toEqual({ events: 1, "ops/pending": 1, heads: 1 });
+    expect(o.totals().events).toBe(1);
+  });
+
+  it("changes made by another process (edgehook queue) show up in the agent's counters", async () => {
+    const agent = makeOutbox();
+    await commit(agent, [ev("a:s:m"), ev("b:s:m")]);
+    for (const d of agent.next("ops", clock.now(), 10, new Set())) {
+      agent.settle([{ id: d.id, outcome: "dead", attempt: attempt(400), reason: "http 400" }]);
+    }
+    const cli = new Outbox({
+      file: file(),
+      limits: DEFAULT_LIMITS,
+      clock,
+      logger: silentLogger(),
+      metrics: new Metrics(),
+      check: false,
+    });
+    cli.open();
+    expect(cli.replay({ destination: "ops", state: "dead" })).toBe(2);
+    cli.close();
+    expect(statsCounts(agent)).toEqual({ "ops/pending": 2 });
+    expect(agent.next("ops", clock.now(), 10, new Set())).toHaveLength(2);
+  });
+});
+
+describe("counters stay in step with the rows", () => {
+  it("after a random mix of operations", async () => {
+    const o = makeOutbox({ max_events: 150 });
+    let rnd = 42;
+    const rand = (n: number) => {
+      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
+      return rnd % n;
+    };
+    for (let round = 0; round < 30; round++) {
+      const events = Array.from({ length: rand(12) }, () =>
+        ev(`r:s${rand(6)}:m`, { priority: rand(3) * 10, destinations: rand(3) === 0 ? ["ops", "lake"] : ["ops"] }),
+      );
+      await commit(o, events);
+      for (const dest of ["ops", "lake"]) {
+        for (const d of o.next(dest, clock.now(), rand(5), new Set())) {
+          const r = rand(4);
+          if (r === 0) o.settle([{ id: d.id, outcome: "delivered", attempt: attempt(200) }]);
+          else if (r === 1) o.settle([{ id: d.id, outcome: "dead", attempt: attempt(400), reason: "x" }]);
+          else
+            o.settle([{ id: d.id, outcome: "retry", attempt: attempt(500), nextAt: clock.now() + 5, counted: true }]);
+        }
+      }
+      if (rand(5) === 0) o.replay({ destination: "ops", state: "dead" });
+      clock.advance(rand(10));
+      if (rand(4) === 0) o.maintain();
+    }
+    const real = realCounts();
+    const { heads, events, ...byState } = real;
+    expect(statsCounts(o)).toEqual(byState);
+    expect(o.totals().events).toBe(events);
+    expect(events).toBeLessThanOrEqual(150);
+    // one head per (destination, series) that has pending rows
+    const db = new Database(file(), { readonly: true });
+    const expectedHeads = db
+      .prepare("SELECT COUNT(*) FROM (SELECT DISTINCT destination, series FROM deliveries WHERE state = 0)")
+      .pluck()
+      .get();
+    const wrongHeads = db
+      .prepare(
+        `SELECT COUNT(*) FROM deliveries d WHERE is_head = 1 AND id <> (SELECT MIN(id) FROM deliveries x
+         WHERE x.destination = d.destination AND x.series = d.series AND x.state = 0)`,
+      )
+      .pluck()
+      .get();
+    db.close();
+    expect(heads).toBe(expectedHeads);
+    expect(wrongHeads).toBe(0);
+  });
+});
