@@ -316,7 +316,6 @@ export class MqttSource implements Source {
       }
       return;
     }
-    this.#metrics.readings.inc({ source: "mqtt" }, res.readings.length);
     for (const r of res.readings) this.#pending.readings.push(r);
   }
 
@@ -339,6 +338,8 @@ export class MqttSource implements Source {
       return;
     }
     this.#pending = emptyBatch();
+    // Counted per batch, not per message: a labelled counter costs a hash lookup per call.
+    if (batch.readings.length > 0) this.#metrics.readings.inc({ source: "mqtt" }, batch.readings.length);
     const held = this.#held;
     this.#held = undefined;
     held?.();
