@@ -102,15 +102,23 @@ export class SerialSource implements Source {
 
   async #open(): Promise<void> {
     const c = this.#config;
-    const port = new SerialPort({
-      path: c.path,
-      baudRate: c.baud_rate,
-      dataBits: c.data_bits,
-      parity: c.parity,
-      stopBits: c.stop_bits,
-      autoOpen: false,
-    });
-    const err = await new Promise<Error | null>((resolve) => port.open((e) => resolve(e ?? null)));
+    let port: SerialPort;
+    let err: Error | null;
+    try {
+      port = new SerialPort({
+        path: c.path,
+        baudRate: c.baud_rate,
+        dataBits: c.data_bits,
+        parity: c.parity,
+        stopBits: c.stop_bits,
+        autoOpen: false,
+      });
+      err = await new Promise<Error | null>((resolve) => port.open((e) => resolve(e ?? null)));
+    } catch (e) {
+      // Whatever goes wrong opening, the retry loop must go on.
+      if (!this.#stopped) this.#wentAway(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
     if (this.#stopped) {
       if (!err) port.close();
       return;
@@ -157,7 +165,7 @@ export class SerialSource implements Source {
         { path: this.#config.path, reason: err.message, hint, retryMaxMs: this.#config.reopen_max },
         this.#everOpened ? "serial port went away; reopening when it returns" : "serial port not available; retrying",
       );
-    }
+    } else this.#log.debug({ err }, "serial port still not available");
     const delay = this.#reopenDelay;
     this.#reopenDelay = Math.min(this.#reopenDelay * 2, this.#config.reopen_max);
     this.#reopenTimer = this.#clock.setTimeout(() => {
