@@ -93,7 +93,8 @@ export class MqttSource implements Source {
     this.#config = opts.config;
     this.#agentId = opts.agentId;
     this.#sink = opts.sink;
-    this.#log = opts.logger.child({ component: "mqtt" });
+    // The agent may already have bound the component; pino would repeat the key.
+    this.#log = opts.logger.bindings().component ? opts.logger : opts.logger.child({ component: "mqtt" });
     this.#metrics = opts.metrics;
     this.#clock = opts.clock;
     this.#errLog = new RateLimitedLog(60_000, () => opts.clock.now());

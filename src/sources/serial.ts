@@ -59,7 +59,10 @@ export class SerialSource implements Source {
     this.name = `serial:${opts.config.name}`;
     this.#config = opts.config;
     this.#sink = opts.sink;
-    this.#log = opts.logger.child({ component: "serial", port: opts.config.name });
+    // The agent may already have bound these; pino would repeat the keys.
+    const bound = opts.logger.bindings();
+    this.#log =
+      bound.component && bound.port ? opts.logger : opts.logger.child({ component: "serial", port: opts.config.name });
     this.#metrics = opts.metrics;
     this.#clock = opts.clock;
     this.#rateLog = new RateLimitedLog(60_000, () => opts.clock.now());
