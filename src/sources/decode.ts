@@ -8,18 +8,31 @@
 import type { SerialPortConfig, SubscriptionConfig } from "../config/schema.js";
 import type { Reading, ReadingValue } from "./reading.js";
 
+/** Why an input was skipped; the `reason` label of edgehook_decode_errors_total. */
 export type DecodeErrorReason =
+  /** format json, and the text does not parse as JSON. */
   | "not_json"
+  /** Nothing at the configured path/key/column (or no numeric field at all). */
   | "no_value"
+  /** A value that is neither a number, a boolean nor a configured state. */
   | "bad_number"
+  /** format csv, and the line has a different number of columns than `columns`. */
   | "columns"
+  /** format regex, and the pattern does not match the line. */
   | "no_match"
+  /** A `{field}` in the sensor or metric template is missing from the input. */
   | "no_field"
+  /** format text (or states given), and the text is none of the states. */
   | "unknown_state"
+  /** Control characters (NUL, line noise) other than tab/CR/LF. */
   | "binary"
+  /** A serial line longer than max_line_length (skipped up to the next delimiter). */
   | "too_long"
+  /** An MQTT payload larger than max_payload. */
   | "too_large"
+  /** Not valid in the configured encoding (invalid UTF-8, non-ASCII for ascii). */
   | "encoding"
+  /** An empty MQTT payload (e.g. a retained message being cleared); blank serial lines are not counted. */
   | "empty";
 
 export type DecodeResult = { ok: true; readings: Reading[] } | { ok: false; reason: DecodeErrorReason };
