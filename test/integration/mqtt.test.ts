@@ -243,29 +243,32 @@ describe("MqttSource", () => {
     await waitUntil(() => seen.at(-1) === "offline", "offline status");
   });
 
-  it("does not acknowledge until the sink resolved: a rejected commit is redelivered after reconnect", async () => {
-    const config = mqttConfig(broker.url, {
-      client_id: "reject",
-      subscriptions: [{ topic: "rej/+", metric: "v", format: "number", qos: 1 }],
-    });
-    const sink = new Collect();
-    let failures = 0;
-    sink.behaviour = async (r) => {
-      if (r.some((x) => x.value === 7) && failures === 0) {
-        failures++;
-        throw new Error("disk full");
-      }
-    };
-    const src = source(config, sink);
-    await src.start();
-    const pub = await publisher(broker.url);
-    clients.push(pub);
-    await ready(src, sink, pub, "rej/probe", "1");
-    await pub.publishAsync("rej/a", "7", { qos: 1 });
-    await sink.waitFor((r) => r.some((x) => x.value === 7), "redelivered reading");
-    expect(failures).toBe(1);
-    expect(src.state().status).toBe("up");
-  });
+  it.each([1, 2] as const)(
+    "does not acknowledge QoS %i until the sink resolved: a rejected commit is redelivered after reconnect",
+    async (qos) => {
+      const config = mqttConfig(broker.url, {
+        client_id: `reject-${qos}`,
+        subscriptions: [{ topic: `rej${qos}/+`, metric: "v", format: "number", qos }],
+      });
+      const sink = new Collect();
+      let failures = 0;
+      sink.behaviour = async (r) => {
+        if (r.some((x) => x.value === 7) && failures === 0) {
+          failures++;
+          throw new Error("disk full");
+        }
+      };
+      const src = source(config, sink);
+      await src.start();
+      const pub = await publisher(broker.url);
+      clients.push(pub);
+      await ready(src, sink, pub, `rej${qos}/probe`, "1");
+      await pub.publishAsync(`rej${qos}/a`, "7", { qos });
+      await sink.waitFor((r) => r.some((x) => x.value === 7), "redelivered reading");
+      expect(failures).toBe(1);
+      expect(src.state().status).toBe("up");
+    },
+  );
 
   it.each([1, 2] as const)(
     "a QoS %i message whose commit never finished is redelivered to the next process (SIGKILL)",
