@@ -21,9 +21,11 @@
  * again (at-least-once; readings carry their payload time).
  */
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import type { Clock } from "../clock.js";
 import type { MqttConfig } from "../config/schema.js";
+import { EdgehookError } from "../errors.js";
 import type { Logger } from "../ops/logger.js";
 import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
@@ -38,6 +40,8 @@ export interface MqttSourceOptions {
   logger: Logger;
   metrics: Metrics;
   clock: Clock;
+  /** Relative tls.*_file paths are read from here (the config file's directory). Default: the working directory. */
+  baseDir?: string;
 }
 
 /** Messages gathered while a commit is in flight before MQTT.js is made to wait. */
@@ -71,6 +75,7 @@ export class MqttSource implements Source {
   readonly #metrics: Metrics;
   readonly #clock: Clock;
   readonly #errLog: RateLimitedLog;
+  readonly #baseDir: string | undefined;
 
   #client: MqttClient | undefined;
   #broker: EmbeddedBroker | undefined;
@@ -98,6 +103,7 @@ export class MqttSource implements Source {
     this.#metrics = opts.metrics;
     this.#clock = opts.clock;
     this.#errLog = new RateLimitedLog(60_000, () => opts.clock.now());
+    this.#baseDir = opts.baseDir;
   }
 
   get statusTopic(): string {
@@ -157,9 +163,9 @@ export class MqttSource implements Source {
       options.properties = { sessionExpiryInterval: 0xffffffff };
     }
     if (cfg.tls) {
-      if (cfg.tls.ca_file) options.ca = readFileSync(cfg.tls.ca_file);
-      if (cfg.tls.cert_file) options.cert = readFileSync(cfg.tls.cert_file);
-      if (cfg.tls.key_file) options.key = readFileSync(cfg.tls.key_file);
+      if (cfg.tls.ca_file) options.ca = this.#readTlsFile("ca_file", cfg.tls.ca_file);
+      if (cfg.tls.cert_file) options.cert = this.#readTlsFile("cert_file", cfg.tls.cert_file);
+      if (cfg.tls.key_file) options.key = this.#readTlsFile("key_file", cfg.tls.key_file);
       options.rejectUnauthorized = cfg.tls.reject_unauthorized;
     }
     this.#setStatus("starting");
@@ -204,6 +210,19 @@ export class MqttSource implements Source {
     if (this.#broker) {
       await this.#broker.stop();
       this.#broker = undefined;
+    }
+  }
+
+  #readTlsFile(key: string, p: string): Buffer {
+    const file = this.#baseDir ? resolve(this.#baseDir, p) : resolve(p);
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new EdgehookError(
+        "EDGEHOOK_CONFIG_UNREADABLE",
+        `mqtt.tls.${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+        { cause: err },
+      );
     }
   }
 

@@ -114,7 +114,7 @@ afterAll(async () => {
   }
 });
 
-function start(tls: Record<string, unknown>) {
+function start(tls: Record<string, unknown>, baseDir?: string) {
   const config = configSchema.parse({
     version: 1,
     agent: { id: "tls" },
@@ -136,6 +136,7 @@ function start(tls: Record<string, unknown>) {
     logger: createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) }),
     metrics: new Metrics(),
     clock: systemClock,
+    baseDir,
   });
   sources.push(src);
   return { src, readings, logs };
@@ -169,6 +170,17 @@ describe("MqttSource over TLS", () => {
       await pub.endAsync(true);
     }
     expect(readings[0]).toMatchObject({ sensor: "a", metric: "v", value: 12 });
+  });
+
+  it("reads relative certificate paths from baseDir and names an unreadable one", async () => {
+    const ok = start({ ca_file: "ca.crt", cert_file: "client.crt", key_file: "client.key" }, dir);
+    await ok.src.start();
+    await until(() => ok.src.state().status === "up", "TLS connection with relative paths");
+    const bad = start({ ca_file: "missing-ca.crt" }, dir);
+    await expect(bad.src.start()).rejects.toMatchObject({
+      code: "EDGEHOOK_CONFIG_UNREADABLE",
+      message: `mqtt.tls.ca_file: cannot read ${f("missing-ca.crt")} (ENOENT)`,
+    });
   });
 
   it("stays down and says why when the broker's certificate is not trusted", async () => {
