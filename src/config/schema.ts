@@ -73,7 +73,7 @@ const subscription = z.strictObject({
   /** Topic filter; `+` and `#` wildcards allowed. */
   topic: z.string().min(1),
   qos: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(1),
-  /** Sensor name; `{1}` is the first `+` segment, `{topic.N}` the Nth topic segment, `{field}` a payload field. */
+  /** Sensor name; `{1}` is the first `+` segment, `{topic.N}` the Nth topic segment (from 1), `{field}` a payload field. */
   sensor: z.string().min(1).default("{1}"),
   /** Metric name, with the same placeholders as `sensor`. Omit with `values` (several metrics per payload). */
   metric: z.string().min(1).optional(),

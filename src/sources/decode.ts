@@ -8,18 +8,31 @@
 import type { SerialPortConfig, SubscriptionConfig } from "../config/schema.js";
 import type { Reading, ReadingValue } from "./reading.js";
 
+/** Why an input was skipped; the `reason` label of edgehook_decode_errors_total. */
 export type DecodeErrorReason =
+  /** format json, and the text does not parse as JSON. */
   | "not_json"
+  /** Nothing at the configured path/key/column (or no numeric field at all). */
   | "no_value"
+  /** A value that is neither a number, a boolean nor a configured state. */
   | "bad_number"
+  /** format csv, and the line has a different number of columns than `columns`. */
   | "columns"
+  /** format regex, and the pattern does not match the line. */
   | "no_match"
+  /** A `{field}` in the sensor or metric template is missing from the input. */
   | "no_field"
+  /** format text (or states given), and the text is none of the states. */
   | "unknown_state"
+  /** Control characters (NUL, line noise) other than tab/CR/LF. */
   | "binary"
+  /** A serial line longer than max_line_length (skipped up to the next delimiter). */
   | "too_long"
+  /** An MQTT payload larger than max_payload. */
   | "too_large"
+  /** Not valid in the configured encoding (invalid UTF-8, non-ASCII for ascii). */
   | "encoding"
+  /** An empty MQTT payload (e.g. a retained message being cleared); blank serial lines are not counted. */
   | "empty";
 
 export type DecodeResult = { ok: true; readings: Reading[] } | { ok: false; reason: DecodeErrorReason };
@@ -342,7 +355,13 @@ export interface MqttDecoder {
   readonly filter: string;
   readonly qos: 0 | 1 | 2;
   /** Readings from one message, or why not; undefined when the topic is not this subscription's. */
-  decode(topic: string, payload: Uint8Array, arrival: number): DecodeResult | undefined;
+  decode(topic: string, payload: Uint8Array, arrival: number, match?: TopicMatch): DecodeResult | undefined;
+}
+
+/** What matching a topic against a filter gave: wildcard captures and the topic's segments. */
+export interface TopicMatch {
+  wildcards: readonly string[];
+  topicParts: readonly string[];
 }
 
 export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecoder {
@@ -351,10 +370,10 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
   return {
     filter: sub.topic,
     qos: sub.qos,
-    decode(topic, payload, arrival) {
-      const wildcards = matchTopic(sub.topic, topic);
+    decode(topic, payload, arrival, match) {
+      const wildcards = match?.wildcards ?? matchTopic(sub.topic, topic);
       if (!wildcards) return undefined;
-      const topicParts = topic.split("/");
+      const topicParts = match?.topicParts ?? topic.split("/");
       const decoded = bytesToText(payload);
       if ("reason" in decoded) return fail(decoded.reason);
       const text = decoded.text;
@@ -420,6 +439,41 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
       }
     },
   };
+}
+
+/**
+ * Routes messages to the first subscription (in config order) whose filter matches,
+ * remembering the match per topic: sensors publish on a small, stable set of topics.
+ */
+export class MqttRouter {
+  readonly #decoders: readonly MqttDecoder[];
+  readonly #maxPayload: number;
+  readonly #cache = new Map<string, { decoder: MqttDecoder; match: TopicMatch } | null>();
+
+  constructor(decoders: readonly MqttDecoder[], maxPayload: number) {
+    this.#decoders = decoders;
+    this.#maxPayload = maxPayload;
+  }
+
+  decode(topic: string, payload: Uint8Array, arrival: number): DecodeResult | undefined {
+    let hit = this.#cache.get(topic);
+    if (hit === undefined) {
+      hit = null;
+      for (const decoder of this.#decoders) {
+        const wildcards = matchTopic(decoder.filter, topic);
+        if (wildcards) {
+          hit = { decoder, match: { wildcards, topicParts: topic.split("/") } };
+          break;
+        }
+      }
+      // Bounded: a publisher cycling through endless topics must not grow memory.
+      if (this.#cache.size >= 4096) this.#cache.clear();
+      this.#cache.set(topic, hit);
+    }
+    if (!hit) return undefined;
+    if (payload.length > this.#maxPayload) return fail("too_large");
+    return hit.decoder.decode(topic, payload, arrival, hit.match);
+  }
 }
 
 /** The first subscription (in config order) whose filter matches decides the message. */

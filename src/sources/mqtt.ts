@@ -21,14 +21,16 @@
  * again (at-least-once; readings carry their payload time).
  */
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import type { Clock } from "../clock.js";
 import type { MqttConfig } from "../config/schema.js";
+import { EdgehookError } from "../errors.js";
 import type { Logger } from "../ops/logger.js";
 import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { EmbeddedBroker } from "./broker.js";
-import { decodeMqtt, type MqttDecoder, mqttDecoder } from "./decode.js";
+import { MqttRouter, mqttDecoder } from "./decode.js";
 import type { Reading, ReadingSink, Source, SourceState, SourceStatus } from "./reading.js";
 
 export interface MqttSourceOptions {
@@ -38,6 +40,8 @@ export interface MqttSourceOptions {
   logger: Logger;
   metrics: Metrics;
   clock: Clock;
+  /** Relative tls.*_file paths are read from here (the config file's directory). Default: the working directory. */
+  baseDir?: string;
 }
 
 /** Messages gathered while a commit is in flight before MQTT.js is made to wait. */
@@ -71,16 +75,18 @@ export class MqttSource implements Source {
   readonly #metrics: Metrics;
   readonly #clock: Clock;
   readonly #errLog: RateLimitedLog;
+  readonly #baseDir: string | undefined;
 
   #client: MqttClient | undefined;
   #broker: EmbeddedBroker | undefined;
   #brokerUrl: string | undefined;
-  #decoders: MqttDecoder[] = [];
+  #router: MqttRouter | undefined;
   #status: SourceStatus = "stopped";
   #since = 0;
   #detail: string | undefined;
   #stopping = false;
   #reconnectPeriod = 0;
+  #lastError: string | undefined;
 
   #pending: Batch = emptyBatch();
   #inflight: Promise<void> | undefined;
@@ -92,10 +98,12 @@ export class MqttSource implements Source {
     this.#config = opts.config;
     this.#agentId = opts.agentId;
     this.#sink = opts.sink;
-    this.#log = opts.logger.child({ component: "mqtt" });
+    // The agent may already have bound the component; pino would repeat the key.
+    this.#log = opts.logger.bindings().component ? opts.logger : opts.logger.child({ component: "mqtt" });
     this.#metrics = opts.metrics;
     this.#clock = opts.clock;
     this.#errLog = new RateLimitedLog(60_000, () => opts.clock.now());
+    this.#baseDir = opts.baseDir;
   }
 
   get statusTopic(): string {
@@ -120,7 +128,10 @@ export class MqttSource implements Source {
   async start(): Promise<void> {
     const cfg = this.#config;
     this.#stopping = false;
-    this.#decoders = cfg.subscriptions.map((s) => mqttDecoder(s, "mqtt"));
+    this.#router = new MqttRouter(
+      cfg.subscriptions.map((s) => mqttDecoder(s, "mqtt")),
+      cfg.max_payload,
+    );
     let url = cfg.url;
     let username = cfg.username;
     let password = cfg.password;
@@ -157,9 +168,9 @@ export class MqttSource implements Source {
       options.properties = { sessionExpiryInterval: 0xffffffff };
     }
     if (cfg.tls) {
-      if (cfg.tls.ca_file) options.ca = readFileSync(cfg.tls.ca_file);
-      if (cfg.tls.cert_file) options.cert = readFileSync(cfg.tls.cert_file);
-      if (cfg.tls.key_file) options.key = readFileSync(cfg.tls.key_file);
+      if (cfg.tls.ca_file) options.ca = this.#readTlsFile("ca_file", cfg.tls.ca_file);
+      if (cfg.tls.cert_file) options.cert = this.#readTlsFile("cert_file", cfg.tls.cert_file);
+      if (cfg.tls.key_file) options.key = this.#readTlsFile("key_file", cfg.tls.key_file);
       options.rejectUnauthorized = cfg.tls.reject_unauthorized;
     }
     this.#setStatus("starting");
@@ -174,7 +185,11 @@ export class MqttSource implements Source {
     };
     client.on("connect", (connack) => this.#onConnect(client, connack.sessionPresent));
     client.prependListener("close", () => this.#onClose());
-    client.on("error", (err) => this.#rateLog("error", err, "MQTT error"));
+    client.on("error", (err) => {
+      this.#lastError = err.message;
+      if (this.#status !== "up") this.#detail = err.message;
+      this.#rateLog("error", err, "MQTT error");
+    });
     this.#log.info({ url: redactUrl(url), clientId: this.clientId }, "connecting to MQTT broker");
   }
 
@@ -203,6 +218,19 @@ export class MqttSource implements Source {
     }
   }
 
+  #readTlsFile(key: string, p: string): Buffer {
+    const file = this.#baseDir ? resolve(this.#baseDir, p) : resolve(p);
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new EdgehookError(
+        "EDGEHOOK_CONFIG_UNREADABLE",
+        `mqtt.tls.${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+        { cause: err },
+      );
+    }
+  }
+
   // ---------------------------------------------------------------- connection
 
   #onConnect(client: MqttClient, sessionPresent: boolean): void {
@@ -210,6 +238,7 @@ export class MqttSource implements Source {
     client.options.reconnectPeriod = this.#reconnectPeriod;
     this.#metrics.mqttConnected.set(1);
     this.#errLog.reset("error");
+    this.#lastError = undefined;
     if (this.#status !== "up") {
       this.#log.info({ sessionPresent }, "connected to MQTT broker");
       this.#setStatus("up");
@@ -248,10 +277,10 @@ export class MqttSource implements Source {
     if (this.#stopping) return;
     if (this.#status === "up") {
       this.#log.warn({ retryMs: client?.options.reconnectPeriod }, "MQTT connection lost; reconnecting");
-      this.#setStatus("down");
+      this.#setStatus("down", this.#lastError);
     } else if (this.#status === "starting") {
       this.#log.warn({ retryMs: client?.options.reconnectPeriod }, "MQTT broker not reachable; retrying");
-      this.#setStatus("down");
+      this.#setStatus("down", this.#lastError);
     }
   }
 
@@ -296,7 +325,7 @@ export class MqttSource implements Source {
   #accept(packet: IPublishPacket): void {
     this.#pending.messages++;
     const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
-    const res = decodeMqtt(this.#decoders, packet.topic, payload, this.#clock.now(), this.#config.max_payload);
+    const res = this.#router?.decode(packet.topic, payload, this.#clock.now());
     if (res === undefined) {
       this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
       return;
@@ -312,7 +341,6 @@ export class MqttSource implements Source {
       }
       return;
     }
-    this.#metrics.readings.inc({ source: "mqtt" }, res.readings.length);
     for (const r of res.readings) this.#pending.readings.push(r);
   }
 
@@ -335,13 +363,18 @@ export class MqttSource implements Source {
       return;
     }
     this.#pending = emptyBatch();
+    // Counted per batch, not per message: a labelled counter costs a hash lookup per call.
+    if (batch.readings.length > 0) this.#metrics.readings.inc({ source: "mqtt" }, batch.readings.length);
     const held = this.#held;
     this.#held = undefined;
     held?.();
     const client = this.#client;
-    const commit = batch.readings.length > 0 ? this.#sink(batch.readings) : Promise.resolve();
+    const commit = batch.readings.length > 0 ? callSink(this.#sink, batch.readings) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
+        // One write for the whole batch of acknowledgements instead of one per message.
+        const stream = client?.stream as { cork?: () => void; uncork?: () => void } | undefined;
+        stream?.cork?.();
         for (const a of batch.acks) {
           if (a.kind === "pubrec") a.send();
           else if (client && client.stream === a.stream && client.connected) {
@@ -349,6 +382,7 @@ export class MqttSource implements Source {
             client["_sendPacket"]({ cmd: "puback", messageId: a.messageId });
           }
         }
+        stream?.uncork?.();
       },
       (err: unknown) => {
         // Nothing of this batch is committed. The broker redelivers unacknowledged
@@ -401,6 +435,15 @@ export class MqttSource implements Source {
   #rateLog(key: string, err: unknown, msg: string): void {
     const suppressed = this.#errLog.shouldLog(key);
     if (suppressed !== undefined) this.#log.warn({ err, suppressed }, msg);
+  }
+}
+
+/** A sink that throws instead of rejecting must not break the batching loop. */
+function callSink(sink: ReadingSink, readings: Reading[]): Promise<void> {
+  try {
+    return sink(readings);
+  } catch (err) {
+    return Promise.reject(err);
   }
 }
 

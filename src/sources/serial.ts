@@ -59,7 +59,10 @@ export class SerialSource implements Source {
     this.name = `serial:${opts.config.name}`;
     this.#config = opts.config;
     this.#sink = opts.sink;
-    this.#log = opts.logger.child({ component: "serial", port: opts.config.name });
+    // The agent may already have bound these; pino would repeat the keys.
+    const bound = opts.logger.bindings();
+    this.#log =
+      bound.component && bound.port ? opts.logger : opts.logger.child({ component: "serial", port: opts.config.name });
     this.#metrics = opts.metrics;
     this.#clock = opts.clock;
     this.#rateLog = new RateLimitedLog(60_000, () => opts.clock.now());
@@ -102,15 +105,23 @@ export class SerialSource implements Source {
 
   async #open(): Promise<void> {
     const c = this.#config;
-    const port = new SerialPort({
-      path: c.path,
-      baudRate: c.baud_rate,
-      dataBits: c.data_bits,
-      parity: c.parity,
-      stopBits: c.stop_bits,
-      autoOpen: false,
-    });
-    const err = await new Promise<Error | null>((resolve) => port.open((e) => resolve(e ?? null)));
+    let port: SerialPort;
+    let err: Error | null;
+    try {
+      port = new SerialPort({
+        path: c.path,
+        baudRate: c.baud_rate,
+        dataBits: c.data_bits,
+        parity: c.parity,
+        stopBits: c.stop_bits,
+        autoOpen: false,
+      });
+      err = await new Promise<Error | null>((resolve) => port.open((e) => resolve(e ?? null)));
+    } catch (e) {
+      // Whatever goes wrong opening, the retry loop must go on.
+      if (!this.#stopped) this.#wentAway(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
     if (this.#stopped) {
       if (!err) port.close();
       return;
@@ -150,11 +161,14 @@ export class SerialSource implements Source {
     this.#setStatus("down", String(code));
     if (!this.#announcedDown) {
       this.#announcedDown = true;
+      const hint = /permission denied|EACCES/i.test(err.message)
+        ? "add the edgehook user to the group owning the device (often dialout)"
+        : undefined;
       this.#log.warn(
-        { path: this.#config.path, reason: err.message, retryMaxMs: this.#config.reopen_max },
+        { path: this.#config.path, reason: err.message, hint, retryMaxMs: this.#config.reopen_max },
         this.#everOpened ? "serial port went away; reopening when it returns" : "serial port not available; retrying",
       );
-    }
+    } else this.#log.debug({ err }, "serial port still not available");
     const delay = this.#reopenDelay;
     this.#reopenDelay = Math.min(this.#reopenDelay * 2, this.#config.reopen_max);
     this.#reopenTimer = this.#clock.setTimeout(() => {
@@ -225,7 +239,7 @@ export class SerialSource implements Source {
     const batch = this.#pending;
     this.#pending = [];
     if (this.#port?.isPaused()) this.#port.resume();
-    this.#inflight = this.#sink(batch).then(
+    this.#inflight = callSink(this.#sink, batch).then(
       () => undefined,
       (err: unknown) => {
         // A serial device cannot resend; the readings are lost, and said so.
@@ -246,6 +260,15 @@ export class SerialSource implements Source {
     if (this.#status !== status) this.#since = this.#clock.now();
     this.#status = status;
     this.#detail = detail;
+  }
+}
+
+/** A sink that throws instead of rejecting must not break the batching loop. */
+function callSink(sink: ReadingSink, readings: Reading[]): Promise<void> {
+  try {
+    return sink(readings);
+  } catch (err) {
+    return Promise.reject(err);
   }
 }
 

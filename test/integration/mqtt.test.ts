@@ -5,6 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
@@ -120,7 +121,10 @@ describe("MqttSource", () => {
     });
     const sink = new Collect();
     const metrics = new Metrics();
-    const src = source(config, sink, metrics);
+    const logs: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
+    const src = new MqttSource({ config, agentId: "t1", sink: sink.sink, logger, metrics, clock: systemClock });
+    sources.push(src);
     await src.start();
     const pub = await publisher(broker.url);
     clients.push(pub);
@@ -164,6 +168,15 @@ describe("MqttSource", () => {
     expect(await counter(metrics, "edgehook_decode_errors_total", { reason: "too_large" })).toBe(1);
     expect(src.state().status).toBe("up");
 
+    // A flood of garbage is counted in full but logged at a bounded rate.
+    for (let i = 0; i < 50; i++) pub.publish("sensors/x/temp", "garbage", { qos: 0 });
+    await pub.publishAsync("sensors/kitchen/temp", JSON.stringify({ temperature: 22 }), { qos: 1 });
+    await sink.waitFor((r) => r.length === 8, "reading after the flood");
+    expect(await counter(metrics, "edgehook_decode_errors_total", { reason: "not_json" })).toBe(51);
+    expect(
+      logs.filter((l) => l.msg === "skipped a payload that could not be decoded" && l.reason === "not_json"),
+    ).toHaveLength(1);
+
     // Bad payloads were acknowledged too: a new session with the same id gets none of them again.
     await src.stop();
     const metrics2 = new Metrics();
@@ -173,6 +186,44 @@ describe("MqttSource", () => {
     await ready(src2, sink2, pub, "raw/probe/x", "2");
     expect(sink2.readings.map((r) => r.value)).toEqual([2]);
     expect(await counter(metrics2, "edgehook_decode_errors_total", {})).toBe(0);
+  });
+
+  it("backs off while the broker refuses connections, logs it once, and stops promptly", async () => {
+    // A TCP server that hangs up on every connection: a broker that is not there yet.
+    let attempts = 0;
+    const server = createServer((sock) => {
+      attempts++;
+      sock.destroy();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const config = mqttConfig(`mqtt://127.0.0.1:${port}`, { client_id: "away" });
+      const logs: Record<string, unknown>[] = [];
+      const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
+      const src = new MqttSource({
+        config,
+        agentId: "t1",
+        sink: async () => {},
+        logger,
+        metrics: new Metrics(),
+        clock: systemClock,
+      });
+      sources.push(src);
+      await src.start();
+      await new Promise((r) => setTimeout(r, 1_600));
+      expect(src.state().status).toBe("down");
+      // reconnect_period 50ms doubling to 400ms: about 6 tries in 1.6 s, not 30.
+      expect(attempts).toBeGreaterThanOrEqual(4);
+      expect(attempts).toBeLessThanOrEqual(9);
+      expect(logs.filter((l) => l.msg === "MQTT broker not reachable; retrying")).toHaveLength(1);
+      const t0 = Date.now();
+      await src.stop();
+      expect(Date.now() - t0).toBeLessThan(1_000);
+      expect(src.state().status).toBe("stopped");
+    } finally {
+      server.close();
+    }
   });
 
   it("publishes a retained online status and offline on a clean stop", async () => {
@@ -192,29 +243,32 @@ describe("MqttSource", () => {
     await waitUntil(() => seen.at(-1) === "offline", "offline status");
   });
 
-  it("does not acknowledge until the sink resolved: a rejected commit is redelivered after reconnect", async () => {
-    const config = mqttConfig(broker.url, {
-      client_id: "reject",
-      subscriptions: [{ topic: "rej/+", metric: "v", format: "number", qos: 1 }],
-    });
-    const sink = new Collect();
-    let failures = 0;
-    sink.behaviour = async (r) => {
-      if (r.some((x) => x.value === 7) && failures === 0) {
-        failures++;
-        throw new Error("disk full");
-      }
-    };
-    const src = source(config, sink);
-    await src.start();
-    const pub = await publisher(broker.url);
-    clients.push(pub);
-    await ready(src, sink, pub, "rej/probe", "1");
-    await pub.publishAsync("rej/a", "7", { qos: 1 });
-    await sink.waitFor((r) => r.some((x) => x.value === 7), "redelivered reading");
-    expect(failures).toBe(1);
-    expect(src.state().status).toBe("up");
-  });
+  it.each([1, 2] as const)(
+    "does not acknowledge QoS %i until the sink resolved: a rejected commit is redelivered after reconnect",
+    async (qos) => {
+      const config = mqttConfig(broker.url, {
+        client_id: `reject-${qos}`,
+        subscriptions: [{ topic: `rej${qos}/+`, metric: "v", format: "number", qos }],
+      });
+      const sink = new Collect();
+      let failures = 0;
+      sink.behaviour = async (r) => {
+        if (r.some((x) => x.value === 7) && failures === 0) {
+          failures++;
+          throw new Error("disk full");
+        }
+      };
+      const src = source(config, sink);
+      await src.start();
+      const pub = await publisher(broker.url);
+      clients.push(pub);
+      await ready(src, sink, pub, `rej${qos}/probe`, "1");
+      await pub.publishAsync(`rej${qos}/a`, "7", { qos });
+      await sink.waitFor((r) => r.some((x) => x.value === 7), "redelivered reading");
+      expect(failures).toBe(1);
+      expect(src.state().status).toBe("up");
+    },
+  );
 
   it.each([1, 2] as const)(
     "a QoS %i message whose commit never finished is redelivered to the next process (SIGKILL)",
@@ -291,16 +345,23 @@ setInterval(() => { if (src.state().status === "up") process.stdout.write("up\\n
       const total = 3000;
       const acked = new Set<number>();
       let sent = 0;
-      const sending = (async () => {
-        while (sent < total) {
+      // The publisher keeps sending (into its offline queue while the broker is away).
+      const publishUpTo = async (end: number) => {
+        while (sent < end) {
           const n = sent++;
           pub.publish("seq/a", String(n), { qos: 1 }, (err) => {
             if (!err) acked.add(n);
           });
           if (n % 50 === 0) await new Promise((r) => setTimeout(r, 5));
         }
-      })();
+      };
+      const allAcked = (end: number) => () => {
+        for (let i = 0; i < end; i++) if (!acked.has(i)) return false;
+        return true;
+      };
 
+      // 1. The broker restarts while the first half is being sent.
+      const firstHalf = publishUpTo(total / 2);
       await waitUntil(() => sent > total / 4, "a quarter sent");
       await broker.stop();
       await waitUntil(() => src.state().status === "down", "down while the broker is away");
@@ -312,14 +373,18 @@ setInterval(() => { if (src.state().status === "up") process.stdout.write("up\\n
       // One line per state change, however many reconnects failed in between.
       expect(logs.filter((l) => l.msg === "MQTT connection lost; reconnecting")).toHaveLength(1);
       expect(logs.filter((l) => l.msg === "connected to MQTT broker")).toHaveLength(2);
-      await waitUntil(() => sent > total / 2, "half sent");
+      await firstHalf;
+      await waitUntil(allAcked(total / 2), "broker accepted the first half", 20_000);
+
+      // 2. The source is stopped; the second half is accepted by the broker meanwhile.
       await src.stop();
-      await new Promise((r) => setTimeout(r, 200)); // messages pile up in the session meanwhile
+      await publishUpTo(total);
+      await waitUntil(allAcked(total), "broker accepted the second half", 20_000);
+      expect(sink.readings.some((r) => (r.value as number) >= total / 2)).toBe(false);
+
+      // 3. The same client id resumes the session and gets what it missed.
       src = source(config, sink);
-      expect(sink.readings.length).toBeLessThan(total); // the rest must come from the stored session
       await src.start();
-      await sending;
-      await waitUntil(() => acked.size === total, "publisher acknowledged everything", 20_000);
       const missing = () => {
         const got = new Set(sink.readings.map((x) => x.value));
         return Array.from({ length: total }, (_, i) => i).filter((i) => !got.has(i));

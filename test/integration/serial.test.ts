@@ -3,7 +3,7 @@
  * without restarting the source, and a corpus of bad input between good lines.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { systemClock } from "../../src/clock.js";
+import { type Clock, systemClock } from "../../src/clock.js";
 import { configSchema } from "../../src/config/schema.js";
 import { createLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
@@ -17,6 +17,8 @@ afterEach(async () => {
 });
 
 interface Rig {
+  sinkCalls: number;
+  sinkBehaviour: (r: Reading[]) => Promise<void>;
   pty: SocatPty;
   src: SerialSource;
   readings: Reading[];
@@ -25,7 +27,10 @@ interface Rig {
   waitFor(pred: () => boolean, what: string, timeoutMs?: number): Promise<void>;
 }
 
-async function rig(port: Record<string, unknown>, { startPty = true } = {}): Promise<Rig> {
+async function rig(
+  port: Record<string, unknown>,
+  { startPty = true, clock = systemClock }: { startPty?: boolean; clock?: Clock } = {},
+): Promise<Rig> {
   const pty = new SocatPty();
   if (startPty) await pty.start();
   cleanups.push(() => pty.stop());
@@ -38,14 +43,17 @@ async function rig(port: Record<string, unknown>, { startPty = true } = {}): Pro
   const logs: Record<string, unknown>[] = [];
   const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
   const metrics = new Metrics();
+  const rigObj = { sinkCalls: 0, sinkBehaviour: async (_r: Reading[]) => {} };
   const src = new SerialSource({
     config,
     sink: async (r) => {
+      rigObj.sinkCalls++;
+      await rigObj.sinkBehaviour(r);
       readings.push(...r);
     },
     logger,
     metrics,
-    clock: systemClock,
+    clock,
   });
   await src.start();
   cleanups.push(() => src.stop());
@@ -56,7 +64,7 @@ async function rig(port: Record<string, unknown>, { startPty = true } = {}): Pro
       await new Promise((r) => setTimeout(r, 10));
     }
   };
-  return { pty, src, readings, logs, metrics, waitFor };
+  return Object.assign(rigObj, { pty, src, readings, logs, metrics, waitFor });
 }
 
 async function metric(metrics: Metrics, name: string, labels: Record<string, string>): Promise<number> {
@@ -134,9 +142,20 @@ describe("SerialSource", () => {
     expect(msgs.filter((m) => m === "serial port is back")).toHaveLength(1);
   });
 
-  it("waits for a port that is absent at start", async () => {
-    const r = await rig({}, { startPty: false });
+  it("waits for a port that is absent at start, retrying with a growing delay", async () => {
+    // The real clock, with the delays the source asks for written down.
+    const delays: number[] = [];
+    const clock: Clock = {
+      ...systemClock,
+      setTimeout: (fn, ms) => {
+        delays.push(ms);
+        return systemClock.setTimeout(fn, ms);
+      },
+    };
+    const r = await rig({ reopen_max: "1s" }, { startPty: false, clock });
     expect(r.src.state().status).toBe("down");
+    await r.waitFor(() => delays.length >= 4, "four retries");
+    expect(delays.slice(0, 4)).toEqual([250, 500, 1000, 1000]);
     await r.pty.start();
     await r.waitFor(() => r.src.state().status === "up", "opened once it appeared");
     await r.pty.write("x=5\n");
@@ -178,6 +197,33 @@ describe("SerialSource", () => {
     // Logged at a bounded rate: at most one line per reason in this burst.
     const skipped = r.logs.filter((l) => l.msg === "skipped a line that could not be decoded");
     expect(skipped.length).toBeLessThanOrEqual(4);
+  });
+
+  it("keeps reading while a commit is slow, in order, many lines per commit", async () => {
+    const r = await rig({});
+    await r.waitFor(() => r.src.state().status === "up", "port open");
+    r.sinkBehaviour = () => new Promise((res) => setTimeout(res, 100));
+    const n = 2000;
+    for (let i = 0; i < n; i += 100) {
+      await r.pty.write(Array.from({ length: 100 }, (_, j) => `i=${i + j}\n`).join(""));
+    }
+    await r.waitFor(() => r.readings.length === n, `${n} readings`, 15_000);
+    expect(r.readings.map((x) => x.value)).toEqual(Array.from({ length: n }, (_, i) => i));
+    expect(r.sinkCalls).toBeLessThan(n / 10);
+  });
+
+  it("goes on after a failed commit, saying how many readings were lost", async () => {
+    const r = await rig({});
+    await r.waitFor(() => r.src.state().status === "up", "port open");
+    r.sinkBehaviour = async (batch) => {
+      if (batch.some((x) => x.value === 1)) throw new Error("disk full");
+    };
+    await r.pty.write("a=1\n");
+    await r.waitFor(() => r.logs.some((l) => l.msg === "could not commit serial readings"), "the failure logged");
+    await r.pty.write("a=2\n");
+    await r.waitFor(() => r.readings.length === 1, "next reading");
+    expect(r.readings[0]!.value).toBe(2);
+    expect(r.logs.find((l) => l.msg === "could not commit serial readings")!.lost).toBe(1);
   });
 
   it("writes the poll command while open", async () => {

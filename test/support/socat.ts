@@ -29,7 +29,7 @@ export class SocatPty {
 
   async start(timeoutMs = 5_000): Promise<void> {
     if (this.running) return;
-    // A SIGKILLed socat leaves its links behind; a fresh pair must not find them.
+    // Links of an earlier pair are gone (stop() removes them); clear any left by a crash.
     rmSync(this.devPath, { force: true });
     rmSync(this.feedPath, { force: true });
     const proc = spawn(
@@ -86,5 +86,9 @@ export class SocatPty {
     const exited = new Promise((r) => proc.once("exit", r));
     proc.kill("SIGKILL");
     await exited;
+    // udev removes the device node of an unplugged adapter. A link left dangling here
+    // would be followed to whatever pty reuses the number next, possibly another test's.
+    rmSync(this.devPath, { force: true });
+    rmSync(this.feedPath, { force: true });
   }
 }

@@ -4,6 +4,7 @@ import { configSchema, type SerialPortConfig, type SubscriptionConfig } from "..
 import {
   decodeMqtt,
   LineSplitter,
+  MqttRouter,
   matchTopic,
   mqttDecoder,
   parseTimestamp,
@@ -179,6 +180,14 @@ describe("mqtt payloads", () => {
     expect(summary(decodeMqtt(ds, "a/c", bytes("1"), ARRIVAL, 100))).toEqual([["c/second", 1, ARRIVAL]]);
     expect(summary(decodeMqtt(ds, "a/c", bytes("1".repeat(101)), ARRIVAL, 100))).toBe("too_large");
     expect(decodeMqtt(ds, "z", bytes("1"), ARRIVAL, 100)).toBeUndefined();
+    const router = new MqttRouter(ds, 100);
+    for (let i = 0; i < 2; i++) {
+      // Twice: the second answer comes from the per-topic cache.
+      expect(summary(router.decode("a/b", bytes("1"), ARRIVAL))).toEqual([["b/first", 1, ARRIVAL]]);
+      expect(summary(router.decode("a/c", bytes("2"), ARRIVAL))).toEqual([["c/second", 2, ARRIVAL]]);
+      expect(summary(router.decode("a/c", bytes("1".repeat(101)), ARRIVAL))).toBe("too_large");
+      expect(router.decode("z", bytes("1"), ARRIVAL)).toBeUndefined();
+    }
   });
 
   it.each([

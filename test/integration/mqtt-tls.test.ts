@@ -1,0 +1,199 @@
+/**
+ * MqttSource over mqtts:// against a real mosquitto with a throwaway CA: server
+ * verification with ca_file, client certificates (cert_file/key_file), and
+ * reject_unauthorized: an untrusted broker is a "down" state, not a crash.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import mqtt from "mqtt";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { systemClock } from "../../src/clock.js";
+import { configSchema } from "../../src/config/schema.js";
+import { createLogger } from "../../src/ops/logger.js";
+import { Metrics } from "../../src/ops/metrics.js";
+import { MqttSource } from "../../src/sources/mqtt.js";
+import type { Reading } from "../../src/sources/reading.js";
+import { waitForPort } from "../support/mosquitto.js";
+import { freePort } from "../support/ports.js";
+
+const dir = mkdtempSync(join(tmpdir(), "edgehook-tls-"));
+const f = (n: string) => join(dir, n);
+let proc: ChildProcess | undefined;
+let port = 0;
+const sources: MqttSource[] = [];
+
+function openssl(...args: string[]): void {
+  execFileSync("openssl", args, { stdio: "ignore" });
+}
+
+beforeAll(async () => {
+  chmodSync(dir, 0o755);
+  openssl(
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=edgehook test CA",
+    "-keyout",
+    f("ca.key"),
+    "-out",
+    f("ca.crt"),
+  );
+  writeFileSync(f("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  for (const who of ["server", "client"]) {
+    openssl(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-subj",
+      `/CN=${who}`,
+      "-keyout",
+      f(`${who}.key`),
+      "-out",
+      f(`${who}.csr`),
+    );
+    openssl(
+      "x509",
+      "-req",
+      "-in",
+      f(`${who}.csr`),
+      "-CA",
+      f("ca.crt"),
+      "-CAkey",
+      f("ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "2",
+      "-extfile",
+      f("san.ext"),
+      "-out",
+      f(`${who}.crt`),
+    );
+  }
+  // mosquitto drops root privileges; let it read its key.
+  for (const n of ["ca.crt", "server.crt", "server.key"]) chmodSync(f(n), 0o644);
+  port = await freePort();
+  writeFileSync(
+    f("mosquitto.conf"),
+    [
+      `listener ${port} 127.0.0.1`,
+      "allow_anonymous true",
+      `cafile ${f("ca.crt")}`,
+      `certfile ${f("server.crt")}`,
+      `keyfile ${f("server.key")}`,
+      "require_certificate true",
+      "",
+    ].join("\n"),
+  );
+  let stderr = "";
+  const p = spawn("mosquitto", ["-c", f("mosquitto.conf")], { stdio: ["ignore", "ignore", "pipe"] });
+  p.stderr?.on("data", (d) => {
+    stderr += String(d);
+  });
+  proc = p;
+  await waitForPort(port, () => (p.exitCode !== null ? `mosquitto exited: ${stderr}` : undefined));
+});
+
+afterEach(async () => {
+  for (const s of sources.splice(0)) await s.stop();
+});
+
+afterAll(async () => {
+  const p = proc;
+  if (p && p.exitCode === null) {
+    const exited = new Promise((r) => p.once("exit", r));
+    p.kill("SIGTERM");
+    await exited;
+  }
+});
+
+function start(tls: Record<string, unknown>, baseDir?: string) {
+  const config = configSchema.parse({
+    version: 1,
+    agent: { id: "tls" },
+    mqtt: {
+      url: `mqtts://127.0.0.1:${port}`,
+      tls,
+      reconnect_period: "100ms",
+      subscriptions: [{ topic: "tls/+", metric: "v", format: "number" }],
+    },
+  }).mqtt!;
+  const readings: Reading[] = [];
+  const logs: Record<string, unknown>[] = [];
+  const src = new MqttSource({
+    config,
+    agentId: "tls",
+    sink: async (r) => {
+      readings.push(...r);
+    },
+    logger: createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) }),
+    metrics: new Metrics(),
+    clock: systemClock,
+    baseDir,
+  });
+  sources.push(src);
+  return { src, readings, logs };
+}
+
+async function until(pred: () => boolean, what: string, ms = 8_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe("MqttSource over TLS", () => {
+  it("verifies the broker with ca_file and authenticates with a client certificate", async () => {
+    const { src, readings } = start({ ca_file: f("ca.crt"), cert_file: f("client.crt"), key_file: f("client.key") });
+    await src.start();
+    await until(() => src.state().status === "up", "TLS connection");
+    const pub = await mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, {
+      ca: readFileSync(f("ca.crt")),
+      cert: readFileSync(f("client.crt")),
+      key: readFileSync(f("client.key")),
+    });
+    try {
+      const deadline = Date.now() + 5_000;
+      while (readings.length === 0 && Date.now() < deadline) {
+        await pub.publishAsync("tls/a", "12", { qos: 1 });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } finally {
+      await pub.endAsync(true);
+    }
+    expect(readings[0]).toMatchObject({ sensor: "a", metric: "v", value: 12 });
+  });
+
+  it("reads relative certificate paths from baseDir and names an unreadable one", async () => {
+    const ok = start({ ca_file: "ca.crt", cert_file: "client.crt", key_file: "client.key" }, dir);
+    await ok.src.start();
+    await until(() => ok.src.state().status === "up", "TLS connection with relative paths");
+    const bad = start({ ca_file: "missing-ca.crt" }, dir);
+    await expect(bad.src.start()).rejects.toMatchObject({
+      code: "EDGEHOOK_CONFIG_UNREADABLE",
+      message: `mqtt.tls.ca_file: cannot read ${f("missing-ca.crt")} (ENOENT)`,
+    });
+  });
+
+  it("stays down and says why when the broker's certificate is not trusted", async () => {
+    const { src, logs } = start({ cert_file: f("client.crt"), key_file: f("client.key") });
+    await src.start();
+    await until(() => logs.some((l) => l.msg === "MQTT error"), "the TLS error logged");
+    expect(src.state().status).not.toBe("up");
+    expect(JSON.stringify(logs)).toMatch(/self[- ]signed|unable to verify|certificate/i);
+  });
+
+  it("connects to an untrusted broker when reject_unauthorized is false", async () => {
+    const { src } = start({ reject_unauthorized: false, cert_file: f("client.crt"), key_file: f("client.key") });
+    await src.start();
+    await until(() => src.state().status === "up", "connection without verification");
+  });
+});
