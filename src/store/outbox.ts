@@ -5,7 +5,8 @@
  * Durability (invariant 1): commit() resolves only after the SQLite transaction holding
  * the batch committed with synchronous=FULL. Batches arriving within
  * `outbox.commit_delay` (or until GROUP_MAX_EVENTS are queued) share ONE transaction,
- * so one fsync covers many callers (group commit).
+ * so one fsync covers many callers (group commit). After a large group the next one
+ * is gathered in the same event-loop turn instead: its callers are already waiting.
  *
  * Order (invariant 5): within one (destination, series) the delivery with the lowest
  * id that is still pending is the series "head" (is_head = 1, at most one, enforced by
@@ -73,6 +74,8 @@ export const EVENT_OVERHEAD = 160;
 export const DELIVERY_OVERHEAD = 200;
 /** A group is committed at once when this many events are queued. */
 export const GROUP_MAX_EVENTS = 5000;
+/** A group this large means callers are queueing: the next one gathers without waiting commit_delay. */
+const BUSY_GROUP = 64;
 /** Attempts kept per delivery for `queue show`. */
 export const HISTORY_LENGTH = 10;
 /** Rows handled per transaction by maintenance, replay and purge. */
@@ -275,6 +278,7 @@ export class Outbox implements OutboxReader {
 
   #queue: Waiter[] = [];
   #queuedEvents = 0;
+  #lastGroupSize = 0;
   #timer: TimerHandle | undefined;
   #immediate: NodeJS.Immediate | undefined;
 
@@ -367,7 +371,9 @@ export class Outbox implements OutboxReader {
       if (this.#queuedEvents >= GROUP_MAX_EVENTS) {
         this.flush();
       } else if (!this.#timer && !this.#immediate) {
-        if (this.#limits.commit_delay > 0) {
+        // Under load the callers of the last group commit again as soon as it resolved,
+        // all within the same turn: gathering them needs no extra wait.
+        if (this.#limits.commit_delay > 0 && this.#lastGroupSize < BUSY_GROUP) {
           this.#timer = this.#clock.setTimeout(() => {
             this.#timer = undefined;
             this.flush();
@@ -396,6 +402,7 @@ export class Outbox implements OutboxReader {
     const group = this.#queue;
     this.#queue = [];
     this.#queuedEvents = 0;
+    this.#lastGroupSize = group.length;
     if (group.length === 0) return;
     let results: CommitResult[];
     try {
