@@ -7,6 +7,8 @@
  * `outbox.commit_delay` (or until GROUP_MAX_EVENTS are queued) share ONE transaction,
  * so one fsync covers many callers (group commit). After a large group the next one
  * is gathered in the same event-loop turn instead: its callers are already waiting.
+ * An event without destinations is not stored (nothing to deliver); the rule states of
+ * its batch are.
  *
  * Order (invariant 5): within one (destination, series) the delivery with the lowest
  * id that is still pending is the series "head" (is_head = 1, at most one, enforced by
@@ -19,7 +21,7 @@
  * - max_age (destination max_age, else outbox.max_age): a pending delivery older than
  *   this (by created_at) becomes dead with reason `expired`, counted as
  *   drops{reason="expired"}. Runs in maintain().
- * - max_events (stored events) and max_bytes (body bytes plus a fixed allowance per
+ * - max_events (stored events; one event sent to two destinations counts once) and max_bytes (body bytes plus a fixed allowance per
  *   event and per delivery for columns and indexes, see EVENT_OVERHEAD): checked after
  *   every committed batch against in-memory counters, and in maintain(). When over:
  *     1. delivered rows are pruned, oldest settled first (not counted as drops);
