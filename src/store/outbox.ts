@@ -788,11 +788,12 @@ export class Outbox implements OutboxReader {
       result.more = true;
     }
     if (this.#overLimit()) {
-      const drops = this.#write((delta) => {
-        this.#enforceLimits(delta);
-        return { ...delta.drops };
+      const { drops, over } = this.#write((delta) => {
+        const stillOver = this.#enforceLimits(delta);
+        return { drops: { ...delta.drops }, over: stillOver };
       });
       result.dropped = drops;
+      result.more ||= over;
     }
     this.#updateMetrics();
     return result;
@@ -842,8 +843,13 @@ export class Outbox implements OutboxReader {
     return events > this.#limits.max_events || bytes > this.#limits.max_bytes;
   }
 
-  /** Inside a write transaction: prunes, then drops, until back under both limits. */
-  #enforceLimits(delta: Delta): void {
+  /**
+   * Inside a write transaction: prunes, then drops, until back under both limits or
+   * MAINTAIN_MAX_ROWS rows went (a lowered limit on a full outbox converges over a few
+   * passes instead of blocking the event loop for seconds). True when still over.
+   */
+  #enforceLimits(delta: Delta): boolean {
+    let budget = MAINTAIN_MAX_ROWS;
     const overBy = () => {
       const events = this.#events + delta.events;
       const bytes = this.#bytes + delta.bytes;
@@ -851,25 +857,30 @@ export class Outbox implements OutboxReader {
       const avg = events > 0 ? bytes / events : 1;
       const byBytes = Math.ceil((bytes - this.#limits.max_bytes) / Math.max(1, avg));
       return {
-        n: Math.min(BATCH_ROWS, Math.max(byEvents, byBytes, 0)),
+        n: Math.min(BATCH_ROWS, budget, Math.max(byEvents, byBytes, 0)),
         reason: byEvents >= byBytes ? "max_events" : "max_bytes",
       };
     };
     // 1. delivered rows, oldest first: already done, losing them costs only history.
     for (let o = overBy(); o.n > 0; o = overBy()) {
-      if (this.#deleteSettled(DELIVERED, Number.MAX_SAFE_INTEGER, o.n, delta) === 0) break;
+      const n = this.#deleteSettled(DELIVERED, Number.MAX_SAFE_INTEGER, o.n, delta);
+      budget -= n;
+      if (n === 0) break;
     }
     // 2. dead rows, oldest first: they would only be sent again by an operator's replay.
     for (let o = overBy(); o.n > 0; o = overBy()) {
       const n = this.#deleteSettled(DEAD, Number.MAX_SAFE_INTEGER, o.n, delta);
       delta.drop("dead_pruned", n);
+      budget -= n;
       if (n === 0) break;
     }
     // 3. pending rows: lowest priority first, oldest first within it.
     for (let o = overBy(); o.n > 0; o = overBy()) {
       const n = this.#dropPending(o.n, o.reason, delta);
+      budget -= n;
       if (n === 0) break;
     }
+    return this.#overLimit(delta);
   }
 
   #dropPending(n: number, reason: string, delta: Delta): number {

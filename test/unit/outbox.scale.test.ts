@@ -143,4 +143,38 @@ describe("outbox at scale", () => {
     expect(outbox.nextDueAt("ops")).toBeUndefined();
     expect(outbox.stats()[0]).toMatchObject({ pending: 0, dead: LONG_SERIES + OTHER_SERIES - 201 });
   });
+
+  it("a lowered limit on a full outbox converges over passes of bounded size", () => {
+    // A restart with a smaller outbox.max_events (a second connection to the same file).
+    const smaller = new Outbox({
+      file: join(dir, "outbox.db"),
+      limits: {
+        max_events: 50_000,
+        max_bytes: 2 ** 40,
+        max_age: 10 * 86_400_000, // the dead rows are not old enough to be pruned by age
+        min_free_disk: 1,
+        keep_delivered: 86_400_000,
+        commit_delay: 0,
+      },
+      clock,
+      logger: silentLogger(),
+      metrics: new Metrics(),
+      check: false,
+    });
+    smaller.open();
+    try {
+      const before = smaller.totals().events;
+      expect(before).toBe(LONG_SERIES + OTHER_SERIES - 201);
+      const passes = [];
+      for (let more = true; more && passes.length < 10; ) {
+        const r = smaller.maintain();
+        passes.push(r.dropped.dead_pruned ?? 0);
+        more = r.more;
+      }
+      expect(passes).toEqual([MAINTAIN_MAX_ROWS, MAINTAIN_MAX_ROWS, before - 50_000 - 2 * MAINTAIN_MAX_ROWS]);
+      expect(smaller.totals().events).toBe(50_000);
+    } finally {
+      smaller.close();
+    }
+  });
 });
