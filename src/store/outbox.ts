@@ -28,7 +28,9 @@
  *     2. dead rows are pruned, oldest settled first (drops{reason="dead_pruned"});
  *     3. pending deliveries are dropped, LOWEST priority first and oldest first
  *        within it (drops{reason="max_events"|"max_bytes"}).
- *   Every drop is counted and logged (rate-limited warning saying what to do).
+ *   Every drop is counted and logged (rate-limited warning saying what to do). At most
+ *   MAINTAIN_MAX_ROWS rows go per commit or pass, so a limit lowered on a full outbox is
+ *   reached over a few passes (maintain() says `more`) rather than in one long block.
  * - min_free_disk: while free space on the data directory's filesystem is under it,
  *   commit() stores no new events (accepted: 0, drops{reason="disk_floor"} per
  *   delivery refused) but still stores rule states; a warning is logged once per change.
