@@ -5,7 +5,10 @@
  * Durability (invariant 1): commit() resolves only after the SQLite transaction holding
  * the batch committed with synchronous=FULL. Batches arriving within
  * `outbox.commit_delay` (or until GROUP_MAX_EVENTS are queued) share ONE transaction,
- * so one fsync covers many callers (group commit).
+ * so one fsync covers many callers (group commit). After a large group the next one
+ * is gathered in the same event-loop turn instead: its callers are already waiting.
+ * An event without destinations is not stored (nothing to deliver); the rule states of
+ * its batch are.
  *
  * Order (invariant 5): within one (destination, series) the delivery with the lowest
  * id that is still pending is the series "head" (is_head = 1, at most one, enforced by
@@ -18,14 +21,16 @@
  * - max_age (destination max_age, else outbox.max_age): a pending delivery older than
  *   this (by created_at) becomes dead with reason `expired`, counted as
  *   drops{reason="expired"}. Runs in maintain().
- * - max_events (stored events) and max_bytes (body bytes plus a fixed allowance per
+ * - max_events (stored events; one event sent to two destinations counts once) and max_bytes (body bytes plus a fixed allowance per
  *   event and per delivery for columns and indexes, see EVENT_OVERHEAD): checked after
  *   every committed batch against in-memory counters, and in maintain(). When over:
  *     1. delivered rows are pruned, oldest settled first (not counted as drops);
  *     2. dead rows are pruned, oldest settled first (drops{reason="dead_pruned"});
  *     3. pending deliveries are dropped, LOWEST priority first and oldest first
  *        within it (drops{reason="max_events"|"max_bytes"}).
- *   Every drop is counted and logged (rate-limited warning saying what to do).
+ *   Every drop is counted and logged (rate-limited warning saying what to do). At most
+ *   MAINTAIN_MAX_ROWS rows go per commit or pass, so a limit lowered on a full outbox is
+ *   reached over a few passes (maintain() says `more`) rather than in one long block.
  * - min_free_disk: while free space on the data directory's filesystem is under it,
  *   commit() stores no new events (accepted: 0, drops{reason="disk_floor"} per
  *   delivery refused) but still stores rule states; a warning is logged once per change.
@@ -73,6 +78,8 @@ export const EVENT_OVERHEAD = 160;
 export const DELIVERY_OVERHEAD = 200;
 /** A group is committed at once when this many events are queued. */
 export const GROUP_MAX_EVENTS = 5000;
+/** A group this large means callers are queueing: the next one gathers without waiting commit_delay. */
+const BUSY_GROUP = 64;
 /** Attempts kept per delivery for `queue show`. */
 export const HISTORY_LENGTH = 10;
 /** Rows handled per transaction by maintenance, replay and purge. */
@@ -238,6 +245,14 @@ function prepareAll(db: Database) {
        WHERE (@state IS NULL OR d.state = @state) AND (@destination IS NULL OR d.destination = @destination)
        ORDER BY d.id DESC LIMIT @limit`,
     ),
+    // Delivered or dead rows, most recently settled first, through the prune index (a
+    // few dead rows among a million delivered ones are found without a scan).
+    listSettled: db.prepare(
+      `SELECT ${LISTING_COLUMNS} FROM deliveries d INDEXED BY deliveries_prune_settled
+       JOIN events e ON e.seq = d.event_seq
+       WHERE d.state <> 0 AND d.state = @state AND (@destination IS NULL OR d.destination = @destination)
+       ORDER BY d.state DESC, d.settled_at DESC LIMIT @limit`,
+    ),
     eventById: db.prepare(
       "SELECT seq, id, type, rule, series, severity, priority, created_at, body FROM events WHERE id = ?",
     ),
@@ -275,6 +290,7 @@ export class Outbox implements OutboxReader {
 
   #queue: Waiter[] = [];
   #queuedEvents = 0;
+  #lastGroupSize = 0;
   #timer: TimerHandle | undefined;
   #immediate: NodeJS.Immediate | undefined;
 
@@ -367,7 +383,9 @@ export class Outbox implements OutboxReader {
       if (this.#queuedEvents >= GROUP_MAX_EVENTS) {
         this.flush();
       } else if (!this.#timer && !this.#immediate) {
-        if (this.#limits.commit_delay > 0) {
+        // Under load the callers of the last group commit again as soon as it resolved,
+        // all within the same turn: gathering them needs no extra wait.
+        if (this.#limits.commit_delay > 0 && this.#lastGroupSize < BUSY_GROUP) {
           this.#timer = this.#clock.setTimeout(() => {
             this.#timer = undefined;
             this.flush();
@@ -396,6 +414,7 @@ export class Outbox implements OutboxReader {
     const group = this.#queue;
     this.#queue = [];
     this.#queuedEvents = 0;
+    this.#lastGroupSize = group.length;
     if (group.length === 0) return;
     let results: CommitResult[];
     try {
@@ -637,7 +656,8 @@ export class Outbox implements OutboxReader {
 
   list(query: { state?: DeliveryState; destination?: string; limit?: number } = {}): DeliveryListing[] {
     const state = query.state === undefined ? null : STATE_CODES[query.state];
-    const rows = this.#s.list.all({
+    const stmt = state === null || state === PENDING ? this.#s.list : this.#s.listSettled;
+    const rows = stmt.all({
       state,
       destination: query.destination ?? null,
       limit: query.limit ?? 50,
@@ -770,11 +790,12 @@ export class Outbox implements OutboxReader {
       result.more = true;
     }
     if (this.#overLimit()) {
-      const drops = this.#write((delta) => {
-        this.#enforceLimits(delta);
-        return { ...delta.drops };
+      const { drops, over } = this.#write((delta) => {
+        const stillOver = this.#enforceLimits(delta);
+        return { drops: { ...delta.drops }, over: stillOver };
       });
       result.dropped = drops;
+      result.more ||= over;
     }
     this.#updateMetrics();
     return result;
@@ -824,8 +845,13 @@ export class Outbox implements OutboxReader {
     return events > this.#limits.max_events || bytes > this.#limits.max_bytes;
   }
 
-  /** Inside a write transaction: prunes, then drops, until back under both limits. */
-  #enforceLimits(delta: Delta): void {
+  /**
+   * Inside a write transaction: prunes, then drops, until back under both limits or
+   * MAINTAIN_MAX_ROWS rows went (a lowered limit on a full outbox converges over a few
+   * passes instead of blocking the event loop for seconds). True when still over.
+   */
+  #enforceLimits(delta: Delta): boolean {
+    let budget = MAINTAIN_MAX_ROWS;
     const overBy = () => {
       const events = this.#events + delta.events;
       const bytes = this.#bytes + delta.bytes;
@@ -833,25 +859,30 @@ export class Outbox implements OutboxReader {
       const avg = events > 0 ? bytes / events : 1;
       const byBytes = Math.ceil((bytes - this.#limits.max_bytes) / Math.max(1, avg));
       return {
-        n: Math.min(BATCH_ROWS, Math.max(byEvents, byBytes, 0)),
+        n: Math.min(BATCH_ROWS, budget, Math.max(byEvents, byBytes, 0)),
         reason: byEvents >= byBytes ? "max_events" : "max_bytes",
       };
     };
     // 1. delivered rows, oldest first: already done, losing them costs only history.
     for (let o = overBy(); o.n > 0; o = overBy()) {
-      if (this.#deleteSettled(DELIVERED, Number.MAX_SAFE_INTEGER, o.n, delta) === 0) break;
+      const n = this.#deleteSettled(DELIVERED, Number.MAX_SAFE_INTEGER, o.n, delta);
+      budget -= n;
+      if (n === 0) break;
     }
     // 2. dead rows, oldest first: they would only be sent again by an operator's replay.
     for (let o = overBy(); o.n > 0; o = overBy()) {
       const n = this.#deleteSettled(DEAD, Number.MAX_SAFE_INTEGER, o.n, delta);
       delta.drop("dead_pruned", n);
+      budget -= n;
       if (n === 0) break;
     }
     // 3. pending rows: lowest priority first, oldest first within it.
     for (let o = overBy(); o.n > 0; o = overBy()) {
       const n = this.#dropPending(o.n, o.reason, delta);
+      budget -= n;
       if (n === 0) break;
     }
+    return this.#overLimit(delta);
   }
 
   #dropPending(n: number, reason: string, delta: Delta): number {

@@ -425,6 +425,25 @@ describe("group commit", () => {
     expect(res.accepted).toBe(5000);
   });
 
+  it("under load the next group does not wait for commit_delay; when quiet again it does", async () => {
+    const o = makeOutbox({ commit_delay: 50 });
+    const first = Array.from({ length: 100 }, () => o.commit(batch([ev("a:b:c")])));
+    clock.advance(50);
+    await Promise.all(first);
+    // 100 callers were queueing: the next group goes on the next turn, no clock needed.
+    await o.commit(batch([ev("a:b:c")]));
+    // That group was small: back to waiting commit_delay.
+    let done = false;
+    const quiet = o.commit(batch([ev("a:b:c")])).then(() => {
+      done = true;
+    });
+    await new Promise((r) => setImmediate(r));
+    expect(done).toBe(false);
+    clock.advance(50);
+    await quiet;
+    expect(o.transactionCount).toBe(3);
+  });
+
   it("commit_delay 0 commits on the next turn of the event loop", async () => {
     const o = makeOutbox({ commit_delay: 0 });
     const res = await Promise.all([o.commit(batch([ev("a:b:c")])), o.commit(batch([ev("a:b:c")]))]);
