@@ -8,7 +8,7 @@
  * when an MQTT QoS 1 message may be acknowledged (design invariant 1).
  */
 import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { type Clock, systemClock, type TimerHandle } from "./clock.js";
 import type { LoadedConfig } from "./config/load.js";
 import type { Config, DestinationConfig } from "./config/schema.js";
@@ -21,7 +21,6 @@ import { HttpServer } from "./ops/http.js";
 import type { Logger } from "./ops/logger.js";
 import { Metrics } from "./ops/metrics.js";
 import { RuleEngine } from "./rules/engine.js";
-import { EmbeddedBroker } from "./sources/broker.js";
 import { MqttSource } from "./sources/mqtt.js";
 import type { Reading, Source } from "./sources/reading.js";
 import { Outbox } from "./store/outbox.js";
@@ -49,8 +48,8 @@ export class Agent {
   #engine: RuleEngine | undefined;
   #dispatcher: Dispatcher | undefined;
   #http: HttpServer | undefined;
-  #broker: EmbeddedBroker | undefined;
   #sources: Source[] = [];
+  #mqtt: MqttSource | undefined;
   #tickTimer: TimerHandle | undefined;
   #tickAt: number | undefined;
   #maintenanceTimer: TimerHandle | undefined;
@@ -62,7 +61,6 @@ export class Agent {
   });
   /** Serialises engine work and commits that must follow each other (ticks, reloads). */
   #chain: Promise<unknown> = Promise.resolve();
-  #mqttUrl: string | undefined;
   #clockSync: ClockSyncMonitor | undefined;
   readonly #heartbeat: Heartbeat;
 
@@ -81,7 +79,7 @@ export class Agent {
 
   /** URL of the MQTT broker in use (the embedded broker's actual address when `url: embedded`). */
   get mqttUrl(): string | undefined {
-    return this.#mqttUrl;
+    return this.#mqtt?.brokerUrl ?? this.config.mqtt?.url;
   }
 
   get httpPort(): number | undefined {
@@ -124,6 +122,7 @@ export class Agent {
       metrics: this.metrics,
       clockSynced: clockSync ? () => clockSync.synced() : undefined,
       env: this.#env,
+      baseDir: dirname(this.#loaded.file),
     });
     this.#dispatcher.start();
     clockSync?.onChange(() => this.#dispatcher?.wake());
@@ -150,36 +149,18 @@ export class Agent {
   async #startSources(config: Config): Promise<void> {
     const log = this.#logger;
     const sink = (readings: Reading[]) => this.#ingest(readings);
+    this.#mqtt = undefined;
     if (config.mqtt) {
-      let mqttConfig = config.mqtt;
-      if (config.mqtt.url === "embedded") {
-        const e = config.mqtt.embedded;
-        this.#broker = new EmbeddedBroker({
-          host: e?.host ?? "127.0.0.1",
-          port: e?.port ?? 1883,
-          username: e?.username,
-          password: e?.password,
-          logger: log.child({ component: "broker" }),
-        });
-        const { url } = await this.#broker.start();
-        mqttConfig = {
-          ...config.mqtt,
-          url,
-          username: config.mqtt.username ?? e?.username,
-          password: config.mqtt.password ?? e?.password,
-        };
-      }
-      this.#mqttUrl = mqttConfig.url;
-      this.#sources.push(
-        new MqttSource({
-          config: mqttConfig,
-          agentId: config.agent.id,
-          sink,
-          logger: log.child({ component: "mqtt" }),
-          metrics: this.metrics,
-          clock: this.#clock,
-        }),
-      );
+      // With `url: embedded` the source hosts the broker itself.
+      this.#mqtt = new MqttSource({
+        config: config.mqtt,
+        agentId: config.agent.id,
+        sink,
+        logger: log.child({ component: "mqtt" }),
+        metrics: this.metrics,
+        clock: this.#clock,
+      });
+      this.#sources.push(this.#mqtt);
     }
     // serialport's native binding is loaded only when a port is configured (saves memory).
     const { SerialSource } =
@@ -203,11 +184,6 @@ export class Agent {
     const sources = this.#sources;
     this.#sources = [];
     for (const s of sources.reverse()) await this.#guard(`stop source ${s.name}`, () => s.stop());
-    if (this.#broker) {
-      const broker = this.#broker;
-      this.#broker = undefined;
-      await this.#guard("stop embedded broker", () => broker.stop());
-    }
   }
 
   /** The sink every source hands readings to. Resolves once what they caused is durable. */
@@ -290,6 +266,9 @@ export class Agent {
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
+    // Destinations first: a TLS file that cannot be read rejects the reload before
+    // anything changed.
+    this.#dispatcher?.reconfigure(config.destinations);
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
       if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
@@ -297,7 +276,6 @@ export class Agent {
     this.#chain = rulesApplied;
     await rulesApplied;
     this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
-    this.#dispatcher?.reconfigure(config.destinations);
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
       JSON.stringify(prev.serial) !== JSON.stringify(config.serial)

@@ -3,7 +3,7 @@
 // socat pty serial line), ten rules, one loopback receiver. Everything on 127.0.0.1 and in
 // a temp directory; every child is killed by PID at the end.
 //
-//   npx tsc -p tsconfig.build.json && node scripts/bench/footprint.mjs [idle-s=60] [load-s=30] [rate=1000]
+//   npx tsc -p tsconfig.build.json && node scripts/bench/footprint.mjs [idle-s=60] [load-s=30] [rate=1000] [--no-serial]
 //
 // Targets (README / docs/operations.md): idle RSS ≤ 60 MB, idle CPU ≤ 0.5 %, start to READY < 1 s.
 import { spawn, spawnSync } from "node:child_process";
@@ -25,6 +25,7 @@ const SERIAL = !process.argv.includes("--no-serial");
 // Extra node flags for the agent, e.g. FOOTPRINT_NODE_ARGS="--max-semi-space-size=1".
 const NODE_ARGS = (process.env.FOOTPRINT_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const START_RUNS = 3;
+const QUIET_S = 10;
 const SERIAL_SHARE = SERIAL ? 0.1 : 0; // a tenth of the readings arrive over the serial line
 const CHECKOUT = fileURLToPath(new URL("../..", import.meta.url));
 const BIN = join(CHECKOUT, "bin/edgehook.js");
@@ -281,8 +282,13 @@ async function scrape(httpPort) {
 
 // ---------------------------------------------------------------- load
 
-/** RATE readings/s for LOAD_S seconds: most over MQTT (QoS 1), a tenth as serial lines. */
-async function load(mqttPort, benchTty) {
+/** Sensor values swing across the rule threshold (50, clear below 45) about every 5 s. */
+const swinging = (tick, i) => (50 + 8 * Math.sin((tick / 500) * 2 * Math.PI + i)).toFixed(2);
+/** Values that change no rule state: below the threshold and the clear level. */
+const quiet = (tick, i) => (30 + ((tick + i) % 7)).toFixed(2);
+
+/** RATE readings/s for `seconds`: most over MQTT (QoS 1), a tenth as serial lines. */
+async function load(mqttPort, benchTty, seconds, valueAt) {
   const client = mqtt.connect(`mqtt://127.0.0.1:${mqttPort}`, { clientId: "footprint-load" });
   await new Promise((resolve, reject) => {
     client.once("connect", resolve);
@@ -296,10 +302,9 @@ async function load(mqttPort, benchTty) {
   let sent = 0;
   let serialCarry = 0;
   const t0 = performance.now();
-  const totalTicks = (LOAD_S * 1000) / tickMs;
+  const totalTicks = (seconds * 1000) / tickMs;
   for (let tick = 0; tick < totalTicks; tick++) {
-    // Sensor values swing across the rule threshold (50, clear below 45) about every 5 s.
-    const value = (i) => (50 + 8 * Math.sin((tick / 500) * 2 * Math.PI + i)).toFixed(2);
+    const value = (i) => valueAt(tick, i);
     serialCarry += serialPerTick;
     const serialNow = Math.floor(serialCarry);
     serialCarry -= serialNow;
@@ -335,6 +340,7 @@ async function main() {
 
     // Start to READY=1, several cold starts (the last one stays up for the rest).
     const readyMs = [];
+    const readyCpuMs = [];
     let agent;
     for (let run = 0; run < START_RUNS; run++) {
       const ready = notify.next("READY=1");
@@ -345,11 +351,13 @@ async function main() {
         exited.then((code) => Promise.reject(new Error(`agent exited ${code}:\n${agent.log().slice(-3000)}`))),
       ]);
       readyMs.push(at - agent.t0);
+      // CPU the start-up used: unlike wall time, not inflated by other load on the machine.
+      readyCpuMs.push(procSample(agent.child.pid).cpuS * 1000);
       if (run < START_RUNS - 1) await stopAgent(agent.child);
     }
     const pid = agent.child.pid;
     console.log(
-      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${readyMs.map((m) => m.toFixed(0)).join(", ")})`,
+      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${readyMs.map((m) => m.toFixed(0)).join(", ")}), CPU used by then ${median(readyCpuMs).toFixed(0)} ms; load average ${readFileSync("/proc/loadavg", "utf8").split(" ")[0]}`,
     );
 
     await sleep(5_000); // let start-up work (JIT, first connects) settle
@@ -365,14 +373,11 @@ async function main() {
     );
     let sent = 0;
     const busy = await observe(pid, LOAD_S, async () => {
-      sent = await load(mqttPort, benchSide);
+      sent = await load(mqttPort, benchSide, LOAD_S, swinging);
     });
     // Let the agent finish what is in flight before counting.
-    await waitFor(
-      async () => (await scrape(httpPort)).readings - before.readings >= sent,
-      "readings to arrive",
-      20_000,
-    ).catch(() => {});
+    const caughtUp = (base, n) => async () => (await scrape(httpPort)).readings - base >= n;
+    await waitFor(caughtUp(before.readings, sent), "readings to arrive", 20_000).catch(() => {});
     const after = await scrape(httpPort);
     const readings = after.readings - before.readings;
     const events = after.events - before.events;
@@ -385,6 +390,23 @@ async function main() {
     );
     console.log(
       `  written ${mb(busy.written)} MB = ${(busy.written / Math.max(1, readings)).toFixed(0)} B/reading, ${(busy.written / Math.max(1, events)).toFixed(0)} B/event; database files grew ${mb(dbGrowth)} MB`,
+    );
+
+    // Readings that change no rule state should write nothing (src/rules/engine.ts):
+    // one settling round (resolves what fired), then 10 s of quiet values.
+    const settle = await scrape(httpPort);
+    const settled = await load(mqttPort, benchSide, 1, quiet);
+    await waitFor(caughtUp(settle.readings, settled), "settling readings", 10_000).catch(() => {});
+    await sleep(1_000);
+    const quietBefore = await scrape(httpPort);
+    let quietSent = 0;
+    const calm = await observe(pid, QUIET_S, async () => {
+      quietSent = await load(mqttPort, benchSide, QUIET_S, quiet);
+    });
+    await waitFor(caughtUp(quietBefore.readings, quietSent), "quiet readings", 10_000).catch(() => {});
+    const quietAfter = await scrape(httpPort);
+    console.log(
+      `no-change load ${RATE}/s for ${QUIET_S} s: CPU ${calm.cpuPct.toFixed(1)} %, readings ${quietAfter.readings - quietBefore.readings}, events ${quietAfter.events - quietBefore.events}, written ${calm.written} B = ${(calm.written / Math.max(1, quietSent)).toFixed(1)} B/reading`,
     );
 
     const stop = await stopAgent(agent.child);
@@ -411,7 +433,7 @@ const deadline = setTimeout(
     for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
     process.exit(1);
   },
-  (IDLE_S + LOAD_S + 60) * 1000,
+  (IDLE_S + LOAD_S + QUIET_S + 90) * 1000,
 );
 deadline.unref();
 

@@ -114,7 +114,11 @@ export async function sendTestCommand(
       err(`edgehook send-test: ${name} did not accept the webhook (HTTP ${answer.status})`);
       return ExitCode.FAILURE;
     }
-    err(`edgehook send-test: ${name} not reachable: ${answer?.error ?? "no answer in time"}`);
+    if (answer?.error?.startsWith("cannot build the request")) {
+      err(`edgehook send-test: ${name}: ${answer.error}`);
+    } else {
+      err(`edgehook send-test: ${name} not reachable: ${answer?.error ?? "no answer in time"}`);
+    }
     return ExitCode.FAILURE;
   } finally {
     await dispatcher.stop(0);

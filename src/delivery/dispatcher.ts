@@ -23,6 +23,7 @@
  */
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
@@ -31,7 +32,8 @@ import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
 import { type Decision, decide, describeError, OfflineProbe, type Outcome, TokenBucket } from "./policy.js";
-import { buildRequest } from "./request.js";
+import { batchId, RenderError } from "./render.js";
+import { type BuiltRequest, buildBatchRequest, buildRequest } from "./request.js";
 
 export type DestinationState = "up" | "down" | "disabled";
 
@@ -72,6 +74,8 @@ export interface DispatcherOptions {
   random?: () => number;
   /** Proxy variables (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); the agent passes process.env. */
   env?: Readonly<Record<string, string | undefined>>;
+  /** Relative tls.*_file paths are resolved against this (the config file's directory). */
+  baseDir?: string;
   /** Longest wait before outcomes are written (default 5 ms). */
   settleDelayMs?: number;
   /**
@@ -96,9 +100,12 @@ const SETTLE_BATCH_MAX = 512;
 /** How often a held lane (clock) or a disabled one (enabled from the CLI) is looked at again. */
 const RECHECK_MS = 5_000;
 const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
+/** Most remembered batch memberships per lane; beyond it they are forgotten (ids may change). */
+const PIN_MAX = 10_000;
 
 interface Flight {
-  delivery: Delivery;
+  /** One delivery, or the members of a batch in the order they are in the body. */
+  deliveries: Delivery[];
   probe: boolean;
   aborted: boolean;
   done: Promise<void>;
@@ -116,6 +123,8 @@ interface Lane {
   flights: Map<number, Flight>;
   /** One signal per lane aborts every request of it at shutdown (one per request costs at 5k/s). */
   abort: AbortController;
+  /** Outcomes of this lane collected but not yet written. */
+  unwritten: number;
   /** Series with a delivery in flight or an outcome not yet written. */
   exclude: Set<string>;
   probe: OfflineProbe;
@@ -123,6 +132,20 @@ interface Lane {
   timer: TimerHandle | undefined;
   timerAt: number;
   removed: boolean;
+  /** Batching: monotonic time since which the lane waits for a partial batch to fill. */
+  fillSince: number | undefined;
+  /**
+   * Batching: delivery id → webhook-id of the batch it failed in. A retry sends the same
+   * members together again (same webhook-id) even when other events are waiting by then.
+   * In memory only (bounded by PIN_MAX); after a restart batches are formed again in queue order.
+   */
+  pins: Map<number, string>;
+  /**
+   * Batching: the earliest retry this lane scheduled (epoch ms). While a partial batch waits
+   * to fill, the lane sleeps until the earlier of the two; the outbox's nextDueAt cannot tell
+   * (the waiting events are due already).
+   */
+  retryAt: number | undefined;
 }
 
 interface PendingSettle {
@@ -142,6 +165,7 @@ export class Dispatcher {
   readonly #onAttempt: ((info: AttemptInfo) => void) | undefined;
   readonly #env: Readonly<Record<string, string | undefined>>;
   readonly #settleDelayMs: number;
+  readonly #baseDir: string | undefined;
   readonly #lanes = new Map<string, Lane>();
   #quiet!: RateLimitedLog;
   #started = false;
@@ -153,6 +177,7 @@ export class Dispatcher {
   #clockHeld = false;
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
+  #stopped: Promise<void> | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#outbox = options.outbox;
@@ -165,16 +190,25 @@ export class Dispatcher {
     this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
     this.#settleDelayMs = options.settleDelayMs ?? 5;
+    this.#baseDir = options.baseDir;
   }
 
   start(): void {
     if (this.#started) return;
+    // Every TLS file is read before anything starts, so a bad one leaves nothing half-open.
+    const transports = new Map<string, HttpDispatcher>();
+    try {
+      for (const [name, config] of Object.entries(this.#destinations)) transports.set(name, this.#transport(config));
+    } catch (err) {
+      for (const t of transports.values()) void t.destroy().catch(() => undefined);
+      throw err;
+    }
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
     const disabled = this.#disabledFlags();
     for (const [name, config] of Object.entries(this.#destinations)) {
-      const lane = this.#newLane(name, config, this.#transport(config));
+      const lane = this.#newLane(name, config, transports.get(name) as HttpDispatcher);
       const flag = disabled.get(name);
       if (flag) {
         lane.state = "disabled";
@@ -204,8 +238,15 @@ export class Dispatcher {
    * the rest (they stay pending and are sent again after the restart), writes every
    * collected outcome and closes the connections.
    */
-  async stop(graceMs: number): Promise<void> {
-    if (!this.#started) return;
+  stop(graceMs: number): Promise<void> {
+    if (!this.#started) return Promise.resolve();
+    this.#stopped ??= this.#stop(graceMs).finally(() => {
+      this.#stopped = undefined;
+    });
+    return this.#stopped;
+  }
+
+  async #stop(graceMs: number): Promise<void> {
     this.#stopping = true;
     if (this.#pumpImmediate) clearImmediate(this.#pumpImmediate);
     this.#pumpImmediate = undefined;
@@ -281,12 +322,13 @@ export class Dispatcher {
       }
       const oldRate = lane.config.rate_limit;
       lane.config = config;
+      // The path may change on the same origin (same connections): requests go to the new one.
+      const url = new URL(config.url);
+      lane.origin = url.origin;
+      lane.path = `${url.pathname}${url.search}`;
       if (transport) {
         const old = lane.http;
         lane.http = transport;
-        const url = new URL(config.url);
-        lane.origin = url.origin;
-        lane.path = `${url.pathname}${url.search}`;
         void old.close().catch(() => undefined);
       }
       if (oldRate !== config.rate_limit) {
@@ -350,12 +392,16 @@ export class Dispatcher {
       detail: undefined,
       flights: new Map(),
       abort: laneAbort(),
+      unwritten: 0,
       exclude: new Set(),
       probe: new OfflineProbe(this.#clock),
       bucket: config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined,
       timer: undefined,
       timerAt: 0,
       removed: false,
+      fillSince: undefined,
+      pins: new Map(),
+      retryAt: undefined,
     };
   }
 
@@ -368,7 +414,7 @@ export class Dispatcher {
     const read = (file: string | undefined, key: string): Buffer | undefined => {
       if (file === undefined) return undefined;
       try {
-        return readFileSync(file);
+        return readFileSync(this.#baseDir ? resolve(this.#baseDir, file) : file);
       } catch (err) {
         throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `destination tls.${key}: cannot read ${file}`, {
           cause: err,
@@ -515,21 +561,28 @@ export class Dispatcher {
     if (this.#stopping || lane.removed || lane.state === "disabled") return;
     if (this.#held()) return; // the recheck cadence wakes every lane once synced
     const now = this.#clock.now();
+    const perRequest = lane.config.batch?.max_events ?? 1;
     try {
       if (lane.state === "down") {
+        // One request at a time while down: requests sent before the outage was noticed
+        // finish (or time out) first; their completion brings us back here.
+        if (lane.flights.size > 0) return;
         const wait = lane.probe.waitMs();
         if (wait === undefined) return; // the one probe is in flight
         if (wait > 0) {
           this.#arm(lane, wait);
           return;
         }
-        const [head] = this.#outbox.next(lane.name, now, 1, lane.exclude);
-        if (!head) {
+        // A batch lane probes with a whole batch: the backlog is old, there is nothing to wait for.
+        const heads = this.#outbox.next(lane.name, now, perRequest, lane.exclude);
+        if (heads.length === 0) {
           this.#sleepUntilDue(lane, now);
           return;
         }
+        const { ready, rest } = this.#group(lane, heads, perRequest);
         lane.probe.begin();
-        this.#send(lane, head, true);
+        lane.fillSince = undefined;
+        this.#send(lane, ready[0] ?? rest, true);
         return;
       }
       const free = lane.config.concurrency - lane.flights.size;
@@ -543,18 +596,101 @@ export class Dispatcher {
         }
         limit = Math.min(limit, tokens);
       }
-      const rows = this.#outbox.next(lane.name, now, limit, lane.exclude);
-      for (const row of rows) {
+      const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude);
+      const { ready, rest } = this.#group(lane, rows, perRequest);
+      let sent = 0;
+      // Full requests go at once (one delivery each, max_events per batch, or a retried batch).
+      for (const group of ready) {
+        if (sent >= limit) break;
         lane.bucket?.take(1);
-        this.#send(lane, row, false);
+        this.#send(lane, group, false);
+        sent++;
       }
-      if (rows.length < limit) this.#sleepUntilDue(lane, now);
-      else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
+      // A new partial batch starts waiting now (the lane-side bound of max_wait).
+      if (sent > 0) lane.fillSince = undefined;
+      if (rest.length === 0) {
+        lane.fillSince = undefined;
+      } else if (sent < limit) {
+        // A partial batch: wait up to max_wait for it to fill (a wake() on new deliveries or
+        // this timer looks again), then send what there is.
+        const wait = this.#fillWait(lane, rest, now);
+        if (wait <= 0) {
+          lane.fillSince = undefined;
+          lane.bucket?.take(1);
+          this.#send(lane, rest, false);
+          sent++;
+        } else {
+          if (lane.retryAt !== undefined && lane.retryAt <= now) lane.retryAt = undefined;
+          this.#arm(lane, lane.retryAt === undefined ? wait : Math.min(wait, lane.retryAt - now));
+          return;
+        }
+      }
+      if (rows.length < limit * perRequest) {
+        if (lane.unwritten > 0) {
+          // Starved: the remaining series only wait for their outcomes to be written. Once
+          // the last request is back, write now instead of after the batching delay (this is
+          // what limits a few busy series); otherwise the next completion or the delay does.
+          // Either way the write schedules the next pass.
+          if (lane.flights.size === 0) this.#flush();
+          return;
+        }
+        this.#sleepUntilDue(lane, now);
+      } else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
     } catch (err) {
       const n = this.#quiet.shouldLog(`${lane.name}:outbox`);
       if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
       this.#arm(lane, 1_000);
     }
+  }
+
+  /**
+   * Splits due heads (in queue order) into requests. Without batching, one per delivery.
+   * With batching: the members of a batch that failed go together again, at once; the
+   * others fill batches of `perRequest` in queue order, and a last partial one is `rest`.
+   */
+  #group(lane: Lane, rows: Delivery[], perRequest: number): { ready: Delivery[][]; rest: Delivery[] } {
+    if (lane.config.batch === undefined) return { ready: rows.map((r) => [r]), rest: [] };
+    const ready: Delivery[][] = [];
+    const fresh: Delivery[] = [];
+    const pinned = new Map<string, Delivery[]>();
+    for (const r of rows) {
+      const key = lane.pins.get(r.id);
+      if (key === undefined) {
+        fresh.push(r);
+        continue;
+      }
+      let group = pinned.get(key);
+      if (group && group.length >= perRequest) {
+        // max_events was lowered by a reload: the rest of the old batch goes as new events.
+        fresh.push(r);
+        continue;
+      }
+      if (!group) {
+        group = [];
+        pinned.set(key, group);
+        ready.push(group);
+      }
+      group.push(r);
+    }
+    let i = 0;
+    for (; fresh.length - i >= perRequest; i += perRequest) ready.push(fresh.slice(i, i + perRequest));
+    return { ready, rest: fresh.slice(i) };
+  }
+
+  /**
+   * Ms a partial batch may still wait to fill: until its oldest event is `max_wait` old, or
+   * the lane has waited `max_wait` (so a wall clock set back cannot hold it longer). 0 = send.
+   */
+  #fillWait(lane: Lane, rows: readonly Delivery[], now: number): number {
+    const maxWait = lane.config.batch?.max_wait ?? 0;
+    if (maxWait <= 0) return 0;
+    // A retry goes on its schedule: its batch was formed when it was first sent.
+    if (rows.some((r) => r.attempts > 0)) return 0;
+    const mono = this.#clock.monotonic();
+    lane.fillSince ??= mono;
+    let oldest = now;
+    for (const r of rows) oldest = Math.min(oldest, r.createdAt);
+    return Math.max(0, Math.min(oldest + maxWait - now, lane.fillSince + maxWait - mono));
   }
 
   /** Nothing more is due now: sleep until the next head is due (or a wake/completion). */
@@ -572,108 +708,190 @@ export class Dispatcher {
 
   // ------------------------------------------------------------ attempts
 
-  #send(lane: Lane, delivery: Delivery, probe: boolean): void {
+  /** The request for `deliveries` (a batch on a batch lane, even of one event). */
+  #build(lane: Lane, deliveries: Delivery[], nowSec: number): BuiltRequest & { path: string } {
+    const built =
+      lane.config.batch !== undefined
+        ? buildBatchRequest(deliveries, lane.config, nowSec)
+        : buildRequest(deliveries[0] as Delivery, lane.config, nowSec);
+    if (built.url === lane.config.url) return { ...built, path: lane.path };
+    // A preset chose another URL (ntfy posts to the server root). The lane's connection
+    // pool belongs to the destination's origin, so only the path may differ.
+    const url = new URL(built.url);
+    if (url.origin !== lane.origin) {
+      throw new RenderError(`rendered URL has origin ${url.origin}, not the destination's ${lane.origin}`);
+    }
+    return { ...built, path: `${url.pathname}${url.search}` };
+  }
+
+  #send(lane: Lane, deliveries: Delivery[], probe: boolean): void {
     const at = this.#clock.now();
     const started = this.#clock.monotonic();
+    const first = deliveries[0] as Delivery;
+    let built: (BuiltRequest & { path: string }) | undefined;
+    let unsendable: unknown;
+    try {
+      built = this.#build(lane, deliveries, Math.floor(at / 1000));
+    } catch (error) {
+      if (deliveries.length > 1) {
+        // Find the member(s) that cannot be rendered: they die alone, the others go on.
+        const bad: Delivery[] = [];
+        const good: Delivery[] = [];
+        for (const d of deliveries) {
+          try {
+            this.#build(lane, [d], Math.floor(at / 1000));
+            good.push(d);
+          } catch {
+            bad.push(d);
+          }
+        }
+        if (bad.length > 0 && good.length > 0) {
+          this.#send(lane, bad, false);
+          this.#send(lane, good, probe);
+          return;
+        }
+      }
+      unsendable = error;
+    }
     // Series alone is enough: each in-flight delivery is the head of its series, and the
     // outbox over-fetches by exclude.size, so ids would only double that.
-    lane.exclude.add(delivery.series);
-    const flight: Flight = { delivery, probe, aborted: false, done: Promise.resolve() };
-    lane.flights.set(delivery.id, flight);
+    for (const d of deliveries) lane.exclude.add(d.series);
+    const flight: Flight = { deliveries, probe, aborted: false, done: Promise.resolve() };
+    lane.flights.set(first.id, flight);
+    const webhookId =
+      built?.headers["webhook-id"] ??
+      (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
     let outcome: Promise<Outcome>;
-    try {
-      const { headers, body } = buildRequest(delivery, lane.config, Math.floor(at / 1000));
-      outcome = lane.http
-        .request({
-          origin: lane.origin,
-          path: lane.path,
-          method: "POST",
-          headers,
-          body,
-          signal: lane.abort.signal,
-          headersTimeout: lane.config.response_timeout,
-          bodyTimeout: lane.config.response_timeout,
-        })
-        .then(
-          async (res): Promise<Outcome> => {
-            const ra = res.headers["retry-after"];
-            if (this.#onAttempt) {
-              const chunks: Buffer[] = [];
-              let n = 0;
-              for await (const chunk of res.body) {
-                if (n < 4096) chunks.push(chunk as Buffer);
-                n += (chunk as Buffer).length;
+    if (built === undefined) {
+      this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(unsendable) });
+      outcome = Promise.resolve({ kind: "unsendable", error: unsendable });
+    } else {
+      try {
+        outcome = lane.http
+          .request({
+            origin: lane.origin,
+            path: built.path,
+            method: "POST",
+            headers: built.headers,
+            body: built.body,
+            signal: lane.abort.signal,
+            headersTimeout: lane.config.response_timeout,
+            bodyTimeout: lane.config.response_timeout,
+          })
+          .then(
+            async (res): Promise<Outcome> => {
+              const ra = res.headers["retry-after"];
+              if (this.#onAttempt) {
+                const chunks: Buffer[] = [];
+                let n = 0;
+                for await (const chunk of res.body) {
+                  if (n < 4096) chunks.push(chunk as Buffer);
+                  n += (chunk as Buffer).length;
+                }
+                this.#onAttempt({
+                  eventId: webhookId,
+                  destination: lane.name,
+                  status: res.statusCode,
+                  headers: res.headers,
+                  body: Buffer.concat(chunks).subarray(0, 4096),
+                });
+              } else {
+                // Read and discard the answer so the keep-alive connection can be reused.
+                await res.body.dump({ limit: 65_536 }).catch(() => undefined);
               }
-              this.#onAttempt({
-                eventId: delivery.eventId,
-                destination: lane.name,
-                status: res.statusCode,
-                headers: res.headers,
-                body: Buffer.concat(chunks).subarray(0, 4096),
-              });
-            } else {
-              // Read and discard the answer so the keep-alive connection can be reused.
-              await res.body.dump({ limit: 65_536 }).catch(() => undefined);
-            }
-            return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
-          },
-          (error: unknown): Outcome => {
-            this.#onAttempt?.({ eventId: delivery.eventId, destination: lane.name, error: describeError(error) });
-            return { kind: "error", error };
-          },
-        );
-    } catch (error) {
-      outcome = Promise.resolve({ kind: "error", error });
+              return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
+            },
+            (error: unknown): Outcome => {
+              if (isInvalidRequest(error)) {
+                // undici rejected the request itself (e.g. a header value with a newline):
+                // nothing was sent and no retry can send it.
+                this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+                return { kind: "unsendable", error };
+              }
+              this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
+              return { kind: "error", error };
+            },
+          );
+      } catch (error) {
+        // undici refused the request synchronously (e.g. an invalid header value).
+        this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+        outcome = Promise.resolve({ kind: "unsendable", error });
+      }
     }
-    flight.done = outcome.then((o) => this.#onOutcome(lane, flight, o, at, started));
+    flight.done = outcome
+      .then((o) => this.#onOutcome(lane, flight, o, at, started))
+      .catch((err: unknown) => {
+        // A bug here must not become an unhandled rejection that kills the agent; the
+        // deliveries stay pending and are sent again.
+        lane.flights.delete(first.id);
+        for (const d of deliveries) lane.exclude.delete(d.series);
+        this.#log.error({ err, destination: lane.name }, "internal error while recording a delivery outcome");
+        this.#resolveIdle();
+      });
   }
 
   #onOutcome(lane: Lane, flight: Flight, outcome: Outcome, at: number, started: number): void {
-    const { delivery } = flight;
-    lane.flights.delete(delivery.id);
+    const { deliveries } = flight;
+    lane.flights.delete((deliveries[0] as Delivery).id);
     if (flight.aborted) {
-      // Shutdown: no outcome to record; the delivery stays pending as it was.
-      lane.exclude.delete(delivery.series);
+      // Shutdown: no outcome to record; the deliveries stay pending as they were.
+      for (const d of deliveries) lane.exclude.delete(d.series);
       if (flight.probe) lane.probe.released();
       this.#resolveIdle();
       return;
     }
     const durationMs = Math.round(this.#clock.monotonic() - started);
     const now = this.#clock.now();
-    const decision = decide(outcome, {
-      attempts: delivery.attempts,
-      policy: { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts },
-      now,
-      random: this.#random,
-    });
-    this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
-    const attempt: AttemptRecord = { at, durationMs };
     if (outcome.kind === "response") {
-      attempt.status = outcome.status;
       this.#metrics.deliveryLatency.observe({ destination: lane.name }, durationMs / 1000);
     }
-    if (decision.action !== "delivered") attempt.error = decision.action === "dead" ? decision.reason : decision.error;
-
-    let settlement: Settlement;
-    switch (decision.action) {
-      case "delivered":
-        settlement = { id: delivery.id, outcome: "delivered", attempt };
-        break;
-      case "offline":
-        settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
-        break;
-      case "retry":
-        settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
-        break;
-      case "dead":
-        settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
-        break;
+    // One jitter draw per request: members of a batch with the same history get the same
+    // next try, so the batch is formed again from the same heads.
+    const draw = this.#random();
+    const policy = { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts };
+    const actions = new Set<string>();
+    const pinKey =
+      lane.config.batch !== undefined && deliveries.length > 1 ? batchId(deliveries.map((d) => d.eventId)) : undefined;
+    if (pinKey !== undefined && lane.pins.size + deliveries.length > PIN_MAX) lane.pins.clear();
+    for (const delivery of deliveries) {
+      const decision = decide(outcome, { attempts: delivery.attempts, policy, now, random: () => draw });
+      this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
+      const attempt: AttemptRecord = { at, durationMs };
+      if (outcome.kind === "response") attempt.status = outcome.status;
+      if (decision.action !== "delivered") {
+        attempt.error = decision.action === "dead" ? decision.reason : decision.error;
+      }
+      let settlement: Settlement;
+      switch (decision.action) {
+        case "delivered":
+          settlement = { id: delivery.id, outcome: "delivered", attempt };
+          break;
+        case "offline":
+          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
+          break;
+        case "retry":
+          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
+          if (lane.config.batch !== undefined)
+            lane.retryAt = Math.min(lane.retryAt ?? decision.nextAt, decision.nextAt);
+          break;
+        case "dead":
+          settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
+          break;
+      }
+      if (pinKey !== undefined && (decision.action === "retry" || decision.action === "offline")) {
+        lane.pins.set(delivery.id, pinKey);
+      } else {
+        lane.pins.delete(delivery.id);
+      }
+      // State changes and logs once per kind of decision, not once per batch member.
+      if (!actions.has(decision.action)) {
+        actions.add(decision.action);
+        this.#transition(lane, flight, decision);
+      }
+      this.#queueSettle({ lane, settlement, series: delivery.series });
     }
-    this.#transition(lane, flight, decision);
-    this.#queueSettle({ lane, settlement, series: delivery.series });
-    // Slots are free: other series can go out while this outcome waits to be written. Refill
-    // in chunks (a quarter of the lane) so one outbox read serves several requests.
-    if (lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2)) {
+    // Other series can go out while this outcome waits to be written.
+    if (this.#worthAPass(lane)) {
       this.#toPump.add(lane);
       this.#schedulePumps();
     }
@@ -682,6 +900,18 @@ export class Dispatcher {
   /** Destination state and logging after one outcome. */
   #transition(lane: Lane, flight: Flight, decision: Decision): void {
     const name = lane.name;
+    if (decision.class === "unsendable") {
+      // Nothing went on the wire: says nothing about the receiver; a probe may go again now.
+      if (flight.probe) lane.probe.released();
+      const n = this.#quiet.shouldLog(`${name}:unsendable`);
+      if (n !== undefined) {
+        this.#log.error(
+          { destination: name, reason: decision.action === "dead" ? decision.reason : undefined, suppressed: n },
+          `destination ${name}: a webhook cannot be built and is dead (${decision.action === "dead" ? decision.reason : ""}); see edgehook queue list`,
+        );
+      }
+      return;
+    }
     if (decision.action === "offline") {
       if (flight.probe) {
         lane.probe.failed();
@@ -698,10 +928,15 @@ export class Dispatcher {
         lane.probe.reset();
         this.#quiet.reset(`${name}:down`);
         this.#quiet.shouldLog(`${name}:down`);
-        this.#log.warn(
-          { destination: name, error: decision.error },
-          `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
-        );
+        // A flapping receiver (one dead backend behind a balancer) would otherwise log twice
+        // per second; transitions log at the slow cadence with a count of those skipped.
+        const flaps = this.#quiet.shouldLog(`${name}:transition`);
+        if (flaps !== undefined) {
+          this.#log.warn(
+            { destination: name, error: decision.error, suppressedTransitions: flaps },
+            `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
+          );
+        }
         this.#arm(lane, lane.probe.waitMs() ?? 1_000);
       }
       return;
@@ -711,10 +946,15 @@ export class Dispatcher {
     if (lane.state === "down") {
       const downMs = this.#clock.now() - lane.since;
       this.#setState(lane, "up", undefined);
-      this.#log.info(
-        { destination: name, downSeconds: Math.round(downMs / 1000) },
-        `destination ${name} reachable again; sending the backlog`,
-      );
+      // After a real outage (a minute or more) always say so; quick flaps share the slow cadence.
+      if (downMs >= 60_000) this.#quiet.reset(`${name}:transition`);
+      const flaps = this.#quiet.shouldLog(`${name}:transition`);
+      if (flaps !== undefined) {
+        this.#log.info(
+          { destination: name, downSeconds: Math.round(downMs / 1000), suppressedTransitions: flaps },
+          `destination ${name} reachable again; sending the backlog`,
+        );
+      }
     }
     if (decision.action === "dead") {
       if (decision.disable && lane.state !== "disabled") {
@@ -753,6 +993,7 @@ export class Dispatcher {
 
   #queueSettle(p: PendingSettle): void {
     this.#pending.push(p);
+    p.lane.unwritten++;
     if (this.#pending.length >= SETTLE_BATCH_MAX || this.#stopping) {
       this.#flush();
     } else if (!this.#settleTimer) {
@@ -786,11 +1027,21 @@ export class Dispatcher {
       return;
     }
     for (const p of batch) {
+      p.lane.unwritten--;
       p.lane.exclude.delete(p.series);
-      if (!this.#stopping) this.#toPump.add(p.lane);
+      if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();
     this.#resolveIdle();
+  }
+
+  /**
+   * Refill in chunks (a quarter of the lane) so one outbox read serves several requests; a
+   * lane with fewer free slots gets its pass from a later completion, which always comes.
+   */
+  #worthAPass(lane: Lane): boolean {
+    if (lane.state !== "up") return true;
+    return lane.config.concurrency - lane.flights.size >= Math.max(1, lane.config.concurrency >> 2);
   }
 
   #isIdle(): boolean {
@@ -805,6 +1056,16 @@ export class Dispatcher {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** undici's argument validation failed: the request is malformed, not the network down. */
+function isInvalidRequest(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "UND_ERR_INVALID_ARG";
+}
+
+function describeUnsendable(err: unknown): string {
+  const why = err instanceof Error ? err.message : String(err);
+  return `cannot build the request: ${why.slice(0, 200)}`;
 }
 
 function laneAbort(): AbortController {

@@ -9,6 +9,8 @@
  *   5xx, 408, 429, 3xx          retry on the schedule (Retry-After honoured), dead after max_attempts
  *   410                         dead, and the destination is disabled until `edgehook destination enable`
  *   other 4xx                   dead at once (the receiver says the request itself is wrong)
+ *   unsendable                  dead at once, nothing sent: the request cannot be built (the stored
+ *                                 body cannot be rendered for this destination); retrying cannot help
  *
  * 3xx counts as a retryable failure: redirects are never followed (a webhook POST must not be
  * replayed to a place the config does not name), and a moved endpoint is usually fixed by
@@ -25,10 +27,12 @@ export const JITTER = 0.2;
 /** The outcome of one attempt as the transport saw it. */
 export type Outcome =
   | { kind: "response"; status: number; retryAfter?: string | undefined }
-  | { kind: "error"; error: unknown };
+  | { kind: "error"; error: unknown }
+  /** The request could not be built (render or sign threw); nothing went on the wire. */
+  | { kind: "unsendable"; error: unknown };
 
 /** Label for `edgehook_deliveries_total{class}`. */
-export type OutcomeClass = "2xx" | "3xx" | "4xx" | "5xx" | "offline";
+export type OutcomeClass = "2xx" | "3xx" | "4xx" | "5xx" | "offline" | "unsendable";
 
 export type Decision =
   | { action: "delivered"; class: OutcomeClass }
@@ -62,6 +66,15 @@ export function statusClass(status: number): OutcomeClass {
 }
 
 export function decide(outcome: Outcome, ctx: DecideContext): Decision {
+  if (outcome.kind === "unsendable") {
+    const why = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
+    return {
+      action: "dead",
+      class: "unsendable",
+      reason: `cannot build the request: ${why.slice(0, 200)}`,
+      disable: false,
+    };
+  }
   if (outcome.kind === "error") {
     return { action: "offline", class: "offline", error: describeError(outcome.error) };
   }

@@ -363,7 +363,8 @@ export function ntfyTarget(dest: Pick<DestinationConfig, "url" | "ntfy_topic">):
   if (dest.ntfy_topic !== undefined) return { topic: dest.ntfy_topic, url: dest.url };
   const topic = segments.pop() ?? "";
   // JSON publishing goes to the root URL (ntfy "Publish as JSON"); keep any base path of a proxied server.
-  u.pathname = `/${segments.join("/")}`;
+  // The trailing slash matters behind a proxy that routes the prefix as a directory.
+  u.pathname = segments.length > 0 ? `/${segments.join("/")}/` : "/";
   return { topic, url: u.toString() };
 }
 

@@ -87,7 +87,7 @@ export class Metrics {
   });
   readonly deliveries = new Counter({
     name: "edgehook_deliveries_total",
-    help: "Delivery attempts per destination and outcome class (2xx, 4xx, 5xx, offline)",
+    help: "Delivery attempts per destination and outcome class (2xx, 3xx, 4xx, 5xx, offline, unsendable)",
     labelNames: ["destination", "class"] as const,
     registers: [this.registry],
   });

@@ -95,6 +95,14 @@ export class SdNotify {
     return this.#send(["STOPPING=1"]);
   }
 
+  /**
+   * Asks systemd for more time in the current phase (start-up, reload or stop), e.g. while
+   * a large outbox is checked: the phase may then last `ms` from now (EXTEND_TIMEOUT_USEC).
+   */
+  extendTimeout(ms: number): Promise<void> {
+    return this.#send([`EXTEND_TIMEOUT_USEC=${Math.max(0, Math.round(ms * 1000))}`]);
+  }
+
   /** Free-form text shown by `systemctl status`. */
   status(text: string): Promise<void> {
     return this.#send([`STATUS=${oneLine(text)}`]);
@@ -145,7 +153,9 @@ export class SdNotify {
 
   #send(fields: string[]): Promise<void> {
     if (!this.enabled) return Promise.resolve();
-    const next = this.#chain.then(() => this.#spawn(fields));
+    const next = this.#chain
+      .then(() => this.#spawn(fields))
+      .catch((err: unknown) => this.#log.warn({ err, fields: fields.map(fieldName) }, "systemd notification failed"));
     this.#chain = next;
     return next;
   }

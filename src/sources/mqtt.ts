@@ -29,7 +29,7 @@ import { EdgehookError } from "../errors.js";
 import type { Logger } from "../ops/logger.js";
 import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
-import { EmbeddedBroker } from "./broker.js";
+import type { EmbeddedBroker } from "./broker.js";
 import { MqttRouter, mqttDecoder } from "./decode.js";
 import type { Reading, ReadingSink, Source, SourceState, SourceStatus } from "./reading.js";
 
@@ -137,6 +137,8 @@ export class MqttSource implements Source {
     let password = cfg.password;
     if (url === "embedded") {
       const e = cfg.embedded ?? { host: "127.0.0.1", port: 1883 };
+      // aedes is loaded only when a broker is hosted (saves memory on every other device).
+      const { EmbeddedBroker } = await import("./broker.js");
       this.#broker = new EmbeddedBroker({ ...e, logger: this.#log });
       url = (await this.#broker.start()).url;
       this.#brokerUrl = url;
@@ -154,6 +156,9 @@ export class MqttSource implements Source {
       // We subscribe on every connect ourselves (a resumed session keeps them anyway).
       resubscribe: false,
       queueQoSZero: false,
+      // mqtt-packet's write cache pre-builds 65,536 small buffers (~5 MB) to save a few
+      // allocations per publish; edgehook publishes almost nothing.
+      writeCache: false,
       will: { topic: this.statusTopic, payload: Buffer.from("offline"), qos: 1, retain: true },
     };
     if (username !== undefined) options.username = username;

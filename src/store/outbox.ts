@@ -310,6 +310,7 @@ export class Outbox implements OutboxReader {
 
   open(): void {
     if (this.#db) return;
+    validateOptions(this.#file, this.#limits, this.#maxAge);
     const db = openDatabase(this.#file, { logger: this.#log, check: this.#check, now: () => this.#clock.now() });
     this.#db = db;
     this.#statements = prepareAll(db);
@@ -340,6 +341,7 @@ export class Outbox implements OutboxReader {
 
   /** Destination max_age overrides after a config reload. */
   setDestinationMaxAge(maxAge: Readonly<Record<string, number>>): void {
+    validateOptions(this.#file, this.#limits, maxAge);
     this.#maxAge = maxAge;
   }
 
@@ -560,7 +562,19 @@ export class Outbox implements OutboxReader {
   loadStates(): SeriesStateRow[] {
     if (!this.#db) throw new Error("outbox is not open");
     const rows = this.#s.loadStates.all() as StateRow[];
-    return rows.map((r) => ({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) }));
+    const out: SeriesStateRow[] = [];
+    for (const r of rows) {
+      try {
+        out.push({ rule: r.rule, series: r.series, version: r.version, state: JSON.parse(r.state) });
+      } catch (err) {
+        // One unreadable row must not stop the agent from starting: that series starts fresh.
+        this.#log.warn(
+          { err, rule: r.rule, series: r.series },
+          "unreadable rule state skipped; the series starts fresh",
+        );
+      }
+    }
+    return out;
   }
 
   // ------------------------------------------------------------ destination flags
@@ -647,7 +661,7 @@ export class Outbox implements OutboxReader {
       | undefined;
     if (!e) return undefined;
     const deliveries = (this.#s.deliveriesOfEvent.all(e.seq) as (DeliveryRow & { history: string | null })[]).map(
-      (r) => ({ ...toListing(r), history: r.history ? (JSON.parse(r.history) as AttemptRecord[]) : [] }),
+      (r) => ({ ...toListing(r), history: parseHistory(r.history) }),
     );
     return {
       id: e.id,
@@ -1054,6 +1068,23 @@ interface StateRow {
   state: string;
 }
 
+/** The schema validates the YAML; this catches a wrong value passed in code, naming it. */
+function validateOptions(file: string, limits: OutboxConfig, maxAge: Readonly<Record<string, number>>): void {
+  if (typeof file !== "string" || file === "") throw new TypeError("outbox file must be a non-empty path");
+  const positive: (keyof OutboxConfig)[] = ["max_events", "max_bytes", "max_age", "keep_delivered"];
+  for (const key of positive) {
+    const v = limits[key];
+    if (typeof v !== "number" || !(v > 0)) throw new TypeError(`outbox.${key} must be a positive number (is ${v})`);
+  }
+  for (const key of ["min_free_disk", "commit_delay"] as const) {
+    const v = limits[key];
+    if (typeof v !== "number" || !(v >= 0)) throw new TypeError(`outbox.${key} must be a number >= 0 (is ${v})`);
+  }
+  for (const [name, v] of Object.entries(maxAge)) {
+    if (!(v > 0)) throw new TypeError(`destinations.${name}.max_age must be a positive duration (is ${v})`);
+  }
+}
+
 /** Errors caused by one batch's content rather than by the database. */
 function isBatchSpecific(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
@@ -1081,12 +1112,22 @@ function toListing(r: DeliveryRow): DeliveryListing {
 }
 
 function appendHistory(json: string | null, attempt: AttemptRecord): string {
-  const history = json ? (JSON.parse(json) as AttemptRecord[]) : [];
+  const history = parseHistory(json);
   const entry: AttemptRecord = { at: attempt.at, durationMs: Math.round(attempt.durationMs) };
   if (attempt.status !== undefined) entry.status = attempt.status;
   if (attempt.error !== undefined) entry.error = clip(attempt.error);
   history.push(entry);
   return JSON.stringify(history.slice(-HISTORY_LENGTH));
+}
+
+function parseHistory(json: string | null): AttemptRecord[] {
+  if (!json) return [];
+  try {
+    const parsed: unknown = JSON.parse(json);
+    return Array.isArray(parsed) ? (parsed as AttemptRecord[]) : [];
+  } catch {
+    return []; // history is informational; a damaged one starts over
+  }
 }
 
 function clip(text: string): string {

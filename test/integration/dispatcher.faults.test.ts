@@ -13,7 +13,7 @@ import { configSchema, type DestinationConfig } from "../../src/config/schema.js
 import { Dispatcher } from "../../src/delivery/dispatcher.js";
 import type { NewEvent } from "../../src/events.js";
 import { newEventId } from "../../src/events.js";
-import { silentLogger } from "../../src/ops/logger.js";
+import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { Outbox } from "../../src/store/outbox.js";
 import { FakeClock } from "../support/fake-clock.js";
@@ -53,6 +53,8 @@ function destination(url: string, extra: Record<string, unknown>): DestinationCo
 interface RigOptions {
   startReceiver?: boolean;
   clockSynced?: () => boolean;
+  /** Collects the dispatcher's log lines (parsed JSON). */
+  logs?: Record<string, unknown>[];
 }
 
 async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): Promise<Rig> {
@@ -75,7 +77,7 @@ async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): 
     outbox,
     destinations: { ops: dest },
     clock,
-    logger: silentLogger(),
+    logger: opts.logs ? captureLogger(opts.logs) : silentLogger(),
     metrics,
     random: () => 0.5, // no jitter: the schedule is exact
     env: {},
@@ -143,6 +145,14 @@ async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): 
   return r;
 }
 
+function captureLogger(into: Record<string, unknown>[]) {
+  return createLogger("info", {
+    write(line: string) {
+      into.push(JSON.parse(line) as Record<string, unknown>);
+    },
+  });
+}
+
 function row(r: Rig, eventId: string) {
   const d = r.outbox.show(eventId)?.deliveries[0];
   if (!d) throw new Error(`no delivery for ${eventId}`);
@@ -192,7 +202,16 @@ describe("dispatcher against real receivers", () => {
     r.dispatcher.start();
     await r.receiver.waitFor(() => r.receiver.requests === 1, "first attempt");
     await r.settle();
-    await r.advance(119_999);
+    // Nothing is due for two minutes: the dispatcher sleeps instead of polling the outbox.
+    const next = r.outbox.next.bind(r.outbox);
+    let reads = 0;
+    r.outbox.next = (...args) => {
+      reads++;
+      return next(...args);
+    };
+    for (let t = 0; t < 119; t++) await r.advance(1_000);
+    await r.advance(999);
+    expect(reads).toBe(0);
     expect(r.receiver.requests).toBe(1);
     await r.advance(1);
     await r.receiver.waitFor(() => r.receiver.accepted.length === 1, "accepted after Retry-After");
@@ -415,5 +434,38 @@ describe("dispatcher against real receivers", () => {
     await r.settle();
     expect(row(r, ev!.id).state).toBe("delivered");
     expect(r.dispatcher.states().ops?.state).toBe("up");
+  });
+
+  it("logs state changes with the fix for a 410, flapping at a slow cadence, and never a secret", async () => {
+    const logs: Record<string, unknown>[] = [];
+    const r = await rig({ hub_secret: "gh-hub-secret", headers: { authorization: "Bearer tok-123" } }, { logs });
+    // A balancer with one dead backend: every other request is reset.
+    let n = 0;
+    r.receiver.answer = () => (n++ % 2 === 0 ? { kind: "reset" } : { kind: "accept" });
+    await r.commit("s1", 10);
+    r.dispatcher.start();
+    for (let i = 0; i < 40 && r.receiver.accepted.length < 10; i++) {
+      await r.settle();
+      await r.advance(1_000);
+    }
+    expect(r.receiver.accepted).toHaveLength(10);
+    const msgs = logs.map((l) => String(l.msg));
+    // ~10 down/up transitions within seconds: one "unreachable" line, not ten.
+    expect(msgs.filter((m) => m.includes("unreachable (")).length).toBe(1);
+
+    r.receiver.answer = () => ({ kind: "status", status: 410 });
+    await r.commit("s2", 1);
+    await r.receiver.waitFor(() => r.receiver.requests === n + 1, "410");
+    await r.settle();
+    const gone = logs.find((l) => String(l.msg).includes("410"));
+    expect(gone?.level).toBe("error");
+    expect(String(gone?.msg)).toContain("edgehook destination enable ops");
+
+    const text = JSON.stringify(logs);
+    for (const secret of [SECRET, SECRET.slice(6), "gh-hub-secret", "tok-123"]) expect(text).not.toContain(secret);
+    for (const a of r.receiver.arrivals) {
+      expect(text).not.toContain(String(a.headers["webhook-signature"]).slice(3));
+      expect(text).not.toContain(String(a.headers["x-hub-signature-256"]));
+    }
   });
 });

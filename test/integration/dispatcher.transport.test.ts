@@ -3,7 +3,7 @@
  * refused until its CA is configured), client certificates, and an HTTP proxy taken from
  * the environment variables the agent passes in.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
@@ -222,5 +222,41 @@ describe("dispatcher transport", () => {
     expect(delivery?.state).toBe("delivered");
     expect(tunnels).toEqual([`127.0.0.1:${receiver.port}`]);
     expect(receiver.accepted[0]?.verified).toBe(true);
+  });
+
+  it("a connect that never completes hits connect_timeout and counts as offline", async () => {
+    // A listener that never accepts: once its backlog is full the kernel drops further SYNs,
+    // so a new connect hangs (Node's net servers always accept, hence python).
+    const py = spawn(
+      "python3",
+      [
+        "-c",
+        "import socket,sys,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(60)",
+      ],
+      { stdio: ["ignore", "pipe", "ignore"] },
+    );
+    cleanups.push(() => {
+      py.kill("SIGKILL");
+    });
+    const port = await new Promise<number>((resolve) =>
+      py.stdout?.once("data", (d) => resolve(Number(String(d).trim()))),
+    );
+    const fillers: Socket[] = [];
+    for (let i = 0; i < 4; i++) fillers.push(connect(port, "127.0.0.1").on("error", () => undefined));
+    cleanups.push(() => {
+      for (const f of fillers) f.destroy();
+    });
+    // The first one completes its handshake (it fills the accept queue); the others' SYNs are
+    // sent in the same turn, so by then the listener has no room left.
+    await new Promise((r) => fillers[0]?.once("connect", r));
+    const t0 = Date.now();
+    const { dispatcher, delivery } = await drainOne(`http://127.0.0.1:${port}/hooks`, {
+      connect_timeout: "300ms",
+      max_attempts: 1,
+    });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    expect(dispatcher.states().ops).toMatchObject({ state: "down" });
+    expect(dispatcher.states().ops?.detail).toMatch(/connect timeout|ETIMEDOUT/);
+    expect(delivery).toMatchObject({ state: "pending", attempts: 0 });
   });
 });

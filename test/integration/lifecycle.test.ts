@@ -2,13 +2,11 @@
  * The real entry point under signals: SIGTERM under load, SIGHUP with a changed and
  * with a broken file, and /metrics agreeing with `edgehook queue stats`.
  */
-import { existsSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { writeFileSync } from "node:fs";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, edgehook, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
-import { NotifySocket } from "../support/notify-socket.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
 
@@ -75,33 +73,6 @@ describe("agent lifecycle", () => {
     await agent.stop();
     await ok.stop();
   }, 90_000);
-
-  it("tells systemd READY=1 once running, WATCHDOG=1 on the cadence, STOPPING=1 on SIGTERM", async () => {
-    const sock = new NotifySocket();
-    await sock.start();
-    const file = writeConfig(
-      tempDir(),
-      config(broker.url, "http://127.0.0.1:9/hooks", 30, "http: { listen: false }\n"),
-    );
-    const agent = new AgentProcess(file, { NOTIFY_SOCKET: sock.path, WATCHDOG_USEC: "400000" });
-    try {
-      await agent.start();
-      const ready = await sock.waitFor("READY");
-      expect(ready[0]?.fields.READY).toBe("1");
-      // READY only once the outbox is open and the sources are started.
-      expect(existsSync(join(dirname(file), "data", "outbox.db"))).toBe(true);
-      expect(agent.logs.some((l) => /connected/i.test(l.msg) && l.component === "mqtt")).toBe(true);
-      const pings = await sock.waitFor("WATCHDOG", 3, 3_000);
-      expect(pings.every((p) => p.fields.WATCHDOG === "1")).toBe(true);
-      agent.kill("SIGTERM");
-      const stopping = await sock.waitFor("STOPPING");
-      expect(stopping[0]?.fields.STOPPING).toBe("1");
-      expect((await agent.exited()).code).toBe(0);
-    } finally {
-      await agent.stop();
-      await sock.stop();
-    }
-  });
 
   it("SIGHUP applies a changed rule, and keeps the old config when the new file is broken", async () => {
     const receiver = new Receiver(SECRET);

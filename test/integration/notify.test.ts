@@ -74,7 +74,7 @@ describe("SdNotify with a real notify socket", () => {
     expect(sock.with("WATCHDOG").length).toBe(count);
   });
 
-  it("works with an abstract-namespace socket (@name)", async () => {
+  it("works with an abstract-namespace socket (@name), in order", async () => {
     sock = new NotifySocket({ abstract: true });
     await sock.start();
     expect(sock.path.startsWith("@")).toBe(true);
@@ -84,15 +84,18 @@ describe("SdNotify with a real notify socket", () => {
       clock: systemClock,
       pid: PID,
     });
+    await notify.extendTimeout(90_000);
     await notify.ready();
     await notify.reloading();
     await notify.stopping();
     await sock.waitFor("STOPPING");
     expect(sock.messages.filter((m) => !("BARRIER" in m.fields)).map((m) => Object.keys(m.fields).sort())).toEqual([
+      ["EXTEND_TIMEOUT_USEC", "MAINPID"],
       ["MAINPID", "READY"],
       ["MAINPID", "RELOADING"],
       ["MAINPID", "STOPPING"],
     ]);
+    expect(sock.with("EXTEND_TIMEOUT_USEC")[0]?.fields.EXTEND_TIMEOUT_USEC).toBe("90000000");
   });
 
   it("sends no watchdog pings when WATCHDOG_PID names another process or WATCHDOG_USEC is unset", async () => {

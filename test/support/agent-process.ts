@@ -35,6 +35,36 @@ export function edgehook(args: string[], env: NodeJS.ProcessEnv = {}) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/**
+ * Runs an edgehook command to completion without blocking the event loop, for commands
+ * that talk to a server living in the test process (spawnSync would deadlock them).
+ */
+export function edgehookAsync(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  timeoutMs = 30_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    proc.stdout?.on("data", (d: Buffer) => {
+      stdout += d.toString("utf8");
+    });
+    proc.stderr?.on("data", (d: Buffer) => {
+      stderr += d.toString("utf8");
+    });
+    const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+    proc.once("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
 export class AgentProcess {
   readonly logs: LogLine[] = [];
   stderr = "";

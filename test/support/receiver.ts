@@ -5,10 +5,13 @@
  */
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { gunzipSync } from "node:zlib";
 import { Webhook } from "standardwebhooks";
 
 export interface Received {
   id: string;
+  /** Request target (path and query). */
+  path: string;
   timestamp: number;
   headers: IncomingHttpHeaders;
   body: string;
@@ -20,7 +23,8 @@ export interface Received {
 export type Answer =
   /** `delayMs` answers later (to let concurrent requests overlap). */
   | { kind: "accept"; status?: number; delayMs?: number }
-  | { kind: "status"; status: number; headers?: Record<string, string> }
+  /** `body` is the answer's text (default "no"). */
+  | { kind: "status"; status: number; headers?: Record<string, string>; body?: string }
   | { kind: "hang" }
   | { kind: "reset" };
 
@@ -38,9 +42,12 @@ export class Receiver {
   #port = 0;
   #waiters: { pred: () => boolean; resolve: () => void }[] = [];
   readonly #wh: Webhook | undefined;
+  readonly #inflate: boolean;
 
-  constructor(secret?: string) {
+  /** `inflate`: gunzip `content-encoding: gzip` bodies before verifying, as body parsers do. */
+  constructor(secret?: string, options: { inflate?: boolean } = {}) {
     this.#wh = secret ? new Webhook(secret) : undefined;
+    this.#inflate = options.inflate ?? false;
   }
 
   get port(): number {
@@ -61,7 +68,15 @@ export class Receiver {
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("end", () => {
         this.requests++;
-        const body = Buffer.concat(chunks).toString("utf8");
+        let raw = Buffer.concat(chunks);
+        if (this.#inflate && req.headers["content-encoding"] === "gzip") {
+          try {
+            raw = gunzipSync(raw);
+          } catch {
+            // Left as it came: verification and JSON parsing fail visibly.
+          }
+        }
+        const body = raw.toString("utf8");
         let verified = false;
         if (this.#wh) {
           try {
@@ -79,6 +94,7 @@ export class Receiver {
         }
         const rec: Received & { accepted?: boolean } = {
           id: String(req.headers["webhook-id"] ?? ""),
+          path: req.url ?? "",
           timestamp: Number(req.headers["webhook-timestamp"] ?? 0),
           headers: req.headers,
           body,
@@ -102,7 +118,7 @@ export class Receiver {
             req.socket.destroy();
           } else if (a.kind === "status") {
             res.writeHead(a.status, a.headers ?? {});
-            res.end("no");
+            res.end(a.body ?? "no");
           } else {
             rec.accepted = true;
             res.writeHead(a.status ?? 200);

@@ -66,6 +66,37 @@ describe("openDatabase", () => {
   });
 });
 
+describe("Outbox options", () => {
+  it("names the wrong option", () => {
+    const base = {
+      file: join(dir, "outbox.db"),
+      clock: new FakeClock(),
+      logger: silentLogger(),
+      metrics: new Metrics(),
+    };
+    const limits: OutboxConfig = {
+      max_events: 10,
+      max_bytes: 1000,
+      max_age: 1000,
+      min_free_disk: 0,
+      keep_delivered: 1000,
+      commit_delay: 0,
+    };
+    expect(() => new Outbox({ ...base, limits: { ...limits, max_events: 0 } }).open()).toThrow(
+      "outbox.max_events must be a positive number (is 0)",
+    );
+    expect(() => new Outbox({ ...base, limits: { ...limits, commit_delay: -1 } }).open()).toThrow(
+      /outbox\.commit_delay/,
+    );
+    expect(() => new Outbox({ ...base, limits, destinationMaxAge: { ops: 0 } }).open()).toThrow(
+      /destinations\.ops\.max_age/,
+    );
+    const ok = new Outbox({ ...base, limits });
+    ok.open();
+    ok.close();
+  });
+});
+
 describe("operator log lines", () => {
   const limits: OutboxConfig = {
     max_events: 3,
@@ -149,6 +180,34 @@ describe("operator log lines", () => {
     await settle();
     expect(lines.filter((l) => l.level === "warn").map((l) => l.msg)).toEqual([
       "outbox counters did not match the stored rows; recounted",
+    ]);
+  });
+
+  it("a damaged rule-state or history row is skipped, not fatal", async () => {
+    let { lines, clock, outbox } = setup({});
+    await outbox.commit({
+      events: [ev(clock)],
+      states: [
+        { rule: "r", series: "good", version: "1", state: { n: 1 } },
+        { rule: "r", series: "bad", version: "1", state: { n: 2 } },
+      ],
+      removedStates: [],
+    });
+    const [d] = outbox.next("ops", clock.now(), 1, new Set());
+    outbox.close();
+    const raw = new Database(join(dir, "outbox.db"));
+    raw.prepare("UPDATE series_state SET state = '{not json' WHERE series = 'bad'").run();
+    raw.prepare("UPDATE deliveries SET history = 'garbage'").run();
+    raw.close();
+    ({ lines, clock, outbox } = setup({}));
+    expect(outbox.loadStates()).toEqual([{ rule: "r", series: "good", version: "1", state: { n: 1 } }]);
+    outbox.settle([{ id: d!.id, outcome: "delivered", attempt: { at: clock.now(), status: 200, durationMs: 4 } }]);
+    const shown = outbox.list({ state: "delivered" });
+    expect(shown).toHaveLength(1);
+    outbox.close();
+    await settle();
+    expect(lines.filter((l) => l.level === "warn").map((l) => l.msg)).toEqual([
+      "unreadable rule state skipped; the series starts fresh",
     ]);
   });
 

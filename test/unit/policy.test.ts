@@ -10,6 +10,7 @@ import {
   retryDelay,
   TokenBucket,
 } from "../../src/delivery/policy.js";
+import { RenderError } from "../../src/delivery/render.js";
 import { FakeClock } from "../support/fake-clock.js";
 
 const NOW = Date.parse("2026-01-01T00:00:00Z");
@@ -124,6 +125,22 @@ describe("decide", () => {
       name: "TLS certificate problem → offline, named",
       outcome: { kind: "error", error: errWith("DEPTH_ZERO_SELF_SIGNED_CERT") },
       expect: { action: "offline", error: "TLS: DEPTH_ZERO_SELF_SIGNED_CERT" },
+    },
+    {
+      name: "request cannot be built → dead at once, not offline",
+      outcome: { kind: "unsendable", error: new RenderError("the stored body is not JSON") },
+      expect: {
+        action: "dead",
+        class: "unsendable",
+        reason: "cannot build the request: the stored body is not JSON",
+        disable: false,
+      },
+    },
+    {
+      name: "unsendable is dead even with attempts left and whatever was thrown",
+      outcome: { kind: "unsendable", error: "weird" },
+      attempts: 0,
+      expect: { action: "dead", class: "unsendable", reason: "cannot build the request: weird" },
     },
   ];
 
