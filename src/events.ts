@@ -60,6 +60,8 @@ export interface CommitBatch {
   events: NewEvent[];
   states: SeriesStateRow[];
   removedStates: SeriesRef[];
+  /** Keys of the source messages whose effects this batch holds (see SinkOrigin). */
+  messageKeys?: readonly string[];
 }
 
 const ulid = monotonicFactory();

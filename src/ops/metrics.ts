@@ -53,6 +53,12 @@ export class Metrics {
     labelNames: ["source", "reason"] as const,
     registers: [this.registry],
   });
+  readonly redeliveriesSkipped = new Counter({
+    name: "edgehook_redeliveries_skipped_total",
+    help: "Messages the broker redelivered after a crash that were already committed, acknowledged without processing again",
+    labelNames: ["source"] as const,
+    registers: [this.registry],
+  });
   readonly ruleEvents = new Counter({
     name: "edgehook_rule_events_total",
     help: "Events emitted by rules, per rule and type",

@@ -20,6 +20,7 @@
  * reconnect the broker redelivers unacknowledged messages and they are committed
  * again (at-least-once; readings carry their payload time).
  */
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
@@ -31,7 +32,7 @@ import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { EmbeddedBroker } from "./broker.js";
 import { MqttRouter, mqttDecoder } from "./decode.js";
-import type { Reading, ReadingSink, Source, SourceState, SourceStatus } from "./reading.js";
+import type { MessageLedger, Reading, ReadingSink, SinkOrigin, Source, SourceState, SourceStatus } from "./reading.js";
 
 export interface MqttSourceOptions {
   config: MqttConfig;
@@ -42,6 +43,12 @@ export interface MqttSourceOptions {
   clock: Clock;
   /** Relative tls.*_file paths are read from here (the config file's directory). Default: the working directory. */
   baseDir?: string;
+  /**
+   * Which messages were already committed. A QoS 1/2 message the broker marks as a
+   * redelivery (DUP) whose key is in the ledger was committed before a crash took its
+   * acknowledgement: it is acknowledged without being processed again.
+   */
+  ledger?: MessageLedger;
 }
 
 /** Messages gathered while a commit is in flight before MQTT.js is made to wait. */
@@ -62,15 +69,24 @@ interface Batch {
   readings: Reading[];
   acks: PendingAck[];
   messages: number;
+  /** Keys of the QoS 1/2 messages in the batch (see SinkOrigin). */
+  keys: string[];
 }
 
-const emptyBatch = (): Batch => ({ readings: [], acks: [], messages: 0 });
+const emptyBatch = (): Batch => ({ readings: [], acks: [], messages: 0, keys: [] });
+
+/** Packet id, topic and payload hash: what identifies a redelivery of the same message. */
+export function messageKey(packet: IPublishPacket, payload: Buffer): string {
+  const hash = createHash("sha1").update(payload).digest("base64url");
+  return `mqtt:${packet.messageId}:${packet.topic}:${hash}`;
+}
 
 export class MqttSource implements Source {
   readonly name = "mqtt";
   readonly #config: MqttConfig;
   readonly #agentId: string;
   readonly #sink: ReadingSink;
+  readonly #ledger: MessageLedger | undefined;
   readonly #log: Logger;
   readonly #metrics: Metrics;
   readonly #clock: Clock;
@@ -104,6 +120,7 @@ export class MqttSource implements Source {
     this.#clock = opts.clock;
     this.#errLog = new RateLimitedLog(60_000, () => opts.clock.now());
     this.#baseDir = opts.baseDir;
+    this.#ledger = opts.ledger;
   }
 
   get statusTopic(): string {
@@ -325,6 +342,16 @@ export class MqttSource implements Source {
   #accept(packet: IPublishPacket): void {
     this.#pending.messages++;
     const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
+    if (packet.qos > 0) {
+      const key = messageKey(packet, payload);
+      if (packet.dup && this.#ledger?.(key)) {
+        // Committed before a crash took its acknowledgement: acknowledge, do not repeat.
+        this.#metrics.redeliveriesSkipped.inc({ source: "mqtt" });
+        this.#log.debug({ topic: packet.topic, messageId: packet.messageId }, "redelivered message already committed");
+        return;
+      }
+      this.#pending.keys.push(key);
+    }
     const res = this.#router?.decode(packet.topic, payload, this.#clock.now());
     if (res === undefined) {
       this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
@@ -369,7 +396,8 @@ export class MqttSource implements Source {
     this.#held = undefined;
     held?.();
     const client = this.#client;
-    const commit = batch.readings.length > 0 ? callSink(this.#sink, batch.readings) : Promise.resolve();
+    const commit =
+      batch.readings.length > 0 ? callSink(this.#sink, batch.readings, { messageKeys: batch.keys }) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
         // One write for the whole batch of acknowledgements instead of one per message.
@@ -439,9 +467,9 @@ export class MqttSource implements Source {
 }
 
 /** A sink that throws instead of rejecting must not break the batching loop. */
-function callSink(sink: ReadingSink, readings: Reading[]): Promise<void> {
+function callSink(sink: ReadingSink, readings: Reading[], origin: SinkOrigin): Promise<void> {
   try {
-    return sink(readings);
+    return sink(readings, origin);
   } catch (err) {
     return Promise.reject(err);
   }

@@ -20,7 +20,20 @@ export interface Reading {
  * caused (events, rule state) is committed to the outbox; only then may an MQTT
  * QoS 1/2 message be acknowledged (design invariant 1).
  */
-export type ReadingSink = (readings: Reading[]) => Promise<void>;
+export type ReadingSink = (readings: Reading[], origin?: SinkOrigin) => Promise<void>;
+
+/**
+ * Where a batch of readings came from. `messageKeys` name the source messages (for
+ * MQTT: packet id, topic and payload hash); they are committed with what the readings
+ * caused, so that a message redelivered after a crash between the commit and its
+ * acknowledgement is recognised (`MessageLedger`) and not processed twice.
+ */
+export interface SinkOrigin {
+  messageKeys: string[];
+}
+
+/** Answers whether a message with this key was already committed. */
+export type MessageLedger = (key: string) => boolean;
 
 export type SourceStatus = "starting" | "up" | "down" | "stopped";
 

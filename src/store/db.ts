@@ -95,6 +95,15 @@ const MIGRATIONS: readonly string[] = [
     since    INTEGER
   ) WITHOUT ROWID;
   `,
+  // 1 → 2: keys of committed MQTT messages, so a message the broker redelivers after
+  // a crash between commit and PUBACK is recognised instead of processed twice.
+  `
+  CREATE TABLE source_messages (
+    key TEXT    PRIMARY KEY,
+    at  INTEGER NOT NULL
+  ) WITHOUT ROWID;
+  CREATE INDEX source_messages_by_age ON source_messages (at);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

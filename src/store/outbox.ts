@@ -116,6 +116,9 @@ export interface OutboxOptions {
   check?: boolean;
 }
 
+/** Committed message keys kept for recognising redeliveries (MQTT allows 65,535 in flight). */
+const MESSAGE_KEYS_KEPT = 100_000;
+
 interface Waiter {
   batch: CommitBatch;
   resolve: (r: CommitResult) => void;
@@ -182,6 +185,11 @@ function prepareAll(db: Database) {
        ON CONFLICT (rule, series) DO UPDATE SET version = excluded.version, state = excluded.state`,
     ),
     deleteState: db.prepare("DELETE FROM series_state WHERE rule = ? AND series = ?"),
+    insertMessage: db.prepare("INSERT OR IGNORE INTO source_messages (key, at) VALUES (?, ?)"),
+    hasMessage: db.prepare("SELECT 1 FROM source_messages WHERE key = ?").pluck(),
+    pruneMessages: db.prepare(
+      "DELETE FROM source_messages WHERE at <= (SELECT at FROM source_messages ORDER BY at DESC LIMIT 1 OFFSET ?)",
+    ),
     loadStates: db.prepare("SELECT rule, series, version, state FROM series_state"),
     // Walks the heads in priority/id order and stops after LIMIT due ones; without the
     // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
@@ -457,6 +465,10 @@ export class Outbox implements OutboxReader {
     const s = this.#s;
     for (const st of b.states) s.upsertState.run(st.rule, st.series, st.version, JSON.stringify(st.state) ?? "null");
     for (const r of b.removedStates) s.deleteState.run(r.rule, r.series);
+    if (b.messageKeys) {
+      const now = this.#clock.now();
+      for (const k of b.messageKeys) s.insertMessage.run(k, now);
+    }
     const dropped: Record<string, number> = {};
     if (!diskOk) {
       let refused = 0;
@@ -765,9 +777,18 @@ export class Outbox implements OutboxReader {
    * max_bytes, and refreshes the outbox metrics. Call on a timer (e.g. every 30 s) and
    * again soon when the result says `more`.
    */
+  /**
+   * Whether a source message with this key was committed (see CommitBatch.messageKeys).
+   * The newest MESSAGE_KEYS_KEPT keys are kept, far more than can be unacknowledged.
+   */
+  hasMessage(key: string): boolean {
+    return this.#s.hasMessage.get(key) !== undefined;
+  }
+
   maintain(): MaintainResult {
     const result: MaintainResult = { pruned: 0, expired: 0, dropped: {}, more: false };
     if (!this.#db) return result;
+    this.#s.pruneMessages.run(MESSAGE_KEYS_KEPT);
     this.#syncCounters();
     const now = this.#clock.now();
     let budget = MAINTAIN_MAX_ROWS;
