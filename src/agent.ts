@@ -15,7 +15,8 @@ import type { Config, DestinationConfig } from "./config/schema.js";
 import { ClockSyncMonitor } from "./delivery/clock-sync.js";
 import { Dispatcher } from "./delivery/dispatcher.js";
 import { acceptsEvent } from "./delivery/render.js";
-import type { CommitBatch } from "./events.js";
+import { EventTimes } from "./event-time.js";
+import type { CommitBatch, NewEvent } from "./events.js";
 import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } from "./ops/health.js";
 import { HttpServer } from "./ops/http.js";
 import type { Logger } from "./ops/logger.js";
@@ -62,6 +63,7 @@ export class Agent {
   /** Serialises engine work and commits that must follow each other (ticks, reloads). */
   #chain: Promise<unknown> = Promise.resolve();
   #clockSync: ClockSyncMonitor | undefined;
+  #eventTimes: EventTimes | undefined;
   readonly #heartbeat: Heartbeat;
 
   constructor(options: AgentOptions) {
@@ -114,6 +116,11 @@ export class Agent {
       await this.#clockSync.start();
     }
     const clockSync = this.#clockSync;
+    if (clockSync) {
+      this.#eventTimes = new EventTimes(this.#clock);
+      // Registered before the dispatcher's wake-up: bodies are corrected before any is signed.
+      clockSync.onChange(() => this.#correctEventTimes());
+    }
     this.#dispatcher = new Dispatcher({
       outbox: this.#outbox,
       destinations: config.destinations,
@@ -200,7 +207,11 @@ export class Agent {
       return;
     }
     const destinations = this.config.destinations;
-    const events = batch.events.map((e) => {
+    const marked =
+      this.#eventTimes && this.#clockSync && !this.#clockSync.synced()
+        ? this.#eventTimes.mark(batch.events)
+        : batch.events;
+    const events = marked.map((e: NewEvent) => {
       this.metrics.ruleEvents.inc({ rule: e.rule, type: e.type });
       const accepted = e.destinations.filter((name) => {
         const dest: DestinationConfig | undefined = destinations[name];
@@ -244,6 +255,19 @@ export class Agent {
       },
       Math.max(0, due - this.#clock.now()),
     );
+  }
+
+  /** The clock synchronised: rewrite the times of waiting events created before (event-time.ts). */
+  #correctEventTimes(): void {
+    const outbox = this.#outbox;
+    const times = this.#eventTimes;
+    if (!outbox?.isOpen || !times || !this.#clockSync?.synced() || times.remembered === 0) return;
+    try {
+      const n = outbox.rewriteUnsent(times.corrections((id) => outbox.unsentBody(id)));
+      this.#logger.info({ events: n }, "clock synchronised: corrected the times of events created before");
+    } catch (err) {
+      this.#logger.error({ err }, "correcting event times failed; those events keep clock: unsynchronized");
+    }
   }
 
   #maintain(): void {

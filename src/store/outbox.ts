@@ -185,6 +185,11 @@ function prepareAll(db: Database) {
        ON CONFLICT (rule, series) DO UPDATE SET version = excluded.version, state = excluded.state`,
     ),
     deleteState: db.prepare("DELETE FROM series_state WHERE rule = ? AND series = ?"),
+    unsentEvent: db.prepare(
+      `SELECT seq, size, length(body) AS len, body FROM events e WHERE id = ?
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.history IS NOT NULL)`,
+    ),
+    replaceBody: db.prepare("UPDATE events SET body = ?, size = ? WHERE seq = ?"),
     insertMessage: db.prepare("INSERT OR IGNORE INTO source_messages (key, at) VALUES (?, ?)"),
     hasMessage: db.prepare("SELECT 1 FROM source_messages WHERE key = ?").pluck(),
     pruneMessages: db.prepare(
@@ -777,6 +782,33 @@ export class Outbox implements OutboxReader {
    * max_bytes, and refreshes the outbox metrics. Call on a timer (e.g. every 30 s) and
    * again soon when the result says `more`.
    */
+  /** The stored body of an event that no attempt has used yet, or undefined. */
+  unsentBody(eventId: string): Buffer | undefined {
+    const row = this.#s.unsentEvent.get(eventId) as { body: Buffer } | undefined;
+    return row?.body;
+  }
+
+  /**
+   * Replaces the stored bodies of events no attempt has used yet (the event-time
+   * correction after the clock synchronised, see src/event-time.ts), in one
+   * transaction. Returns how many were replaced.
+   */
+  rewriteUnsent(bodies: ReadonlyMap<string, Buffer>): number {
+    if (bodies.size === 0) return 0;
+    return this.#write((delta) => {
+      let n = 0;
+      for (const [id, body] of bodies) {
+        const row = this.#s.unsentEvent.get(id) as { seq: number; size: number; len: number } | undefined;
+        if (!row) continue;
+        const size = row.size - row.len + body.length;
+        this.#s.replaceBody.run(body, size, row.seq);
+        delta.bytes += size - row.size;
+        n++;
+      }
+      return n;
+    });
+  }
+
   /**
    * Whether a source message with this key was committed (see CommitBatch.messageKeys).
    * The newest MESSAGE_KEYS_KEPT keys are kept, far more than can be unacknowledged.
