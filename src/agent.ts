@@ -64,6 +64,7 @@ export class Agent {
   #chain: Promise<unknown> = Promise.resolve();
   #clockSync: ClockSyncMonitor | undefined;
   #eventTimes: EventTimes | undefined;
+  #engineStats: Record<string, number> = {};
   readonly #heartbeat: Heartbeat;
 
   constructor(options: AgentOptions) {
@@ -201,7 +202,27 @@ export class Agent {
     return this.#commit(batch);
   }
 
+  /** Engine counters as deltas into the Prometheus counter (cheap: a few numbers per batch). */
+  #exportEngineStats(): void {
+    const stats = this.#engine?.stats;
+    if (!stats) return;
+    const now: Record<string, number> = {
+      late: stats.late,
+      non_numeric: stats.nonNumeric,
+      bad_time: stats.badTime,
+      series_limit: stats.seriesLimit,
+      stale_state: stats.staleStates,
+      dropped_batched: stats.droppedBatched,
+    };
+    for (const [reason, n] of Object.entries(now)) {
+      const before = this.#engineStats[reason] ?? 0;
+      if (n > before) this.metrics.ruleSkips.inc({ reason }, n - before);
+    }
+    this.#engineStats = now;
+  }
+
   async #commit(batch: CommitBatch): Promise<void> {
+    this.#exportEngineStats();
     if (batch.events.length === 0 && batch.states.length === 0 && batch.removedStates.length === 0) {
       this.#scheduleTick();
       return;
@@ -229,6 +250,7 @@ export class Agent {
       this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
       this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
       this.#engine.restore(outbox.loadStates());
+      this.#engineStats = {};
       throw err;
     }
     if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();

@@ -59,6 +59,12 @@ export class Metrics {
     labelNames: ["source"] as const,
     registers: [this.registry],
   });
+  readonly ruleSkips = new Counter({
+    name: "edgehook_rule_readings_skipped_total",
+    help: "Readings or stored states the rule engine skipped, per reason (late, non_numeric, bad_time, series_limit, stale_state, dropped_batched)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
   readonly ruleEvents = new Counter({
     name: "edgehook_rule_events_total",
     help: "Events emitted by rules, per rule and type",
