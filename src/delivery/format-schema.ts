@@ -9,33 +9,13 @@
  * and a cycle would leave the helpers undefined while the shape is built.
  */
 import { z } from "zod";
+import { duration, size } from "../config/fields.js";
 import type { DestinationConfig, RuleConfig } from "../config/schema.js";
-import { parseDuration, parseSize } from "../config/units.js";
 import { checkSigningKey } from "./sign-v1a.js";
 import { type ConfigPath, compileTemplate } from "./template.js";
 
 export const PRESETS = ["slack", "discord", "teams", "ntfy", "homeassistant"] as const;
 export type PresetName = (typeof PRESETS)[number];
-
-const duration = () =>
-  z.string({ error: "must be a duration like 30s" }).transform((s, ctx) => {
-    const ms = parseDuration(s);
-    if (ms === undefined) {
-      ctx.addIssue({ code: "custom", message: "must be a duration like 30s, 5m or 2h" });
-      return z.NEVER;
-    }
-    return ms;
-  });
-
-const size = () =>
-  z.union([z.number().int().min(0), z.string()], { error: "must be a size like 64KB" }).transform((s, ctx) => {
-    const n = typeof s === "number" ? s : parseSize(s);
-    if (n === undefined) {
-      ctx.addIssue({ code: "custom", message: "must be a size like 64KB or 1MiB" });
-      return z.NEVER;
-    }
-    return n;
-  });
 
 export const formatKeys = {
   /**
