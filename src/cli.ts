@@ -242,7 +242,11 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
   notify.startWatchdog(() => agent.healthy());
   logger.info({ agent: loaded.config.agent.id, version: version() }, "edgehook running");
 
+  // The agent may hold no handle that keeps the event loop alive (no sources, an
+  // unplugged serial port, an idle dispatcher); it runs until told to stop.
+  const keepAlive = setInterval(() => {}, 2 ** 31 - 1);
   await agent.stopped();
+  clearInterval(keepAlive);
   await stopping;
   await notify.stop();
   for (const off of offs) off();

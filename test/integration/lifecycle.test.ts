@@ -74,6 +74,25 @@ describe("agent lifecycle", () => {
     await ok.stop();
   }, 90_000);
 
+  it("keeps running with nothing to do (no sources, nothing pending) until SIGTERM", async () => {
+    const file = writeConfig(
+      tempDir(),
+      `version: 1
+agent: { id: idle-pi, data_dir: ./data }
+destinations:
+  ops: { url: "http://127.0.0.1:9/hooks", secret: ${SECRET} }
+rules:
+  - { name: hot, above: 30, notify: [ops] }
+http: { listen: false }
+`,
+    );
+    const agent = new AgentProcess(file);
+    await agent.start();
+    await new Promise((r) => setImmediate(r));
+    // A process that ran out of work would already have exited (Node: exit code 13).
+    expect((await agent.stop()).code).toBe(0);
+  });
+
   it("SIGHUP applies a changed rule, and keeps the old config when the new file is broken", async () => {
     const receiver = new Receiver(SECRET);
     await receiver.start();
