@@ -2,11 +2,14 @@
 /**
  * The real agent's memory with an empty outbox and with 1,000,000 pending deliveries
  * (design invariant 6: the backlog costs disk, not RAM). Each agent runs as its own
- * process (`node bin/edgehook.js run`) against a local keep-alive receiver that answers
- * 200, for SECONDS seconds: the full one opens the backlog (integrity check, recount) and
- * drains part of it. Peak RSS (VmHWM) and RSS at the end are read from /proc.
+ * process (`node bin/edgehook.js run`) for SECONDS seconds; peak RSS (VmHWM) and RSS at
+ * the end are read from /proc. Two situations:
+ *   down: the receiver is unreachable (the backlog waits; one probe at a time), which is
+ *         what "memory does not grow with the queue" is about;
+ *   up:   a local keep-alive receiver answers 200 and the agent drains at full speed
+ *         (memory under load, compared with the same agent idle).
  *
- *   npx tsc -p tsconfig.build.json && node scripts/bench/agent-backlog-rss.mjs [backlog] [seconds]
+ *   npx tsc -p tsconfig.build.json && node scripts/bench/agent-backlog-rss.mjs [backlog] [seconds] [down|up]
  *
  * Loopback only; bounded in time; stops the agents and the receiver itself.
  */
@@ -19,6 +22,7 @@ import { fileURLToPath } from "node:url";
 
 const BACKLOG = Number(process.argv[2] ?? 1_000_000);
 const SECONDS = Number(process.argv[3] ?? 20);
+const MODE = process.argv[4] ?? "down";
 const here = fileURLToPath(new URL(".", import.meta.url));
 const BIN = join(here, "../../bin/edgehook.js");
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -33,6 +37,11 @@ const server = createServer((req, res) => {
 });
 await new Promise((r) => server.listen(0, "127.0.0.1", r));
 const port = server.address().port;
+// A port nothing listens on: connection refused, the destination is offline.
+const probe = createServer();
+await new Promise((r) => probe.listen(0, "127.0.0.1", r));
+const downPort = probe.address().port;
+await new Promise((r) => probe.close(r));
 
 const vm = (pid, key) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
 
@@ -54,7 +63,7 @@ async function measure(label, backlog) {
     `version: 1
 agent: { id: rss-pi, data_dir: ./data, require_clock_sync: never, log_level: warn }
 destinations:
-  ops: { url: "http://127.0.0.1:${port}/hooks", secret: ${SECRET}, concurrency: 16 }
+  ops: { url: "http://127.0.0.1:${MODE === "up" ? port : downPort}/hooks", secret: ${SECRET}, concurrency: 16 }
 rules:
   - { name: temp-high, match: { metric: temperature }, above: 30, notify: [ops] }
 outbox: { max_events: 10000000, max_bytes: 16GB }

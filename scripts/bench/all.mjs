@@ -19,6 +19,7 @@ const ALL = [
   ["ingest", "--agent"],
   ["footprint"],
   ["backlog-rss"],
+  ["agent-backlog-rss", "1000000", "20", "down"],
 ];
 const wanted = process.argv.slice(2);
 let failed = 0;
