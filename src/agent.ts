@@ -22,7 +22,7 @@ import type { Logger } from "./ops/logger.js";
 import { Metrics } from "./ops/metrics.js";
 import { RuleEngine } from "./rules/engine.js";
 import { MqttSource } from "./sources/mqtt.js";
-import type { Reading, Source } from "./sources/reading.js";
+import type { Reading, SinkOrigin, Source } from "./sources/reading.js";
 import { Outbox } from "./store/outbox.js";
 
 export interface AgentOptions {
@@ -148,9 +148,10 @@ export class Agent {
 
   async #startSources(config: Config): Promise<void> {
     const log = this.#logger;
-    const sink = (readings: Reading[]) => this.#ingest(readings);
+    const sink = (readings: Reading[], origin?: SinkOrigin) => this.#ingest(readings, origin);
     this.#mqtt = undefined;
     if (config.mqtt) {
+      const outbox = this.#outbox;
       // With `url: embedded` the source hosts the broker itself.
       this.#mqtt = new MqttSource({
         config: config.mqtt,
@@ -159,6 +160,9 @@ export class Agent {
         logger: log.child({ component: "mqtt" }),
         metrics: this.metrics,
         clock: this.#clock,
+        baseDir: dirname(this.#loaded.file),
+        // A redelivered message committed before a crash took its PUBACK is not processed twice.
+        ledger: (key) => outbox?.isOpen === true && outbox.hasMessage(key),
       });
       this.#sources.push(this.#mqtt);
     }
@@ -187,10 +191,13 @@ export class Agent {
   }
 
   /** The sink every source hands readings to. Resolves once what they caused is durable. */
-  #ingest(readings: Reading[]): Promise<void> {
+  #ingest(readings: Reading[], origin?: SinkOrigin): Promise<void> {
     const engine = this.#engine;
     if (!this.#accepting || !engine) return Promise.reject(new Error("agent is stopping"));
     const batch = engine.process(readings);
+    // The message keys go in the same transaction as what the messages caused (a reading
+    // that changed nothing writes nothing, keys included: processing it again is harmless).
+    if (origin && origin.messageKeys.length > 0) batch.messageKeys = origin.messageKeys;
     return this.#commit(batch);
   }
 
