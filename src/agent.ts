@@ -55,6 +55,10 @@ export class Agent {
   #maintenanceTimer: TimerHandle | undefined;
   #accepting = false;
   #stopPromise: Promise<void> | undefined;
+  /** start() in progress or done; stop() and reload() wait for it. */
+  #starting: Promise<void> | undefined;
+  /** The last reload (settled or not): reloads run one at a time, and stop() waits for them. */
+  #reloading: Promise<void> = Promise.resolve();
   #resolveStopped!: () => void;
   readonly #stopped = new Promise<void>((resolve) => {
     this.#resolveStopped = resolve;
@@ -87,7 +91,13 @@ export class Agent {
   }
   #httpPort: number | undefined;
 
-  async start(): Promise<void> {
+  /** Starts every part. A stop() or reload() called meanwhile runs once this settled. */
+  start(): Promise<void> {
+    this.#starting ??= this.#doStart();
+    return this.#starting;
+  }
+
+  async #doStart(): Promise<void> {
     const config = this.config;
     const log = this.#logger;
     mkdirSync(this.#loaded.dataDir, { recursive: true });
@@ -266,8 +276,21 @@ export class Agent {
     }
   }
 
-  /** Applies a new configuration. The caller validated it; parts that did not change keep running. */
-  async reload(next: LoadedConfig): Promise<void> {
+  /**
+   * Applies a new configuration. The caller validated it; parts that did not change keep
+   * running. Reloads run one at a time (two quick SIGHUPs must not both restart the
+   * sources), after start() settled; once stop() was called a reload is refused.
+   */
+  reload(next: LoadedConfig): Promise<void> {
+    const run = Promise.allSettled([this.#starting, this.#reloading]).then(() => {
+      if (this.#stopPromise) throw new Error("agent is stopping: reload not applied");
+      return this.#doReload(next);
+    });
+    this.#reloading = run.catch(() => undefined);
+    return run;
+  }
+
+  async #doReload(next: LoadedConfig): Promise<void> {
     const prev = this.config;
     const config = next.config;
     if (next.dataDir !== this.#loaded.dataDir) {
@@ -304,7 +327,10 @@ export class Agent {
    * for up to agent.shutdown_timeout, closes the database. Safe to call twice.
    */
   stop(): Promise<void> {
-    this.#stopPromise ??= this.#doStop().finally(() => this.#resolveStopped());
+    // A start or reload still under way would otherwise start sources after they were stopped.
+    this.#stopPromise ??= Promise.allSettled([this.#starting, this.#reloading])
+      .then(() => this.#doStop())
+      .finally(() => this.#resolveStopped());
     return this.#stopPromise;
   }
 

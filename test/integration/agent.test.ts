@@ -87,4 +87,59 @@ http: { listen: false }
     stops.push(() => agent.stop());
     await expect(agent.start()).resolves.toBeUndefined();
   });
+
+  it("a stop() during start() waits for it, then stops everything it started", async () => {
+    const dir = tempDir();
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: early-stop-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+mqtt:
+  url: embedded
+  embedded: { host: 127.0.0.1, port: 0 }
+  subscriptions:
+    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
+http: { listen: "127.0.0.1:0" }
+`,
+    );
+    const agent = new Agent({ loaded: loadConfig(file, { env: {} }), logger: silentLogger() });
+    const started = agent.start();
+    const stopped = agent.stop();
+    await Promise.allSettled([started, stopped]);
+    stops.push(() => agent.stop());
+    expect(agent.health().database).toBe("closed");
+    // Nothing is left running: the embedded broker no longer accepts connections.
+    await expect(
+      mqtt.connectAsync(agent.mqttUrl as string, { reconnectPeriod: 0, connectTimeout: 2_000 }),
+    ).rejects.toThrow();
+  });
+
+  it("runs reloads one at a time and refuses one after stop()", async () => {
+    const dir = tempDir();
+    const ports = [await freePort(), await freePort(), await freePort()];
+    const yaml = (port: number) => `version: 1
+agent: { id: reload-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+mqtt:
+  url: mqtt://127.0.0.1:${port}
+  subscriptions:
+    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
+http: { listen: false }
+`;
+    const file = writeConfig(dir, yaml(ports[0] as number));
+    const agent = new Agent({ loaded: loadConfig(file, { env: {} }), logger: silentLogger() });
+    await agent.start();
+    stops.push(() => agent.stop());
+    writeConfig(dir, yaml(ports[1] as number));
+    const b = loadConfig(file, { env: {} });
+    writeConfig(dir, yaml(ports[2] as number));
+    const c = loadConfig(file, { env: {} });
+    // Two SIGHUPs in quick succession.
+    await Promise.all([agent.reload(b), agent.reload(c)]);
+    expect(agent.health().sources).toHaveLength(1);
+    expect(agent.mqttUrl).toBe(`mqtt://127.0.0.1:${ports[2]}`);
+
+    await agent.stop();
+    await expect(agent.reload(b)).rejects.toThrow(/stopping/);
+    expect(agent.health().sources).toHaveLength(0);
+  });
 });
