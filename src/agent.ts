@@ -36,6 +36,8 @@ export interface AgentOptions {
 const MAINTENANCE_INTERVAL_MS = 30_000;
 /** /healthz fails (and the systemd watchdog is withheld) when maintenance stalls this long. */
 const MAX_LOOP_SILENCE_MS = 3 * MAINTENANCE_INTERVAL_MS;
+/** After a failed commit, what the rebuilt rule engine has due is tried again this much later. */
+const TICK_RETRY_MS = 5_000;
 
 export class Agent {
   readonly metrics = new Metrics();
@@ -235,17 +237,21 @@ export class Agent {
       this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
       this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
       this.#engine.restore(outbox.loadStates());
+      // Its time-driven work (for, absent_for, repeat, ends of changed rules) needs a tick
+      // even if no reading comes; not at once, the store has just failed.
+      this.#scheduleTick(this.#clock.now() + TICK_RETRY_MS);
       throw err;
     }
     if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();
     this.#scheduleTick();
   }
 
-  /** One timer for the rule engine's next time-driven transition; no polling. */
-  #scheduleTick(): void {
+  /** One timer for the rule engine's next time-driven transition (not before `notBefore`); no polling. */
+  #scheduleTick(notBefore = Number.NEGATIVE_INFINITY): void {
     const engine = this.#engine;
     if (!engine || !this.#accepting) return;
-    const due = engine.nextDueAt();
+    const next = engine.nextDueAt();
+    const due = next === undefined ? undefined : Math.max(next, notBefore);
     if (due === this.#tickAt) return;
     if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
     this.#tickTimer = undefined;
@@ -303,8 +309,16 @@ export class Agent {
     const rulesApplied = this.#chain.then(async () => {
       if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
     });
-    this.#chain = rulesApplied;
-    await rulesApplied;
+    // A rejected link would make every later tick skip its work.
+    this.#chain = rulesApplied.catch(() => undefined);
+    try {
+      await rulesApplied;
+    } catch (err) {
+      // #commit rebuilt the engine from the outbox with the new rules: they apply, and the
+      // end events of changed rules go out with the next tick. Apply the rest as well
+      // rather than leave new rules and destinations running beside old sources.
+      this.#logger.error({ err }, "reload: committing the rule changes failed; the new rules apply from the outbox");
+    }
     this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||

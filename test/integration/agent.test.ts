@@ -8,8 +8,9 @@ import mqtt from "mqtt";
 import { afterEach, describe, expect, it } from "vitest";
 import { Agent } from "../../src/agent.js";
 import { loadConfig } from "../../src/config/load.js";
-import { silentLogger } from "../../src/ops/logger.js";
+import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import { tempDir, writeConfig } from "../support/agent-process.js";
+import { FakeClock } from "../support/fake-clock.js";
 import { freePort } from "../support/ports.js";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -142,4 +143,43 @@ http: { listen: false }
     await expect(agent.reload(b)).rejects.toThrow(/stopping/);
     expect(agent.health().sources).toHaveLength(0);
   });
+
+  it("a rule tick whose commit failed is tried again, so time-driven events still come", async () => {
+    const dir = tempDir();
+    const deadPort = await freePort();
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: retry-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+destinations:
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+rules:
+  - { name: quiet, match: { sensor: s1, metric: temperature }, absent_for: 10s, notify: [ops] }
+outbox: { commit_delay: 0s }
+http: { listen: false }
+`,
+    );
+    const clock = new FakeClock(Date.now());
+    const logs: string[] = [];
+    const logger = createLogger("error", { write: (line: string) => void logs.push(line) });
+    const agent = new Agent({ loaded: loadConfig(file, { env: {} }), logger, clock });
+    await agent.start();
+    stops.push(() => agent.stop());
+
+    // Another process holds the write lock when the silence is due: that commit fails
+    // (after SQLite's busy timeout).
+    const lock = new Database(join(dir, "data", "outbox.db"));
+    lock.exec("BEGIN IMMEDIATE");
+    clock.advance(10_000);
+    await until(() => logs.some((l) => l.includes("rule tick failed")), "the failed tick", 15_000);
+    lock.exec("ROLLBACK");
+    lock.close();
+    expect(agent.health().outbox.pending).toBe(0);
+
+    for (let i = 0; i < 30 && agent.health().outbox.pending === 0; i++) {
+      clock.advance(1_000);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(agent.health().outbox.pending).toBe(1);
+  }, 30_000);
 });
