@@ -7,14 +7,15 @@
  * The sink resolves only after what a batch of readings caused is durable, which is
  * when an MQTT QoS 1 message may be acknowledged (design invariant 1).
  */
-import { mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { accessSync, constants, mkdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { type Clock, systemClock, type TimerHandle } from "./clock.js";
 import type { LoadedConfig } from "./config/load.js";
 import type { Config, DestinationConfig } from "./config/schema.js";
 import { ClockSyncMonitor } from "./delivery/clock-sync.js";
 import { Dispatcher } from "./delivery/dispatcher.js";
 import { acceptsEvent } from "./delivery/render.js";
+import { EdgehookError } from "./errors.js";
 import type { CommitBatch } from "./events.js";
 import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } from "./ops/health.js";
 import { HttpServer } from "./ops/http.js";
@@ -302,8 +303,8 @@ export class Agent {
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
-    // Destinations first: a TLS file that cannot be read rejects the reload before
-    // anything changed.
+    // TLS files first: one that cannot be read rejects the reload before anything changed.
+    if (JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt)) checkMqttFiles(config, dirname(next.file));
     this.#dispatcher?.reconfigure(config.destinations);
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
@@ -326,7 +327,14 @@ export class Agent {
     ) {
       this.#logger.info("sources changed: restarting them");
       await this.#stopSources();
-      await this.#startSources(config);
+      try {
+        await this.#startSources(config);
+      } catch (err) {
+        // E.g. an mqtt.tls file that cannot be read: the old sources keep running.
+        await this.#stopSources();
+        await this.#startSources(prev);
+        throw err;
+      }
     }
     if (
       JSON.stringify(prev.outbox) !== JSON.stringify(config.outbox) ||
@@ -421,6 +429,20 @@ export class Agent {
         oldest_pending_s: oldest === null ? null : Math.round(oldest / 1000),
       },
     });
+  }
+}
+
+/** Throws EDGEHOOK_CONFIG_UNREADABLE when an mqtt.tls file cannot be read (as MqttSource.start would). */
+function checkMqttFiles(config: Config, baseDir: string): void {
+  const tls = config.mqtt?.tls;
+  for (const key of ["ca_file", "cert_file", "key_file"] as const) {
+    const file = tls?.[key];
+    if (file === undefined) continue;
+    try {
+      accessSync(resolve(baseDir, file), constants.R_OK);
+    } catch (err) {
+      throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `mqtt.tls.${key}: cannot read ${file}`, { cause: err });
+    }
   }
 }
 

@@ -182,4 +182,33 @@ http: { listen: false }
     }
     expect(agent.health().outbox.pending).toBe(1);
   }, 30_000);
+
+  it("a reload naming an unreadable mqtt.tls file changes nothing", async () => {
+    const dir = tempDir();
+    const port = await freePort();
+    const deadPort = await freePort();
+    const yaml = (above: number, tls: string) => `version: 1
+agent: { id: tls-reload-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+destinations:
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+mqtt:
+  url: mqtt://127.0.0.1:${port}
+${tls}  subscriptions:
+    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
+rules:
+  - { name: hot, match: { metric: temperature }, above: ${above}, notify: [ops] }
+http: { listen: false }
+`;
+    const file = writeConfig(dir, yaml(30, ""));
+    const agent = new Agent({ loaded: loadConfig(file, { env: {} }), logger: silentLogger() });
+    await agent.start();
+    stops.push(() => agent.stop());
+    writeConfig(dir, yaml(40, "  tls: { ca_file: missing-ca.pem }\n"));
+    await expect(agent.reload(loadConfig(file, { env: {} }))).rejects.toMatchObject({
+      code: "EDGEHOOK_CONFIG_UNREADABLE",
+    });
+    expect(agent.config.rules[0]).toMatchObject({ above: 30 });
+    expect(agent.config.mqtt?.tls).toBeUndefined();
+    expect(agent.health().sources).toHaveLength(1);
+  });
 });
