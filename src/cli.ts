@@ -207,6 +207,11 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
     io.onSignal("SIGTERM", () => stop("SIGTERM")),
     io.onSignal("SIGINT", () => stop("SIGINT")),
     io.onSignal("SIGHUP", () => {
+      // RELOADING=1 and READY=1 after STOPPING=1 would tell systemd the unit is running again.
+      if (stopping) {
+        logger.warn("SIGHUP while stopping: not reloading");
+        return;
+      }
       void notify.reloading().then(reload);
     }),
   ];
@@ -216,14 +221,22 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
       await agent.reload(next);
       logger.info("configuration reloaded");
     } catch (err) {
-      const detail =
-        err instanceof ConfigError
-          ? err.problems.map((p) => `${p.file}:${p.line}:${p.col}: ${p.key}: ${p.message}`)
-          : [String(err)];
-      logger.error(
-        { problems: detail },
-        "reload refused: the new configuration is invalid; the previous one keeps running",
-      );
+      if (err instanceof ConfigError) {
+        logger.error(
+          {
+            problems: err.problems.map((p) => `${p.file}:${p.line}:${p.col}: ${p.key ? `${p.key}: ` : ""}${p.message}`),
+          },
+          "reload refused: the new configuration is invalid; the previous one keeps running",
+        );
+      } else if (err instanceof EdgehookError && err.code.startsWith("EDGEHOOK_CONFIG")) {
+        // A file the configuration names (a TLS file) cannot be read.
+        logger.error(
+          { problems: [err.message], code: err.code },
+          "reload refused: the new configuration is invalid; the previous one keeps running",
+        );
+      } else {
+        logger.error({ err }, "reload failed");
+      }
     } finally {
       await notify.ready();
     }
