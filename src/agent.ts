@@ -35,6 +35,8 @@ export interface AgentOptions {
 
 /** How often limits, expiry and metrics of the outbox are refreshed. */
 const MAINTENANCE_INTERVAL_MS = 30_000;
+/** The next pass when one stopped at its work cap (a lowered limit, a long outage expiring). */
+const MAINTENANCE_MORE_MS = 1_000;
 /** /healthz fails (and the systemd watchdog is withheld) when maintenance stalls this long. */
 const MAX_LOOP_SILENCE_MS = 3 * MAINTENANCE_INTERVAL_MS;
 /** After a failed commit, what the rebuilt rule engine has due is tried again this much later. */
@@ -154,9 +156,7 @@ export class Agent {
     await this.#startSources(config);
     // Time-driven rule transitions due while we were down (for, absent_for, repeat).
     this.#scheduleTick();
-    this.#maintenanceTimer = this.#clock.setTimeout(() => this.#maintain(), MAINTENANCE_INTERVAL_MS);
-    this.#maintenanceTimer.unref?.();
-    this.#outbox.maintain();
+    this.#maintain();
   }
 
   async #startSources(config: Config): Promise<void> {
@@ -272,13 +272,18 @@ export class Agent {
 
   #maintain(): void {
     this.#heartbeat.beat();
+    let more = false;
     try {
-      this.#outbox?.maintain();
+      // A pass is capped (MAINTAIN_MAX_ROWS) so it never blocks for long; the rest follows soon.
+      more = this.#outbox?.maintain().more === true;
     } catch (err) {
       this.#logger.error({ err }, "outbox maintenance failed");
     }
     if (this.#accepting) {
-      this.#maintenanceTimer = this.#clock.setTimeout(() => this.#maintain(), MAINTENANCE_INTERVAL_MS);
+      this.#maintenanceTimer = this.#clock.setTimeout(
+        () => this.#maintain(),
+        more ? MAINTENANCE_MORE_MS : MAINTENANCE_INTERVAL_MS,
+      );
       this.#maintenanceTimer.unref?.();
     }
   }

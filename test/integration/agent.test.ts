@@ -8,7 +8,10 @@ import mqtt from "mqtt";
 import { afterEach, describe, expect, it } from "vitest";
 import { Agent } from "../../src/agent.js";
 import { loadConfig } from "../../src/config/load.js";
+import { newEventId } from "../../src/events.js";
 import { createLogger, silentLogger } from "../../src/ops/logger.js";
+import { Metrics } from "../../src/ops/metrics.js";
+import { MAINTAIN_MAX_ROWS, Outbox } from "../../src/store/outbox.js";
 import { tempDir, writeConfig } from "../support/agent-process.js";
 import { FakeClock } from "../support/fake-clock.js";
 import { freePort } from "../support/ports.js";
@@ -211,4 +214,57 @@ http: { listen: false }
     expect(agent.config.mqtt?.tls).toBeUndefined();
     expect(agent.health().sources).toHaveLength(1);
   });
+
+  it("expires a backlog larger than one maintenance pass without waiting 30 s per pass", async () => {
+    const dir = tempDir();
+    const deadPort = await freePort();
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: expire-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+destinations:
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+outbox: { max_age: 1h }
+http: { listen: false }
+`,
+    );
+    const loaded = loadConfig(file, { env: {} });
+    const t0 = Date.parse("2026-01-01T00:00:00Z");
+    const clock = new FakeClock(t0);
+    // A backlog left by an outage, more than one pass may expire.
+    const n = MAINTAIN_MAX_ROWS + 500;
+    const old = new Outbox({
+      file: join(loaded.dataDir, "outbox.db"),
+      limits: loaded.config.outbox,
+      clock,
+      logger: silentLogger(),
+      metrics: new Metrics(),
+    });
+    old.open();
+    for (let i = 0; i < n; i += 5000) {
+      const events = Array.from({ length: Math.min(5000, n - i) }, (_, k) => ({
+        id: newEventId(t0),
+        type: "reading" as const,
+        rule: "fwd",
+        series: `fwd\u001fs${(i + k) % 50}\u001ft`,
+        severity: "info" as const,
+        priority: 0,
+        destinations: ["ops"],
+        createdAt: t0,
+        body: { type: "reading" as const, timestamp: new Date(t0).toISOString(), data: {} },
+      }));
+      const committed = old.commit({ events, states: [], removedStates: [] });
+      old.flush();
+      await committed;
+    }
+    old.close();
+
+    clock.advance(2 * 3_600_000);
+    const agent = new Agent({ loaded, logger: silentLogger(), clock });
+    await agent.start();
+    stops.push(() => agent.stop());
+    expect(agent.health().outbox.pending).toBe(500);
+    clock.advance(1_000);
+    expect(agent.health().outbox.pending).toBe(0);
+  }, 30_000);
 });
