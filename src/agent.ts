@@ -308,6 +308,12 @@ export class Agent {
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
+    // Built into the running parts (webhook bodies, loggers, the clock monitor) at start.
+    for (const key of ["id", "log_level", "require_clock_sync"] as const) {
+      if (prev.agent[key] !== config.agent[key]) {
+        this.#logger.warn(`agent.${key} changed: takes effect after a restart`);
+      }
+    }
     // TLS files first: one that cannot be read rejects the reload before anything changed.
     if (JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt)) checkMqttFiles(config, dirname(next.file));
     this.#dispatcher?.reconfigure(config.destinations);

@@ -218,6 +218,7 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
   const reload = async () => {
     try {
       const next = loadConfig(file, { env: io.env });
+      for (const w of next.warnings) logger.warn(w);
       await agent.reload(next);
       logger.info("configuration reloaded");
     } catch (err) {

@@ -267,4 +267,21 @@ http: { listen: false }
     clock.advance(1_000);
     expect(agent.health().outbox.pending).toBe(0);
   }, 30_000);
+
+  it("a reload says which changed agent settings wait for a restart", async () => {
+    const dir = tempDir();
+    const yaml = (level: string) => `version: 1
+agent: { id: level-pi, data_dir: ./data, log_level: ${level}, require_clock_sync: never }
+http: { listen: false }
+`;
+    const file = writeConfig(dir, yaml("info"));
+    const logs: string[] = [];
+    const logger = createLogger("warn", { write: (line: string) => void logs.push(line) });
+    const agent = new Agent({ loaded: loadConfig(file, { env: {} }), logger });
+    await agent.start();
+    stops.push(() => agent.stop());
+    writeConfig(dir, yaml("debug"));
+    await agent.reload(loadConfig(file, { env: {} }));
+    expect(logs.join("")).toContain("agent.log_level changed: takes effect after a restart");
+  });
 });
