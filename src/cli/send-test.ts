@@ -6,7 +6,7 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { systemClock } from "../clock.js";
 import type { LoadedConfig } from "../config/load.js";
 import { type AttemptInfo, Dispatcher } from "../delivery/dispatcher.js";
@@ -91,6 +91,8 @@ export async function sendTestCommand(
     logger,
     metrics,
     onAttempt: (info) => onAttempt(info),
+    // Relative tls.*_file paths resolve as the agent resolves them.
+    baseDir: dirname(loaded.file),
   });
   try {
     outbox.open();

@@ -1,4 +1,6 @@
 /** `edgehook send-test` in-process against a real receiver. */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sendTestCommand } from "../../src/cli/send-test.js";
 import { loadConfig } from "../../src/config/load.js";
@@ -41,5 +43,31 @@ destinations:
     expect(receiver.accepted.at(-1)?.verified).toBe(true);
     // Still the batch body the receiver will get from the agent.
     expect(receiver.accepted.at(-1)?.json).toMatchObject({ data: { events: [{ type: "test" }] } });
+  });
+
+  it("reads a relative tls file next to the configuration, as the agent does", async () => {
+    const dir = tempDir();
+    // Read at start; not used for an http:// receiver.
+    writeFileSync(join(dir, "receiver-ca.pem"), "placeholder\n");
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: tls-pi, data_dir: ./data }
+destinations:
+  ops:
+    url: ${receiver.url}
+    secret: ${SECRET}
+    tls: { ca_file: receiver-ca.pem }
+`,
+    );
+    const err: string[] = [];
+    const code = await sendTestCommand(
+      ["ops"],
+      loadConfig(file, { env: {} }),
+      () => {},
+      (l) => err.push(l),
+    );
+    expect(err).toEqual([]);
+    expect(code).toBe(0);
   });
 });
