@@ -206,15 +206,21 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
   const offs = [
     io.onSignal("SIGTERM", () => stop("SIGTERM")),
     io.onSignal("SIGINT", () => stop("SIGINT")),
-    io.onSignal("SIGHUP", () => {
-      // RELOADING=1 and READY=1 after STOPPING=1 would tell systemd the unit is running again.
-      if (stopping) {
-        logger.warn("SIGHUP while stopping: not reloading");
-        return;
-      }
-      void notify.reloading().then(reload);
-    }),
+    io.onSignal("SIGHUP", () => onReload()),
   ];
+  // systemd reads RELOADING=1/READY=1 as state changes: none before the first READY=1
+  // (a SIGHUP during start-up reloads once started) and none after STOPPING=1.
+  let running = false;
+  let reloadWhenRunning = false;
+  const onReload = () => {
+    if (stopping) {
+      logger.warn("SIGHUP while stopping: not reloading");
+    } else if (!running) {
+      reloadWhenRunning = true;
+    } else {
+      void notify.reloading().then(reload);
+    }
+  };
   const reload = async () => {
     try {
       const next = loadConfig(file, { env: io.env });
@@ -239,7 +245,7 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
         logger.error({ err }, "reload failed");
       }
     } finally {
-      await notify.ready();
+      if (!stopping) await notify.ready();
     }
   };
 
@@ -252,9 +258,13 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
     logger.flush();
     return err instanceof EdgehookError && err.code.startsWith("EDGEHOOK_CONFIG") ? ExitCode.CONFIG : ExitCode.FAILURE;
   }
-  await notify.ready();
-  notify.startWatchdog(() => agent.healthy());
-  logger.info({ agent: loaded.config.agent.id, version: version() }, "edgehook running");
+  if (!stopping) {
+    await notify.ready();
+    notify.startWatchdog(() => agent.healthy());
+    logger.info({ agent: loaded.config.agent.id, version: version() }, "edgehook running");
+    running = true;
+    if (reloadWhenRunning) onReload();
+  }
 
   await agent.stopped();
   await stopping;
