@@ -305,6 +305,9 @@ export class Agent {
   async #doReload(next: LoadedConfig): Promise<void> {
     const prev = this.config;
     const config = next.config;
+    // TLS files first: one that cannot be read rejects the reload before anything changed.
+    if (JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt)) checkMqttFiles(config, dirname(next.file));
+    this.#dispatcher?.reconfigure(config.destinations);
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
@@ -314,9 +317,6 @@ export class Agent {
         this.#logger.warn(`agent.${key} changed: takes effect after a restart`);
       }
     }
-    // TLS files first: one that cannot be read rejects the reload before anything changed.
-    if (JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt)) checkMqttFiles(config, dirname(next.file));
-    this.#dispatcher?.reconfigure(config.destinations);
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
       if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
@@ -341,7 +341,7 @@ export class Agent {
       try {
         await this.#startSources(config);
       } catch (err) {
-        // E.g. an mqtt.tls file that cannot be read: the old sources keep running.
+        // E.g. the new port of the embedded broker is taken: the old sources run again.
         await this.#stopSources();
         await this.#startSources(prev);
         throw err;
