@@ -7,6 +7,7 @@ import Database from "better-sqlite3";
 import mqtt from "mqtt";
 import { afterEach, describe, expect, it } from "vitest";
 import { Agent } from "../../src/agent.js";
+import { systemClock } from "../../src/clock.js";
 import { loadConfig } from "../../src/config/load.js";
 import { newEventId } from "../../src/events.js";
 import { createLogger, silentLogger } from "../../src/ops/logger.js";
@@ -15,6 +16,7 @@ import { MAINTAIN_MAX_ROWS, Outbox } from "../../src/store/outbox.js";
 import { tempDir, writeConfig } from "../support/agent-process.js";
 import { FakeClock } from "../support/fake-clock.js";
 import { freePort } from "../support/ports.js";
+import { Receiver } from "../support/receiver.js";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -284,4 +286,53 @@ http: { listen: false }
     await agent.reload(loadConfig(file, { env: {} }));
     expect(logs.join("")).toContain("agent.log_level changed: takes effect after a restart");
   });
+
+  it("delivers what `edgehook queue replay` put back to pending while the agent was idle", async () => {
+    const receiver = new Receiver(SECRET);
+    receiver.answer = () => ({ kind: "status", status: 400 });
+    await receiver.start();
+    stops.push(() => receiver.stop());
+    const dir = tempDir();
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: replay-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+mqtt:
+  url: embedded
+  embedded: { host: 127.0.0.1, port: 0 }
+  subscriptions:
+    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, qos: 1 }
+destinations:
+  ops: { url: "${receiver.url}", secret: ${SECRET} }
+rules:
+  - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
+http: { listen: false }
+`,
+    );
+    const loaded = loadConfig(file, { env: {} });
+    const agent = new Agent({ loaded, logger: silentLogger() });
+    await agent.start();
+    stops.push(() => agent.stop());
+    const client = await mqtt.connectAsync(agent.mqttUrl as string, { clientId: "replay-pub" });
+    stops.push(() => client.endAsync(true));
+    await client.publishAsync("t/s1", "35", { qos: 1 });
+    await until(() => agent.health().outbox.dead === 1, "the event dead after a 400");
+    // Let the dispatcher finish its pass and go idle (nothing outside it to await).
+    await new Promise((r) => setTimeout(r, 200));
+
+    // The receiver is fixed; the operator replays from another process.
+    receiver.answer = () => ({ kind: "accept" });
+    const cli = new Outbox({
+      file: join(loaded.dataDir, "outbox.db"),
+      limits: loaded.config.outbox,
+      clock: systemClock,
+      logger: silentLogger(),
+      metrics: new Metrics(),
+      check: false,
+    });
+    cli.open();
+    expect(cli.replay({ destination: "ops", state: "dead" })).toBe(1);
+    cli.close();
+    await until(() => receiver.accepted.length === 1, "the replayed event delivered", 15_000);
+  }, 30_000);
 });
