@@ -7,14 +7,15 @@
  * The sink resolves only after what a batch of readings caused is durable, which is
  * when an MQTT QoS 1 message may be acknowledged (design invariant 1).
  */
-import { mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { accessSync, constants, mkdirSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { type Clock, systemClock, type TimerHandle } from "./clock.js";
 import type { LoadedConfig } from "./config/load.js";
 import type { Config, DestinationConfig } from "./config/schema.js";
 import { ClockSyncMonitor } from "./delivery/clock-sync.js";
 import { Dispatcher } from "./delivery/dispatcher.js";
 import { acceptsEvent } from "./delivery/render.js";
+import { EdgehookError } from "./errors.js";
 import { EventTimes } from "./event-time.js";
 import type { CommitBatch, NewEvent } from "./events.js";
 import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } from "./ops/health.js";
@@ -23,7 +24,7 @@ import type { Logger } from "./ops/logger.js";
 import { Metrics } from "./ops/metrics.js";
 import { RuleEngine } from "./rules/engine.js";
 import { MqttSource } from "./sources/mqtt.js";
-import type { Reading, Source } from "./sources/reading.js";
+import type { Reading, SinkOrigin, Source } from "./sources/reading.js";
 import { Outbox } from "./store/outbox.js";
 
 export interface AgentOptions {
@@ -35,8 +36,12 @@ export interface AgentOptions {
 
 /** How often limits, expiry and metrics of the outbox are refreshed. */
 const MAINTENANCE_INTERVAL_MS = 30_000;
+/** The next pass when one stopped at its work cap (a lowered limit, a long outage expiring). */
+const MAINTENANCE_MORE_MS = 1_000;
 /** /healthz fails (and the systemd watchdog is withheld) when maintenance stalls this long. */
 const MAX_LOOP_SILENCE_MS = 3 * MAINTENANCE_INTERVAL_MS;
+/** After a failed commit, what the rebuilt rule engine has due is tried again this much later. */
+const TICK_RETRY_MS = 5_000;
 
 export class Agent {
   readonly metrics = new Metrics();
@@ -56,6 +61,10 @@ export class Agent {
   #maintenanceTimer: TimerHandle | undefined;
   #accepting = false;
   #stopPromise: Promise<void> | undefined;
+  /** start() in progress or done; stop() and reload() wait for it. */
+  #starting: Promise<void> | undefined;
+  /** The last reload (settled or not): reloads run one at a time, and stop() waits for them. */
+  #reloading: Promise<void> = Promise.resolve();
   #resolveStopped!: () => void;
   readonly #stopped = new Promise<void>((resolve) => {
     this.#resolveStopped = resolve;
@@ -90,7 +99,13 @@ export class Agent {
   }
   #httpPort: number | undefined;
 
-  async start(): Promise<void> {
+  /** Starts every part. A stop() or reload() called meanwhile runs once this settled. */
+  start(): Promise<void> {
+    this.#starting ??= this.#doStart();
+    return this.#starting;
+  }
+
+  async #doStart(): Promise<void> {
     const config = this.config;
     const log = this.#logger;
     mkdirSync(this.#loaded.dataDir, { recursive: true });
@@ -149,16 +164,15 @@ export class Agent {
     await this.#startSources(config);
     // Time-driven rule transitions due while we were down (for, absent_for, repeat).
     this.#scheduleTick();
-    this.#maintenanceTimer = this.#clock.setTimeout(() => this.#maintain(), MAINTENANCE_INTERVAL_MS);
-    this.#maintenanceTimer.unref?.();
-    this.#outbox.maintain();
+    this.#maintain();
   }
 
   async #startSources(config: Config): Promise<void> {
     const log = this.#logger;
-    const sink = (readings: Reading[]) => this.#ingest(readings);
+    const sink = (readings: Reading[], origin?: SinkOrigin) => this.#ingest(readings, origin);
     this.#mqtt = undefined;
     if (config.mqtt) {
+      const outbox = this.#outbox;
       // With `url: embedded` the source hosts the broker itself.
       this.#mqtt = new MqttSource({
         config: config.mqtt,
@@ -167,6 +181,9 @@ export class Agent {
         logger: log.child({ component: "mqtt" }),
         metrics: this.metrics,
         clock: this.#clock,
+        baseDir: dirname(this.#loaded.file),
+        // A redelivered message committed before a crash took its PUBACK is not processed twice.
+        ledger: (key) => outbox?.isOpen === true && outbox.hasMessage(key),
       });
       this.#sources.push(this.#mqtt);
     }
@@ -195,10 +212,13 @@ export class Agent {
   }
 
   /** The sink every source hands readings to. Resolves once what they caused is durable. */
-  #ingest(readings: Reading[]): Promise<void> {
+  #ingest(readings: Reading[], origin?: SinkOrigin): Promise<void> {
     const engine = this.#engine;
     if (!this.#accepting || !engine) return Promise.reject(new Error("agent is stopping"));
     const batch = engine.process(readings);
+    // The message keys go in the same transaction as what the messages caused (a reading
+    // that changed nothing writes nothing, keys included: processing it again is harmless).
+    if (origin && origin.messageKeys.length > 0) batch.messageKeys = origin.messageKeys;
     return this.#commit(batch);
   }
 
@@ -251,17 +271,21 @@ export class Agent {
       this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
       this.#engine.restore(outbox.loadStates());
       this.#engineStats = {};
+      // Its time-driven work (for, absent_for, repeat, ends of changed rules) needs a tick
+      // even if no reading comes; not at once, the store has just failed.
+      this.#scheduleTick(this.#clock.now() + TICK_RETRY_MS);
       throw err;
     }
     if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();
     this.#scheduleTick();
   }
 
-  /** One timer for the rule engine's next time-driven transition; no polling. */
-  #scheduleTick(): void {
+  /** One timer for the rule engine's next time-driven transition (not before `notBefore`); no polling. */
+  #scheduleTick(notBefore = Number.NEGATIVE_INFINITY): void {
     const engine = this.#engine;
     if (!engine || !this.#accepting) return;
-    const due = engine.nextDueAt();
+    const next = engine.nextDueAt();
+    const due = next === undefined ? undefined : Math.max(next, notBefore);
     if (due === this.#tickAt) return;
     if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
     this.#tickTimer = undefined;
@@ -294,33 +318,65 @@ export class Agent {
 
   #maintain(): void {
     this.#heartbeat.beat();
+    let more = false;
     try {
-      this.#outbox?.maintain();
+      // A pass is capped (MAINTAIN_MAX_ROWS) so it never blocks for long; the rest follows soon.
+      more = this.#outbox?.maintain().more === true;
     } catch (err) {
       this.#logger.error({ err }, "outbox maintenance failed");
     }
     if (this.#accepting) {
-      this.#maintenanceTimer = this.#clock.setTimeout(() => this.#maintain(), MAINTENANCE_INTERVAL_MS);
+      this.#maintenanceTimer = this.#clock.setTimeout(
+        () => this.#maintain(),
+        more ? MAINTENANCE_MORE_MS : MAINTENANCE_INTERVAL_MS,
+      );
       this.#maintenanceTimer.unref?.();
     }
   }
 
-  /** Applies a new configuration. The caller validated it; parts that did not change keep running. */
-  async reload(next: LoadedConfig): Promise<void> {
+  /**
+   * Applies a new configuration. The caller validated it; parts that did not change keep
+   * running. Reloads run one at a time (two quick SIGHUPs must not both restart the
+   * sources), after start() settled; once stop() was called a reload is refused.
+   */
+  reload(next: LoadedConfig): Promise<void> {
+    const run = Promise.allSettled([this.#starting, this.#reloading]).then(() => {
+      if (this.#stopPromise) throw new Error("agent is stopping: reload not applied");
+      return this.#doReload(next);
+    });
+    this.#reloading = run.catch(() => undefined);
+    return run;
+  }
+
+  async #doReload(next: LoadedConfig): Promise<void> {
     const prev = this.config;
     const config = next.config;
+    // TLS files first: one that cannot be read rejects the reload before anything changed.
+    if (JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt)) checkMqttFiles(config, dirname(next.file));
+    this.#dispatcher?.reconfigure(config.destinations);
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
-    // Destinations first: a TLS file that cannot be read rejects the reload before
-    // anything changed.
-    this.#dispatcher?.reconfigure(config.destinations);
+    // Built into the running parts (webhook bodies, loggers, the clock monitor) at start.
+    for (const key of ["id", "log_level", "require_clock_sync"] as const) {
+      if (prev.agent[key] !== config.agent[key]) {
+        this.#logger.warn(`agent.${key} changed: takes effect after a restart`);
+      }
+    }
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
       if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
     });
-    this.#chain = rulesApplied;
-    await rulesApplied;
+    // A rejected link would make every later tick skip its work.
+    this.#chain = rulesApplied.catch(() => undefined);
+    try {
+      await rulesApplied;
+    } catch (err) {
+      // #commit rebuilt the engine from the outbox with the new rules: they apply, and the
+      // end events of changed rules go out with the next tick. Apply the rest as well
+      // rather than leave new rules and destinations running beside old sources.
+      this.#logger.error({ err }, "reload: committing the rule changes failed; the new rules apply from the outbox");
+    }
     this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
@@ -328,7 +384,14 @@ export class Agent {
     ) {
       this.#logger.info("sources changed: restarting them");
       await this.#stopSources();
-      await this.#startSources(config);
+      try {
+        await this.#startSources(config);
+      } catch (err) {
+        // E.g. the new port of the embedded broker is taken: the old sources run again.
+        await this.#stopSources();
+        await this.#startSources(prev);
+        throw err;
+      }
     }
     if (
       JSON.stringify(prev.outbox) !== JSON.stringify(config.outbox) ||
@@ -343,7 +406,10 @@ export class Agent {
    * for up to agent.shutdown_timeout, closes the database. Safe to call twice.
    */
   stop(): Promise<void> {
-    this.#stopPromise ??= this.#doStop().finally(() => this.#resolveStopped());
+    // A start or reload still under way would otherwise start sources after they were stopped.
+    this.#stopPromise ??= Promise.allSettled([this.#starting, this.#reloading])
+      .then(() => this.#doStop())
+      .finally(() => this.#resolveStopped());
     return this.#stopPromise;
   }
 
@@ -420,6 +486,20 @@ export class Agent {
         oldest_pending_s: oldest === null ? null : Math.round(oldest / 1000),
       },
     });
+  }
+}
+
+/** Throws EDGEHOOK_CONFIG_UNREADABLE when an mqtt.tls file cannot be read (as MqttSource.start would). */
+function checkMqttFiles(config: Config, baseDir: string): void {
+  const tls = config.mqtt?.tls;
+  for (const key of ["ca_file", "cert_file", "key_file"] as const) {
+    const file = tls?.[key];
+    if (file === undefined) continue;
+    try {
+      accessSync(resolve(baseDir, file), constants.R_OK);
+    } catch (err) {
+      throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `mqtt.tls.${key}: cannot read ${file}`, { cause: err });
+    }
   }
 }
 

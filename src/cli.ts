@@ -206,26 +206,46 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
   const offs = [
     io.onSignal("SIGTERM", () => stop("SIGTERM")),
     io.onSignal("SIGINT", () => stop("SIGINT")),
-    io.onSignal("SIGHUP", () => {
-      void notify.reloading().then(reload);
-    }),
+    io.onSignal("SIGHUP", () => onReload()),
   ];
+  // systemd reads RELOADING=1/READY=1 as state changes: none before the first READY=1
+  // (a SIGHUP during start-up reloads once started) and none after STOPPING=1.
+  let running = false;
+  let reloadWhenRunning = false;
+  const onReload = () => {
+    if (stopping) {
+      logger.warn("SIGHUP while stopping: not reloading");
+    } else if (!running) {
+      reloadWhenRunning = true;
+    } else {
+      void notify.reloading().then(reload);
+    }
+  };
   const reload = async () => {
     try {
       const next = loadConfig(file, { env: io.env });
+      for (const w of next.warnings) logger.warn(w);
       await agent.reload(next);
       logger.info("configuration reloaded");
     } catch (err) {
-      const detail =
-        err instanceof ConfigError
-          ? err.problems.map((p) => `${p.file}:${p.line}:${p.col}: ${p.key}: ${p.message}`)
-          : [String(err)];
-      logger.error(
-        { problems: detail },
-        "reload refused: the new configuration is invalid; the previous one keeps running",
-      );
+      if (err instanceof ConfigError) {
+        logger.error(
+          {
+            problems: err.problems.map((p) => `${p.file}:${p.line}:${p.col}: ${p.key ? `${p.key}: ` : ""}${p.message}`),
+          },
+          "reload refused: the new configuration is invalid; the previous one keeps running",
+        );
+      } else if (err instanceof EdgehookError && err.code.startsWith("EDGEHOOK_CONFIG")) {
+        // A file the configuration names (a TLS file) cannot be read.
+        logger.error(
+          { problems: [err.message], code: err.code },
+          "reload refused: the new configuration is invalid; the previous one keeps running",
+        );
+      } else {
+        logger.error({ err }, "reload failed");
+      }
     } finally {
-      await notify.ready();
+      if (!stopping) await notify.ready();
     }
   };
 
@@ -238,9 +258,13 @@ async function runCommand(args: string[], io: CliIO): Promise<number> {
     logger.flush();
     return err instanceof EdgehookError && err.code.startsWith("EDGEHOOK_CONFIG") ? ExitCode.CONFIG : ExitCode.FAILURE;
   }
-  await notify.ready();
-  notify.startWatchdog(() => agent.healthy());
-  logger.info({ agent: loaded.config.agent.id, version: version() }, "edgehook running");
+  if (!stopping) {
+    await notify.ready();
+    notify.startWatchdog(() => agent.healthy());
+    logger.info({ agent: loaded.config.agent.id, version: version() }, "edgehook running");
+    running = true;
+    if (reloadWhenRunning) onReload();
+  }
 
   // The agent may hold no handle that keeps the event loop alive (no sources, an
   // unplugged serial port, an idle dispatcher); it runs until told to stop.

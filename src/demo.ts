@@ -101,6 +101,7 @@ http:
 
   const started = Date.now();
   let receiverDown: Promise<void> | undefined;
+  let receiverBack: Promise<void> | undefined;
   let receiverUp = false;
   let lastPending = 0;
   let finish!: (why: "timeout" | "signal") => void;
@@ -129,9 +130,11 @@ http:
     if (t >= OFFLINE_UNTIL_S && receiverDown && !receiverUp) {
       receiverUp = true;
       say(`bringing the receiver back; ${agent.health().outbox.pending} event(s) waiting in the outbox`);
-      void receiverDown.then(async () => {
-        receiver = await startReceiver({ ...receiverOptions, port: receiverPort });
-      });
+      receiverBack = receiverDown
+        .then(async () => {
+          receiver = await startReceiver({ ...receiverOptions, port: receiverPort });
+        })
+        .catch((err: unknown) => say(`could not bring the receiver back: ${(err as Error).message}`));
     }
   }, 500);
 
@@ -143,6 +146,8 @@ http:
   await client.endAsync();
   await agent.stop();
   await receiverDown;
+  // A receiver still coming back would otherwise start after this and keep the process alive.
+  await receiverBack;
   await receiver?.stop();
   say(`done: the receiver verified ${verified} webhook(s)`);
   rmSync(dir, { recursive: true, force: true });

@@ -6,7 +6,7 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { systemClock } from "../clock.js";
 import type { LoadedConfig } from "../config/load.js";
 import { type AttemptInfo, Dispatcher } from "../delivery/dispatcher.js";
@@ -80,8 +80,10 @@ export async function sendTestCommand(
   const attempted = new Promise<AttemptInfo>((resolve) => {
     onAttempt = resolve;
   });
-  // One attempt only: a 5xx is reported, not retried for hours.
-  const once = { ...dest, max_attempts: 1 };
+  // One attempt only: a 5xx is reported, not retried for hours. A batching destination
+  // gets the batch body it always gets, sent at once rather than after batch.max_wait
+  // (longer than we wait for an answer).
+  const once = { ...dest, max_attempts: 1, ...(dest.batch ? { batch: { ...dest.batch, max_wait: 0 } } : {}) };
   const dispatcher = new Dispatcher({
     outbox,
     destinations: { [name]: once },
@@ -89,6 +91,8 @@ export async function sendTestCommand(
     logger,
     metrics,
     onAttempt: (info) => onAttempt(info),
+    // Relative tls.*_file paths resolve as the agent resolves them.
+    baseDir: dirname(loaded.file),
   });
   try {
     outbox.open();

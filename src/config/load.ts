@@ -13,6 +13,7 @@ import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, 
 import type { z } from "zod";
 import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-schema.js";
 import { EdgehookError } from "../errors.js";
+import { parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";
 import { type Config, configSchema } from "./schema.js";
 
@@ -288,6 +289,14 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       add(["serial", i, "value"], `is not one of the columns (${s.columns.join(", ")})`);
     if (s.values && s.format === "number") add(["serial", i, "values"], "format number carries one value; use metric");
   });
+  // The health server parses it at start; `check` and a reload must refuse what start would.
+  if (config.http.listen !== false) {
+    try {
+      parseListen(config.http.listen);
+    } catch {
+      add(["http", "listen"], "must be host:port like 127.0.0.1:9780 or [::1]:9780");
+    }
+  }
   config.mqtt?.subscriptions.forEach((s, i) => {
     if (s.format === "json" && !s.value && !s.values)
       add(["mqtt", "subscriptions", i], "format json needs value (a dot path) or values");

@@ -51,6 +51,8 @@ export interface DestinationSwitches {
   enableDestination(name: string): void;
   /** Persisted flags per destination (the store's DestinationFlag). */
   destinationFlags(): ReadonlyMap<string, FlagLike> | Readonly<Record<string, FlagLike>>;
+  /** Changes when another process wrote to the outbox (e.g. `edgehook queue replay`). */
+  dataVersion?(): number;
 }
 
 /** Structurally the store's `DestinationFlag`. */
@@ -178,6 +180,7 @@ export class Dispatcher {
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
   #stopped: Promise<void> | undefined;
+  #dataVersion: number | undefined;
 
   constructor(options: DispatcherOptions) {
     this.#outbox = options.outbox;
@@ -222,6 +225,7 @@ export class Dispatcher {
       this.#lanes.set(name, lane);
       this.#gauge(lane);
     }
+    this.#dataVersion = this.#outbox.dataVersion?.();
     this.#scheduleRecheck();
     this.wake();
   }
@@ -539,6 +543,17 @@ export class Dispatcher {
   #recheckNow(): void {
     const wasHeld = this.#clockHeld;
     if (!this.#held() && wasHeld) this.wake();
+    // Deliveries another process put back to pending (`edgehook queue replay`) are due now,
+    // but no commit of ours wakes a lane for them and an idle lane has no timer armed.
+    try {
+      const v = this.#outbox.dataVersion?.();
+      if (v !== this.#dataVersion) {
+        this.#dataVersion = v;
+        this.wake();
+      }
+    } catch {
+      // The outbox is closing; nothing to look at.
+    }
     // `edgehook destination enable NAME` from the command line writes the flag in the outbox.
     const disabledLanes = [...this.#lanes.values()].filter((l) => l.state === "disabled");
     if (disabledLanes.length === 0) return;

@@ -368,6 +368,14 @@ export class Outbox implements OutboxReader {
     return this.#db !== undefined;
   }
 
+  /**
+   * Changes whenever another connection (`edgehook queue replay`, `destination enable`)
+   * committed to the file (PRAGMA data_version); our own commits leave it as it is.
+   */
+  dataVersion(): number {
+    return this.#s.dataVersion.get() as number;
+  }
+
   /** Destination max_age overrides after a config reload. */
   setDestinationMaxAge(maxAge: Readonly<Record<string, number>>): void {
     validateOptions(this.#file, this.#limits, maxAge);

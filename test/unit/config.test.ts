@@ -93,6 +93,13 @@ rules:
     ]);
   });
 
+  it("checks http.listen as `run` parses it, so `check` and `run` agree", () => {
+    expect(problems(`${ISSUE_EXAMPLE}http: { listen: "localhost" }\n`)).toEqual([
+      "25:17: http.listen: must be host:port like 127.0.0.1:9780 or [::1]:9780 (is 'localhost')",
+    ]);
+    expect(problems(`${ISSUE_EXAMPLE}http: { listen: "0.0.0.0:9780" }\n`)).toEqual([]);
+  });
+
   it("reports broken YAML with its position", () => {
     const out = problems("version: 1\nagent:\n  id: [unclosed\n");
     expect(out.length).toBeGreaterThan(0);

@@ -1,0 +1,73 @@
+/** `edgehook send-test` in-process against a real receiver. */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sendTestCommand } from "../../src/cli/send-test.js";
+import { loadConfig } from "../../src/config/load.js";
+import { tempDir, writeConfig } from "../support/agent-process.js";
+import { Receiver } from "../support/receiver.js";
+
+const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+describe("send-test", () => {
+  const receiver = new Receiver(SECRET);
+  beforeAll(() => receiver.start());
+  afterAll(() => receiver.stop());
+
+  it("sends at once to a batching destination instead of waiting max_wait for the batch to fill", async () => {
+    const file = writeConfig(
+      tempDir(),
+      `version: 1
+agent: { id: batch-pi, data_dir: ./data }
+destinations:
+  ops:
+    url: ${receiver.url}
+    secret: ${SECRET}
+    connect_timeout: 1s
+    response_timeout: 1s
+    batch: { max_events: 10, max_wait: 30s }
+`,
+    );
+    const out: string[] = [];
+    const err: string[] = [];
+    const t0 = Date.now();
+    const code = await sendTestCommand(
+      ["ops"],
+      loadConfig(file, { env: {} }),
+      (l) => out.push(l),
+      (l) => err.push(l),
+    );
+    expect(err).toEqual([]);
+    expect(code).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    expect(receiver.accepted.at(-1)?.verified).toBe(true);
+    // Still the batch body the receiver will get from the agent.
+    expect(receiver.accepted.at(-1)?.json).toMatchObject({ data: { events: [{ type: "test" }] } });
+  });
+
+  it("reads a relative tls file next to the configuration, as the agent does", async () => {
+    const dir = tempDir();
+    // Read at start; not used for an http:// receiver.
+    writeFileSync(join(dir, "receiver-ca.pem"), "placeholder\n");
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: tls-pi, data_dir: ./data }
+destinations:
+  ops:
+    url: ${receiver.url}
+    secret: ${SECRET}
+    tls: { ca_file: receiver-ca.pem }
+`,
+    );
+    const err: string[] = [];
+    const code = await sendTestCommand(
+      ["ops"],
+      loadConfig(file, { env: {} }),
+      () => {},
+      (l) => err.push(l),
+    );
+    expect(err).toEqual([]);
+    expect(code).toBe(0);
+  });
+});
