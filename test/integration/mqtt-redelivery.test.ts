@@ -43,8 +43,15 @@ describe("redelivery after commit, before PUBACK", () => {
       const committedAgain = new Promise<void>((r) => {
         secondCall = r;
       });
+      let probed!: () => void;
+      const subscribed = new Promise<void>((r) => {
+        probed = r;
+      });
       const sink = async (readings: Reading[], origin?: SinkOrigin) => {
-        calls.push(readings);
+        const real = readings.filter((r) => r.sensor !== "probe");
+        if (real.length < readings.length) probed();
+        if (real.length === 0) return;
+        calls.push(real);
         for (const k of origin?.messageKeys ?? []) committed.add(k);
         if (calls.length === 2) secondCall();
         if (crashAfterCommit) {
@@ -70,6 +77,10 @@ describe("redelivery after commit, before PUBACK", () => {
       });
       await source.start();
       const pub = await mqtt.connectAsync(broker.url, { clientId: `pub-${withLedger}` });
+      // Publish only once the subscription is in place: probe until a probe arrives.
+      const probing = setInterval(() => void pub.publishAsync("t/probe", "1", { qos: 1 }).catch(() => {}), 100);
+      await subscribed;
+      clearInterval(probing);
       await pub.publishAsync("t/gh1", "35", { qos: 1 });
       await pub.endAsync();
 
