@@ -419,16 +419,20 @@ export class Agent {
   }
 
   async #doStop(): Promise<void> {
+    // The dispatcher's grace for in-flight requests runs while the sources stop and
+    // their last commits finish, so shutdown takes the longer of the two, not the sum.
+    // Events committed meanwhile stay pending for the next start.
+    const d = this.#dispatcher;
+    const dispatcherStopped = d
+      ? this.#guard("stop dispatcher", () => d.stop(this.config.agent.shutdown_timeout))
+      : Promise.resolve();
     await this.#stopSources();
     this.#accepting = false;
     if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
     if (this.#maintenanceTimer) this.#clock.clearTimeout(this.#maintenanceTimer);
     this.#clockSync?.stop();
     await this.#guard("finish rule work", () => this.#chain);
-    if (this.#dispatcher) {
-      const d = this.#dispatcher;
-      await this.#guard("stop dispatcher", () => d.stop(this.config.agent.shutdown_timeout));
-    }
+    await dispatcherStopped;
     if (this.#http) {
       const h = this.#http;
       await this.#guard("stop http server", () => h.stop());
