@@ -74,6 +74,43 @@ describe("agent lifecycle", () => {
     await ok.stop();
   }, 90_000);
 
+  it("a second SIGTERM/SIGINT exits at once, and nothing committed is lost", async () => {
+    const receiver = new Receiver(SECRET);
+    receiver.answer = () => ({ kind: "hang" });
+    await receiver.start();
+    const dir = tempDir();
+    const slow = config(broker.url, receiver.url, 30, "http: { listen: false }\n").replace(
+      "shutdown_timeout: 2s",
+      "shutdown_timeout: 60s",
+    );
+    const file = writeConfig(dir, slow);
+    let agent = new AgentProcess(file);
+    await agent.start();
+    const client = await mqtt.connectAsync(broker.url, { clientId: "twice-pub" });
+    await client.publishAsync("t/twice", "35", { qos: 1 });
+    await client.endAsync();
+    await receiver.waitFor(() => receiver.requests > 0 || receiver.received.length > 0, "a delivery in flight");
+    agent.kill("SIGTERM");
+    await agent.waitForLog((l) => l.msg === "stopping", "stopping");
+    const t0 = Date.now();
+    agent.kill("SIGINT");
+    const exit = await agent.exited();
+    expect(exit.code).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(2_000); // not the 60 s shutdown_timeout
+    await receiver.stop();
+
+    // The event that was in flight is still in the outbox and arrives after a restart.
+    const ok = new Receiver(SECRET);
+    await ok.start(receiver.port);
+    agent = new AgentProcess(file);
+    await agent.start();
+    await ok.waitFor(() => ok.accepted.length >= 1, "the event after the restart");
+    expect(ok.accepted[0]?.json).toMatchObject({ type: "alert.firing", data: { sensor: "twice", value: 35 } });
+    expect(ok.accepted[0]?.verified).toBe(true);
+    await agent.stop();
+    await ok.stop();
+  });
+
   it("keeps running with nothing to do (no sources, nothing pending) until SIGTERM", async () => {
     const file = writeConfig(
       tempDir(),
