@@ -156,6 +156,9 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
     for (const issue of parsed.error.issues) {
       problems.push(...issueToProblems(issue, doc.contents as Node, lineCounter, file));
     }
+    // The checks across sections need a valid file, except the commonest one: a rule
+    // naming a destination that does not exist is reported together with the rest.
+    problems.push(...missingDestinations(data, doc.contents as Node, lineCounter, file));
   } else {
     crossCheck(parsed.data, doc.contents as Node, lineCounter, file, problems);
   }
@@ -256,12 +259,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
     seenRules.add(r.name);
     r.notify.forEach((d, j) => {
       if (!destNames.includes(d)) {
-        add(
-          ["rules", i, "notify", j],
-          destNames.length
-            ? `no destination of this name (destinations: ${destNames.join(", ")})`
-            : "no destination of this name (the file has no destinations)",
-        );
+        add(["rules", i, "notify", j], noSuchDestination(destNames));
       }
     });
     for (const p of checkRule(r, (key) => nodeAt(root, ["rules", i, key]) !== undefined)) {
@@ -338,6 +336,38 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
     });
   }
   checkDestinationFormats(config, add);
+}
+
+function noSuchDestination(names: readonly string[]): string {
+  return names.length
+    ? `no destination of this name (destinations: ${names.join(", ")})`
+    : "no destination of this name (the file has no destinations)";
+}
+
+/** rules[].notify names that are not keys of destinations, on the raw (unvalidated) data. */
+function missingDestinations(data: unknown, root: Node, lc: LineCounter, file: string): ConfigProblem[] {
+  const raw = (data ?? {}) as { destinations?: unknown; rules?: unknown };
+  const dests = raw.destinations;
+  if (!Array.isArray(raw.rules) || (dests !== undefined && (typeof dests !== "object" || dests === null))) return [];
+  const names = Object.keys(dests ?? {});
+  const out: ConfigProblem[] = [];
+  raw.rules.forEach((rule: unknown, i) => {
+    const notify = (rule as { notify?: unknown } | null)?.notify;
+    if (!Array.isArray(notify)) return;
+    notify.forEach((d: unknown, j) => {
+      if (typeof d !== "string" || names.includes(d)) return;
+      const node = nodeAt(root, ["rules", i, "notify", j]);
+      const pos = lc.linePos(node?.range?.[0] ?? 0);
+      out.push({
+        file,
+        line: pos.line,
+        col: pos.col,
+        key: `rules.${i}.notify.${j}`,
+        message: `${noSuchDestination(names)} (is '${d}')`,
+      });
+    });
+  });
+  return out;
 }
 
 function nodeAt(root: Node, path: (string | number)[]): Node | undefined {

@@ -100,6 +100,14 @@ rules:
     expect(problems(`${ISSUE_EXAMPLE}http: { listen: "0.0.0.0:9780" }\n`)).toEqual([]);
   });
 
+  it("reports a rule's missing destination together with schema problems", () => {
+    const text = ISSUE_EXAMPLE.replace("notify: [ops]", "notify: [pager]").replace("above: 30", "above: thirty");
+    expect(problems(text)).toEqual([
+      "21:12: rules.0.above: must be a number (is 'thirty')",
+      "24:14: rules.0.notify.0: no destination of this name (destinations: ops) (is 'pager')",
+    ]);
+  });
+
   it("reports broken YAML with its position", () => {
     const out = problems("version: 1\nagent:\n  id: [unclosed\n");
     expect(out.length).toBeGreaterThan(0);
