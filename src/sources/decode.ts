@@ -273,6 +273,25 @@ function extractor(
  * value (number/text payloads). `allNumeric` lists field names to take every numeric
  * one when neither `value` nor `values` is configured (kv, csv, flat json).
  */
+/** One reading whose value is the payload or line itself (no field to pick). */
+function extractRaw(
+  ex: Extractor,
+  wildcards: readonly string[],
+  topicParts: readonly string[],
+  arrival: number,
+  raw: unknown,
+): DecodeResult {
+  return extract(
+    ex,
+    () => undefined,
+    wildcards,
+    topicParts,
+    arrival,
+    { raw },
+    () => [],
+  );
+}
+
 function extract(
   ex: Extractor,
   fields: Fields,
@@ -384,15 +403,7 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
           // A bare JSON number/string/bool payload with no path is its own value.
           const bare = doc === null || typeof doc !== "object";
           if (bare && !sub.value && !sub.values) {
-            return extract(
-              ex,
-              () => undefined,
-              wildcards,
-              topicParts,
-              arrival,
-              { raw: doc },
-              () => [],
-            );
+            return extractRaw(ex, wildcards, topicParts, arrival, doc);
           }
           return extract(ex, jsonFields(doc), wildcards, topicParts, arrival, undefined, () => topLevelKeys(doc));
         }
@@ -400,28 +411,12 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
           const t = text.trim();
           if (!t) return fail("empty");
           if (toNumber(t) === undefined) return fail("bad_number");
-          return extract(
-            ex,
-            () => undefined,
-            wildcards,
-            topicParts,
-            arrival,
-            { raw: t },
-            () => [],
-          );
+          return extractRaw(ex, wildcards, topicParts, arrival, t);
         }
         case "text": {
           const t = text.trim();
           if (!t) return fail("empty");
-          return extract(
-            ex,
-            () => undefined,
-            wildcards,
-            topicParts,
-            arrival,
-            { raw: t },
-            () => [],
-          );
+          return extractRaw(ex, wildcards, topicParts, arrival, t);
         }
         case "kv": {
           const kv = parseKv(text);
@@ -513,29 +508,13 @@ export function serialDecoder(cfg: SerialPortConfig): LineDecoder {
         const doc = parseJson(text);
         if (doc === NOT_JSON) return fail("not_json");
         if ((doc === null || typeof doc !== "object") && !cfg.value && !cfg.values) {
-          return extract(
-            ex,
-            () => undefined,
-            none,
-            none,
-            arrival,
-            { raw: doc },
-            () => [],
-          );
+          return extractRaw(ex, none, none, arrival, doc);
         }
         return extract(ex, jsonFields(doc), none, none, arrival, undefined, () => topLevelKeys(doc));
       }
       case "number":
         if (toNumber(text) === undefined && !ex.states) return fail("bad_number");
-        return extract(
-          ex,
-          () => undefined,
-          none,
-          none,
-          arrival,
-          { raw: text },
-          () => [],
-        );
+        return extractRaw(ex, none, none, arrival, text);
       case "kv": {
         const kv = parseKv(text);
         if (kv.size === 0) return fail("no_value");
