@@ -108,7 +108,17 @@ http:
   const done = new Promise<"timeout" | "signal">((resolve) => {
     finish = resolve;
   });
-  const offs = [io.onSignal("SIGINT", () => finish("signal")), io.onSignal("SIGTERM", () => finish("signal"))];
+  let interrupted = false;
+  let interrupt!: () => void;
+  const signalled = new Promise<void>((resolve) => {
+    interrupt = resolve;
+  });
+  const onSignal = () => {
+    interrupted = true;
+    interrupt();
+    finish("signal");
+  };
+  const offs = [io.onSignal("SIGINT", onSignal), io.onSignal("SIGTERM", onSignal)];
   const timer = setTimeout(() => finish("timeout"), durationMs);
 
   const tick = setInterval(() => {
@@ -138,11 +148,21 @@ http:
     }
   }, 500);
 
-  const why = await done;
+  await done;
   clearTimeout(timer);
-  for (const off of offs) off();
   clearInterval(tick);
-  say(why === "timeout" ? "time is up, stopping" : "interrupted, stopping");
+  const pending = () => agent.health().outbox.pending;
+  if (!interrupted && receiverUp && pending() > 0) {
+    // The dispatcher probes an unreachable receiver at a growing interval (up to a
+    // minute), so the backlog may still be waiting for the next probe.
+    say(`time is up; waiting for ${pending()} event(s) to reach the receiver (at most 60 s)`);
+    const deadline = Date.now() + 60_000;
+    while (pending() > 0 && Date.now() < deadline && !interrupted) {
+      await Promise.race([signalled, new Promise((r) => setTimeout(r, 250))]);
+    }
+  }
+  for (const off of offs) off();
+  say(interrupted ? "interrupted, stopping" : "stopping");
   await client.endAsync();
   await agent.stop();
   await receiverDown;
