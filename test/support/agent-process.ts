@@ -6,6 +6,9 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { track } from "./children.js";
+
+const spawnTracked = (...args: Parameters<typeof spawn>) => track(spawn(...args));
 
 export const BIN = resolve(import.meta.dirname, "../../bin/edgehook.js");
 
@@ -45,7 +48,7 @@ export function edgehookAsync(
   timeoutMs = 30_000,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [BIN, ...args], {
+    const proc = spawnTracked(process.execPath, [BIN, ...args], {
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -83,7 +86,7 @@ export class AgentProcess {
 
   /** Starts the agent and resolves once it logged "edgehook running". */
   async start(timeoutMs = 15_000): Promise<void> {
-    const proc = spawn(process.execPath, [BIN, "run", "--config", this.configFile], {
+    const proc = spawnTracked(process.execPath, [BIN, "run", "--config", this.configFile], {
       env: { ...process.env, ...this.env },
       stdio: ["ignore", "pipe", "pipe"],
     });

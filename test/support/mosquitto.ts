@@ -7,6 +7,7 @@ import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { track } from "./children.js";
 import { freePort } from "./ports.js";
 
 export class Mosquitto {
@@ -36,7 +37,7 @@ export class Mosquitto {
         "",
       ].join("\n"),
     );
-    const proc = spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
+    const proc = track(spawn("mosquitto", ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] }));
     this.#proc = proc;
     let stderr = "";
     proc.stderr?.on("data", (d) => {
