@@ -91,7 +91,13 @@ export function median(xs) {
   return s[Math.floor(s.length / 2)];
 }
 
-async function drainOnce(receiver, { events, seriesCount, concurrency }) {
+/**
+ * Fills a fresh outbox with `events` across `seriesCount` series for destination "sink"
+ * (the receiver, with `dest` as its extra settings), then times the dispatcher draining
+ * it. Returns the time, the requests the receiver saw and events/s. drain-formats.mjs
+ * runs it per destination format.
+ */
+export async function drainOnce(receiver, dest, { events, seriesCount }) {
   const { Outbox } = await import("../../dist/store/outbox.js");
   const { Dispatcher } = await import("../../dist/delivery/dispatcher.js");
   const { configSchema } = await import("../../dist/config/schema.js");
@@ -104,7 +110,7 @@ async function drainOnce(receiver, { events, seriesCount, concurrency }) {
   const config = configSchema.parse({
     version: 1,
     agent: { id: "bench" },
-    destinations: { sink: { url: receiver.url, secret: SECRET, concurrency } },
+    destinations: { sink: { url: receiver.url, secret: SECRET, ...dest } },
   });
   const metrics = new Metrics();
   const outbox = new Outbox({
@@ -175,7 +181,7 @@ async function main() {
   try {
     const rates = [];
     for (let r = 0; r < runs; r++) {
-      const { ms, received, rate } = await drainOnce(receiver, { events, seriesCount, concurrency });
+      const { ms, received, rate } = await drainOnce(receiver, { concurrency }, { events, seriesCount });
       rates.push(rate);
       console.log(
         `run ${r + 1}: ${events} webhooks (${received} received) in ${(ms / 1000).toFixed(2)} s = ${Math.round(rate)} webhooks/s`,
