@@ -20,14 +20,6 @@ export function parseDuration(text: string): number | undefined {
   return total;
 }
 
-export function formatDuration(ms: number): string {
-  if (ms % 86_400_000 === 0 && ms > 0) return `${ms / 86_400_000}d`;
-  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}
-
 const RATE_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600 };
 
 /** `20/s`, `100/m`, `1000/h` → events per second; undefined when not a rate. */

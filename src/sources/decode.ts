@@ -471,22 +471,6 @@ export class MqttRouter {
   }
 }
 
-/** The first subscription (in config order) whose filter matches decides the message. */
-export function decodeMqtt(
-  decoders: readonly MqttDecoder[],
-  topic: string,
-  payload: Uint8Array,
-  arrival: number,
-  maxPayload: number,
-): DecodeResult | undefined {
-  for (const d of decoders) {
-    if (!matchTopic(d.filter, topic)) continue;
-    if (payload.length > maxPayload) return fail("too_large");
-    return d.decode(topic, payload, arrival);
-  }
-  return undefined;
-}
-
 // ---------------------------------------------------------------- serial lines
 
 export type LineDecoder = (line: Uint8Array, arrival: number) => DecodeResult;

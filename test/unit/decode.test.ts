@@ -2,7 +2,6 @@
 import { describe, expect, it } from "vitest";
 import { configSchema, type SerialPortConfig, type SubscriptionConfig } from "../../src/config/schema.js";
 import {
-  decodeMqtt,
   LineSplitter,
   MqttRouter,
   matchTopic,
@@ -176,10 +175,6 @@ describe("mqtt payloads", () => {
       mqttDecoder(sub({ topic: "a/b", sensor: "{topic.2}", metric: "first", format: "number" })),
       mqttDecoder(sub({ topic: "a/+", metric: "second", format: "number" })),
     ];
-    expect(summary(decodeMqtt(ds, "a/b", bytes("1"), ARRIVAL, 100))).toEqual([["b/first", 1, ARRIVAL]]);
-    expect(summary(decodeMqtt(ds, "a/c", bytes("1"), ARRIVAL, 100))).toEqual([["c/second", 1, ARRIVAL]]);
-    expect(summary(decodeMqtt(ds, "a/c", bytes("1".repeat(101)), ARRIVAL, 100))).toBe("too_large");
-    expect(decodeMqtt(ds, "z", bytes("1"), ARRIVAL, 100)).toBeUndefined();
     const router = new MqttRouter(ds, 100);
     for (let i = 0; i < 2; i++) {
       // Twice: the second answer comes from the per-topic cache.
