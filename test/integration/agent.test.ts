@@ -17,6 +17,7 @@ import { tempDir, writeConfig } from "../support/agent-process.js";
 import { FakeClock } from "../support/fake-clock.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
+import { waitUntil } from "../support/wait.js";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -24,14 +25,6 @@ const stops: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const s of stops.splice(0).reverse()) await s().catch(() => {});
 });
-
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe("agent", () => {
   it("commits the keys of the MQTT messages with what they caused (redelivery ledger)", async () => {
@@ -59,7 +52,7 @@ http: { listen: false }
     const client = await mqtt.connectAsync(agent.mqttUrl as string, { clientId: "ledger-pub" });
     stops.push(() => client.endAsync(true));
     await client.publishAsync("t/s1", "35", { qos: 1 });
-    await until(() => agent.health().outbox.pending === 1, "the firing event committed");
+    await waitUntil(() => agent.health().outbox.pending === 1, "the firing event committed");
     await client.endAsync();
     await agent.stop();
 
@@ -176,7 +169,7 @@ http: { listen: false }
     const lock = new Database(join(dir, "data", "outbox.db"));
     lock.exec("BEGIN IMMEDIATE");
     clock.advance(10_000);
-    await until(() => logs.some((l) => l.includes("rule tick failed")), "the failed tick", 15_000);
+    await waitUntil(() => logs.some((l) => l.includes("rule tick failed")), "the failed tick", 15_000);
     lock.exec("ROLLBACK");
     lock.close();
     expect(agent.health().outbox.pending).toBe(0);
@@ -316,7 +309,7 @@ http: { listen: false }
     const client = await mqtt.connectAsync(agent.mqttUrl as string, { clientId: "replay-pub" });
     stops.push(() => client.endAsync(true));
     await client.publishAsync("t/s1", "35", { qos: 1 });
-    await until(() => agent.health().outbox.dead === 1, "the event dead after a 400");
+    await waitUntil(() => agent.health().outbox.dead === 1, "the event dead after a 400");
     // Let the dispatcher finish its pass and go idle (nothing outside it to await).
     await new Promise((r) => setTimeout(r, 200));
 
@@ -333,6 +326,6 @@ http: { listen: false }
     cli.open();
     expect(cli.replay({ destination: "ops", state: "dead" })).toBe(1);
     cli.close();
-    await until(() => receiver.accepted.length === 1, "the replayed event delivered", 15_000);
+    await waitUntil(() => receiver.accepted.length === 1, "the replayed event delivered", 15_000);
   }, 30_000);
 });

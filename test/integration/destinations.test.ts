@@ -8,6 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, edgehook, edgehookAsync, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
+import { waitUntil as waitFor } from "../support/wait.js";
+
+const waitUntil = (pred: () => boolean, what: string, timeoutMs = 20_000) => waitFor(pred, what, timeoutMs, 200);
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -290,13 +293,4 @@ function pending(file: string): number {
   if (r.code !== 0) throw new Error(`queue stats failed: ${r.stderr}`);
   const stats = JSON.parse(r.stdout) as { pending: number }[];
   return stats.reduce((a, s) => a + s.pending, 0);
-}
-
-async function waitUntil(pred: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    // Polling an operator command: there is no event to await from another process.
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }

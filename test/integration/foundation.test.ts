@@ -7,6 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, edgehook, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
+import { waitUntil as waitFor } from "../support/wait.js";
+
+const waitUntil = (pred: () => boolean, what: string, timeoutMs = 20_000) => waitFor(pred, what, timeoutMs, 200);
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -166,12 +169,3 @@ describe("edgehook check", () => {
     expect(r.stderr).toContain(`${bad}:7:14: rules.0.notify.0: no destination of this name`);
   });
 });
-
-async function waitUntil(pred: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    // Polling an operator command: there is no event to await from another process.
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}

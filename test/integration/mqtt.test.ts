@@ -17,6 +17,7 @@ import { Metrics } from "../../src/ops/metrics.js";
 import { MqttSource } from "../../src/sources/mqtt.js";
 import type { Reading } from "../../src/sources/reading.js";
 import { Mosquitto } from "../support/mosquitto.js";
+import { waitUntil } from "../support/wait.js";
 
 function mqttConfig(url: string, extra: Record<string, unknown>): MqttConfig {
   const cfg = configSchema.parse({
@@ -52,14 +53,6 @@ class Collect {
 
 async function publisher(url: string, id = `pub-${Math.random().toString(16).slice(2)}`): Promise<MqttClient> {
   return mqtt.connectAsync(url, { clientId: id, reconnectPeriod: 50 });
-}
-
-async function waitUntil(pred: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 async function counter(metrics: Metrics, name: string, labels: Record<string, string>): Promise<number> {
