@@ -8,6 +8,8 @@ export const ErrorCodes = {
   EDGEHOOK_USAGE: "the command line is wrong (exit 64)",
   EDGEHOOK_DB_CORRUPT: "the outbox database failed its integrity check and was moved aside",
   EDGEHOOK_OUTBOX_FULL: "the outbox reached a limit and dropped or refused events",
+  EDGEHOOK_OUTBOX_DROPPED:
+    "the outbox dropped deliveries (a limit, `max_age` expiry); logged as a count since the last report, at most once a minute",
   EDGEHOOK_DISK_FLOOR: "free disk space is under `outbox.min_free_disk`; new events are refused",
   EDGEHOOK_DESTINATION_DISABLED: "a receiver answered 410 Gone; the destination is disabled until re-enabled",
   EDGEHOOK_CLOCK_UNSYNCED: "the system clock is not synchronised; signing is held back",

@@ -93,8 +93,8 @@ export class Metrics {
   });
   readonly drops = new Counter({
     name: "edgehook_outbox_dropped_total",
-    help: "Deliveries or events dropped by the outbox, per reason",
-    labelNames: ["reason"] as const,
+    help: "Deliveries dropped by the outbox (full outbox, max_age expiry, dead rows pruned), per reason and destination",
+    labelNames: ["reason", "destination"] as const,
     registers: [this.registry],
   });
   readonly deliveries = new Counter({

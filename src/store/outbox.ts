@@ -28,7 +28,10 @@
  *     2. dead rows are pruned, oldest settled first (drops{reason="dead_pruned"});
  *     3. pending deliveries are dropped, LOWEST priority first and oldest first
  *        within it (drops{reason="max_events"|"max_bytes"}).
- *   Every drop is counted and logged (rate-limited warning saying what to do). At most
+ *   Every drop is counted (drops{reason, destination}) and logged: the first after a quiet
+ *   spell at once, then one summary a minute ("dropped N since the last report", by reason
+ *   and destination, saying what to do) and the rest at close; no count is lost to a rate
+ *   limit (invariant 7). At most
  *   MAINTAIN_MAX_ROWS rows go per commit or pass, so a limit lowered on a full outbox is
  *   reached over a few passes (maintain() says `more`) rather than in one long block.
  * - min_free_disk: while free space on the data directory's filesystem is under it,
@@ -53,7 +56,8 @@ import type { Database } from "better-sqlite3";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { OutboxConfig } from "../config/schema.js";
 import type { CommitBatch, SeriesStateRow } from "../events.js";
-import { type Logger, RateLimitedLog } from "../ops/logger.js";
+import { type DropSummary, DropTally, describeDrops } from "../ops/drops.js";
+import type { Logger } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import { openDatabase } from "./db.js";
 import type {
@@ -88,6 +92,8 @@ const BATCH_ROWS = 5000;
 export const MAINTAIN_MAX_ROWS = 20_000;
 /** How long a free-disk reading is trusted. */
 const DISK_CHECK_MS = 1000;
+/** Drops are logged as one summary at most this often ("dropped N since the last report"). */
+export const DROP_REPORT_MS = 60_000;
 
 /**
  * next_at of a delivery that has not been tried yet: due whatever the wall clock says,
@@ -100,10 +106,13 @@ const DEAD = 2;
 const STATE_NAMES: readonly DeliveryState[] = ["pending", "delivered", "dead"];
 const STATE_CODES: Record<DeliveryState, number> = { pending: PENDING, delivered: DELIVERED, dead: DEAD };
 
+/** The `outbox` settings. */
+export type OutboxLimits = OutboxConfig;
+
 export interface OutboxOptions {
   /** Path of the SQLite file (`<data_dir>/outbox.db`). */
   file: string;
-  limits: OutboxConfig;
+  limits: OutboxLimits;
   clock: Clock;
   logger: Logger;
   metrics: Metrics;
@@ -131,14 +140,19 @@ class Delta {
   events = 0;
   bytes = 0;
   readonly drops: Record<string, number> = {};
+  /** The same drops per destination: `reason\u0000destination` → n. */
+  readonly dropsAt = new Map<string, number>();
   count(destination: string, state: number, n: number): void {
     const key = `${destination}\u0000${state}`;
     const c = this.counts.get(key);
     if (c) c.n += n;
     else this.counts.set(key, { destination, state, n });
   }
-  drop(reason: string, n: number): void {
-    if (n > 0) this.drops[reason] = (this.drops[reason] ?? 0) + n;
+  drop(reason: string, destination: string, n: number): void {
+    if (!(n > 0)) return;
+    this.drops[reason] = (this.drops[reason] ?? 0) + n;
+    const key = `${reason}\u0000${destination}`;
+    this.dropsAt.set(key, (this.dropsAt.get(key) ?? 0) + n);
   }
 }
 
@@ -291,7 +305,7 @@ type Statements = ReturnType<typeof prepareAll>;
 
 export class Outbox implements OutboxReader {
   readonly #file: string;
-  readonly #limits: OutboxConfig;
+  readonly #limits: OutboxLimits;
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #metrics: Metrics;
@@ -316,7 +330,7 @@ export class Outbox implements OutboxReader {
 
   #diskCheckedAt = Number.NEGATIVE_INFINITY;
   #diskLow = false;
-  #dropLog: RateLimitedLog;
+  readonly #drops: DropTally;
 
   constructor(options: OutboxOptions) {
     this.#file = options.file;
@@ -326,7 +340,11 @@ export class Outbox implements OutboxReader {
     this.#metrics = options.metrics;
     this.#check = options.check ?? true;
     this.#maxAge = options.destinationMaxAge ?? {};
-    this.#dropLog = new RateLimitedLog(60_000, () => options.clock.now());
+    this.#drops = new DropTally(
+      DROP_REPORT_MS,
+      () => options.clock.monotonic(),
+      (s) => this.#logDrops(s),
+    );
   }
 
   /** The prepared statements; using them on a closed outbox is a programming error. */
@@ -353,10 +371,11 @@ export class Outbox implements OutboxReader {
     this.#loadCounters();
   }
 
-  /** Commits what is queued, then closes the database. Safe to call twice. */
+  /** Commits what is queued, reports drops not yet logged, then closes the database. Safe to call twice. */
   close(): void {
     if (!this.#db) return;
     this.flush();
+    this.#drops.flush();
     // No PRAGMA optimize/ANALYZE: every query is written for a named index, and planner
     // statistics gathered on a small outbox could steer it wrong on a large one.
     this.#db.close();
@@ -484,11 +503,11 @@ export class Outbox implements OutboxReader {
     }
     const dropped: Record<string, number> = {};
     if (!diskOk) {
-      let refused = 0;
-      for (const e of b.events) refused += new Set(e.destinations).size;
-      if (refused > 0) {
-        dropped.disk_floor = refused;
-        delta.drop("disk_floor", refused);
+      for (const e of b.events) {
+        for (const d of new Set(e.destinations)) {
+          dropped.disk_floor = (dropped.disk_floor ?? 0) + 1;
+          delta.drop("disk_floor", d, 1);
+        }
       }
       return { accepted: 0, dropped };
     }
@@ -859,6 +878,7 @@ export class Outbox implements OutboxReader {
       result.more ||= over;
     }
     this.#updateMetrics();
+    this.#drops.poll();
     return result;
   }
 
@@ -888,7 +908,7 @@ export class Outbox implements OutboxReader {
             for (const ser of series) this.#fixHead(destination, ser);
             delta.count(destination, PENDING, -rows.length);
             delta.count(destination, DEAD, rows.length);
-            delta.drop("expired", rows.length);
+            delta.drop("expired", destination, rows.length);
             return rows.length;
           });
           expired += n;
@@ -932,8 +952,7 @@ export class Outbox implements OutboxReader {
     }
     // 2. dead rows, oldest first: they would only be sent again by an operator's replay.
     for (let o = overBy(); o.n > 0; o = overBy()) {
-      const n = this.#deleteSettled(DEAD, Number.MAX_SAFE_INTEGER, o.n, delta);
-      delta.drop("dead_pruned", n);
+      const n = this.#deleteSettled(DEAD, Number.MAX_SAFE_INTEGER, o.n, delta, "dead_pruned");
       budget -= n;
       if (n === 0) break;
     }
@@ -968,6 +987,7 @@ export class Outbox implements OutboxReader {
     for (const v of victims) {
       s.deleteDelivery.run(v.id);
       delta.count(v.destination, PENDING, -1);
+      delta.drop(reason, v.destination, 1);
       if (v.is_head === 1) heads.set(`${v.destination}\u0000${v.series}`, [v.destination, v.series]);
     }
     for (const [d, ser] of heads.values()) this.#fixHead(d, ser);
@@ -975,17 +995,20 @@ export class Outbox implements OutboxReader {
       victims.map((v) => v.event_seq),
       delta,
     );
-    delta.drop(reason, victims.length);
     return victims.length;
   }
 
-  /** Deletes up to `limit` rows of `state` settled before `cutoff`, oldest first. */
-  #deleteSettled(state: number, cutoff: number, limit: number, delta: Delta): number {
+  /**
+   * Deletes up to `limit` rows of `state` settled before `cutoff`, oldest first; counted
+   * as drops of `dropReason` when given.
+   */
+  #deleteSettled(state: number, cutoff: number, limit: number, delta: Delta, dropReason?: string): number {
     const s = this.#s;
     const rows = s.settledBefore.all(state, cutoff, limit) as { id: number; event_seq: number; destination: string }[];
     for (const r of rows) {
       s.deleteDelivery.run(r.id);
       delta.count(r.destination, state, -1);
+      if (dropReason) delta.drop(dropReason, r.destination, 1);
     }
     this.#deleteOrphans(
       rows.map((r) => r.event_seq),
@@ -1028,7 +1051,7 @@ export class Outbox implements OutboxReader {
     }
     this.#events += delta.events;
     this.#bytes += delta.bytes;
-    this.#reportDrops(delta.drops);
+    this.#countDrops(delta);
     return result;
   }
 
@@ -1102,17 +1125,27 @@ export class Outbox implements OutboxReader {
     return !low;
   }
 
-  #reportDrops(drops: Record<string, number>): void {
-    for (const [reason, n] of Object.entries(drops)) {
-      this.#metrics.drops.inc({ reason }, n);
-      if (reason === "disk_floor") continue; // logged on state change in #diskOk
-      const suppressed = this.#dropLog.shouldLog(reason);
-      if (suppressed === undefined) continue;
-      this.#log.warn(
-        { reason, dropped: n, suppressedLogs: suppressed, code: "EDGEHOOK_OUTBOX_FULL" },
-        dropAdvice(reason, n, this.#limits),
-      );
+  /** Every drop is counted (metric) and goes into the next log summary (invariant 7). */
+  #countDrops(delta: Delta): void {
+    for (const [key, n] of delta.dropsAt) {
+      const [reason = "", destination = ""] = key.split("\u0000");
+      this.#metrics.drops.inc({ reason, destination }, n);
+      this.#drops.add(reason, destination, n);
     }
+  }
+
+  #logDrops(s: DropSummary): void {
+    const advice = Object.keys(s.reasons).map((reason) => dropAdvice(reason, this.#limits));
+    this.#log.warn(
+      {
+        code: "EDGEHOOK_OUTBOX_DROPPED",
+        dropped: s.dropped,
+        reasons: s.reasons,
+        destinations: s.by,
+        periodS: s.periodS,
+      },
+      `outbox dropped ${s.dropped} deliveries since the last report (${describeDrops(s)}); ${advice.join("; ")}`,
+    );
   }
 
   /** Brings the outbox gauges up to date (called before each /metrics scrape). */
@@ -1161,9 +1194,9 @@ interface StateRow {
 }
 
 /** The schema validates the YAML; this catches a wrong value passed in code, naming it. */
-function validateOptions(file: string, limits: OutboxConfig, maxAge: Readonly<Record<string, number>>): void {
+function validateOptions(file: string, limits: OutboxLimits, maxAge: Readonly<Record<string, number>>): void {
   if (typeof file !== "string" || file === "") throw new TypeError("outbox file must be a non-empty path");
-  const positive: (keyof OutboxConfig)[] = ["max_events", "max_bytes", "max_age", "keep_delivered"];
+  const positive: (keyof OutboxLimits)[] = ["max_events", "max_bytes", "max_age", "keep_delivered"];
   for (const key of positive) {
     const v = limits[key];
     if (typeof v !== "number" || !(v > 0)) throw new TypeError(`outbox.${key} must be a positive number (is ${v})`);
@@ -1226,13 +1259,13 @@ function clip(text: string): string {
   return text.length > 300 ? `${text.slice(0, 297)}...` : text;
 }
 
-function dropAdvice(reason: string, n: number, limits: OutboxConfig): string {
+function dropAdvice(reason: string, limits: OutboxLimits): string {
   switch (reason) {
     case "expired":
-      return `${n} pending deliveries expired after max_age without being accepted; check that the destination is reachable, or raise max_age`;
+      return "expired: pending deliveries outlived max_age without being accepted; check that the destination is reachable, or raise max_age";
     case "dead_pruned":
-      return `outbox full: removed ${n} dead deliveries to make room (they can no longer be replayed); purge or replay dead deliveries sooner, or raise outbox.max_events/max_bytes`;
+      return "dead_pruned: the outbox was full and dead deliveries were removed to make room (they can no longer be replayed); purge or replay dead deliveries sooner, or raise outbox.max_events/max_bytes";
     default:
-      return `outbox full (${reason}: max_events=${limits.max_events}, max_bytes=${limits.max_bytes}): dropped ${n} pending deliveries, lowest priority and oldest first; receivers are not keeping up or are unreachable — fix the destination, or raise outbox.${reason}`;
+      return `${reason}: the outbox was full (max_events=${limits.max_events}, max_bytes=${limits.max_bytes}) and pending deliveries were dropped, lowest priority and oldest first; receivers are not keeping up or are unreachable: fix the destination, or raise outbox.${reason}`;
   }
 }

@@ -8,16 +8,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { OutboxConfig } from "../../src/config/schema.js";
 import type { CommitBatch, NewEvent, SeriesStateRow } from "../../src/events.js";
 import { newEventId } from "../../src/events.js";
 import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
+import type { OutboxLimits } from "../../src/store/outbox.js";
 import { Outbox } from "../../src/store/outbox.js";
 import type { AttemptRecord } from "../../src/store/types.js";
 import { FakeClock } from "../support/fake-clock.js";
 
-const DEFAULT_LIMITS: OutboxConfig = {
+const DEFAULT_LIMITS: OutboxLimits = {
   max_events: 1_000_000,
   max_bytes: 512 * 1024 * 1024,
   max_age: 7 * 86_400_000,
@@ -46,7 +46,7 @@ function file(): string {
   return join(dir, "outbox.db");
 }
 
-function makeOutbox(limits: Partial<OutboxConfig> = {}, extra: { destinationMaxAge?: Record<string, number> } = {}) {
+function makeOutbox(limits: Partial<OutboxLimits> = {}, extra: { destinationMaxAge?: Record<string, number> } = {}) {
   const o = new Outbox({
     file: file(),
     limits: { ...DEFAULT_LIMITS, ...limits },
@@ -140,9 +140,12 @@ function statsCounts(o: Outbox): Record<string, number> {
   return out;
 }
 
-async function dropCount(reason: string): Promise<number> {
+/** Drops counted for `reason`, over every destination or for one. */
+async function dropCount(reason: string, destination?: string): Promise<number> {
   const m = await metrics.drops.get();
-  return m.values.find((v) => v.labels.reason === reason)?.value ?? 0;
+  return m.values
+    .filter((v) => v.labels.reason === reason && (destination === undefined || v.labels.destination === destination))
+    .reduce((n, v) => n + v.value, 0);
 }
 
 describe("enqueue and next", () => {
@@ -545,6 +548,7 @@ describe("limits", () => {
       ["ops", 0, 2],
     ]);
     expect(await dropCount("expired")).toBe(4);
+    expect(await dropCount("expired", "fast")).toBe(2);
   });
 
   it("maintain prunes delivered rows after keep_delivered and updates the metrics", async () => {

@@ -8,11 +8,11 @@ import { join } from "node:path";
 import { Writable } from "node:stream";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { OutboxConfig } from "../../src/config/schema.js";
 import { type NewEvent, newEventId } from "../../src/events.js";
 import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { openDatabase, SCHEMA_VERSION } from "../../src/store/db.js";
+import type { OutboxLimits } from "../../src/store/outbox.js";
 import { Outbox } from "../../src/store/outbox.js";
 import { FakeClock } from "../support/fake-clock.js";
 
@@ -74,7 +74,7 @@ describe("Outbox options", () => {
       logger: silentLogger(),
       metrics: new Metrics(),
     };
-    const limits: OutboxConfig = {
+    const limits: OutboxLimits = {
       max_events: 10,
       max_bytes: 1000,
       max_age: 1000,
@@ -98,7 +98,7 @@ describe("Outbox options", () => {
 });
 
 describe("operator log lines", () => {
-  const limits: OutboxConfig = {
+  const limits: OutboxLimits = {
     max_events: 3,
     max_bytes: 10_000_000,
     max_age: 86_400_000,
@@ -118,7 +118,7 @@ describe("operator log lines", () => {
     body: { type: "reading", timestamp: "2026-01-01T00:00:00Z", data: {} },
   });
 
-  function setup(overrides: Partial<OutboxConfig>) {
+  function setup(overrides: Partial<OutboxLimits>) {
     const lines: Record<string, unknown>[] = [];
     const stream = new Writable({
       write(chunk, _enc, cb) {
@@ -139,23 +139,31 @@ describe("operator log lines", () => {
   }
   const settle = () => new Promise((r) => setTimeout(r, 30)); // pino writes asynchronously
 
-  it("warns about drops with what to do, at most once a minute per reason", async () => {
+  it("reports every drop: the first at once, then a summary per minute and at close, none swallowed", async () => {
     const { lines, clock, outbox } = setup({});
     const commit = () => outbox.commit({ events: [ev(clock)], states: [], removedStates: [] });
     for (let i = 0; i < 3; i++) await commit();
-    await commit(); // drop 1
-    await commit(); // drop 2, not logged
-    clock.advance(60_000);
-    await commit(); // drop 3, logged with 1 suppressed
-    outbox.close();
+    await commit(); // drop 1: reported at once
+    await commit(); // drop 2 and 3: summed
+    await commit();
+    clock.advance(30_000);
+    outbox.maintain(); // half a minute: nothing yet
+    clock.advance(30_000);
+    outbox.maintain(); // a minute since the first report: "dropped 2 since the last report"
+    for (let i = 0; i < 5; i++) await commit(); // drops 4..8
+    outbox.close(); // the rest, at close
     await settle();
-    const warns = lines.filter((l) => l.level === "warn");
-    expect(warns).toHaveLength(2);
-    expect(warns[0]).toMatchObject({ code: "EDGEHOOK_OUTBOX_FULL", reason: "max_events", dropped: 1 });
-    expect(String(warns[0]?.msg)).toMatch(
-      /dropped 1 pending deliveries, lowest priority and oldest first.*raise outbox\.max_events/,
+    const reports = lines.filter((l) => l.code === "EDGEHOOK_OUTBOX_DROPPED");
+    expect(reports.map((l) => l.dropped)).toEqual([1, 2, 5]);
+    expect(reports[0]).toMatchObject({
+      level: "warn",
+      reasons: { max_events: 1 },
+      destinations: { ops: { max_events: 1 } },
+    });
+    expect(String(reports[1]?.msg)).toMatch(
+      /^outbox dropped 2 deliveries since the last report \(max_events: 2 \(ops 2\)\); max_events: the outbox was full .*lowest priority and oldest first.*raise outbox\.max_events$/,
     );
-    expect(warns[1]).toMatchObject({ suppressedLogs: 1 });
+    expect(reports[1]?.periodS).toBe(60);
   });
 
   it("recounts the counters from the rows when the agent opens the outbox", async () => {
@@ -220,7 +228,7 @@ describe("operator log lines", () => {
     }
     outbox.close();
     await settle();
-    const warns = lines.filter((l) => l.level === "warn");
+    const warns = lines.filter((l) => l.level === "warn" && l.code !== "EDGEHOOK_OUTBOX_DROPPED");
     expect(warns).toHaveLength(1);
     expect(warns[0]).toMatchObject({ code: "EDGEHOOK_DISK_FLOOR" });
     expect(String(warns[0]?.msg)).toMatch(/new events are refused.*free up/);
