@@ -124,7 +124,7 @@ export class Agent {
       if (outbox.isOpen) outbox.refreshMetrics();
     });
 
-    this.#engine = new RuleEngine({ agentId: config.agent.id, rules: config.rules, clock: this.#clock });
+    this.#engine = this.#newEngine();
     this.#engine.restore(this.#outbox.loadStates());
 
     if (config.agent.require_clock_sync === "auto") {
@@ -165,6 +165,17 @@ export class Agent {
     // Time-driven rule transitions due while we were down (for, absent_for, repeat).
     this.#scheduleTick();
     this.#maintain();
+  }
+
+  #newEngine(): RuleEngine {
+    const config = this.config;
+    return new RuleEngine({
+      agentId: config.agent.id,
+      rules: config.rules,
+      clock: this.#clock,
+      maxFutureMs: config.agent.max_future_skew,
+      logger: this.#logger.child({ component: "rules" }),
+    });
   }
 
   async #startSources(config: Config): Promise<void> {
@@ -238,6 +249,9 @@ export class Agent {
       const before = this.#engineStats[reason] ?? 0;
       if (n > before) this.metrics.ruleSkips.inc({ reason }, n - before);
     }
+    const future = stats.future - (this.#engineStats.future ?? 0);
+    if (future > 0) this.metrics.ruleRestamped.inc(future);
+    now.future = stats.future;
     this.#engineStats = now;
   }
 
@@ -268,7 +282,7 @@ export class Agent {
       // The engine's memory is now ahead of the store. The readings are not acknowledged
       // (the broker sends them again); rebuild the engine from what is durable.
       this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
-      this.#engine = new RuleEngine({ agentId: this.config.agent.id, rules: this.config.rules, clock: this.#clock });
+      this.#engine = this.#newEngine();
       this.#engine.restore(outbox.loadStates());
       this.#engineStats = {};
       // Its time-driven work (for, absent_for, repeat, ends of changed rules) needs a tick
@@ -365,7 +379,9 @@ export class Agent {
     }
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
-      if (this.#engine) await this.#commit(this.#engine.reconfigure(config.rules));
+      if (this.#engine) {
+        await this.#commit(this.#engine.reconfigure(config.rules, { maxFutureMs: config.agent.max_future_skew }));
+      }
     });
     // A rejected link would make every later tick skip its work.
     this.#chain = rulesApplied.catch(() => undefined);

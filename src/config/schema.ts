@@ -9,12 +9,15 @@
  */
 import { z } from "zod";
 import { formatKeys } from "../delivery/format-schema.js";
+import { isTimeZone } from "../sources/zoned-time.js";
 import { duration, rate, size } from "./fields.js";
 
 const name = (what: string) =>
   z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, `${what} must be letters, digits, '.', '_' or '-'`);
 
 const labels = z.record(z.string(), z.string());
+/** An IANA time zone name Intl knows (Europe/Berlin, UTC, Etc/GMT-1). */
+const timeZone = z.string().refine(isTimeZone, "must be an IANA time zone name like Europe/Berlin or UTC");
 const severity = z.enum(["info", "warning", "critical"]);
 export type Severity = z.output<typeof severity>;
 
@@ -33,6 +36,12 @@ const agent = z.strictObject({
    * `auto`: hold back only when the kernel says unsynchronised; `never`: always sign.
    */
   require_clock_sync: z.enum(["auto", "never"]).default("auto"),
+  /**
+   * Readings stamped further than this ahead of the agent's clock are judged with their
+   * arrival time instead (counted and logged), so one bad sensor clock cannot make every
+   * later reading of its series "late".
+   */
+  max_future_skew: duration().default(300_000),
 });
 
 // ---------------------------------------------------------------- mqtt
@@ -52,8 +61,10 @@ const subscription = z.strictObject({
   value: z.string().min(1).optional(),
   /** json/kv: several metrics from one payload, metric name → dot path or key. */
   values: z.record(z.string(), z.string()).optional(),
-  /** Dot path (json) or key (kv) of the measurement time: epoch s, epoch ms or ISO 8601. Default: arrival time. */
+  /** Dot path (json) or key (kv) of the measurement time: epoch s/ms/µs/ns or ISO 8601. Default: arrival time. */
   timestamp: z.string().min(1).optional(),
+  /** IANA zone of ISO times without `Z` or an offset (Tasmota's `Time`). Default: the agent's own zone. */
+  timezone: timeZone.optional(),
   /** text: payload → value, e.g. { ON: 1, OFF: 0 }. Matched case-insensitively. */
   states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
   labels: labels.default({}),
@@ -127,6 +138,8 @@ const serialPort = z.strictObject({
   /** Fields to read as metrics; default every numeric field. */
   values: z.record(z.string(), z.string()).optional(),
   timestamp: z.string().min(1).optional(),
+  /** IANA zone of ISO times without `Z` or an offset. Default: the agent's own zone. */
+  timezone: timeZone.optional(),
   states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
   poll: z
     .strictObject({

@@ -65,6 +65,11 @@ export class Metrics {
     labelNames: ["reason"] as const,
     registers: [this.registry],
   });
+  readonly ruleRestamped = new Counter({
+    name: "edgehook_rule_readings_restamped_total",
+    help: "Readings stamped more than agent.max_future_skew ahead of the agent's clock, judged with their arrival time instead",
+    registers: [this.registry],
+  });
   readonly ruleEvents = new Counter({
     name: "edgehook_rule_events_total",
     help: "Events emitted by rules, per rule and type",

@@ -15,11 +15,22 @@
  *   windows.ts).
  * - Boundaries: strictly above / strictly below (conditions.ts).
  * - Late readings: a reading older than the newest one already seen for its series
- *   (ts < last ts) is counted in `stats.late` and ignored for that series: it changes no
- *   state, enters no window and does not end a silence. A delayed duplicate can therefore
- *   never resolve a firing alert or flap it. Equal timestamps are processed normally.
- *   Forwarding rules send late readings anyway (telemetry wants every point; the body
- *   carries its time).
+ *   (ts < last ts) is counted in `stats.late`, logged (rate-limited, with the sensor and
+ *   how far behind it is) and ignored for that series: it changes no state, enters no
+ *   window and does not end a silence. A delayed duplicate can therefore never resolve a
+ *   firing alert or flap it. Equal timestamps are processed normally. Forwarding rules
+ *   send late readings anyway (telemetry wants every point; the body carries its time).
+ * - Readings from the future: a reading stamped more than `maxFutureMs` ahead of the
+ *   agent's clock (a sensor clock in the year 2100, microseconds read as milliseconds, a
+ *   zoneless time read in the wrong zone) is re-stamped with the agent's time, counted in
+ *   `stats.future` and logged (rate-limited, with sensor and skew). Its value is real and
+ *   judged like any other, so an alert still fires. Refusing it instead would turn a
+ *   wrong sensor clock into lost alerts; keeping its time would make every later reading
+ *   of the series "late". A re-stamped reading does not move its series' late guard
+ *   (that compares the sensor's own times only), so the readings after it are judged
+ *   normally. No time further ahead than the bound is ever kept: a series whose newest
+ *   reading time is beyond it (the agent's clock was set back, or a row stored by an
+ *   older version) forgets that time, on restore and when its next reading arrives.
  * - Values: numeric conditions read numbers, booleans as 1/0 and numeric text; other
  *   values are counted in `stats.nonNumeric` and skipped. `equals` compares as text.
  * - Cooldown: after a resolve, a condition that comes back waits (pending) until the
@@ -66,6 +77,7 @@ import {
   type SeriesStateRow,
   seriesKey,
 } from "../events.js";
+import { type Logger, RateLimitedLog, silentLogger } from "../ops/logger.js";
 import type { Reading, ReadingValue } from "../sources/reading.js";
 import { type CompiledRule, compileRule, toNumber } from "./conditions.js";
 import { DueQueue, type Schedulable } from "./due-queue.js";
@@ -100,9 +112,19 @@ export interface RuleEngineOptions {
    * series are counted in `stats.seriesLimit` and skipped. Default 100,000.
    */
   maxSeries?: number;
+  /**
+   * Readings stamped more than this many ms ahead of the clock are processed with the
+   * clock's time instead (see the header). Default 5 minutes.
+   */
+  maxFutureMs?: number;
+  /** Where skipped, late and re-stamped readings are reported (rate-limited). */
+  logger?: Logger;
 }
 
 export const DEFAULT_MAX_SERIES = 100_000;
+export const DEFAULT_MAX_FUTURE_MS = 5 * 60_000;
+/** Each kind of skipped reading is logged at most this often, with the count in between. */
+const LOG_INTERVAL_MS = 60_000;
 /** At the limit, look for series at rest at most this often (the sweep is O(series)). */
 const SWEEP_INTERVAL_MS = 60_000;
 
@@ -115,8 +137,12 @@ export interface RuleEngineStats {
   droppedBatched: number;
   /** State rows from before a restart that no longer fit a rule and were removed. */
   staleStates: number;
-  /** Readings whose ts is not a usable time (NaN, out of range), skipped. */
+  /** Readings whose ts is not a usable time (NaN, before the Date range), skipped. */
   badTime: number;
+  /** Readings stamped more than maxFutureMs ahead of the clock, processed with the clock's time. */
+  future: number;
+  /** Series whose newest reading time was beyond maxFutureMs ahead of the clock, and was forgotten. */
+  futureState: number;
   /** Readings of new series skipped because `maxSeries` series are active. */
   seriesLimit: number;
   /** Series at rest dropped to make room. */
@@ -209,11 +235,16 @@ interface Target {
 const NO_TARGETS: Target[] = [];
 
 const iso = (ms: number): string => new Date(ms).toISOString();
+/** For logs: an ISO time when the number is one, the number otherwise. */
+const safeIso = (ms: number): string => (ms > -MAX_DATE && ms < MAX_DATE ? iso(ms) : String(ms));
 
 export class RuleEngine {
   readonly #agentId: string;
   readonly #clock: Clock;
   readonly #maxSeries: number;
+  #maxFutureMs: number;
+  readonly #log: Logger;
+  readonly #quiet: RateLimitedLog;
   #lastSweep = Number.NEGATIVE_INFINITY;
   #rules: CompiledRule[];
   #byName: Map<string, CompiledRule>;
@@ -239,12 +270,17 @@ export class RuleEngine {
     droppedBatched: 0,
     staleStates: 0,
     badTime: 0,
+    future: 0,
+    futureState: 0,
     seriesLimit: 0,
     seriesEvicted: 0,
   };
 
   constructor(opts: RuleEngineOptions) {
     this.#maxSeries = opts.maxSeries ?? DEFAULT_MAX_SERIES;
+    this.#maxFutureMs = opts.maxFutureMs ?? DEFAULT_MAX_FUTURE_MS;
+    this.#log = opts.logger ?? silentLogger();
+    this.#quiet = new RateLimitedLog(LOG_INTERVAL_MS, () => opts.clock.now());
     this.#agentId = opts.agentId;
     this.#clock = opts.clock;
     this.#rules = opts.rules.map(compileRule);
@@ -322,20 +358,24 @@ export class RuleEngine {
   process(readings: readonly Reading[]): CommitBatch {
     this.#begin();
     const now = this.#now;
+    const horizon = now + this.#maxFutureMs;
     for (let i = 0; i < readings.length; i++) {
-      const r = readings[i] as Reading;
-      // Outside what a Date can hold (or NaN): no body could carry its time.
-      if (!(r.ts > -MAX_DATE && r.ts < MAX_DATE)) {
-        this.stats.badTime++;
+      let r = readings[i] as Reading;
+      // NaN, or before what a Date can hold: no body could carry its time.
+      if (!(r.ts > -MAX_DATE)) {
+        this.#badTime(r);
         continue;
       }
+      // From the future (up to +Infinity): judged now, at the agent's time (see the header).
+      const restamped = r.ts > horizon;
+      if (restamped) r = this.#restamp(r, now);
       const targets = this.#targets(r.sensor, r.metric);
       for (let j = 0; j < targets.length; j++) {
         const t = targets[j] as Target;
         const rule = t.rule;
         if (rule.labels !== undefined && !labelsMatch(rule.labels, r.labels)) continue;
-        if (rule.kind === "alert") this.#alertReading(t, r, now);
-        else if (rule.kind === "absent") this.#absentReading(t, r, now);
+        if (rule.kind === "alert") this.#alertReading(t, r, now, restamped);
+        else if (rule.kind === "absent") this.#absentReading(t, r, now, restamped);
         else this.#forwardReading(rule, r, now);
       }
     }
@@ -372,9 +412,11 @@ export class RuleEngine {
     return this.#queue.peek();
   }
 
-  reconfigure(rules: readonly RuleConfig[]): CommitBatch {
+  /** New rules (see the header for what happens to their series) and, optionally, new limits. */
+  reconfigure(rules: readonly RuleConfig[], limits: Pick<RuleEngineOptions, "maxFutureMs"> = {}): CommitBatch {
     this.#begin();
     const now = this.#now;
+    if (limits.maxFutureMs !== undefined) this.#maxFutureMs = limits.maxFutureMs;
     const next = rules.map(compileRule);
     const nextByName = new Map(next.map((r) => [r.name, r]));
     for (const [key, s] of this.#series) {
@@ -522,9 +564,99 @@ export class RuleEngine {
     return false;
   }
 
+  // ------------------------------------------------------------------ reading times
+
+  /**
+   * True (counted, logged) when the reading is older than the newest one of its series.
+   * A newest time beyond the future bound is forgotten first: it can only come from a
+   * clock that was set back since, and would make every reading late until it passes.
+   */
+  #isLate(s: Series, r: Reading, now: number): boolean {
+    if (s.lastTs > now + this.#maxFutureMs) this.#forgetFutureTs(s, now);
+    if (!(r.ts < s.lastTs)) return false;
+    this.stats.late++;
+    const suppressed = this.#quiet.shouldLog("late");
+    if (suppressed !== undefined) {
+      this.#log.warn(
+        {
+          rule: s.rule.name,
+          sensor: r.sensor,
+          metric: r.metric,
+          source: r.source,
+          ts: iso(r.ts),
+          newest_ts: iso(s.lastTs),
+          behind_s: (s.lastTs - r.ts) / 1000,
+          late_total: this.stats.late,
+          suppressed,
+        },
+        "late reading ignored by the rule: older than the newest reading of its series",
+      );
+    }
+    return true;
+  }
+
+  #forgetFutureTs(s: Series, now: number): void {
+    this.stats.futureState++;
+    const suppressed = this.#quiet.shouldLog("future_state");
+    if (suppressed !== undefined) {
+      this.#log.warn(
+        {
+          rule: s.rule.name,
+          sensor: s.sensor,
+          metric: s.metric,
+          newest_ts: safeIso(s.lastTs),
+          ahead_s: Math.round((s.lastTs - now) / 1000),
+          max_future_skew_s: this.#maxFutureMs / 1000,
+          suppressed,
+        },
+        "newest reading time of a series is ahead of the agent's clock (was the clock set back?): forgotten",
+      );
+    }
+    s.lastTs = Number.NEGATIVE_INFINITY;
+  }
+
+  #restamp(r: Reading, now: number): Reading {
+    this.stats.future++;
+    const suppressed = this.#quiet.shouldLog("future");
+    if (suppressed !== undefined) {
+      this.#log.warn(
+        {
+          sensor: r.sensor,
+          metric: r.metric,
+          source: r.source,
+          ts: safeIso(r.ts),
+          ahead_s: Number.isFinite(r.ts) ? Math.round((r.ts - now) / 1000) : null,
+          max_future_skew_s: this.#maxFutureMs / 1000,
+          future_total: this.stats.future,
+          suppressed,
+        },
+        "reading stamped ahead of the agent's clock: judged with its arrival time instead",
+      );
+    }
+    return { ...r, ts: now };
+  }
+
+  #badTime(r: Reading): void {
+    this.stats.badTime++;
+    const suppressed = this.#quiet.shouldLog("bad_time");
+    if (suppressed !== undefined) {
+      this.#log.warn(
+        {
+          sensor: r.sensor,
+          metric: r.metric,
+          source: r.source,
+          ts: String(r.ts),
+          bad_time_total: this.stats.badTime,
+          suppressed,
+        },
+        "reading without a usable time skipped",
+      );
+    }
+  }
+
   // ------------------------------------------------------------------ alert rules
 
-  #alertReading(t: Target, r: Reading, now: number): void {
+  #alertReading(t: Target, r: Reading, now: number, restamped: boolean): void {
     const rule = t.rule;
     let s = t.series as AlertSeries | undefined;
     if (s === undefined || s.gone) {
@@ -536,10 +668,7 @@ export class RuleEngine {
       }
       t.series = s;
     }
-    if (r.ts < s.lastTs) {
-      this.stats.late++;
-      return;
-    }
+    if (!restamped && this.#isLate(s, r, now)) return;
     const cond = rule.condition!;
     let v: number | string;
     let x = 0;
@@ -553,7 +682,7 @@ export class RuleEngine {
     } else {
       v = typeof r.value === "string" ? r.value : String(r.value);
     }
-    s.lastTs = r.ts;
+    if (!restamped) s.lastTs = r.ts;
     s.lastLabels = r.labels;
     s.raw = r.value;
     if (rule.aggregate !== undefined) {
@@ -751,7 +880,7 @@ export class RuleEngine {
 
   // ------------------------------------------------------------------ absent_for rules
 
-  #absentReading(t: Target, r: Reading, now: number): void {
+  #absentReading(t: Target, r: Reading, now: number, restamped: boolean): void {
     let s = t.series as AbsentSeries | undefined;
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AbsentSeries | undefined;
@@ -762,10 +891,7 @@ export class RuleEngine {
       }
       t.series = s;
     }
-    if (r.ts < s.lastTs) {
-      this.stats.late++;
-      return;
-    }
+    if (!restamped && this.#isLate(s, r, now)) return;
     if (s.silent) {
       // Built before the update, so last_seen is the reading before the silence.
       s.silent = false;
@@ -777,7 +903,7 @@ export class RuleEngine {
       data.reason = "reading received";
       this.#emit("sensor.returned", s.rule.cfg, s.rule.priority, s.key, r.ts, now, data, s.rule.cfg.extra);
     }
-    s.lastTs = r.ts;
+    if (!restamped) s.lastTs = r.ts;
     s.lastSeenAt = now;
     s.raw = r.value;
     s.lastLabels = r.labels;
@@ -843,6 +969,11 @@ export class RuleEngine {
     s.persisted = true;
     s.seen = true;
     s.lastTs = num(st.last_ts, Number.NEGATIVE_INFINITY);
+    if (s.lastTs > now + this.#maxFutureMs) {
+      // Never let a time from the future outlive a restart: forget it, and rewrite the row.
+      this.#forgetFutureTs(s, now);
+      this.#mark(s);
+    }
     if (st.labels && typeof st.labels === "object") s.lastLabels = st.labels as Record<string, string>;
     if (st.phase === "silent") {
       s.silent = true;

@@ -7,6 +7,7 @@
  */
 import type { SerialPortConfig, SubscriptionConfig } from "../config/schema.js";
 import type { Reading, ReadingValue } from "./reading.js";
+import { localTimeZone, ZonedTime } from "./zoned-time.js";
 
 /** Why an input was skipped; the `reason` label of edgehook_decode_errors_total. */
 export type DecodeErrorReason =
@@ -120,19 +121,44 @@ function toValue(v: unknown, states: StateMap | undefined): { value: ReadingValu
   return { reason: typeof v === "string" && states ? "unknown_state" : "bad_number" };
 }
 
-/** Epoch seconds, epoch milliseconds or ISO 8601; undefined when none of those. */
-export function parseTimestamp(v: unknown): number | undefined {
+/**
+ * Epoch milliseconds from a numeric epoch time in seconds, milliseconds, microseconds or
+ * nanoseconds, told apart by magnitude: each unit covers 1973 to 5138 on its own (1e11 s
+ * is the year 5138, 1e11 ms is 1973), so below 1e11 is seconds (fractions allowed), below
+ * 1e14 milliseconds, below 1e17 microseconds, below 1e20 nanoseconds. Zero, negative
+ * and larger numbers are not times (undefined).
+ */
+export function epochMs(n: number): number | undefined {
+  if (!(n > 0)) return undefined;
+  if (n < 1e11) return Math.round(n * 1000);
+  if (n < 1e14) return Math.round(n);
+  if (n < 1e17) return Math.round(n / 1e3);
+  if (n < 1e20) return Math.round(n / 1e6);
+  return undefined;
+}
+
+/** A `Z` or a numeric offset at the end of an ISO 8601 time. */
+const ZONE_DESIGNATOR = /(?:Z|[+-]\d{2}(?::?\d{2})?)$/i;
+let processZone: ZonedTime | undefined;
+
+/**
+ * Epoch ms from an epoch number (`epochMs`), or an ISO 8601 date-time: with `Z` or an
+ * offset as written, without one in `zone` (default: the agent's own time zone; DST as
+ * in zoned-time.ts, `arrival` picks between the two readings of a repeated hour).
+ * Undefined when none of those.
+ */
+export function parseTimestamp(v: unknown, zone?: ZonedTime, arrival?: number): number | undefined {
   const n = toNumber(v);
-  if (n !== undefined) {
-    if (n <= 0) return undefined;
-    // 1e11 s is the year 5138; 1e11 ms is 1973. Anything below is seconds.
-    return n < 1e11 ? Math.round(n * 1000) : Math.round(n);
-  }
-  if (typeof v === "string" && /^\d{4}-\d{2}-\d{2}/.test(v)) {
-    const t = Date.parse(v);
+  if (n !== undefined) return epochMs(n);
+  if (typeof v !== "string") return undefined;
+  const text = v.trim();
+  if (!/^\d{4}-\d{2}-\d{2}/.test(text)) return undefined;
+  if (ZONE_DESIGNATOR.test(text.slice(10))) {
+    const t = Date.parse(text);
     return Number.isNaN(t) ? undefined : t;
   }
-  return undefined;
+  processZone ??= new ZonedTime(localTimeZone());
+  return (zone ?? processZone).parse(text, arrival);
 }
 
 /** Parses `t=21.5 h=40`, `t:21.5,h:40` or `t=21.5;h=40` into ordered pairs. */
@@ -232,6 +258,8 @@ interface Extractor {
   value: string | undefined;
   values: [string, string][] | undefined;
   timestamp: string | undefined;
+  /** Zone of zoneless ISO times; undefined: the agent's own. */
+  zone: ZonedTime | undefined;
   states: StateMap | undefined;
   labels: Readonly<Record<string, string>>;
   source: string;
@@ -246,6 +274,7 @@ function extractor(
     value?: string | undefined;
     values?: Record<string, string> | undefined;
     timestamp?: string | undefined;
+    timezone?: string | undefined;
     states?: SubscriptionConfig["states"];
     labels: Record<string, string>;
   },
@@ -261,6 +290,7 @@ function extractor(
     value: cfg.value,
     values: cfg.values ? Object.entries(cfg.values) : undefined,
     timestamp: cfg.timestamp,
+    zone: cfg.timezone === undefined ? undefined : new ZonedTime(cfg.timezone),
     states: lowerStates(cfg.states),
     labels: Object.freeze({ ...cfg.labels }),
     source,
@@ -304,7 +334,7 @@ function extract(
   const sensor = render(ex.sensor, wildcards, topicParts, fields);
   if (sensor === undefined) return fail("no_field");
   let ts = arrival;
-  if (ex.timestamp) ts = parseTimestamp(fields(ex.timestamp)) ?? arrival;
+  if (ex.timestamp) ts = parseTimestamp(fields(ex.timestamp), ex.zone, arrival) ?? arrival;
   const make = (metric: string, value: ReadingValue): Reading => ({
     sensor,
     metric,

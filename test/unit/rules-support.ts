@@ -2,7 +2,8 @@
 import type { RuleConfig } from "../../src/config/schema.js";
 import { configSchema } from "../../src/config/schema.js";
 import type { CommitBatch, NewEvent, SeriesStateRow } from "../../src/events.js";
-import { RuleEngine } from "../../src/rules/engine.js";
+import { createLogger } from "../../src/ops/logger.js";
+import { RuleEngine, type RuleEngineOptions } from "../../src/rules/engine.js";
 import type { Reading, ReadingValue } from "../../src/sources/reading.js";
 import { FakeClock } from "../support/fake-clock.js";
 
@@ -39,12 +40,31 @@ export class Harness {
   readonly events: NewEvent[] = [];
   readonly store = new Map<string, SeriesStateRow>();
   readonly batches: CommitBatch[] = [];
+  /** What the engine logged (warn and above), parsed. */
+  readonly logs: { level: string; msg: string; [k: string]: unknown }[] = [];
   #rules: RuleConfig[];
+  readonly #opts: Pick<RuleEngineOptions, "maxSeries" | "maxFutureMs">;
 
-  constructor(ruleConfigs: RuleConfig[], clock = new FakeClock(T0), maxSeries?: number) {
+  constructor(
+    ruleConfigs: RuleConfig[],
+    clock = new FakeClock(T0),
+    maxSeries?: number,
+    opts: Pick<RuleEngineOptions, "maxFutureMs"> = {},
+  ) {
     this.clock = clock;
     this.#rules = ruleConfigs;
-    this.engine = new RuleEngine({ agentId: "pi-1", rules: ruleConfigs, clock, maxSeries });
+    this.#opts = { maxSeries, ...opts };
+    this.engine = this.#build(ruleConfigs);
+  }
+
+  #build(ruleConfigs: RuleConfig[]): RuleEngine {
+    const logger = createLogger("warn", { write: (line: string) => void this.logs.push(JSON.parse(line)) });
+    return new RuleEngine({ agentId: "pi-1", rules: ruleConfigs, clock: this.clock, logger, ...this.#opts });
+  }
+
+  /** Log lines whose message contains `text`. */
+  logged(text: string) {
+    return this.logs.filter((l) => l.msg.includes(text));
   }
 
   commit(b: CommitBatch): NewEvent[] {
@@ -89,7 +109,7 @@ export class Harness {
   /** A new engine (same or new rules) restored from the stored rows: a restart. */
   restart(ruleConfigs: RuleConfig[] = this.#rules): void {
     this.#rules = ruleConfigs;
-    this.engine = new RuleEngine({ agentId: "pi-1", rules: ruleConfigs, clock: this.clock });
+    this.engine = this.#build(ruleConfigs);
     this.engine.restore([...this.store.values()]);
   }
 
