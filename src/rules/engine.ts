@@ -62,10 +62,23 @@
  *   alive; series metric "*"), otherwise each (sensor, metric). With literal names it
  *   watches from the start, so a sensor that never reports is reported too.
  * - Reload: a rule with the same version (hash of its state-defining fields) keeps its
- *   series and takes the new severity/labels/extra/notify/repeat/cooldown. A changed or
- *   removed rule ends its series: firing ones send `alert.resolved` (silent ones
- *   `sensor.returned`) with reason "rule changed"/"rule removed", and their rows are
- *   removed. A batched forward rule sends what it buffered first.
+ *   series and takes the new severity/labels/extra/notify/repeat/cooldown. A removed rule
+ *   ends its series: firing ones send `alert.resolved` (silent ones `sensor.returned`)
+ *   with reason "rule removed", and their rows are removed. A changed rule (same name,
+ *   same kind) judges its series again on their last known value, so an operator who
+ *   lowers a threshold does not get `alert.resolved` for a value that is above both:
+ *   - a firing (or clearing) series that the new rule would keep firing (the value is
+ *     not clear under its condition and hysteresis) stays firing: no event, its `since`,
+ *     repeats and windows continue; otherwise it is resolved with reason "rule changed";
+ *   - a pending series whose value still meets the new condition stays pending from
+ *     when it started (a new `for` counts from there); otherwise it is ok again, quietly;
+ *   - an ok series stays ok until its next reading (a stale value never fires);
+ *   - a silent `absent_for` series stays silent; a seen one keeps its last time.
+ *   Carried over only when the series still matches the new rule and its value means the
+ *   same (raw value, or the same aggregate/rate window); otherwise the series ends as
+ *   with a removed rule, with reason "rule changed". The same applies to a rule changed
+ *   while the agent was down (rows record what their value is). A batched forward rule
+ *   sends what it buffered first.
  */
 import type { Clock } from "../clock.js";
 import type { RuleConfig, Severity } from "../config/schema.js";
@@ -306,7 +319,8 @@ export class RuleEngine {
       const parts = row.series.split("\u001f");
       const st = row.state as Record<string, unknown> | null;
       if (!rule || rule.version !== row.version || parts.length !== 3 || typeof st !== "object" || st === null) {
-        this.#endStaleRow(row, parts, st, rule ? "rule changed" : "rule removed", rule);
+        const adopted = rule !== undefined && this.#restoreChanged(rule, row, parts, st, now);
+        if (!adopted) this.#endStaleRow(row, parts, st, rule ? "rule changed" : "rule removed", rule);
         continue;
       }
       const sensor = parts[1] as string;
@@ -409,6 +423,8 @@ export class RuleEngine {
     this.#start();
     const c = this.#carry;
     if (c.events.length > 0 || c.states.length > 0 || c.removedStates.length > 0) return this.#clock.now();
+    // Rows restore decided to rewrite (a changed rule adopted, a future time forgotten).
+    if (this.#dirty.length > 0) return this.#clock.now();
     return this.#queue.peek();
   }
 
@@ -425,6 +441,7 @@ export class RuleEngine {
         s.rule = nr;
         continue;
       }
+      if (nr && this.#adopt(s, nr, s.kind === "alert" ? valueBasis(s.rule) : undefined)) continue;
       this.#endSeries(s, now, nr ? "rule changed" : "rule removed");
       s.gone = true;
       if (s.persisted) this.#out.removedStates.push({ rule: s.rule.name, series: key });
@@ -1100,6 +1117,76 @@ export class RuleEngine {
     if (due !== Number.POSITIVE_INFINITY) this.#queue.schedule(s, Math.max(due, now));
   }
 
+  /**
+   * A changed rule takes over a series when the series still matches it and its last
+   * value means the same (see the header). Returns false when the series must end.
+   * `oldBasis` is what the series' value was computed from (valueBasis of the old rule).
+   */
+  #adopt(s: Series, nr: CompiledRule, oldBasis: string | undefined): boolean {
+    if (nr.kind !== s.rule.kind || !nr.sensor(s.sensor)) return false;
+    if (nr.labels !== undefined && !labelsMatch(nr.labels, s.lastLabels)) return false;
+    if (s.kind === "absent") {
+      // Whole-sensor series (metric "*") and per-metric series have different keys.
+      if (nr.perSensor ? s.metric !== "*" : s.metric === "*" || !nr.metric(s.metric)) return false;
+      s.rule = nr;
+      if (s.persisted || s.seen || s.silent) this.#mark(s);
+      return true;
+    }
+    if (!nr.metric(s.metric) || valueBasis(nr) !== oldBasis) return false;
+    const cond = nr.condition!;
+    // Raw values are judged again as the new condition reads them (number or text).
+    const src = nr.aggregate === undefined && nr.rate === undefined ? (s.raw ?? s.value) : s.value;
+    let v: number | string | undefined;
+    if (src !== undefined && src !== null) {
+      if (!cond.numeric) v = String(src);
+      else {
+        const x = toNumber(src);
+        if (Number.isFinite(x)) v = x;
+      }
+    }
+    if (s.phase === FIRING || s.phase === CLEARING) {
+      if (v === undefined || cond.clear(v)) return false;
+      s.phase = FIRING;
+      s.value = cond.numeric ? v : src;
+    } else if (s.phase === PENDING && (v === undefined || !cond.active(v))) {
+      s.phase = OK;
+    }
+    s.rule = nr;
+    if (s.persisted || s.phase !== OK) this.#mark(s);
+    return true;
+  }
+
+  /** A stored row whose rule changed while the agent was down: adopted like a reload does, if it can be. */
+  #restoreChanged(
+    rule: CompiledRule,
+    row: SeriesStateRow,
+    parts: string[],
+    st: Record<string, unknown> | null,
+    now: number,
+  ): boolean {
+    if (parts.length !== 3 || st === null || typeof st !== "object" || parts[1] === BATCH_SENSOR) return false;
+    if (rule.kind !== "alert" && rule.kind !== "absent") return false;
+    const sensor = parts[1] as string;
+    const metric = parts[2] as string;
+    const key = seriesKey(rule.name, sensor, metric);
+    if (key !== row.series) return false;
+    const s =
+      rule.kind === "alert"
+        ? this.#restoreAlert(rule, key, sensor, metric, st, now)
+        : this.#restoreAbsent(rule, key, sensor, metric, st, now);
+    if (s === undefined) return false;
+    if (!this.#adopt(s, rule, typeof st.basis === "string" ? st.basis : undefined)) {
+      s.gone = true;
+      return false;
+    }
+    const old = this.#series.get(key);
+    if (old) old.gone = true;
+    this.#series.set(key, s);
+    this.#mark(s);
+    this.#scheduleNext(s, now);
+    return true;
+  }
+
   /** A series whose rule was changed or removed: close what a receiver sees as open. */
   #endSeries(s: Series, now: number, reason: string): void {
     if (s.kind === "alert") {
@@ -1299,6 +1386,7 @@ function alertState(s: AlertSeries): Record<string, unknown> | undefined {
         pending_at: s.pendingAt,
         since: s.sinceTs,
         value: s.value ?? null,
+        basis: valueBasis(s.rule),
         ...(s.cooldownUntil > 0 ? { cooldown_until: s.cooldownUntil } : {}),
       };
     default:
@@ -1310,6 +1398,8 @@ function alertState(s: AlertSeries): Record<string, unknown> | undefined {
         notified_at: s.notifiedAt,
         repeats: s.repeats,
         value: s.value ?? null,
+        // What the value is, so a rule changed while the agent is down can judge it again.
+        basis: valueBasis(s.rule),
         // Enough to send alert.resolved if the rule is removed while the agent is down.
         severity: cfg.severity,
         priority: s.rule.priority,
@@ -1340,6 +1430,13 @@ function absentState(s: AbsentSeries): Record<string, unknown> | undefined {
     priority: s.rule.priority,
     notify: cfg.notify,
   };
+}
+
+/** What an alert series' value is computed from: `raw`, `avg:300000`, `rate:60000:60`. */
+function valueBasis(rule: CompiledRule): string {
+  if (rule.aggregate !== undefined) return `${rule.aggregate.fn}:${rule.aggregate.overMs}`;
+  if (rule.rate !== undefined) return `rate:${rule.rate.windowMs}:${rule.rate.factor}`;
+  return "raw";
 }
 
 function labelsMatch(want: readonly (readonly [string, string])[], have: Readonly<Record<string, string>>): boolean {

@@ -55,7 +55,8 @@ http: { listen: "127.0.0.1:${httpPort}" }
     await agent.start();
     client = await mqtt.connectAsync(broker.url, { clientId: "time-pub" });
   };
-  const events = () => receiver.accepted.map((r) => r.json as { type: string; timestamp: string; data: any });
+  const events = () =>
+    receiver.accepted.map((r) => r.json as { type: string; timestamp: string; data: Record<string, unknown> });
 
   it("a reading stamped in 2100 does not silence its series: the next readings still fire and resolve", async () => {
     const httpPort = await freePort();
