@@ -22,10 +22,12 @@ import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } 
 import { HttpServer } from "./ops/http.js";
 import type { Logger } from "./ops/logger.js";
 import { Metrics } from "./ops/metrics.js";
+import { buildStatus, StatusHistory, type StatusSnapshot, sumByLabel } from "./ops/status.js";
 import { RuleEngine } from "./rules/engine.js";
 import { MqttSource } from "./sources/mqtt.js";
 import type { Reading, SinkOrigin, Source } from "./sources/reading.js";
 import { Outbox } from "./store/outbox.js";
+import { version } from "./version.js";
 
 export interface AgentOptions {
   loaded: LoadedConfig;
@@ -75,6 +77,7 @@ export class Agent {
   #eventTimes: EventTimes | undefined;
   #engineStats: Record<string, number> = {};
   readonly #heartbeat: Heartbeat;
+  readonly #history: StatusHistory;
 
   constructor(options: AgentOptions) {
     this.#loaded = options.loaded;
@@ -83,6 +86,7 @@ export class Agent {
     this.#env = options.env ?? {};
     this.#startedAt = this.#clock.now();
     this.#heartbeat = new Heartbeat(this.#clock, MAX_LOOP_SILENCE_MS);
+    this.#history = new StatusHistory(this.#clock);
   }
 
   get config(): Config {
@@ -155,11 +159,17 @@ export class Agent {
         listen: config.http.listen,
         metrics: this.metrics,
         health: () => this.health(),
+        status: () => this.status(),
+        token: config.http.token,
         logger: log.child({ component: "http" }),
       });
       this.#httpPort = (await this.#http.start()).port;
     }
 
+    this.#history.start(async () => ({
+      pending: outbox.isOpen ? outbox.totals().pending : 0,
+      readings: await sumByLabel(this.metrics.readings, "source"),
+    }));
     this.#accepting = true;
     await this.#startSources(config);
     // Time-driven rule transitions due while we were down (for, absent_for, repeat).
@@ -447,6 +457,7 @@ export class Agent {
     if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
     if (this.#maintenanceTimer) this.#clock.clearTimeout(this.#maintenanceTimer);
     this.#clockSync?.stop();
+    this.#history.stop();
     await this.#guard("finish rule work", () => this.#chain);
     await dispatcherStopped;
     if (this.#http) {
@@ -470,6 +481,25 @@ export class Agent {
   /** True while the agent can do its job; gates the systemd watchdog ping. */
   healthy(): boolean {
     return this.health().status !== "failing";
+  }
+
+  /** What `edgehook status` and the status page show (see ops/status.ts). */
+  async status(): Promise<StatusSnapshot> {
+    const outbox = this.#outbox?.isOpen ? this.#outbox : undefined;
+    return buildStatus({
+      id: this.config.agent.id,
+      version: version(),
+      now: this.#clock.now(),
+      startedAt: this.#startedAt,
+      clockSynced: this.#clockSync ? this.#clockSync.synced() : null,
+      health: this.health(),
+      configured: Object.keys(this.config.destinations),
+      live: this.#dispatcher?.states() ?? {},
+      outbox,
+      readings: await sumByLabel(this.metrics.readings, "source"),
+      decodeErrors: await sumByLabel(this.metrics.decodeErrors, "source"),
+      history: this.#history,
+    });
   }
 
   health(): HealthReport {

@@ -3,10 +3,25 @@
  * it into a process exit. Usage errors exit 64, configuration errors 78 (EX_CONFIG),
  * so systemd's RestartPreventExitStatus=78 stops a bad config from restart-looping.
  */
-import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import {
+  COMMANDS,
+  type CommandSpec,
+  type ConfigMode,
+  checkOptions,
+  commandHelp,
+  GROUPS,
+  overview,
+  resolveCommand,
+  usageLine,
+  wantsHelp,
+} from "./cli/commands.js";
 import { ConfigError, type LoadedConfig, loadConfig } from "./config/load.js";
 import { EdgehookError, ExitCode } from "./errors.js";
+import type { LogFormat } from "./ops/logger.js";
+import { version } from "./version.js";
+
+export { version };
 
 export interface CliIO {
   env: NodeJS.ProcessEnv;
@@ -17,113 +32,143 @@ export interface CliIO {
   onSignal: (signal: NodeJS.Signals, handler: () => void) => () => void;
   /** Exits at once (second SIGTERM). */
   exitNow: (code: number) => void;
-}
-
-const USAGE = `edgehook — sensor readings to signed webhooks, with a durable outbox
-
-Usage:
-  edgehook run --config FILE            run the agent in the foreground
-  edgehook check --config FILE          validate the configuration (exit 78 when invalid)
-  edgehook demo [--duration 60s]        a self-contained demo: broker, sensors, receiver
-  edgehook queue stats|list|show|replay|purge --config FILE
-  edgehook destination enable NAME --config FILE
-  edgehook rules test --config FILE --readings FILE.jsonl
-  edgehook send-test DESTINATION --config FILE
-  edgehook receive --port P --secret whsec_...   a local receiver that verifies and prints webhooks
-  edgehook keygen                       an Ed25519 key pair for v1a signatures
-  edgehook ports                        list serial ports (with /dev/serial/by-id names)
-  edgehook version
-
---config defaults to $EDGEHOOK_CONFIG, then /etc/edgehook/agent.yaml.`;
-
-export function version(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
-    return pkg.version;
-  } catch {
-    return "0.0.0";
-  }
+  /** Whether stdout is a terminal (readable logs, colour). */
+  isTTY?: boolean;
+  /** Writes text as it is (pretty log lines carry their own newline). */
+  write?: (text: string) => void;
 }
 
 export async function runCli(argv: string[], io: CliIO): Promise<number> {
   const [command, ...rest] = argv;
-  try {
-    switch (command) {
-      case "run":
-        return await runCommand(rest, io);
-      case "check":
-        return checkCommand(rest, io);
-      case "demo": {
-        const { demoCommand } = await import("./demo.js");
-        return await demoCommand(rest, io);
-      }
-      case "queue": {
-        const { queueCommand } = await import("./cli/queue.js");
-        const { loaded, args } = loadFromArgs(rest, io);
-        return await queueCommand(args, loaded, io.out);
-      }
-      case "destination": {
-        const { destinationCommand } = await import("./cli/queue.js");
-        const { loaded, args } = loadFromArgs(rest, io);
-        return await destinationCommand(args, loaded, io.out);
-      }
-      case "rules": {
-        if (rest[0] !== "test") return usage(io, "edgehook rules test --config FILE --readings FILE.jsonl");
-        const { values } = parseArgs({
-          args: rest.slice(1),
-          options: { config: { type: "string" }, readings: { type: "string" } },
-        });
-        if (!values.readings) return usage(io, "edgehook rules test --config FILE --readings FILE.jsonl");
-        const loaded = loadConfig(configPath(values.config, io.env), { env: io.env });
-        const { rulesTestCommand } = await import("./cli/rules-test.js");
-        return await rulesTestCommand(loaded, values.readings, io.out, io.err);
-      }
-      case "send-test": {
-        const { sendTestCommand } = await import("./cli/send-test.js");
-        const { loaded, args } = loadFromArgs(rest, io);
-        return await sendTestCommand(args, loaded, io.out, io.err);
-      }
-      case "keygen": {
-        const { keygenCommand } = await import("./cli/receive.js");
-        return keygenCommand(io.out);
-      }
-      case "receive": {
-        const { receiveCommand } = await import("./cli/receive.js");
-        const abort = new AbortController();
-        const offs = [io.onSignal("SIGINT", () => abort.abort()), io.onSignal("SIGTERM", () => abort.abort())];
-        try {
-          return await receiveCommand(rest, io.out, abort.signal);
-        } finally {
-          for (const off of offs) off();
-        }
-      }
-      case "ports": {
-        const { portsCommand } = await import("./cli/ports.js");
-        // portsCommand writes text with its own newlines.
-        return await portsCommand(rest, { write: (text: string) => io.out(text.replace(/\n$/, "")) });
-      }
-      case "version":
-      case "--version":
-        io.out(version());
-        return ExitCode.OK;
-      case undefined:
-      case "help":
-      case "--help":
-      case "-h":
-        io.out(USAGE);
-        return command === undefined ? ExitCode.USAGE : ExitCode.OK;
-      default:
-        return usage(io, `unknown command '${command}'`);
+  if (command === undefined) {
+    io.err(overview());
+    return ExitCode.USAGE;
+  }
+  if (command === "--help" || command === "-h" || command === "help") {
+    if (command === "help" && rest.length > 0) {
+      const found = resolveCommand(wantsHelp(rest) ? ["help"] : rest);
+      if ("error" in found) return usage(io, found.error);
+      io.out(commandHelp(found.spec));
+      return ExitCode.OK;
     }
+    io.out(overview());
+    return ExitCode.OK;
+  }
+  if (command === "--version") {
+    io.out(version());
+    return ExitCode.OK;
+  }
+  const found = resolveCommand(argv);
+  if ("error" in found) {
+    // `edgehook queue --help`: the group's commands.
+    if (found.group && wantsHelp(argv.slice(1))) {
+      io.out(groupHelp(found.group));
+      return ExitCode.OK;
+    }
+    return usage(io, found.error, found.group);
+  }
+  const { spec, rest: args } = found;
+  if (wantsHelp(args)) {
+    io.out(commandHelp(spec));
+    return ExitCode.OK;
+  }
+  const bad = checkOptions(spec, args);
+  if (bad) return usage(io, bad, spec.name);
+  try {
+    return await dispatch(spec, args, io);
   } catch (err) {
     return reportError(err, io);
   }
 }
 
-function usage(io: CliIO, why: string): number {
+async function dispatch(spec: CommandSpec, args: string[], io: CliIO): Promise<number> {
+  switch (spec.name) {
+    case "run":
+      return await runCommand(args, io);
+    case "check":
+      return checkCommand(args, io);
+    case "status": {
+      const { statusCommand } = await import("./cli/status.js");
+      const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
+      return await statusCommand(restArgs, loaded, io);
+    }
+    case "demo": {
+      const { demoCommand } = await import("./demo.js");
+      return await demoCommand(args, io);
+    }
+    case "queue stats":
+    case "queue list":
+    case "queue show":
+    case "queue replay":
+    case "queue purge": {
+      const { queueCommand } = await import("./cli/queue.js");
+      const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
+      return await queueCommand([spec.name.split(" ")[1] as string, ...restArgs], loaded, io.out);
+    }
+    case "destination enable": {
+      const { destinationCommand } = await import("./cli/queue.js");
+      const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
+      return await destinationCommand(["enable", ...restArgs], loaded, io.out);
+    }
+    case "rules test": {
+      const { values } = parseArgs({
+        args,
+        options: { config: { type: "string", short: "c" }, readings: { type: "string" } },
+      });
+      if (!values.readings) return usage(io, "--readings FILE.jsonl is required", spec.name);
+      const loaded = loadConfig(configPath(values.config, io.env), { env: io.env });
+      const { rulesTestCommand } = await import("./cli/rules-test.js");
+      return await rulesTestCommand(loaded, values.readings, io.out, io.err);
+    }
+    case "send-test": {
+      const { sendTestCommand } = await import("./cli/send-test.js");
+      const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
+      return await sendTestCommand(restArgs, loaded, io.out, io.err);
+    }
+    case "keygen": {
+      if (args.length > 0) return usage(io, `unexpected '${args[0]}'`, spec.name);
+      const { keygenCommand } = await import("./cli/receive.js");
+      return keygenCommand(io.out);
+    }
+    case "receive": {
+      const { receiveCommand } = await import("./cli/receive.js");
+      const abort = new AbortController();
+      const offs = [io.onSignal("SIGINT", () => abort.abort()), io.onSignal("SIGTERM", () => abort.abort())];
+      try {
+        return await receiveCommand(args, io.out, abort.signal);
+      } finally {
+        for (const off of offs) off();
+      }
+    }
+    case "ports": {
+      const { portsCommand } = await import("./cli/ports.js");
+      // portsCommand writes text with its own newlines.
+      return await portsCommand(args, { write: (text: string) => io.out(text.replace(/\n$/, "")) });
+    }
+    case "version":
+      if (args.length > 0) return usage(io, `unexpected '${args[0]}'`, spec.name);
+      io.out(version());
+      return ExitCode.OK;
+    default:
+      throw new Error(`command ${spec.name} has no handler`);
+  }
+}
+
+/** A usage error: the problem, then the usage of the command (or the overview). */
+function usage(io: CliIO, why: string, command?: string): number {
   io.err(`edgehook: ${why}`);
-  io.err(USAGE);
+  const spec = COMMANDS.find((c) => c.name === command);
+  if (spec) io.err(`usage: ${usageLine(spec)}   (edgehook ${spec.name} --help)`);
+  else if (command && GROUPS.has(command)) io.err(groupHelp(command));
+  else io.err("Run 'edgehook help' for the list of commands.");
   return ExitCode.USAGE;
+}
+
+function groupHelp(group: string): string {
+  return [
+    `edgehook ${group} — commands:`,
+    ...COMMANDS.filter((c) => c.name.startsWith(`${group} `)).map((c) => `  ${usageLine(c)}\n      ${c.summary}`),
+  ].join("\n");
 }
 
 function reportError(err: unknown, io: CliIO): number {
@@ -148,8 +193,15 @@ function configPath(given: string | undefined, env: NodeJS.ProcessEnv): string {
   return given ?? env.EDGEHOOK_CONFIG ?? "/etc/edgehook/agent.yaml";
 }
 
-/** Pulls `--config FILE` out of the arguments and loads it; the rest goes to the subcommand. */
-function loadFromArgs(args: string[], io: CliIO): { loaded: LoadedConfig; args: string[] } {
+/**
+ * Pulls `--config FILE` out of the arguments and loads it; the rest goes to the subcommand.
+ * `operator` mode reads no secret (see ConfigMode); `tap` and other read-only commands reuse it.
+ */
+export function loadFromArgs(
+  args: string[],
+  io: Pick<CliIO, "env">,
+  mode: ConfigMode = "full",
+): { loaded: LoadedConfig; args: string[] } {
   const restArgs: string[] = [];
   let file: string | undefined;
   for (let i = 0; i < args.length; i++) {
@@ -158,7 +210,10 @@ function loadFromArgs(args: string[], io: CliIO): { loaded: LoadedConfig; args: 
     else if (a.startsWith("--config=")) file = a.slice("--config=".length);
     else restArgs.push(a);
   }
-  return { loaded: loadConfig(configPath(file, io.env), { env: io.env }), args: restArgs };
+  return {
+    loaded: loadConfig(configPath(file, io.env), { env: io.env, secrets: mode !== "operator" }),
+    args: restArgs,
+  };
 }
 
 function checkCommand(args: string[], io: CliIO): number {
@@ -174,14 +229,31 @@ function checkCommand(args: string[], io: CliIO): number {
 }
 
 async function runCommand(args: string[], io: CliIO): Promise<number> {
-  const { values } = parseArgs({ args, options: { config: { type: "string", short: "c" } } });
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: "string", short: "c" }, "log-format": { type: "string" } },
+  });
+  const formatArg = values["log-format"];
+  if (formatArg !== undefined && !["auto", "json", "pretty"].includes(formatArg)) {
+    return usage(io, `--log-format must be auto, json or pretty (is '${formatArg}')`, "run");
+  }
   const file = configPath(values.config, io.env);
   const loaded = loadConfig(file, { env: io.env });
   const { Agent } = await import("./agent.js");
-  const { createLogger } = await import("./ops/logger.js");
+  const { createLogger, createPrettyLogger, resolveLogFormat, useColor } = await import("./ops/logger.js");
   const { SdNotify } = await import("./ops/sd-notify.js");
   const { systemClock } = await import("./clock.js");
-  const logger = createLogger(loaded.config.agent.log_level);
+  const isTTY = io.isTTY === true;
+  const format = resolveLogFormat(
+    (formatArg as LogFormat | undefined) ?? loaded.config.agent.log_format,
+    io.env,
+    isTTY,
+  );
+  const write = io.write;
+  const logger =
+    format === "pretty" && write
+      ? createPrettyLogger(loaded.config.agent.log_level, write, useColor(io.env, isTTY))
+      : createLogger(loaded.config.agent.log_level);
   for (const w of loaded.warnings) logger.warn(w);
   const notify = new SdNotify({
     env: io.env,

@@ -17,6 +17,7 @@ import { silentLogger } from "../ops/logger.js";
 import { Metrics } from "../ops/metrics.js";
 import { Outbox } from "../store/outbox.js";
 import type { DeliveryListing, DeliveryState } from "../store/types.js";
+import { safe, safeLines } from "./safe-text.js";
 
 type Out = (line: string) => void;
 
@@ -53,7 +54,7 @@ function openOutbox(loaded: LoadedConfig): Outbox {
 }
 
 /** Runs fn on the outbox, or returns `ifMissing` when the agent never created one. */
-function withOutbox<T>(loaded: LoadedConfig, ifMissing: () => T, fn: (o: Outbox) => T): T {
+export function withOutbox<T>(loaded: LoadedConfig, ifMissing: () => T, fn: (o: Outbox) => T): T {
   if (!existsSync(outboxFile(loaded))) return ifMissing();
   const outbox = openOutbox(loaded);
   try {
@@ -78,7 +79,7 @@ export async function queueCommand(args: string[], loaded: LoadedConfig, out: Ou
   try {
     switch (sub) {
       case "stats":
-        return stats(rest, loaded, out);
+        return await stats(rest, loaded, out);
       case "list":
         return list(rest, loaded, out);
       case "show":
@@ -99,7 +100,7 @@ export async function queueCommand(args: string[], loaded: LoadedConfig, out: Ou
   }
 }
 
-function stats(args: string[], loaded: LoadedConfig, out: Out): number {
+async function stats(args: string[], loaded: LoadedConfig, out: Out): Promise<number> {
   const { values, positionals } = parse(args, { json: { type: "boolean" } });
   if (positionals.length > 0) return usage(out, USAGE.stats, `unexpected '${positionals[0]}'`);
   const rows = withOutbox(
@@ -107,13 +108,23 @@ function stats(args: string[], loaded: LoadedConfig, out: Out): number {
     () => ({ stats: [], flags: {} }),
     (o) => ({ stats: o.stats(), flags: o.destinationFlags() }),
   );
+  // Up or down is known only to the running agent; only "disabled" is stored.
+  const { fetchStatus, destinationState } = await import("./status.js");
+  const live = await fetchStatus(loaded);
+  const liveDest = "snapshot" in live ? live.snapshot.destinations : undefined;
   const names = new Set([...Object.keys(loaded.config.destinations), ...rows.stats.map((s) => s.destination)]);
   const table = [...names].sort().map((destination) => {
     const s = rows.stats.find((x) => x.destination === destination);
     const flag = (rows.flags as ReturnType<Outbox["destinationFlags"]>)[destination];
+    const l = liveDest?.find((d) => d.name === destination);
+    const state = l && l.state !== "unknown" ? l.state : flag?.disabled ? "disabled" : "unknown";
+    const since = l?.since ?? (flag?.disabled ? (flag.since ?? null) : null);
     return {
       destination,
       configured: destination in loaded.config.destinations,
+      state,
+      since,
+      agentRunning: liveDest !== undefined,
       enabled: !flag?.disabled,
       ...(flag?.disabled ? { disabledReason: flag.reason ?? null, disabledSince: flag.since ?? null } : {}),
       pending: s?.pending ?? 0,
@@ -127,15 +138,30 @@ function stats(args: string[], loaded: LoadedConfig, out: Out): number {
     return ExitCode.OK;
   }
   if (!existsSync(outboxFile(loaded))) out(`no outbox yet at ${outboxFile(loaded)} (the agent has not run)`);
+  if ("error" in live) out(`agent not answering (${live.error}): up/down is unknown`);
+  const now = Date.now();
   printTable(out, [
     ["DESTINATION", "STATE", "PENDING", "DEAD", "DELIVERED", "OLDEST PENDING"],
     ...table.map((t) => [
-      t.destination,
-      t.enabled
-        ? t.configured
-          ? "enabled"
-          : "not in config"
-        : `disabled (${t.disabledReason ?? "no reason"}${t.disabledSince ? `, since ${iso(t.disabledSince)}` : ""})`,
+      safe(t.destination),
+      !t.configured && t.state !== "disabled"
+        ? "not in config"
+        : t.state === "disabled"
+          ? `disabled (${safe(t.disabledReason ?? "no reason")}${t.since ? `, since ${iso(t.since)}` : ""})`
+          : destinationState(
+              {
+                name: t.destination,
+                state: t.state as "up" | "down" | "unknown",
+                since: t.since,
+                pending: 0,
+                dead: 0,
+                delivered: 0,
+                oldest_pending_s: null,
+                last_error: null,
+                configured: t.configured,
+              },
+              now,
+            ),
       String(t.pending),
       String(t.dead),
       String(t.delivered),
@@ -187,14 +213,14 @@ function list(args: string[], loaded: LoadedConfig, out: Out): number {
   printTable(out, [
     ["EVENT", "DESTINATION", "STATE", "ATTEMPTS", "AGE", "TYPE", "SERIES", "LAST"],
     ...rows.map((r) => [
-      r.eventId,
-      r.destination,
+      safe(r.eventId),
+      safe(r.destination),
       r.state,
       String(r.attempts),
       formatAge(now - r.createdAt),
-      r.type,
-      seriesName(r.series),
-      lastOutcome(r),
+      safe(r.type),
+      safe(seriesName(r.series)),
+      safe(lastOutcome(r)),
     ]),
   ]);
   return ExitCode.OK;
@@ -223,14 +249,16 @@ function show(args: string[], loaded: LoadedConfig, out: Out): number {
     out(JSON.stringify({ ...detail, series: seriesName(detail.series), body }, null, 2));
     return ExitCode.OK;
   }
-  out(`event     ${detail.id}`);
-  out(`type      ${detail.type}`);
-  out(`rule      ${detail.rule}`);
-  out(`series    ${seriesName(detail.series)}`);
+  out(`event     ${safe(detail.id)}`);
+  out(`type      ${safe(detail.type)}`);
+  out(`rule      ${safe(detail.rule)}`);
+  out(`series    ${safe(seriesName(detail.series))}`);
   out(`severity  ${detail.severity} (priority ${detail.priority})`);
   out(`created   ${iso(detail.createdAt)}`);
   out("body");
-  for (const line of JSON.stringify(body, null, 2).split("\n")) out(`  ${line}`);
+  // JSON.stringify escapes control characters inside strings; a body that is not JSON is shown escaped.
+  for (const line of typeof body === "string" ? safeLines(body) : safeLines(JSON.stringify(body, null, 2)))
+    out(`  ${line}`);
   for (const d of detail.deliveries) {
     const when =
       d.state === "pending"
@@ -241,11 +269,11 @@ function show(args: string[], loaded: LoadedConfig, out: Out): number {
           ? ` at ${iso(d.settledAt)}`
           : "";
     out(
-      `delivery  ${d.destination}: ${d.state}${when}, ${d.attempts} attempt(s)${d.reason ? `, reason: ${d.reason}` : ""}`,
+      `delivery  ${safe(d.destination)}: ${d.state}${when}, ${d.attempts} attempt(s)${d.reason ? `, reason: ${safe(d.reason)}` : ""}`,
     );
     for (const a of d.history) {
       out(
-        `  ${iso(a.at)}  ${a.status === undefined ? "no answer" : `HTTP ${a.status}`}  ${a.durationMs} ms${a.error ? `  ${a.error}` : ""}`,
+        `  ${iso(a.at)}  ${a.status === undefined ? "no answer" : `HTTP ${a.status}`}  ${a.durationMs} ms${a.error ? `  ${safe(a.error)}` : ""}`,
       );
     }
   }
@@ -384,7 +412,7 @@ export function formatAge(ms: number): string {
     .join("");
 }
 
-function printTable(out: Out, rows: string[][]): void {
+export function printTable(out: Out, rows: string[][]): void {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
   for (const r of rows) {
     out(

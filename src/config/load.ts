@@ -13,8 +13,9 @@ import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, 
 import type { z } from "zod";
 import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-schema.js";
 import { EdgehookError } from "../errors.js";
-import { parseListen } from "../ops/http.js";
+import { isLoopback, parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";
+import { didYouMean } from "../suggest.js";
 import { type Config, configSchema } from "./schema.js";
 
 export interface ConfigProblem {
@@ -34,7 +35,15 @@ export interface LoadedConfig {
   dataDir: string;
   /** Not errors, but worth a log line (e.g. a plaintext secret in a world-readable file). */
   warnings: string[];
+  /**
+   * False when loaded with `secrets: false`: every secret value (secret, password, token,
+   * their *_file variants) is the placeholder UNREAD_SECRET, never a real value.
+   */
+  secretsRead: boolean;
 }
+
+/** What a secret holds when the configuration was loaded without reading secrets. */
+export const UNREAD_SECRET = "[not read]";
 
 export class ConfigError extends EdgehookError {
   readonly problems: ConfigProblem[];
@@ -54,6 +63,12 @@ const SECRET_KEYS = new Set(["secret", "hub_secret", "password", "token"]);
 
 export interface LoadOptions {
   env?: NodeJS.ProcessEnv;
+  /**
+   * Read secrets (default true). The operator commands (queue, status, destination,
+   * tap) pass false: they run as a user who may not read the credentials
+   * (`sudo -u edgehook` under LoadCredential=), and need none.
+   */
+  secrets?: boolean;
 }
 
 export function loadConfig(file: string, options: LoadOptions = {}): LoadedConfig {
@@ -92,6 +107,11 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
   }
 
   const warnings: string[] = [];
+  const readSecrets = options.secrets ?? true;
+  const warnAt = (offset: number | undefined, message: string) => {
+    const pos = lineCounter.linePos(offset ?? 0);
+    warnings.push(`${file}:${pos.line}:${pos.col}: ${message}`);
+  };
   let plaintextSecret = false;
 
   // ${ENV} substitution and secret *_file keys, on the node tree so positions stay right.
@@ -99,8 +119,34 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
     if (isMap(node)) {
       for (const pair of [...node.items]) {
         const keyNode = pair.key;
+        if (isMap(keyNode) || isSeq(keyNode)) {
+          // The yaml package would print "Keys with collection values will be stringified".
+          warnAt(
+            (keyNode as Node).range?.[0],
+            `${path.join(".") || "(top level)"}: a key that is a list or mapping is read as text; quote it or fix the indentation`,
+          );
+        }
         const k = isScalar(keyNode) ? String(keyNode.value) : String(keyNode);
         const base = k.endsWith("_file") ? k.slice(0, -5) : undefined;
+        if (!readSecrets && (SECRET_KEYS.has(k) || (base !== undefined && SECRET_KEYS.has(base)))) {
+          // Neither the file nor the environment variable is read; the key keeps its place.
+          const name = base !== undefined && SECRET_KEYS.has(base) ? base : k;
+          if (name !== k && node.has(name)) {
+            at(
+              (pair.value as Node | null)?.range?.[0],
+              [...path, k].join("."),
+              `give either ${name} or ${k}, not both`,
+            );
+            continue;
+          }
+          const range = (pair.value as Node | null)?.range;
+          const wasList = isSeq(pair.value);
+          node.delete(k);
+          node.set(name, doc.createNode(wasList ? [UNREAD_SECRET] : UNREAD_SECRET));
+          const created = node.get(name, true) as Node | undefined;
+          if (created && range) created.range = range;
+          continue;
+        }
         if (base !== undefined && SECRET_KEYS.has(base)) {
           const valNode = pair.value;
           substitute(valNode, [...path, k]);
@@ -151,6 +197,7 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const data = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  if (!readSecrets) dropSecretProblems(problems);
   const parsed = configSchema.safeParse(data, { reportInput: true });
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
@@ -162,11 +209,13 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
   } else {
     crossCheck(parsed.data, doc.contents as Node, lineCounter, file, problems);
   }
+  if (!readSecrets) dropSecretProblems(problems);
   if (problems.length > 0) {
     problems.sort((a, b) => a.line - b.line || a.col - b.col);
     throw new ConfigError(problems);
   }
   const config = parsed.data as Config;
+  warnings.push(...riskWarnings(config, doc.contents as Node, lineCounter, file));
 
   if (plaintextSecret) {
     try {
@@ -182,7 +231,63 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
   }
 
   const dataDir = isAbsolute(config.agent.data_dir) ? config.agent.data_dir : resolve(baseDir, config.agent.data_dir);
-  return { config: deepFreeze(config), file: resolve(file), dataDir, warnings };
+  return { config: deepFreeze(config), file: resolve(file), dataDir, warnings, secretsRead: readSecrets };
+}
+
+/** Problems about the value of a secret that was not read (its placeholder is not a valid key). */
+function dropSecretProblems(problems: ConfigProblem[]): void {
+  const kept = problems.filter((p) => {
+    const parts = p.key.split(".");
+    if (parts.some((seg) => SECRET_KEYS.has(seg))) return false;
+    if (parts[parts.length - 1] === "ed25519" && p.message.startsWith("secret")) return false;
+    return true;
+  });
+  problems.splice(0, problems.length, ...kept);
+}
+
+/** Settings that work but weaken security: said by `check` and at start. */
+function riskWarnings(config: Config, root: Node, lc: LineCounter, file: string): string[] {
+  const out: string[] = [];
+  const at = (path: (string | number)[], message: string) => {
+    const node = nodeAt(root, path) ?? nearest(root, path);
+    const pos = lc.linePos(node?.range?.[0] ?? 0);
+    out.push(`${file}:${pos.line}:${pos.col}: ${path.join(".")}: ${message}`);
+  };
+  for (const [name, d] of Object.entries(config.destinations)) {
+    if (d.tls?.reject_unauthorized === false) {
+      at(
+        ["destinations", name, "tls", "reject_unauthorized"],
+        "false: the receiver's certificate is not checked, so anyone on the path can read and answer these webhooks; prefer tls.ca_file",
+      );
+    }
+    try {
+      const url = new URL(d.url);
+      if (url.username || url.password) {
+        at(
+          ["destinations", name, "url"],
+          "holds credentials (user:password@), which are not sent; use basic_auth with password_file, or token_file",
+        );
+      }
+    } catch {
+      // The schema checked the URL.
+    }
+  }
+  if (config.http.listen !== false && config.http.token === undefined) {
+    try {
+      if (!isLoopback(parseListen(config.http.listen).host)) {
+        at(
+          ["http", "listen"],
+          "is reachable from other hosts and http.token_file is not set: /healthz and /metrics answer anyone, and the status page is refused to other hosts",
+        );
+      }
+    } catch {
+      // Reported as a problem by crossCheck.
+    }
+  }
+  if (config.mqtt?.tls?.reject_unauthorized === false) {
+    at(["mqtt", "tls", "reject_unauthorized"], "false: the broker's certificate is not checked; prefer tls.ca_file");
+  }
+  return out;
 }
 
 function readSecretFile(p: string, baseDir: string, env: NodeJS.ProcessEnv): string | { error: string } {
@@ -219,7 +324,7 @@ function issueToProblems(issue: Issue, root: Node, lc: LineCounter, file: string
         line: pos.line,
         col: pos.col,
         key: [...path, k].join("."),
-        message: "unknown key",
+        message: `unknown key${didYouMean(k, knownKeys(path))}`,
       };
     });
   }
@@ -233,7 +338,7 @@ function issueToProblems(issue: Issue, root: Node, lc: LineCounter, file: string
   } else if (issue.code === "invalid_type" && exists) {
     message = `must be ${issue.expected === "number" ? "a number" : issue.expected === "string" ? "text" : issue.expected === "array" ? "a list" : issue.expected === "object" ? "a mapping of keys" : issue.expected}`;
   }
-  const secretKey = path.some((p) => typeof p === "string" && SECRET_KEYS.has(p));
+  const secretKey = path.some((p) => typeof p === "string" && (SECRET_KEYS.has(p) || p === "headers"));
   if (exists && isScalar(node) && !secretKey) message += ` (is '${String(node.source ?? node.value)}')`;
   return [{ file, line: pos.line, col: pos.col, key: path.join("."), message }];
 }
@@ -244,6 +349,8 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
     const node = nodeAt(root, path) ?? nearest(root, path);
     const pos = lc.linePos(node?.range?.[0] ?? 0);
     const value = nodeAt(root, path);
+    // Header values are often credentials (X-Api-Key): never echoed.
+    if (path.includes("headers")) secret = true;
     problems.push({
       file,
       line: pos.line,
@@ -402,4 +509,57 @@ function deepFreeze<T>(o: T): T {
     for (const v of Object.values(o)) deepFreeze(v);
   }
   return o;
+}
+
+/** The keys the schema allows at `path` (for "did you mean"); empty when unknown. */
+function knownKeys(path: (string | number)[]): string[] {
+  const found = new Set<string>();
+  const walk = (schema: unknown, rest: (string | number)[], depth: number): void => {
+    if (depth > 40 || schema === undefined) return;
+    const def = (schema as { _zod?: { def?: Record<string, unknown> } })._zod?.def;
+    if (!def) return;
+    switch (def.type) {
+      case "optional":
+      case "nullable":
+      case "default":
+      case "prefault":
+      case "readonly":
+      case "catch":
+        walk(def.innerType, rest, depth + 1);
+        return;
+      case "pipe":
+        walk(def.in, rest, depth + 1);
+        return;
+      case "lazy":
+        walk((def.getter as () => unknown)(), rest, depth + 1);
+        return;
+      case "union":
+        for (const o of def.options as unknown[]) walk(o, rest, depth + 1);
+        return;
+      case "intersection":
+        walk(def.left, rest, depth + 1);
+        walk(def.right, rest, depth + 1);
+        return;
+      case "array":
+        if (typeof rest[0] === "number") walk(def.element, rest.slice(1), depth + 1);
+        return;
+      case "record":
+        if (rest.length > 0) walk(def.valueType, rest.slice(1), depth + 1);
+        return;
+      case "object": {
+        const shape = def.shape as Record<string, unknown>;
+        if (rest.length === 0) {
+          for (const k of Object.keys(shape)) found.add(k);
+          return;
+        }
+        const [head, ...tail] = rest;
+        walk(shape[String(head)], tail, depth + 1);
+        return;
+      }
+      default:
+        return;
+    }
+  };
+  walk(configSchema, path, 0);
+  return [...found];
 }

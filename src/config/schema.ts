@@ -29,6 +29,8 @@ const agent = z.strictObject({
   /** Where the outbox database lives. Relative paths are relative to the config file. */
   data_dir: z.string().min(1).default("./data"),
   log_level: z.enum(["trace", "debug", "info", "warn", "error", "fatal"]).default("info"),
+  /** `auto`: JSON under systemd or in a pipe, short readable lines in a terminal. */
+  log_format: z.enum(["auto", "json", "pretty"]).default("auto"),
   /** How long SIGTERM waits for in-flight deliveries before closing. */
   shutdown_timeout: duration().default(10_000),
   /**
@@ -251,6 +253,11 @@ export type RuleConfig = z.output<typeof rule>;
 const http = z.strictObject({
   /** `127.0.0.1:9780`; `false` turns the health and metrics server off. */
   listen: z.union([z.string(), z.literal(false)]).default("127.0.0.1:9780"),
+  /**
+   * Required by the status page (and /api/status, /metrics, /healthz) from other hosts when
+   * `listen` is not a loopback address. Prefer token_file.
+   */
+  token: z.string().min(1).optional(),
 });
 
 const outbox = z.strictObject({

@@ -1,21 +1,50 @@
 /**
- * The health and metrics HTTP server: GET /healthz (JSON, 200 or 503) and GET /metrics
- * (Prometheus text). It binds only where the configuration says (default loopback):
- * neither endpoint is authenticated, so exposing them is an explicit choice.
+ * The agent's local HTTP server: GET / (the status page), GET /api/status (its JSON, also
+ * read by `edgehook status`), GET /healthz (JSON, 200 or 503) and GET /metrics
+ * (Prometheus text). It binds only where the configuration says (default loopback).
+ *
+ * Access: requests from a loopback address are always answered (a local user can run
+ * `edgehook status` anyway). From other hosts, when `http.token` is set, every path needs
+ * it (`Authorization: Bearer`, or `?token=` once, which sets a cookie for the page);
+ * without a token, the page and /api/status refuse other hosts, while /healthz and
+ * /metrics answer them as before (`check` warns).
  */
+import { createHash, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, isIPv4, isIPv6 } from "node:net";
 import { EdgehookError } from "../errors.js";
 import { type HealthReport, httpStatusOf } from "./health.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import type { Metrics } from "./metrics.js";
+import { renderPage } from "./page.js";
+import type { StatusSnapshot } from "./status.js";
 
 export interface HttpServerOptions {
   /** `host:port`: "127.0.0.1:9780", "[::1]:9780", "0.0.0.0:9780"; port 0 picks a free port. */
   listen: string;
   metrics: Metrics;
   health: () => HealthReport;
+  /** The status page and /api/status; without it they answer 404. */
+  status?: () => Promise<StatusSnapshot>;
+  /** http.token: required from non-loopback peers. */
+  token?: string | undefined;
   logger: Logger;
+}
+
+/** True for 127.0.0.0/8, ::1, localhost and IPv4-mapped loopback. */
+export function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  if (h === "localhost" || h === "::1") return true;
+  if (h.startsWith("::ffff:")) return isLoopback(h.slice(7));
+  return isIPv4(h) && h.startsWith("127.");
+}
+
+/** Where a local client reaches a server bound to `listen` (a wildcard means loopback). */
+export function localUrl(listen: string): string {
+  const { host, port } = parseListen(listen);
+  if (host === "0.0.0.0" || host === "") return `http://127.0.0.1:${port}`;
+  if (host === "::") return `http://[::1]:${port}`;
+  return isIPv6(host) ? `http://[${host}]:${port}` : `http://${host}:${port}`;
 }
 
 export interface ListenAddress {
@@ -62,12 +91,16 @@ export class HttpServer {
   readonly #health: () => HealthReport;
   readonly #log: Logger;
   readonly #errors = new RateLimitedLog(60_000);
+  readonly #status: (() => Promise<StatusSnapshot>) | undefined;
+  readonly #tokenHash: Buffer | undefined;
   #server: Server | undefined;
 
   constructor(options: HttpServerOptions) {
     this.#listen = options.listen;
     this.#metrics = options.metrics;
     this.#health = options.health;
+    this.#status = options.status;
+    this.#tokenHash = options.token === undefined ? undefined : sha256(options.token);
     this.#log = options.logger;
   }
 
@@ -102,7 +135,10 @@ export class HttpServer {
     server.on("error", (err) => this.#log.error({ err }, "health/metrics server error"));
     this.#server = server;
     const bound = (server.address() as AddressInfo).port;
-    this.#log.info({ host, port: bound }, "serving /healthz and /metrics");
+    this.#log.info(
+      { host, port: bound },
+      this.#status ? "serving the status page, /healthz and /metrics" : "serving /healthz and /metrics",
+    );
     return { port: bound };
   }
 
@@ -116,13 +152,46 @@ export class HttpServer {
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? "/").split("?", 1)[0];
-    if (path !== "/healthz" && path !== "/metrics") {
-      return send(res, 404, "text/plain; charset=utf-8", "not found: try /healthz or /metrics\n");
+    const url = new URL(req.url ?? "/", "http://local");
+    const path = url.pathname;
+    const page = this.#status !== undefined && (path === "/" || path === "/api/status");
+    if (path !== "/healthz" && path !== "/metrics" && !page) {
+      return send(res, 404, "text/plain; charset=utf-8", "not found: try /, /healthz or /metrics\n");
     }
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.setHeader("allow", "GET, HEAD");
       return send(res, 405, "text/plain; charset=utf-8", "method not allowed\n");
+    }
+    const access = this.#access(req, url);
+    if (access === "no-token" && page) {
+      return send(
+        res,
+        403,
+        "text/plain; charset=utf-8",
+        "the status page is served to other hosts only with http.token_file set\n",
+      );
+    }
+    if (access === "denied") {
+      res.setHeader("www-authenticate", 'Bearer realm="edgehook"');
+      return send(res, 401, "text/plain; charset=utf-8", "a token is needed: Authorization: Bearer TOKEN or ?token=\n");
+    }
+    if (path === "/" && url.searchParams.has("token")) {
+      // Keep the token out of the address bar, history and screenshots: a cookie carries it.
+      res.setHeader(
+        "set-cookie",
+        `edgehook_token=${encodeURIComponent(url.searchParams.get("token") ?? "")}; HttpOnly; SameSite=Strict; Path=/`,
+      );
+      res.writeHead(303, { location: "/", "cache-control": "no-store", "content-length": 0 });
+      res.end();
+      return;
+    }
+    if (path === "/api/status" && this.#status) {
+      const snapshot = await this.#status();
+      return send(res, 200, "application/json", `${JSON.stringify(snapshot)}\n`);
+    }
+    if (path === "/" && this.#status) {
+      const snapshot = await this.#status();
+      return send(res, 200, "text/html; charset=utf-8", renderPage(snapshot), PAGE_HEADERS);
     }
     if (path === "/healthz") {
       const report = this.#health();
@@ -130,6 +199,16 @@ export class HttpServer {
     }
     const text = await this.#metrics.registry.metrics();
     return send(res, 200, this.#metrics.registry.contentType, text);
+  }
+
+  /** `ok`; `no-token` (another host, no token configured); `denied` (a token is configured, not given). */
+  #access(req: IncomingMessage, url: URL): "ok" | "no-token" | "denied" {
+    if (isLoopback(req.socket.remoteAddress ?? "")) return "ok";
+    const want = this.#tokenHash;
+    if (want === undefined) return "no-token";
+    const given = bearer(req) ?? url.searchParams.get("token") ?? cookie(req, "edgehook_token");
+    if (given === undefined || given === null) return "denied";
+    return timingSafeEqual(sha256(given), want) ? "ok" : "denied";
   }
 
   #fail(res: ServerResponse, err: unknown): void {
@@ -144,11 +223,50 @@ export class HttpServer {
   }
 }
 
-function send(res: ServerResponse, status: number, contentType: string, body: string): void {
+/** The page loads nothing from elsewhere and cannot be framed. */
+const PAGE_HEADERS = {
+  "content-security-policy":
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+  "x-content-type-options": "nosniff",
+  "referrer-policy": "no-referrer",
+};
+
+function sha256(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}
+
+function bearer(req: IncomingMessage): string | undefined {
+  const h = req.headers.authorization;
+  const m = h ? /^Bearer\s+(.+)$/i.exec(h) : null;
+  return m?.[1]?.trim();
+}
+
+function cookie(req: IncomingMessage, name: string): string | undefined {
+  for (const part of (req.headers.cookie ?? "").split(";")) {
+    const eq = part.indexOf("=");
+    if (eq > 0 && part.slice(0, eq).trim() === name) {
+      try {
+        return decodeURIComponent(part.slice(eq + 1).trim());
+      } catch {
+        return undefined;
+      }
+    }
+  }
+  return undefined;
+}
+
+function send(
+  res: ServerResponse,
+  status: number,
+  contentType: string,
+  body: string,
+  extra: Record<string, string> = {},
+): void {
   res.writeHead(status, {
     "content-type": contentType,
     "content-length": Buffer.byteLength(body),
     "cache-control": "no-store",
+    ...extra,
   });
   res.end(res.req.method === "HEAD" ? undefined : body);
 }
