@@ -90,7 +90,8 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
   const env = options.env ?? process.env;
   const baseDir = dirname(resolve(file));
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  // logLevel error: the yaml package would print warnings itself; edgehook reports them with positions.
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true, logLevel: "error" });
   const problems: ConfigProblem[] = [];
   const at = (offset: number | undefined, key: string, message: string) => {
     const pos = lineCounter.linePos(offset ?? 0);
@@ -254,12 +255,6 @@ function riskWarnings(config: Config, root: Node, lc: LineCounter, file: string)
     out.push(`${file}:${pos.line}:${pos.col}: ${path.join(".")}: ${message}`);
   };
   for (const [name, d] of Object.entries(config.destinations)) {
-    if (d.tls?.reject_unauthorized === false) {
-      at(
-        ["destinations", name, "tls", "reject_unauthorized"],
-        "false: the receiver's certificate is not checked, so anyone on the path can read and answer these webhooks; prefer tls.ca_file",
-      );
-    }
     try {
       const url = new URL(d.url);
       if (url.username || url.password) {
@@ -270,6 +265,12 @@ function riskWarnings(config: Config, root: Node, lc: LineCounter, file: string)
       }
     } catch {
       // The schema checked the URL.
+    }
+    if (d.tls?.reject_unauthorized === false) {
+      at(
+        ["destinations", name, "tls", "reject_unauthorized"],
+        "false: the receiver's certificate is not checked, so anyone on the path can read and answer these webhooks; prefer tls.ca_file",
+      );
     }
   }
   if (config.http.listen !== false && config.http.token === undefined) {

@@ -110,16 +110,24 @@ export function formatPretty(json: string, color: boolean): string {
   }\n`;
 }
 
+const TIME_KEY = /(^since$|At$|_at$|^at$|Since$)/;
+
 function fieldValue(key: string, v: unknown): string {
-  if (typeof v === "number" && /(^since$|At$|_at$|^at$|Since$)/.test(key) && v > 1e12 && v < 1e13) {
-    return clockTime(new Date(v));
+  if (TIME_KEY.test(key)) {
+    if (typeof v === "number" && v > 1e12 && v < 1e13) return clockTime(new Date(v));
+    if (typeof v === "string" && /^\d{4}-\d\d-\d\dT[\d:.]+Z$/.test(v)) return clockTime(new Date(v));
   }
   if (v && typeof v === "object" && "message" in v && typeof (v as { message: unknown }).message === "string") {
     const e = v as { message: string; code?: unknown };
-    return JSON.stringify(safe(e.code ? `${e.message} (${String(e.code)})` : e.message));
+    return quote(safe(e.code ? `${e.message} (${String(e.code)})` : e.message));
   }
-  if (typeof v === "string") return /^[^\s"=]+$/.test(v) ? safe(v) : JSON.stringify(safe(v));
+  if (typeof v === "string") return /^[^\s"=]+$/.test(v) ? safe(v) : quote(safe(v));
   return safe(JSON.stringify(v));
+}
+
+/** Quotes text that safe() already escaped (no second escaping of its backslashes). */
+function quote(text: string): string {
+  return `"${text.replace(/"/g, '\\"')}"`;
 }
 
 function clockTime(d: Date): string {

@@ -128,15 +128,15 @@ ${area ? `<polygon points="${area}" class="area"/>` : ""}${line ? `<polyline poi
 
   const deliveries = (rows: StatusSnapshot["recent"], empty: string) =>
     table(
-      ["Created", "Type", "Series", "Destination", "State", "Attempts", "Last"],
+      ["Created", "State", "Series", "Destination", "Attempts", "Type", "Last"],
       rows.map((r) => [
         esc(time(r.created_at)),
-        esc(r.type),
+        badge(r.state, r.state === "delivered" ? "ok" : r.state === "dead" ? "bad" : "warn"),
         esc(r.series),
         esc(r.destination),
-        badge(r.state, r.state === "delivered" ? "ok" : r.state === "dead" ? "bad" : "warn"),
         esc(r.attempts),
-        `<small>${esc(r.last ?? "")}</small>`,
+        esc(r.type),
+        `<small class="wide">${esc(r.last ?? "")}</small>`,
       ]),
       empty,
     );
@@ -144,7 +144,9 @@ ${area ? `<polygon points="${area}" class="area"/>` : ""}${line ? `<polyline poi
   return `${header}
 <section><h2>Destinations</h2>${destinations}</section>
 <section><h2>Outbox</h2><p>${esc(s.outbox.pending)} pending · ${esc(s.outbox.dead)} dead${
-    s.outbox.bytes === null ? "" : ` · ${esc((s.outbox.bytes / 1048576).toFixed(1))} MB on disk`
+    s.outbox.bytes === null
+      ? ""
+      : ` · ${esc(s.outbox.bytes < 1048576 ? `${Math.ceil(s.outbox.bytes / 1024)} KB` : `${(s.outbox.bytes / 1048576).toFixed(1)} MB`)} of events`
   }</p>${chart}</section>
 <section><h2>Firing now</h2>${firing}</section>
 <section><h2>Sources</h2>${sources}</section>
@@ -162,7 +164,7 @@ h1{font-size:1.3rem;margin:.2rem 0}h1 .id{color:var(--mut);font-weight:normal}h2
 td small{white-space:normal;color:var(--mut)}.num{font-variant-numeric:tabular-nums}
 .b{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-size:.8rem;font-weight:600;color:#fff}.b.ok{background:var(--ok)}.b.warn{background:var(--warn)}.b.bad{background:var(--bad)}
 .empty,footer{color:var(--mut)}.problems{color:var(--bad);margin:.3rem 0;padding-left:1.2rem}
-.chart{width:100%;max-width:40rem;height:auto;display:block}.chart .axis{stroke:var(--line)}.chart .line{fill:none;stroke:var(--warn);stroke-width:2}.chart .area{fill:var(--warn);opacity:.15}.chart text{fill:var(--mut);font-size:13px}.chart .grid{stroke:var(--line);stroke-dasharray:3 3}small.err{color:var(--bad)}
+.chart{width:100%;max-width:40rem;height:auto;display:block}.chart .axis{stroke:var(--line)}.chart .line{fill:none;stroke:var(--warn);stroke-width:2}.chart .area{fill:var(--warn);opacity:.15}.chart text{fill:var(--mut);font-size:13px}.chart .grid{stroke:var(--line);stroke-dasharray:3 3}small.err{color:var(--bad)}small.wide{display:inline-block;min-width:14rem}
 footer{margin-top:1.5rem;font-size:.8rem}`;
 
 /** The whole page for a snapshot. */
