@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the programs the integration tests run are present: a real mosquitto
-# broker, socat for pseudo-terminals, systemd-analyze to verify the unit.
+# broker, socat for pseudo-terminals, systemd-analyze to verify the unit, and Debian's
+# headless-capable Chromium (with a font) for the status page test; playwright-core
+# drives it and never downloads a browser.
 # Installs them with apt-get when run as root on Debian; otherwise says what to install.
 set -euo pipefail
 
@@ -9,6 +11,7 @@ missing=()
 for cmd in "${!pkg_of[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || missing+=("${pkg_of[$cmd]}")
 done
+[[ -x /usr/bin/chromium ]] || missing+=(chromium fonts-dejavu-core)
 ((${#missing[@]} == 0)) && exit 0
 
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
