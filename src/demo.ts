@@ -153,8 +153,8 @@ http:
   clearInterval(tick);
   const pending = () => agent.health().outbox.pending;
   if (!interrupted && receiverUp && pending() > 0) {
-    // The dispatcher probes an unreachable receiver at a growing interval (up to a
-    // minute), so the backlog may still be waiting for the next probe.
+    // The dispatcher probes an unreachable receiver every second, so the backlog may
+    // still be on its way.
     say(`time is up; waiting for ${pending()} event(s) to reach the receiver (at most 60 s)`);
     const deadline = Date.now() + 60_000;
     while (pending() > 0 && Date.now() < deadline && !interrupted) {

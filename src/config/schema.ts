@@ -9,6 +9,7 @@
  */
 import { z } from "zod";
 import { formatKeys } from "../delivery/format-schema.js";
+import { DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_SCHEDULE } from "../delivery/policy.js";
 import { isTimeZone } from "../sources/zoned-time.js";
 import { duration, rate, size } from "./fields.js";
 
@@ -170,9 +171,13 @@ const destination = z.strictObject({
   response_timeout: duration().default(15_000),
   concurrency: z.number().int().min(1).max(64).default(4),
   rate_limit: rate().optional(),
-  max_attempts: z.number().int().min(1).default(8),
-  /** Delay before each retry after a 5xx/408/429; the last entry repeats. ±20 % jitter. */
-  retry_schedule: z.array(duration()).min(1).default([5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000]),
+  /** Counted attempts (answers, and requests sent without an answer) before a delivery is dead. */
+  max_attempts: z.number().int().min(1).default(DEFAULT_MAX_ATTEMPTS),
+  /** Delay before each retry after a counted attempt; the last entry repeats. ±20 % jitter. See delivery/policy.ts. */
+  retry_schedule: z
+    .array(duration())
+    .min(1)
+    .default(() => [...DEFAULT_RETRY_SCHEDULE]),
   /** Pending deliveries older than this are dropped (default: outbox.max_age). */
   max_age: duration().optional(),
   tls: tls.optional(),

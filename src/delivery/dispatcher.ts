@@ -3,8 +3,12 @@
  *
  * One "lane" per destination: an undici Pool (keep-alive) or, behind an HTTP(S) proxy, an
  * EnvHttpProxyAgent; at most `concurrency` requests in flight; an optional token bucket for
- * `rate_limit`; and a state: up, down (unreachable, probed one request at a time with a
- * growing interval) or disabled (a 410, until `edgehook destination enable NAME`).
+ * `rate_limit`; and a state: up, down (no connection can be made: probed one request at a
+ * time, every second, sooner when new events come) or disabled (a 410, until `edgehook
+ * destination enable NAME`). Only a failure to connect takes a destination down (policy.ts);
+ * a request that was sent and then failed spends an attempt of its own delivery and holds
+ * back only its series. A reload that changes the url or transport ends an outage and makes
+ * waiting retries due (the fix is usually in the config).
  *
  * Order per series: the outbox returns only the head (earliest pending delivery) of each
  * series, and every series with a request in flight OR an outcome not yet written to the
@@ -31,7 +35,18 @@ import { EdgehookError } from "../errors.js";
 import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
-import { type Decision, decide, describeError, OfflineProbe, type Outcome, TokenBucket } from "./policy.js";
+import { failedToConnect, watchConnectErrors } from "./connect-errors.js";
+import {
+  type Decision,
+  decide,
+  describeError,
+  type FlapSummary,
+  OfflineProbe,
+  OutageLog,
+  type Outcome,
+  PROBE_INTERVAL_MS,
+  TokenBucket,
+} from "./policy.js";
 import { batchId, RenderError } from "./render.js";
 import { type BuiltRequest, buildBatchRequest, buildRequest } from "./request.js";
 
@@ -104,11 +119,15 @@ const RECHECK_MS = 5_000;
 const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
 /** Most remembered batch memberships per lane; beyond it they are forgotten (ids may change). */
 const PIN_MAX = 10_000;
+/** While a destination is down, its offline outcomes are written at most this often. */
+const OFFLINE_RECORD_MS = 60_000;
 
 interface Flight {
   /** One delivery, or the members of a batch in the order they are in the body. */
   deliveries: Delivery[];
   probe: boolean;
+  /** The lane's transport generation when sent; an outcome from an older one says nothing about the current url. */
+  generation: number;
   aborted: boolean;
   done: Promise<void>;
 }
@@ -130,6 +149,15 @@ interface Lane {
   /** Series with a delivery in flight or an outcome not yet written. */
   exclude: Set<string>;
   probe: OfflineProbe;
+  /** Events were committed since the last probe: while down, one may probe early. */
+  newWork: boolean;
+  outages: OutageLog;
+  /** Incremented when a reload changes the url or transport. */
+  generation: number;
+  /** Monotonic time an offline outcome was last written (they are written at most once a minute). */
+  offlineWrittenAt: number;
+  /** Deliveries that had their free resend after a connection closed before answering (in memory, bounded). */
+  resent: Set<number>;
   bucket: TokenBucket | undefined;
   timer: TimerHandle | undefined;
   timerAt: number;
@@ -206,6 +234,7 @@ export class Dispatcher {
       for (const t of transports.values()) void t.destroy().catch(() => undefined);
       throw err;
     }
+    watchConnectErrors();
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
@@ -233,7 +262,10 @@ export class Dispatcher {
   /** New deliveries were committed: look at every lane soon (coalesced, cheap). */
   wake(): void {
     if (!this.#started || this.#stopping) return;
-    for (const lane of this.#lanes.values()) this.#toPump.add(lane);
+    for (const lane of this.#lanes.values()) {
+      lane.newWork = true;
+      this.#toPump.add(lane);
+    }
     this.#schedulePumps();
   }
 
@@ -325,6 +357,7 @@ export class Dispatcher {
         continue;
       }
       const oldRate = lane.config.rate_limit;
+      const moved = transport !== undefined || lane.config.url !== config.url;
       lane.config = config;
       // The path may change on the same origin (same connections): requests go to the new one.
       const url = new URL(config.url);
@@ -338,9 +371,38 @@ export class Dispatcher {
       if (oldRate !== config.rate_limit) {
         lane.bucket = config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined;
       }
+      if (moved) this.#moved(lane);
       this.#toPump.add(lane);
     }
     this.#schedulePumps();
+  }
+
+  /**
+   * A reload changed where or how a destination is reached: that is usually the fix for why
+   * it was down or failing, so its backlog goes at once. The outage ends (outcomes of
+   * requests still in flight to the old address no longer change the state), and pending
+   * deliveries waiting for a retry are due now, keeping their attempts.
+   */
+  #moved(lane: Lane): void {
+    lane.generation++;
+    let due = 0;
+    try {
+      due = this.#outbox.retryNow(lane.name, this.#clock.now());
+    } catch (err) {
+      this.#log.error({ err, destination: lane.name }, "could not make the waiting retries due");
+    }
+    lane.retryAt = undefined;
+    const wasDown = lane.state === "down";
+    if (wasDown) {
+      this.#clearTimer(lane);
+      this.#setState(lane, "up", undefined);
+    }
+    if (wasDown || due > 0) {
+      this.#log.info(
+        { destination: lane.name, wasDown, retriesDue: due },
+        `destination ${lane.name}: url or transport changed by the reload; sending its waiting webhooks now`,
+      );
+    }
   }
 
   states(): Record<string, DestinationStatus> {
@@ -398,7 +460,12 @@ export class Dispatcher {
       abort: laneAbort(),
       unwritten: 0,
       exclude: new Set(),
-      probe: new OfflineProbe(this.#clock),
+      probe: new OfflineProbe(this.#clock, this.#random),
+      newWork: false,
+      outages: new OutageLog(this.#clock),
+      generation: 0,
+      offlineWrittenAt: Number.NEGATIVE_INFINITY,
+      resent: new Set(),
       bucket: config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined,
       timer: undefined,
       timerAt: 0,
@@ -541,6 +608,10 @@ export class Dispatcher {
   }
 
   #recheckNow(): void {
+    for (const lane of this.#lanes.values()) {
+      const flaps = lane.outages.due(lane.state === "down");
+      if (flaps) this.#logFlaps(lane, flaps);
+    }
     const wasHeld = this.#clockHeld;
     if (!this.#held() && wasHeld) this.wake();
     // Deliveries another process put back to pending (`edgehook queue replay`) are due now,
@@ -582,7 +653,7 @@ export class Dispatcher {
         // One request at a time while down: requests sent before the outage was noticed
         // finish (or time out) first; their completion brings us back here.
         if (lane.flights.size > 0) return;
-        const wait = lane.probe.waitMs();
+        const wait = lane.probe.waitMs(lane.newWork);
         if (wait === undefined) return; // the one probe is in flight
         if (wait > 0) {
           this.#arm(lane, wait);
@@ -595,7 +666,8 @@ export class Dispatcher {
           return;
         }
         const { ready, rest } = this.#group(lane, heads, perRequest);
-        lane.probe.begin();
+        lane.probe.begin(lane.newWork);
+        lane.newWork = false;
         lane.fillSince = undefined;
         this.#send(lane, ready[0] ?? rest, true);
         return;
@@ -771,7 +843,7 @@ export class Dispatcher {
     // Series alone is enough: each in-flight delivery is the head of its series, and the
     // outbox over-fetches by exclude.size, so ids would only double that.
     for (const d of deliveries) lane.exclude.add(d.series);
-    const flight: Flight = { deliveries, probe, aborted: false, done: Promise.resolve() };
+    const flight: Flight = { deliveries, probe, generation: lane.generation, aborted: false, done: Promise.resolve() };
     lane.flights.set(first.id, flight);
     const webhookId =
       built?.headers["webhook-id"] ??
@@ -824,7 +896,7 @@ export class Dispatcher {
                 return { kind: "unsendable", error };
               }
               this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
-              return { kind: "error", error };
+              return { kind: "error", error, stage: failedToConnect(error) ? "connect" : "request" };
             },
           );
       } catch (error) {
@@ -868,8 +940,16 @@ export class Dispatcher {
     const pinKey =
       lane.config.batch !== undefined && deliveries.length > 1 ? batchId(deliveries.map((d) => d.eventId)) : undefined;
     if (pinKey !== undefined && lane.pins.size + deliveries.length > PIN_MAX) lane.pins.clear();
+    const current = flight.generation === lane.generation;
+    if (!current && flight.probe) lane.probe.released();
     for (const delivery of deliveries) {
-      const decision = decide(outcome, { attempts: delivery.attempts, policy, now, random: () => draw });
+      const decision = decide(outcome, {
+        attempts: delivery.attempts,
+        policy,
+        now,
+        random: () => draw,
+        resent: lane.resent.has(delivery.id),
+      });
       this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
       const attempt: AttemptRecord = { at, durationMs };
       if (outcome.kind === "response") attempt.status = outcome.status;
@@ -885,7 +965,13 @@ export class Dispatcher {
           settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
           break;
         case "retry":
-          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: true };
+          settlement = {
+            id: delivery.id,
+            outcome: "retry",
+            attempt,
+            nextAt: decision.nextAt,
+            counted: decision.counted,
+          };
           if (lane.config.batch !== undefined)
             lane.retryAt = Math.min(lane.retryAt ?? decision.nextAt, decision.nextAt);
           break;
@@ -898,10 +984,23 @@ export class Dispatcher {
       } else {
         lane.pins.delete(delivery.id);
       }
-      // State changes and logs once per kind of decision, not once per batch member.
-      if (!actions.has(decision.action)) {
+      if (decision.action === "retry" && !decision.counted) {
+        if (lane.resent.size >= PIN_MAX) lane.resent.clear();
+        lane.resent.add(delivery.id);
+      } else if (decision.action !== "retry" && decision.action !== "offline") {
+        lane.resent.delete(delivery.id);
+      }
+      // State changes and logs once per kind of decision, not once per batch member. An
+      // outcome from before a reload moved the destination says nothing about it now.
+      if (current && !actions.has(decision.action)) {
         actions.add(decision.action);
         this.#transition(lane, flight, decision);
+      }
+      if (decision.action === "offline" && !this.#recordOffline(lane, actions)) {
+        // Nothing durable changes (no attempt spent, still due): while a destination is
+        // down its probes are recorded at most once a minute, not once a second.
+        lane.exclude.delete(delivery.series);
+        continue;
       }
       this.#queueSettle({ lane, settlement, series: delivery.series });
     }
@@ -910,6 +1009,21 @@ export class Dispatcher {
       this.#toPump.add(lane);
       this.#schedulePumps();
     }
+    this.#resolveIdle();
+  }
+
+  /**
+   * Whether to write an offline outcome: the first of a request (all members of a batch), then
+   * at most one a minute per destination, so `edgehook queue show` tells why a delivery
+   * waits without a write a second to the SD card.
+   */
+  #recordOffline(lane: Lane, actions: Set<string>): boolean {
+    if (actions.has("offline-recorded")) return true;
+    const mono = this.#clock.monotonic();
+    if (mono - lane.offlineWrittenAt < OFFLINE_RECORD_MS) return false;
+    lane.offlineWrittenAt = mono;
+    actions.add("offline-recorded");
+    return true;
   }
 
   /** Destination state and logging after one outcome. */
@@ -928,49 +1042,33 @@ export class Dispatcher {
       return;
     }
     if (decision.action === "offline") {
-      if (flight.probe) {
+      if (lane.state === "up") {
+        this.#wentDown(lane, decision.error);
+      } else if (flight.probe) {
         lane.probe.failed();
+        lane.detail = decision.error;
         const n = this.#quiet.shouldLog(`${name}:down`);
         if (n !== undefined) {
+          const downMs = this.#clock.now() - lane.since;
           this.#log.warn(
-            { destination: name, error: decision.error, downSince: new Date(lane.since).toISOString(), probes: n + 1 },
-            `destination ${name} still unreachable; next probe in ${Math.round(lane.probe.intervalMs / 1000)} s`,
+            {
+              destination: name,
+              error: decision.error,
+              downSince: new Date(lane.since).toISOString(),
+              downSeconds: Math.round(downMs / 1000),
+              probes: n + 1,
+              backlog: this.#backlog(name),
+            },
+            `destination ${name} still unreachable after ${span(downMs)} (${decision.error}); ${this.#backlog(name)} webhook(s) waiting, probing every second`,
           );
         }
-        this.#arm(lane, lane.probe.waitMs() ?? lane.probe.intervalMs);
-      } else if (lane.state === "up") {
-        this.#setState(lane, "down", decision.error);
-        lane.probe.reset();
-        this.#quiet.reset(`${name}:down`);
-        this.#quiet.shouldLog(`${name}:down`);
-        // A flapping receiver (one dead backend behind a balancer) would otherwise log twice
-        // per second; transitions log at the slow cadence with a count of those skipped.
-        const flaps = this.#quiet.shouldLog(`${name}:transition`);
-        if (flaps !== undefined) {
-          this.#log.warn(
-            { destination: name, error: decision.error, suppressedTransitions: flaps },
-            `destination ${name} unreachable (${decision.error}); webhooks stay queued, probing one request at a time`,
-          );
-        }
-        this.#arm(lane, lane.probe.waitMs() ?? 1_000);
+        this.#arm(lane, lane.probe.waitMs(lane.newWork) ?? PROBE_INTERVAL_MS);
       }
       return;
     }
-    // Any HTTP answer means the receiver is reachable.
+    // Any HTTP answer, or a connection made, means the receiver is reachable.
     if (flight.probe) lane.probe.released();
-    if (lane.state === "down") {
-      const downMs = this.#clock.now() - lane.since;
-      this.#setState(lane, "up", undefined);
-      // After a real outage (a minute or more) always say so; quick flaps share the slow cadence.
-      if (downMs >= 60_000) this.#quiet.reset(`${name}:transition`);
-      const flaps = this.#quiet.shouldLog(`${name}:transition`);
-      if (flaps !== undefined) {
-        this.#log.info(
-          { destination: name, downSeconds: Math.round(downMs / 1000), suppressedTransitions: flaps },
-          `destination ${name} reachable again; sending the backlog`,
-        );
-      }
-    }
+    if (lane.state === "down") this.#cameBack(lane);
     if (decision.action === "dead") {
       if (decision.disable && lane.state !== "disabled") {
         this.#setState(lane, "disabled", decision.reason);
@@ -990,7 +1088,7 @@ export class Dispatcher {
       if (n !== undefined) {
         this.#log.warn(
           { destination: name, reason: decision.reason, suppressed: n },
-          `destination ${name} rejected a webhook for good (${decision.reason}); see edgehook queue list`,
+          `destination ${name} rejected a webhook for good (${decision.reason}); see edgehook queue list --state dead`,
         );
       }
     } else if (decision.action === "retry") {
@@ -998,9 +1096,64 @@ export class Dispatcher {
       if (n !== undefined) {
         this.#log.warn(
           { destination: name, error: decision.error, suppressed: n },
-          `destination ${name} failed a webhook (${decision.error}); retrying on the schedule`,
+          decision.counted
+            ? `destination ${name} failed a webhook (${decision.error}); retrying it on the schedule, its series waits, other series go on`
+            : `destination ${name} closed the connection before answering (${decision.error}); sending the webhook again at once`,
         );
       }
+    }
+  }
+
+  #wentDown(lane: Lane, error: string): void {
+    const name = lane.name;
+    this.#setState(lane, "down", error);
+    lane.probe.reset();
+    lane.newWork = false;
+    this.#quiet.reset(`${name}:down`);
+    this.#quiet.shouldLog(`${name}:down`);
+    const { log, summary } = lane.outages.down();
+    if (summary) this.#logFlaps(lane, summary);
+    if (log) {
+      const backlog = this.#backlog(name);
+      this.#log.warn(
+        { destination: name, error, backlog },
+        `destination ${name} unreachable (${error}); ${backlog} webhook(s) wait in the outbox, probing every second`,
+      );
+    }
+    this.#arm(lane, lane.probe.waitMs() ?? PROBE_INTERVAL_MS);
+  }
+
+  #cameBack(lane: Lane): void {
+    const downMs = this.#clock.now() - lane.since;
+    this.#setState(lane, "up", undefined);
+    if (!lane.outages.up(downMs)) return;
+    const backlog = this.#backlog(lane.name);
+    this.#log.info(
+      { destination: lane.name, downSeconds: Math.round(downMs / 100) / 10, backlog },
+      `destination ${lane.name} reachable again after ${span(downMs)}; sending the ${backlog} webhook(s) that waited`,
+    );
+  }
+
+  #logFlaps(lane: Lane, f: FlapSummary): void {
+    this.#log.warn(
+      {
+        destination: lane.name,
+        outages: f.outages,
+        downSeconds: Math.round(f.downMs / 100) / 10,
+        windowSeconds: Math.round(f.windowMs / 1000),
+        state: lane.state,
+        backlog: this.#backlog(lane.name),
+      },
+      `destination ${lane.name} flapping: unreachable ${f.outages} more time(s) in the last ${span(f.windowMs)} (${span(f.downMs)} down in all); now ${lane.state}, ${this.#backlog(lane.name)} webhook(s) waiting`,
+    );
+  }
+
+  /** Pending deliveries of a destination (0 when the outbox cannot say). */
+  #backlog(name: string): number {
+    try {
+      return this.#outbox.pendingCount(name);
+    } catch {
+      return 0;
     }
   }
 
@@ -1093,4 +1246,12 @@ function laneAbort(): AbortController {
 /** Keys that need a new HTTP client when they change on reload. */
 function transportKey(c: DestinationConfig): string {
   return JSON.stringify([new URL(c.url).origin, c.tls, c.connect_timeout, c.response_timeout, c.concurrency]);
+}
+
+/** A duration for a log line: 0.4 s, 12 s, 5 min, 3.2 h. */
+function span(ms: number): string {
+  if (ms < 10_000) return `${(Math.max(0, ms) / 1000).toFixed(1)} s`;
+  if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)} min`;
+  return `${(ms / 3_600_000).toFixed(1)} h`;
 }

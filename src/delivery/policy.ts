@@ -1,24 +1,73 @@
 /**
  * What an attempt's outcome means for the delivery and its destination (design invariant 4),
- * plus the two small time machines the dispatcher runs per destination: the offline probe
- * and the rate-limit token bucket. Everything here is pure or driven by an injected Clock.
+ * plus the small time machines the dispatcher runs per destination: the offline probe, the
+ * outage log and the rate-limit token bucket. Everything here is pure or driven by an
+ * injected Clock.
  *
- *   2xx                         delivered
- *   no answer (refused, reset,  offline: stays pending, attempts NOT spent, destination down;
- *   DNS, timeouts, TLS, closed)   one probe at a time until any HTTP answer comes back
- *   5xx, 408, 429, 3xx          retry on the schedule (Retry-After honoured), dead after max_attempts
- *   410                         dead, and the destination is disabled until `edgehook destination enable`
- *   other 4xx                   dead at once (the receiver says the request itself is wrong)
- *   unsendable                  dead at once, nothing sent: the request cannot be built (the stored
- *                                 body cannot be rendered for this destination); retrying cannot help
+ * The line that matters is whether the request reached the receiver. A connection that
+ * could not be made says the destination is unreachable, and says nothing about the event;
+ * a request that was sent and then failed may be the event's fault (a receiver that chokes
+ * on one body), so it spends an attempt and backs off alone, and the destination stays up.
+ *
+ *   outcome                                        delivery                 destination
+ *   ---------------------------------------------  -----------------------  ----------------------
+ *   2xx                                            delivered                up
+ *   cannot connect: connection refused, DNS        offline: pending, no     down: one probe at a
+ *     failure (ENOTFOUND, EAI_AGAIN), connect        attempt spent (expires   time, every second
+ *     timeout, host/network unreachable, TLS         only by max_age)         (sooner on new events)
+ *     handshake failure (bad certificate, reset
+ *     or closed during the handshake), proxy
+ *     tunnel refused
+ *   sent, no answer in response_timeout            attempt spent, retry     up
+ *     (UND_ERR_HEADERS_TIMEOUT, _BODY_TIMEOUT,       on the schedule
+ *     ETIMEDOUT after connecting)
+ *   sent, connection closed or reset before an     first time: sent again   up
+ *     answer (UND_ERR_SOCKET "other side closed",    at once, not counted;
+ *     ECONNRESET, EPIPE after connecting, or any     then attempt spent,
+ *     other error once connected)                    retry on the schedule
+ *   5xx, 408, 429, 3xx                             attempt spent, retry     up
+ *                                                    (Retry-After honoured)
+ *   after max_attempts counted attempts            dead (edgehook queue     up
+ *                                                    list --state dead)
+ *   410                                            dead                     disabled until
+ *                                                                             `edgehook destination enable`
+ *   other 4xx                                      dead at once (the receiver says the request is wrong)
+ *   unsendable                                     dead at once, nothing sent: the request cannot be
+ *                                                    built (the stored body cannot be rendered for
+ *                                                    this destination); retrying cannot help
+ *
+ * Which side of the line an error is on: undici reports every failure to establish a
+ * connection (TCP connect, TLS handshake, proxy CONNECT) on its `undici:client:connectError`
+ * diagnostics channel before it fails the request with the same error object, so the
+ * dispatcher knows the stage exactly (see connect-errors.ts) and passes it in the outcome.
+ * Codes that only connecting produces (refused, DNS, connect timeout, unreachable, TLS
+ * certificate errors) count as "cannot connect" whatever the stage says.
+ *
+ * Why one free resend: a keep-alive connection the receiver closed just as we reused it (a
+ * server's idle timeout racing our next request) fails exactly like a receiver that resets
+ * on one event: "other side closed" / ECONNRESET after the request was written. Sending once
+ * more at once, on a fresh connection, delivers the first without spending an attempt; the
+ * second fails again and backs off.
  *
  * 3xx counts as a retryable failure: redirects are never followed (a webhook POST must not be
  * replayed to a place the config does not name), and a moved endpoint is usually fixed by
  * someone editing the config, which a retry then picks up.
+ *
+ * The retry schedule (DEFAULT_RETRY_SCHEDULE, with DEFAULT_MAX_ATTEMPTS): six quick tries in
+ * the first 20 s (0.25 s, 0.5 s, 1 s, 2 s, 5 s, 10 s), then 30 s, then 5 m, 30 m, 2 h, 5 h,
+ * 10 h, 10 h: dead about 27½ hours after the first try, as with the schedule before it
+ * (5 s, 5 m, 30 m, 2 h, 5 h, 10 h over 8 attempts). A series sends one event at a time, so
+ * while its head waits for a retry every later reading of the series waits too; a receiver
+ * that fails one request in ten must not park a series for minutes. The quick steps ride
+ * that out (two failures in a row cost 0.75 s, three 1.75 s); a receiver that fails
+ * everything gets one request per series at the quick cadence, then the long tail.
  */
 import type { Clock } from "../clock.js";
 
-export const DEFAULT_RETRY_SCHEDULE: readonly number[] = [5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000];
+export const DEFAULT_RETRY_SCHEDULE: readonly number[] = [
+  250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000,
+];
+export const DEFAULT_MAX_ATTEMPTS = 14;
 
 export const RETRY_AFTER_MIN_MS = 1_000;
 export const RETRY_AFTER_MAX_MS = 3_600_000;
@@ -27,19 +76,26 @@ export const JITTER = 0.2;
 /** The outcome of one attempt as the transport saw it. */
 export type Outcome =
   | { kind: "response"; status: number; retryAfter?: string | undefined }
-  | { kind: "error"; error: unknown }
+  /**
+   * No HTTP answer. `stage` is "connect" when no connection could be made (TCP, TLS
+   * handshake, proxy tunnel), "request" when the connection was made and the request failed.
+   */
+  | { kind: "error"; error: unknown; stage: "connect" | "request" }
   /** The request could not be built (render or sign threw); nothing went on the wire. */
   | { kind: "unsendable"; error: unknown };
 
 /** Label for `edgehook_deliveries_total{class}`. */
-export type OutcomeClass = "2xx" | "3xx" | "4xx" | "5xx" | "offline" | "unsendable";
+export type OutcomeClass = "2xx" | "3xx" | "4xx" | "5xx" | "offline" | "no_response" | "unsendable";
 
 export type Decision =
   | { action: "delivered"; class: OutcomeClass }
   /** Not reachable now: stays pending, attempts not spent, destination goes down. */
   | { action: "offline"; class: OutcomeClass; error: string }
-  /** Counted attempt; try again at `nextAt` (epoch ms). */
-  | { action: "retry"; class: OutcomeClass; nextAt: number; error: string }
+  /**
+   * Try again at `nextAt` (epoch ms). `counted` is false for the one free resend after a
+   * connection closed before answering (see the header).
+   */
+  | { action: "retry"; class: OutcomeClass; nextAt: number; error: string; counted: boolean }
   /** Permanent. `disable` when the receiver said 410 Gone. */
   | { action: "dead"; class: OutcomeClass; reason: string; disable: boolean };
 
@@ -56,6 +112,8 @@ export interface DecideContext {
   now: number;
   /** [0, 1); Math.random in production. */
   random: () => number;
+  /** This delivery already had its free resend after a closed connection. */
+  resent?: boolean;
 }
 
 export function statusClass(status: number): OutcomeClass {
@@ -76,7 +134,13 @@ export function decide(outcome: Outcome, ctx: DecideContext): Decision {
     };
   }
   if (outcome.kind === "error") {
-    return { action: "offline", class: "offline", error: describeError(outcome.error) };
+    const error = describeError(outcome.error);
+    const kind = errorKind(outcome);
+    if (kind === "unreachable") return { action: "offline", class: "offline", error };
+    if (kind === "closed" && !ctx.resent) {
+      return { action: "retry", class: "no_response", nextAt: ctx.now, error, counted: false };
+    }
+    return counted("no_response", error, undefined, ctx);
   }
   const { status } = outcome;
   const cls = statusClass(status);
@@ -93,13 +157,17 @@ export function decide(outcome: Outcome, ctx: DecideContext): Decision {
     status >= 300 && status < 400
       ? `HTTP ${status}: redirect not followed (fix the destination url)`
       : `HTTP ${status}`;
-  const counted = ctx.attempts + 1;
-  if (counted >= ctx.policy.max_attempts) {
-    return { action: "dead", class: cls, reason: `${error} after ${counted} attempts`, disable: false };
+  return counted(cls, error, parseRetryAfter(outcome.retryAfter, ctx.now), ctx);
+}
+
+/** A counted failed attempt: retry on the schedule (or after `fixedDelay`), or dead after max_attempts. */
+function counted(cls: OutcomeClass, error: string, fixedDelay: number | undefined, ctx: DecideContext): Decision {
+  const n = ctx.attempts + 1;
+  if (n >= ctx.policy.max_attempts) {
+    return { action: "dead", class: cls, reason: `${error} after ${n} attempts`, disable: false };
   }
-  const fromHeader = parseRetryAfter(outcome.retryAfter, ctx.now);
-  const delay = fromHeader ?? retryDelay(ctx.policy.retry_schedule, counted, ctx.random);
-  return { action: "retry", class: cls, nextAt: ctx.now + delay, error };
+  const delay = fixedDelay ?? retryDelay(ctx.policy.retry_schedule, n, ctx.random);
+  return { action: "retry", class: cls, nextAt: ctx.now + delay, error, counted: true };
 }
 
 /**
@@ -112,6 +180,13 @@ export function retryDelay(schedule: readonly number[], counted: number, random:
   const base = list[Math.min(Math.max(counted, 1), list.length) - 1] as number;
   const factor = 1 - JITTER + 2 * JITTER * random();
   return Math.max(0, Math.round(base * factor));
+}
+
+/** Time to dead: the sum of the delays before attempts 2..max_attempts (no jitter). */
+export function timeToDead(policy: RetryPolicy): number {
+  let total = 0;
+  for (let n = 1; n < policy.max_attempts; n++) total += retryDelay(policy.retry_schedule, n, () => 0.5);
+  return total;
 }
 
 /**
@@ -136,13 +211,63 @@ export function parseRetryAfter(value: string | undefined, now: number): number 
   return Math.min(RETRY_AFTER_MAX_MS, Math.max(RETRY_AFTER_MIN_MS, ms));
 }
 
-const OFFLINE_CODES: Record<string, string> = {
+/** Codes that only trying to connect produces: unreachable whatever stage was reported. */
+const CANNOT_CONNECT: ReadonlySet<string> = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EAI_FAIL",
+  "EHOSTUNREACH",
+  "EHOSTDOWN",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
+
+/** Response timeouts: the receiver has the request and did not answer in time. */
+const TIMEOUTS: ReadonlySet<string> = new Set(["UND_ERR_HEADERS_TIMEOUT", "UND_ERR_BODY_TIMEOUT", "ETIMEDOUT"]);
+
+/**
+ * "unreachable" (no connection: offline), "timeout" (sent, no answer in time) or "closed"
+ * (sent, the connection closed or reset before an answer, or anything else once connected).
+ */
+export function errorKind(outcome: {
+  error: unknown;
+  stage: "connect" | "request";
+}): "unreachable" | "timeout" | "closed" {
+  const codes = errorCodes(outcome.error);
+  if (outcome.stage === "connect" || codes.some((c) => CANNOT_CONNECT.has(c) || isTlsCode(c))) return "unreachable";
+  if (codes.some((c) => TIMEOUTS.has(c))) return "timeout";
+  return "closed";
+}
+
+function isTlsCode(code: string): boolean {
+  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.includes("CERT");
+}
+
+/** Every `code` along the error's `cause` chain, outermost first. */
+function errorCodes(err: unknown): string[] {
+  const codes: string[] = [];
+  const seen = new Set<unknown>();
+  let e: unknown = err;
+  while (e && typeof e === "object" && !seen.has(e)) {
+    seen.add(e);
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string") codes.push(code);
+    e = (e as { cause?: unknown }).cause;
+  }
+  return codes;
+}
+
+const ERROR_TEXT: Record<string, string> = {
   ECONNREFUSED: "connection refused",
   ECONNRESET: "connection reset",
   EPIPE: "connection closed",
   ENOTFOUND: "DNS lookup failed",
   EAI_AGAIN: "DNS lookup failed (temporary)",
+  EAI_FAIL: "DNS lookup failed",
   EHOSTUNREACH: "host unreachable",
+  EHOSTDOWN: "host down",
   ENETUNREACH: "network unreachable",
   ENETDOWN: "network down",
   ETIMEDOUT: "connection timed out",
@@ -154,87 +279,183 @@ const OFFLINE_CODES: Record<string, string> = {
   UND_ERR_ABORTED: "aborted",
 };
 
-/**
- * A short, secret-free description of a transport error for logs and attempt records.
- * Anything without an HTTP answer is "offline"; TLS and unknown errors too, so a wrong
- * certificate holds events back (visible in logs) instead of killing them.
- */
+/** A short, secret-free description of a transport error for logs and attempt records. */
 export function describeError(err: unknown): string {
-  const seen = new Set<unknown>();
-  let e: unknown = err;
   // undici wraps the socket error in `cause`; the innermost code is the informative one.
-  let best: string | undefined;
-  while (e && typeof e === "object" && !seen.has(e)) {
-    seen.add(e);
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "string") {
-      const known = OFFLINE_CODES[code];
-      best = known ? `${known} (${code})` : code.startsWith("ERR_TLS") || code.includes("CERT") ? `TLS: ${code}` : code;
-    }
-    e = (e as { cause?: unknown }).cause;
+  const code = errorCodes(err).at(-1);
+  if (code !== undefined) {
+    const known = ERROR_TEXT[code];
+    return known ? `${known} (${code})` : isTlsCode(code) ? `TLS: ${code}` : code;
   }
-  if (best) return best;
   if (err instanceof Error) return err.message.slice(0, 200);
   return String(err).slice(0, 200);
 }
 
 // ---------------------------------------------------------------- offline probing
 
-export const PROBE_FIRST_MS = 1_000;
-export const PROBE_MAX_MS = 60_000;
+/** Longest time between two probes while a destination is down (design: resume within 1 s). */
+export const PROBE_INTERVAL_MS = 1_000;
+/** Probes start up to this share of the interval early, so devices do not probe in lockstep. */
+export const PROBE_JITTER = 0.25;
+/** A newly committed event may probe at once, but not sooner than this after the last probe ended. */
+export const PROBE_NEW_WORK_GAP_MS = 250;
 
 /**
  * While a destination is down, exactly one request (a real delivery, the probe) may be in
- * flight, and probes start 1 s, 2 s, 4 s ... apart, capped at 60 s. Any HTTP answer ends the
- * outage; the backlog then drains at the destination's rate limit.
+ * flight. Probes start every second (0.75 to 1 s apart, jittered), so delivery resumes
+ * within a second of the receiver's return however long the outage; a new event may probe
+ * sooner, at most every PROBE_NEW_WORK_GAP_MS, so readings published after the receiver
+ * returned do not wait for the timer. Any HTTP answer (or a connection made) ends the outage.
+ *
+ * Cost while down: one connection attempt a second (a refused connect, a DNS query or a
+ * connect that waits connect_timeout, one at a time) and no disk write for it (the
+ * dispatcher records an offline outcome at most once a minute).
  */
 export class OfflineProbe {
-  #interval = PROBE_FIRST_MS;
+  #lastStart = 0;
+  #lastEnd = 0;
   #nextAt = 0;
   #inFlight = false;
+  readonly #clock: Clock;
+  readonly #random: () => number;
+
+  constructor(clock: Clock, random: () => number = Math.random) {
+    this.#clock = clock;
+    this.#random = random;
+  }
+
+  #interval(): number {
+    return Math.round(PROBE_INTERVAL_MS * (1 - PROBE_JITTER * this.#random()));
+  }
+
+  /** The destination just went down: the first probe is due within a second. */
+  reset(): void {
+    const now = this.#clock.monotonic();
+    this.#lastStart = now;
+    this.#lastEnd = now;
+    this.#nextAt = now + this.#interval();
+    this.#inFlight = false;
+  }
+
+  /**
+   * Ms until a probe may start (0 = now), or undefined while one is in flight. `newWork`:
+   * an event was committed since the last probe, which may go early.
+   */
+  waitMs(newWork = false): number | undefined {
+    if (this.#inFlight) return undefined;
+    const due = newWork ? Math.min(this.#nextAt, this.#lastEnd + PROBE_NEW_WORK_GAP_MS) : this.#nextAt;
+    return Math.max(0, due - this.#clock.monotonic());
+  }
+
+  /** Claims the single probe slot; false when not due or already taken. */
+  begin(newWork = false): boolean {
+    if (this.waitMs(newWork) !== 0) return false;
+    this.#inFlight = true;
+    this.#lastStart = this.#clock.monotonic();
+    return true;
+  }
+
+  /** The probe could not connect: the next one a second after this one started. */
+  failed(): void {
+    const now = this.#clock.monotonic();
+    this.#inFlight = false;
+    this.#lastEnd = now;
+    this.#nextAt = Math.max(this.#lastStart + this.#interval(), now + PROBE_NEW_WORK_GAP_MS);
+  }
+
+  /** The probe ended without telling us anything (e.g. shutdown): may probe again at once. */
+  released(): void {
+    this.#inFlight = false;
+    this.#nextAt = Math.min(this.#nextAt, this.#clock.monotonic());
+  }
+
+  get inFlight(): boolean {
+    return this.#inFlight;
+  }
+}
+
+// ---------------------------------------------------------------- outage log
+
+/** Outages of one destination logged line by line within FLAP_WINDOW_MS; more are summarised. */
+export const FLAP_LINES = 3;
+export const FLAP_WINDOW_MS = 60_000;
+
+export interface FlapSummary {
+  /** Outages in the window that were not logged line by line. */
+  outages: number;
+  /** Their time down, summed (ms; an outage still going counts until now). */
+  downMs: number;
+  /** Length of the window (ms). */
+  windowMs: number;
+}
+
+/**
+ * Which outage lines to write. Each outage logs "unreachable" when it starts and "reachable
+ * again" (with its duration) when it ends, however short. A destination that goes down more
+ * than FLAP_LINES times within FLAP_WINDOW_MS (a receiver in a restart loop) would flood the
+ * log that way: the further outages of that window are counted instead, and one summary line
+ * reports them when the window is over. An outage that itself lasts a whole window is
+ * logged when it ends in any case.
+ */
+export class OutageLog {
+  #windowStart: number | undefined;
+  #outages = 0;
+  #quiet = 0;
+  #quietDownMs = 0;
+  #currentLogged = false;
+  #downAt = 0;
   readonly #clock: Clock;
 
   constructor(clock: Clock) {
     this.#clock = clock;
   }
 
-  /** The destination just went down: the first probe is due after 1 s. */
-  reset(): void {
-    this.#interval = PROBE_FIRST_MS;
-    this.#nextAt = this.#clock.monotonic() + this.#interval;
-    this.#inFlight = false;
+  /**
+   * The destination went down. `log`: write the "unreachable" line. `summary`: a window
+   * that ended with outages to report, to write first.
+   */
+  down(): { log: boolean; summary?: FlapSummary } {
+    const now = this.#clock.monotonic();
+    const summary = this.due();
+    this.#windowStart ??= now;
+    this.#outages++;
+    this.#downAt = now;
+    this.#currentLogged = this.#outages <= FLAP_LINES;
+    if (!this.#currentLogged) this.#quiet++;
+    return summary ? { log: this.#currentLogged, summary } : { log: this.#currentLogged };
   }
 
-  /** Ms until a probe may start (0 = now), or undefined while one is in flight. */
-  waitMs(): number | undefined {
-    if (this.#inFlight) return undefined;
-    return Math.max(0, this.#nextAt - this.#clock.monotonic());
+  /** The destination is back after `downMs`: true to write the "reachable again" line. */
+  up(downMs: number): boolean {
+    if (this.#currentLogged || downMs >= FLAP_WINDOW_MS) return true;
+    this.#quietDownMs += downMs;
+    return false;
   }
 
-  /** Claims the single probe slot; false when not due or already taken. */
-  begin(): boolean {
-    if (this.#inFlight || this.#clock.monotonic() < this.#nextAt) return false;
-    this.#inFlight = true;
-    return true;
-  }
-
-  /** The probe got no answer: wait twice as long (capped) before the next. */
-  failed(): void {
-    this.#inFlight = false;
-    this.#interval = Math.min(this.#interval * 2, PROBE_MAX_MS);
-    this.#nextAt = this.#clock.monotonic() + this.#interval;
-  }
-
-  /** The probe ended without telling us anything (e.g. shutdown): may probe again at once. */
-  released(): void {
-    this.#inFlight = false;
-  }
-
-  get intervalMs(): number {
-    return this.#interval;
-  }
-  get inFlight(): boolean {
-    return this.#inFlight;
+  /**
+   * The summary of a window that is over and had outages not logged line by line (write it),
+   * or undefined. `downNow`: the destination is down at this moment (its time so far counts).
+   */
+  due(downNow = false): FlapSummary | undefined {
+    const now = this.#clock.monotonic();
+    if (this.#windowStart === undefined || now - this.#windowStart < FLAP_WINDOW_MS) return undefined;
+    const summary: FlapSummary | undefined =
+      this.#quiet > 0
+        ? {
+            outages: this.#quiet,
+            downMs: this.#quietDownMs + (downNow && !this.#currentLogged ? now - this.#downAt : 0),
+            windowMs: now - this.#windowStart,
+          }
+        : undefined;
+    this.#windowStart = undefined;
+    this.#outages = 0;
+    this.#quiet = 0;
+    this.#quietDownMs = 0;
+    if (downNow && !this.#currentLogged) {
+      // The outage going on was reported in the summary; its end is logged on its own.
+      this.#currentLogged = true;
+    }
+    return summary;
   }
 }
 

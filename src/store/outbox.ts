@@ -219,6 +219,8 @@ function prepareAll(db: Database) {
        ORDER BY d.priority DESC, d.id LIMIT ?`,
     ),
     nextDueAt: db.prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
+    // Only heads are ever retried, so only heads can wait (deliveries_next_due).
+    retryNow: db.prepare("UPDATE deliveries SET next_at = ? WHERE destination = ? AND is_head = 1 AND next_at > ?"),
     oldestPending: db.prepare("SELECT MIN(created_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
     forSettle: db.prepare("SELECT destination, series, state, history FROM deliveries WHERE id = ?"),
     markSettled: db.prepare(
@@ -580,6 +582,17 @@ export class Outbox implements OutboxReader {
     if (!this.#db) return undefined;
     const at = this.#s.nextDueAt.get(destination) as number | null;
     return at ?? undefined;
+  }
+
+  retryNow(destination: string, now: number): number {
+    if (!this.#db) return 0;
+    return this.#s.retryNow.run(now, destination, now).changes;
+  }
+
+  pendingCount(destination: string): number {
+    if (!this.#db) return 0;
+    this.#syncCounters();
+    return this.#counts.get(destination)?.[0] ?? 0;
   }
 
   settle(settlements: Settlement[]): void {

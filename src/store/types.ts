@@ -65,6 +65,13 @@ export interface OutboxReader {
   next(destination: string, now: number, limit: number, exclude: ReadonlySet<string>): Delivery[];
   /** Earliest `next_at` among the pending heads of `destination`, or undefined. */
   nextDueAt(destination: string): number | undefined;
+  /**
+   * Makes every pending delivery of `destination` that waits for a retry due at `now`,
+   * keeping its attempts (a reload fixed the destination). Returns how many.
+   */
+  retryNow(destination: string, now: number): number;
+  /** Pending deliveries of `destination` (from the in-memory counters; no scan). */
+  pendingCount(destination: string): number;
   /** Records outcomes; batched into one transaction by the caller or the outbox. */
   settle(settlements: Settlement[]): void;
 }

@@ -111,3 +111,115 @@ it("follows reloads: moved url, added and removed destinations; a bad reload cha
   await d.whenIdle();
   expect(newR.accepted).toHaveLength(1);
 });
+
+/** An outbox, a FakeClock dispatcher for one destination `ops` at `url`, and a commit helper. */
+async function rig(url: string, extra: Record<string, unknown> = {}) {
+  const dir = mkdtempSync(join(tmpdir(), "edgehook-reload-"));
+  const clock = new FakeClock(Date.now());
+  const metrics = new Metrics();
+  const outbox = new Outbox({
+    file: join(dir, "outbox.db"),
+    limits: configSchema.parse({ version: 1, agent: { id: "t" } }).outbox,
+    clock,
+    logger: silentLogger(),
+    metrics,
+  });
+  outbox.open();
+  const d = new Dispatcher({
+    outbox,
+    destinations: destinations({ ops: { url, ...extra } }),
+    clock,
+    logger: silentLogger(),
+    metrics,
+    random: () => 0.5,
+    env: {},
+  });
+  cleanups.push(async () => {
+    await d.stop(0);
+    outbox.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const commit = async (series: string) => {
+    const id = newEventId();
+    const done = outbox.commit({
+      events: [
+        {
+          id,
+          type: "test",
+          rule: "r",
+          series,
+          severity: "info",
+          priority: 0,
+          destinations: ["ops"],
+          createdAt: clock.now(),
+          body: { type: "test", timestamp: new Date().toISOString(), data: { series } },
+        },
+      ],
+      states: [],
+      removedStates: [],
+    });
+    outbox.flush();
+    await done;
+    d.wake();
+    return id;
+  };
+  const settle = async () => {
+    await new Promise((r) => setImmediate(r));
+    await d.whenIdle();
+  };
+  return { clock, outbox, d, commit, settle };
+}
+
+it("a reload that fixes the url of a destination that is down sends its backlog at once", async () => {
+  const fixed = new Receiver(SECRET);
+  await fixed.start();
+  const gone = new Receiver(SECRET);
+  await gone.start();
+  await gone.stop(); // its port now refuses connections
+  cleanups.push(() => fixed.stop());
+  const r = await rig(gone.url);
+  r.d.start();
+  const ids = [await r.commit("a"), await r.commit("b"), await r.commit("c")];
+  await r.settle();
+  // Down for ten minutes (one probe a second).
+  for (let t = 0; t < 600; t++) {
+    r.clock.advance(1_000);
+    await r.settle();
+  }
+  expect(r.d.states().ops?.state).toBe("down");
+
+  r.d.reconfigure(destinations({ ops: { url: fixed.url } }));
+  expect(r.d.states().ops?.state).toBe("up");
+  // Logical time stands still: nothing waits for a probe.
+  await fixed.waitFor(() => fixed.accepted.length === 3, "the backlog at the fixed url");
+  expect(fixed.accepted.map((a) => a.id).sort()).toEqual([...ids].sort());
+});
+
+it("a reload that changes the url makes deliveries waiting for a retry due at once, keeping their attempts", async () => {
+  const wrong = new Receiver(SECRET);
+  const fixed = new Receiver(SECRET);
+  await wrong.start();
+  await fixed.start();
+  cleanups.push(() => wrong.stop());
+  cleanups.push(() => fixed.stop());
+  // The old url answers 503 and asks for an hour's pause.
+  wrong.answer = () => ({ kind: "status", status: 503, headers: { "retry-after": "3600" } });
+  const r = await rig(wrong.url);
+  r.d.start();
+  const id = await r.commit("a");
+  await wrong.waitFor(() => wrong.requests === 1, "the 503");
+  await r.settle();
+  r.clock.advance(60_000);
+  await r.settle();
+  expect(r.outbox.show(id)?.deliveries[0]).toMatchObject({ state: "pending", attempts: 1 });
+
+  // A reload that changes nothing about where it goes leaves the backoff alone.
+  r.d.reconfigure(destinations({ ops: { url: wrong.url, max_attempts: 9 } }));
+  await r.settle();
+  expect(wrong.requests).toBe(1);
+
+  r.d.reconfigure(destinations({ ops: { url: fixed.url } }));
+  await fixed.waitFor(() => fixed.accepted.length === 1, "the retry at the fixed url, without waiting the hour");
+  await r.settle();
+  expect(r.outbox.show(id)?.deliveries[0]).toMatchObject({ state: "delivered", attempts: 2 });
+});

@@ -108,7 +108,10 @@ export class Receiver {
         const a = this.answer(rec);
         if (a.kind === "hang") {
           // Never answers; the client must time out.
-          req.socket.once("close", () => this.open--);
+          req.socket.once("close", () => {
+            this.open--;
+            this.#check();
+          });
           this.#check();
           return;
         }
