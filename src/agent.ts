@@ -25,6 +25,7 @@ import { Metrics } from "./ops/metrics.js";
 import { buildStatus, StatusHistory, type StatusSnapshot, sumByLabel } from "./ops/status.js";
 import { RuleEngine } from "./rules/engine.js";
 import { MqttSource } from "./sources/mqtt.js";
+import { hasPolledSources, polledSources } from "./sources/polled.js";
 import type { Reading, SinkOrigin, Source } from "./sources/reading.js";
 import { Outbox } from "./store/outbox.js";
 import { version } from "./version.js";
@@ -124,6 +125,7 @@ export class Agent {
     });
     this.#outbox.open();
     const outbox = this.#outbox;
+    this.metrics.watchSources(() => this.#sources.map((s) => s.state()));
     this.metrics.onScrape(() => {
       if (outbox.isOpen) outbox.refreshMetrics();
     });
@@ -222,6 +224,17 @@ export class Agent {
           clock: this.#clock,
         }),
       );
+    }
+    // Modbus, 1-Wire and polled files; their modules load only when configured.
+    if (hasPolledSources(config)) {
+      const deps = {
+        sink,
+        logger: log,
+        metrics: this.metrics,
+        clock: this.#clock,
+        baseDir: dirname(this.#loaded.file),
+      };
+      this.#sources.push(...(await polledSources(config, deps)));
     }
     for (const s of this.#sources) await s.start();
   }
@@ -406,7 +419,9 @@ export class Agent {
     this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
-      JSON.stringify(prev.serial) !== JSON.stringify(config.serial)
+      JSON.stringify(prev.serial) !== JSON.stringify(config.serial) ||
+      JSON.stringify([prev.modbus, prev.onewire, prev.files]) !==
+        JSON.stringify([config.modbus, config.onewire, config.files])
     ) {
       this.#logger.info("sources changed: restarting them");
       await this.#stopSources();

@@ -19,6 +19,7 @@ import {
 import { ConfigError, type LoadedConfig, loadConfig } from "./config/load.js";
 import { EdgehookError, ExitCode } from "./errors.js";
 import type { LogFormat } from "./ops/logger.js";
+import { describePolledSources } from "./sources/polled.js";
 import { version } from "./version.js";
 
 export { version };
@@ -223,7 +224,7 @@ function checkCommand(args: string[], io: CliIO): number {
   for (const w of loaded.warnings) io.err(`warning: ${w}`);
   const c = loaded.config;
   io.out(
-    `${file}: ok — agent ${c.agent.id}, ${c.mqtt ? `${c.mqtt.subscriptions.length} MQTT subscription(s), ` : ""}${c.serial.length} serial port(s), ${c.rules.length} rule(s), ${Object.keys(c.destinations).length} destination(s)`,
+    `${file}: ok — agent ${c.agent.id}, ${c.mqtt ? `${c.mqtt.subscriptions.length} MQTT subscription(s), ` : ""}${c.serial.length} serial port(s), ${describePolledSources(c)}${c.rules.length} rule(s), ${Object.keys(c.destinations).length} destination(s)`,
   );
   return ExitCode.OK;
 }

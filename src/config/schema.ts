@@ -12,6 +12,7 @@ import { formatKeys } from "../delivery/format-schema.js";
 import { DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_SCHEDULE } from "../delivery/policy.js";
 import { isTimeZone } from "../sources/zoned-time.js";
 import { duration, rate, size } from "./fields.js";
+import { filesSection, modbusSection, onewireSection } from "./sensor-schema.js";
 
 const name = (what: string) =>
   z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, `${what} must be letters, digits, '.', '_' or '-'`);
@@ -282,6 +283,10 @@ export const configSchema = z.strictObject({
   agent,
   mqtt: mqtt.optional(),
   serial: z.array(serialPort).default([]),
+  /** Polled sources (Modbus RTU/TCP, 1-Wire probes, files): sensor-schema.ts. */
+  modbus: modbusSection,
+  onewire: onewireSection,
+  files: filesSection,
   destinations: z.record(name("destination name"), destination).default({}),
   rules: z.array(rule).default([]),
   http: http.default({ listen: "127.0.0.1:9780" }),
@@ -299,3 +304,4 @@ export type Config = z.output<typeof configSchema>;
 export type AgentConfig = Config["agent"];
 export type OutboxConfig = Config["outbox"];
 export type HttpConfig = Config["http"];
+export type { ModbusBusConfig, ModbusDeviceConfig, OnewireConfig, PolledFileConfig } from "./sensor-schema.js";

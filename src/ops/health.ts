@@ -64,6 +64,13 @@ export function evaluateHealth(input: HealthInput): HealthReport {
   if (!input.loop.alive) failing.push(`processing loop silent for ${Math.round(input.loop.idleMs / 1000)} s`);
   for (const s of input.sources) {
     if (s.status === "down") degraded.push(`source ${s.name} is down${s.detail ? `: ${s.detail}` : ""}`);
+    // A dead unit on a Modbus bus that otherwise works, a 1-Wire probe that stopped reading.
+    else if (s.status === "up") {
+      for (const d of s.devices ?? []) {
+        if (d.status === "down")
+          degraded.push(`device ${d.id} (${d.sensor}) of ${s.name} is down${d.detail ? `: ${d.detail}` : ""}`);
+      }
+    }
   }
   for (const [name, d] of Object.entries(input.destinations)) {
     if (d.state !== "up") degraded.push(`destination ${name} is ${d.state}`);

@@ -4,6 +4,7 @@
  */
 import { createRequire } from "node:module";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { SourceState } from "../sources/reading.js";
 
 /** Prefix of the Node.js and process metrics, so every series of ours starts with edgehook_. */
 export const PROCESS_METRICS_PREFIX = "edgehook_";
@@ -130,6 +131,51 @@ export class Metrics {
     name: "edgehook_serial_port_open",
     help: "1 while the serial port is open",
     labelNames: ["port"] as const,
+    registers: [this.registry],
+  });
+
+  // Polled sources (Modbus, 1-Wire, files). Up/down is read from the sources' state()
+  // when scraped, so a source removed by a reload leaves no stale series behind.
+  #sourceStates: () => SourceState[] = () => [];
+  /** Where edgehook_source_up and edgehook_source_device_up read the sources' states. */
+  watchSources(states: () => SourceState[]): void {
+    this.#sourceStates = states;
+  }
+  readonly sourceUp = new Gauge({
+    name: "edgehook_source_up",
+    help: "1 while the source is up (connected, port open, or its last poll gave readings), per source and kind",
+    labelNames: ["source", "kind"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.sourceUp.reset();
+      for (const s of this.#sourceStates())
+        this.sourceUp.set({ source: s.name, kind: s.kind }, s.status === "up" ? 1 : 0);
+    },
+  });
+  readonly sourceDeviceUp = new Gauge({
+    name: "edgehook_source_device_up",
+    help: "1 while the device's last poll gave a reading, per source and device (Modbus unit id, 1-Wire probe id)",
+    labelNames: ["source", "device"] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.sourceDeviceUp.reset();
+      for (const s of this.#sourceStates()) {
+        for (const d of s.devices ?? [])
+          this.sourceDeviceUp.set({ source: s.name, device: d.id }, d.status === "up" ? 1 : 0);
+      }
+    },
+  });
+  readonly sourceErrors = new Counter({
+    name: "edgehook_source_errors_total",
+    help: "Failed reads and skipped polls of polled sources, per source and reason",
+    labelNames: ["source", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly pollDuration = new Histogram({
+    name: "edgehook_source_poll_duration_seconds",
+    help: "Time one poll of a polled source took, all its devices together",
+    labelNames: ["source"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
   });
 

@@ -505,8 +505,24 @@ export class MqttRouter {
 
 export type LineDecoder = (line: Uint8Array, arrival: number) => DecodeResult;
 
-export function serialDecoder(cfg: SerialPortConfig): LineDecoder {
-  const source = `serial:${cfg.name}`;
+/** What a line decoder reads from its config: a serial port's, or a polled file's (files.ts). */
+export type LineDecoderConfig = Pick<
+  SerialPortConfig,
+  | "name"
+  | "encoding"
+  | "format"
+  | "columns"
+  | "pattern"
+  | "sensor"
+  | "metric"
+  | "value"
+  | "values"
+  | "timestamp"
+  | "states"
+  | "labels"
+>;
+
+export function serialDecoder(cfg: LineDecoderConfig, source = `serial:${cfg.name}`): LineDecoder {
   const ex = extractor({ ...cfg, sensor: cfg.sensor ?? cfg.name }, source);
   const none: readonly string[] = [];
   const pattern = cfg.format === "regex" && cfg.pattern ? new RegExp(cfg.pattern) : undefined;

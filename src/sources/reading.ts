@@ -39,10 +39,25 @@ export type SourceStatus = "starting" | "up" | "down" | "stopped";
 
 export interface SourceState {
   name: string;
-  kind: "mqtt" | "serial";
+  kind: "mqtt" | "serial" | "modbus" | "onewire" | "file";
   status: SourceStatus;
   since: number;
   detail?: string;
+  /** Polled sources: the devices they read (Modbus units, 1-Wire probes), each up or down. */
+  devices?: DeviceState[];
+  /** Polled sources: epoch ms of the last reading. */
+  last_reading?: number;
+}
+
+/** One device behind a source. `down`: its last poll gave no reading (detail says why). */
+export interface DeviceState {
+  /** Modbus unit id or 1-Wire probe id. */
+  id: string;
+  sensor: string;
+  status: "up" | "down";
+  since: number;
+  detail?: string;
+  last_reading?: number;
 }
 
 export interface Source {

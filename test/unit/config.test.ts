@@ -3,8 +3,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { z } from "zod";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/load.js";
+import { loadConfig, parseConfig } from "../../src/config/load.js";
 import { configSchema } from "../../src/config/schema.js";
+import { configProblems } from "../support/config-problems.js";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const env = { OPS_WEBHOOK_SECRET: SECRET };
@@ -36,15 +37,7 @@ rules:
     notify: [ops]
 `;
 
-function problems(text: string, e: NodeJS.ProcessEnv = env): string[] {
-  try {
-    parseConfig(text, "agent.yaml", { env: e });
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems.map((p) => `${p.line}:${p.col}: ${p.key}: ${p.message}`);
-    throw err;
-  }
-  return [];
-}
+const problems = (text: string, e: NodeJS.ProcessEnv = env) => configProblems(text, e);
 
 describe("config", () => {
   it("accepts the file from the foundation issue as written, with defaults filled in", () => {

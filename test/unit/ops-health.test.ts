@@ -32,6 +32,42 @@ describe("evaluateHealth", () => {
       ["database is closed", "source mqtt is down"],
     ],
     [{ sources: [{ name: "mqtt", kind: "mqtt" as const, status: "starting" as const, since: 0 }] }, "ok", 200, []],
+    [
+      {
+        sources: [
+          {
+            name: "modbus:boiler",
+            kind: "modbus" as const,
+            status: "up" as const,
+            since: 0,
+            devices: [
+              { id: "1", sensor: "meter", status: "up" as const, since: 0 },
+              { id: "2", sensor: "pump", status: "down" as const, since: 0, detail: "timeout" },
+            ],
+          },
+        ],
+      },
+      "degraded",
+      200,
+      ["device 2 (pump) of modbus:boiler is down: timeout"],
+    ],
+    [
+      {
+        sources: [
+          {
+            name: "onewire",
+            kind: "onewire" as const,
+            status: "down" as const,
+            since: 0,
+            detail: "no probe gives a reading",
+            devices: [{ id: "28-0316a2795fff", sensor: "boiler-in", status: "down" as const, since: 0, detail: "crc" }],
+          },
+        ],
+      },
+      "degraded",
+      200,
+      ["source onewire is down: no probe gives a reading"],
+    ],
   ])("%j → %s", (over, status, http, problems) => {
     const report = evaluateHealth({ ...base, ...over });
     expect(report.status).toBe(status);

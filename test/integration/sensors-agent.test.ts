@@ -1,0 +1,171 @@
+/**
+ * End to end with the polled sources: a real agent process reads a register from a
+ * Modbus TCP server process, a 1-Wire probe from a sysfs tree and a polled file; a rule
+ * on the register fires and a real receiver gets the webhook, verified with the
+ * standardwebhooks package. /healthz and /metrics know the new sources.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
+import { ModbusSlave, words } from "../support/modbus.js";
+import { freePort } from "../support/ports.js";
+import { Receiver } from "../support/receiver.js";
+import { waitUntil } from "../support/wait.js";
+
+const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+interface Health {
+  status: string;
+  problems: string[];
+  sources: {
+    name: string;
+    kind: string;
+    status: string;
+    detail?: string;
+    devices?: { id: string; sensor: string; status: string }[];
+  }[];
+}
+
+describe("agent with Modbus, 1-Wire and polled files", () => {
+  it("reads a Modbus register, fires a rule, and the receiver gets the verified webhook", async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const slave = await ModbusSlave.tcp();
+    cleanups.push(() => slave.stop());
+    await slave.set(1, "holding", 0, words("int16", 650)); // 65.0 °C
+    const receiver = new Receiver(SECRET);
+    await receiver.start();
+    cleanups.push(() => receiver.stop());
+    mkdirSync(join(dir, "w1/28-0316a2795fff"), { recursive: true });
+    writeFileSync(
+      join(dir, "w1/28-0316a2795fff/w1_slave"),
+      "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",
+    );
+    writeFileSync(join(dir, "soc_temp"), "48500\n");
+    const httpPort = await freePort();
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: plant-pi, data_dir: ./data, shutdown_timeout: 2s, require_clock_sync: never }
+modbus:
+  - name: plant
+    url: ${slave.url}
+    every: 200ms
+    timeout: 150ms
+    reopen_max: 300ms
+    devices:
+      - unit_id: 1
+        sensor: boiler
+        registers:
+          - { metric: temperature, address: 0, type: int16, scale: 0.1 }
+onewire: { root: ./w1, every: 1s, names: { 28-0316a2795fff: cellar } }
+files:
+  - { path: ./soc_temp, every: 200ms, sensor: pi, metric: soc_temperature, scale: 0.001 }
+destinations:
+  ops: { url: "${receiver.url}", secret: ${SECRET} }
+rules:
+  - { name: boiler-hot, match: { sensor: boiler, metric: temperature }, above: 80, severity: critical, notify: [ops] }
+http: { listen: "127.0.0.1:${httpPort}" }
+`,
+    );
+    const agent = new AgentProcess(file);
+    await agent.start();
+    cleanups.push(() => agent.stop());
+    const health = async (): Promise<Health> =>
+      (await fetch(`http://127.0.0.1:${httpPort}/healthz`)).json() as Promise<Health>;
+
+    await waitUntil(async () => (await health()).sources.every((s) => s.status === "up"), "every source up");
+    const h = await health();
+    expect(h.status).toBe("ok");
+    expect(h.sources.map((s) => [s.name, s.kind, s.status])).toEqual([
+      ["modbus:plant", "modbus", "up"],
+      ["onewire", "onewire", "up"],
+      ["file:./soc_temp", "file", "up"],
+    ]);
+    expect(h.sources[0]!.devices).toEqual([expect.objectContaining({ id: "1", sensor: "boiler", status: "up" })]);
+    expect(h.sources[1]!.devices).toEqual([
+      expect.objectContaining({ id: "28-0316a2795fff", sensor: "cellar", status: "up" }),
+    ]);
+    expect(receiver.received).toHaveLength(0); // 65.0 is below the threshold
+
+    await slave.set(1, "holding", 0, words("int16", 855)); // 85.5 °C
+    await receiver.waitFor(() => receiver.accepted.length >= 1, "the firing webhook");
+    const hook = receiver.accepted[0]!;
+    expect(hook.verified).toBe(true);
+    expect(hook.json).toMatchObject({
+      type: "alert.firing",
+      data: {
+        agent: "plant-pi",
+        rule: "boiler-hot",
+        sensor: "boiler",
+        metric: "temperature",
+        value: 85.5,
+        threshold: 80,
+        severity: "critical",
+      },
+    });
+
+    const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    expect(metrics).toMatch(/^edgehook_source_up\{source="modbus:plant",kind="modbus"\} 1$/m);
+    expect(metrics).toMatch(/^edgehook_source_device_up\{source="modbus:plant",device="1"\} 1$/m);
+    expect(metrics).toMatch(/^edgehook_source_device_up\{source="onewire",device="28-0316a2795fff"\} 1$/m);
+    expect(metrics).toMatch(/^edgehook_source_up\{source="file:\.\/soc_temp",kind="file"\} 1$/m);
+    expect(metrics).toMatch(/^edgehook_readings_total\{source="modbus:plant"\} [1-9]\d*$/m);
+    expect(metrics).toMatch(/^edgehook_source_poll_duration_seconds_count\{source="modbus:plant"\} [1-9]\d*$/m);
+
+    // The Modbus server goes away: the source is down, the agent degraded and still running.
+    await slave.stop();
+    await waitUntil(async () => (await health()).status === "degraded", "degraded");
+    expect((await health()).problems).toEqual([expect.stringMatching(/^source modbus:plant is down/)]);
+    await slave.start();
+    await waitUntil(async () => (await health()).status === "ok", "ok again");
+    const stopped = await agent.stop();
+    expect(stopped.code).toBe(0);
+    expect(agent.logs.filter((l) => l.level === "error" || l.level === "fatal")).toEqual([]);
+  });
+
+  it("loads modbus-serial and serialport only when a Modbus bus is configured", async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, "value"), "1\n");
+    const slave = await ModbusSlave.tcp();
+    cleanups.push(() => slave.stop());
+    const base =
+      "version: 1\nagent: { id: lazy, data_dir: ./data, require_clock_sync: never }\nhttp: { listen: false }\n";
+    const files = "files: [{ path: ./value, sensor: s, every: 100ms }]\n";
+    const modbus = `modbus: [{ name: m, url: "${slave.url}", every: 100ms, timeout: 50ms, devices: [{ unit_id: 1, sensor: m, registers: [{ metric: v, address: 0 }] }] }]\n`;
+    // The real agent in a fresh process, told which packages are in its module cache once every source is up.
+    const probe = (yaml: string) => {
+      const file = writeConfig(dir, base + yaml);
+      const script = `
+        import { createRequire } from "node:module";
+        import { Agent } from "${resolve("dist/agent.js")}";
+        import { loadConfig } from "${resolve("dist/config/load.js")}";
+        import { silentLogger } from "${resolve("dist/ops/logger.js")}";
+        const agent = new Agent({ loaded: loadConfig(${JSON.stringify(file)}), logger: silentLogger() });
+        await agent.start();
+        const deadline = Date.now() + 10_000;
+        while (!agent.health().sources.every((s) => s.status === "up") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        const loaded = Object.keys(createRequire(import.meta.url).cache);
+        const has = (pkg) => loaded.some((k) => k.includes("/node_modules/" + pkg + "/"));
+        console.log(JSON.stringify({ up: agent.health().sources.map((s) => s.status), modbus: has("modbus-serial"), serialport: has("serialport") }));
+        await agent.stop();
+      `;
+      const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      if (r.status !== 0) throw new Error(r.stderr);
+      return JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { up: string[]; modbus: boolean; serialport: boolean };
+    };
+    expect(probe(files)).toEqual({ up: ["up"], modbus: false, serialport: false });
+    expect(probe(files + modbus)).toEqual({ up: ["up", "up"], modbus: true, serialport: true });
+  });
+});
