@@ -186,6 +186,7 @@ export class Agent {
       rules: config.rules,
       clock: this.#clock,
       maxFutureMs: config.agent.max_future_skew,
+      maxSeries: config.agent.max_series,
       logger: this.#logger.child({ component: "rules" }),
     });
   }
@@ -275,6 +276,17 @@ export class Agent {
     const future = stats.future - (this.#engineStats.future ?? 0);
     if (future > 0) this.metrics.ruleRestamped.inc(future);
     now.future = stats.future;
+    const evicted: Record<string, number> = {
+      at_rest: stats.seriesEvicted - stats.seriesEvictedIdle - stats.seriesEvictedOpen,
+      idle: stats.seriesEvictedIdle,
+      open: stats.seriesEvictedOpen,
+    };
+    for (const [kind, n] of Object.entries(evicted)) {
+      const before = this.#engineStats[`evicted_${kind}`] ?? 0;
+      if (n > before) this.metrics.ruleSeriesEvicted.inc({ kind }, n - before);
+      now[`evicted_${kind}`] = n;
+    }
+    this.metrics.ruleSeries.set(this.#engine?.seriesCount ?? 0);
     this.#engineStats = now;
   }
 
@@ -403,7 +415,8 @@ export class Agent {
     this.#loaded = next;
     const rulesApplied = this.#chain.then(async () => {
       if (this.#engine) {
-        await this.#commit(this.#engine.reconfigure(config.rules, { maxFutureMs: config.agent.max_future_skew }));
+        const limits = { maxFutureMs: config.agent.max_future_skew, maxSeries: config.agent.max_series };
+        await this.#commit(this.#engine.reconfigure(config.rules, limits));
       }
     });
     // A rejected link would make every later tick skip its work.

@@ -46,6 +46,11 @@ const agent = z.strictObject({
    * later reading of its series "late".
    */
   max_future_skew: duration().default(300_000),
+  /**
+   * Most rule series (rule × sensor × metric) kept in memory, about 1 KB each. At the
+   * limit idle series are evicted and, if none can go, new sensors are turned away (logged).
+   */
+  max_series: z.number().int().positive().default(100_000),
 });
 
 // ---------------------------------------------------------------- mqtt

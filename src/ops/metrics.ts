@@ -71,6 +71,17 @@ export class Metrics {
     help: "Readings stamped more than agent.max_future_skew ahead of the agent's clock, judged with their arrival time instead",
     registers: [this.registry],
   });
+  readonly ruleSeries = new Gauge({
+    name: "edgehook_rule_series",
+    help: "Rule series (rule × sensor × metric) held in memory; at most agent.max_series",
+    registers: [this.registry],
+  });
+  readonly ruleSeriesEvicted = new Counter({
+    name: "edgehook_rule_series_evicted_total",
+    help: "Rule series evicted at agent.max_series, per kind (at_rest, idle, open)",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
   readonly ruleEvents = new Counter({
     name: "edgehook_rule_events_total",
     help: "Events emitted by rules, per rule and type",

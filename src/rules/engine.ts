@@ -61,6 +61,20 @@
  * - absent_for watches a whole sensor when `match.metric` is `*` (any metric keeps it
  *   alive; series metric "*"), otherwise each (sensor, metric). With literal names it
  *   watches from the start, so a sensor that never reports is reported too.
+ * - Series limit (`maxSeries`, agent.max_series): at the limit a new series first gets
+ *   room by eviction, in this order: series at rest (ok, nothing stored, empty windows:
+ *   nothing is lost); ok or seen series that keep state (a cooldown, window samples, the
+ *   silence watch of a sensor) and had no reading for QUIET_IDLE_MS, least recently
+ *   active first; then pending, firing, clearing and silent series that had no reading
+ *   for OPEN_IDLE_MS, least recently active first and only as many as new series are
+ *   waiting. An open one is closed for its receivers with reason "series limit" (so no
+ *   alert stays open forever for a series nobody tracks; a later reading starts it
+ *   afresh). Never evicted: a pending or open series that had a reading in the last
+ *   OPEN_IDLE_MS (a firing alert that is still reporting outranks a newcomer), and the
+ *   silence watch of a sensor an absent_for rule names literally. Restored series count
+ *   as active at restore. When nothing can go, the new series' readings are skipped,
+ *   counted in `stats.seriesLimit` and logged: the first time (with the sensor turned
+ *   away), then once a minute with counts while it lasts, and when there is room again.
  * - Reload: a rule with the same version (hash of its state-defining fields) keeps its
  *   series and takes the new severity/labels/extra/notify/repeat/cooldown. A removed rule
  *   ends its series: firing ones send `alert.resolved` (silent ones `sensor.returned`)
@@ -120,9 +134,8 @@ export interface RuleEngineOptions {
   clock: Clock;
   /**
    * Most series kept in memory (design invariant 6: sensor names come from topics and
-   * lines, so their number is not ours to choose). At the limit, series at rest (ok, no
-   * stored row, empty windows) are dropped; if that does not make room, readings of new
-   * series are counted in `stats.seriesLimit` and skipped. Default 100,000.
+   * lines, so their number is not ours to choose). What happens at the limit is in the
+   * header ("Series limit"). Default 100,000.
    */
   maxSeries?: number;
   /**
@@ -135,10 +148,16 @@ export interface RuleEngineOptions {
 }
 
 export const DEFAULT_MAX_SERIES = 100_000;
+/** A series with state but nothing open must have had no reading this long to be evicted. */
+export const QUIET_IDLE_MS = 60_000;
+/** A pending, firing or silent series must have had no reading this long to be evicted. */
+export const OPEN_IDLE_MS = 3_600_000;
+/** One sweep makes room for this share of the limit (so sweeps stay rare under churn). */
+const SWEEP_SHARE = 0.01;
 export const DEFAULT_MAX_FUTURE_MS = 5 * 60_000;
 /** Each kind of skipped reading is logged at most this often, with the count in between. */
 const LOG_INTERVAL_MS = 60_000;
-/** At the limit, look for series at rest at most this often (the sweep is O(series)). */
+/** At the limit, a sweep that found nothing to evict is not tried again for this long (it is O(series)). */
 const SWEEP_INTERVAL_MS = 60_000;
 
 export interface RuleEngineStats {
@@ -158,8 +177,12 @@ export interface RuleEngineStats {
   futureState: number;
   /** Readings of new series skipped because `maxSeries` series are active. */
   seriesLimit: number;
-  /** Series at rest dropped to make room. */
+  /** Series evicted to make room (all kinds). */
   seriesEvicted: number;
+  /** ... of which ok or seen series that kept state (a cooldown, window samples, a silence watch). */
+  seriesEvictedIdle: number;
+  /** ... of which pending, firing or silent series (open ones closed with reason "series limit"). */
+  seriesEvictedOpen: number;
 }
 
 /** Who receives an event and how it is ranked; from the rule, or from a stored row. */
@@ -179,6 +202,8 @@ interface SeriesBase extends Schedulable {
   persisted: boolean;
   /** Queued for a state row at the end of this call. */
   dirty: boolean;
+  /** Agent time of its last reading (or of its creation or restore): the eviction order. */
+  activeAt: number;
 }
 
 interface AlertSeries extends SeriesBase {
@@ -254,11 +279,22 @@ const safeIso = (ms: number): string => (ms > -MAX_DATE && ms < MAX_DATE ? iso(m
 export class RuleEngine {
   readonly #agentId: string;
   readonly #clock: Clock;
-  readonly #maxSeries: number;
+  #maxSeries: number;
   #maxFutureMs: number;
   readonly #log: Logger;
   readonly #quiet: RateLimitedLog;
   #lastSweep = Number.NEGATIVE_INFINITY;
+  /** The last sweep made a full share of room, or a series went quiet since: a sweep may help at once. */
+  #maySweep = true;
+  /** Readings of new series turned away since the last sweep: how many open series it may evict. */
+  #demand = 0;
+  /** New series are being turned away (for logging the change). */
+  #refusing = false;
+  /** Turned away since the last series-limit log line. */
+  #turnedAway = 0;
+  #fullLoggedAt = Number.NEGATIVE_INFINITY;
+  #stillLoggedAt = Number.NEGATIVE_INFINITY;
+  #roomLoggedAt = Number.NEGATIVE_INFINITY;
   #rules: CompiledRule[];
   #byName: Map<string, CompiledRule>;
   readonly #series = new Map<string, Series>();
@@ -287,6 +323,8 @@ export class RuleEngine {
     futureState: 0,
     seriesLimit: 0,
     seriesEvicted: 0,
+    seriesEvictedIdle: 0,
+    seriesEvictedOpen: 0,
   };
 
   constructor(opts: RuleEngineOptions) {
@@ -429,10 +467,17 @@ export class RuleEngine {
   }
 
   /** New rules (see the header for what happens to their series) and, optionally, new limits. */
-  reconfigure(rules: readonly RuleConfig[], limits: Pick<RuleEngineOptions, "maxFutureMs"> = {}): CommitBatch {
+  reconfigure(
+    rules: readonly RuleConfig[],
+    limits: Pick<RuleEngineOptions, "maxFutureMs" | "maxSeries"> = {},
+  ): CommitBatch {
     this.#begin();
     const now = this.#now;
     if (limits.maxFutureMs !== undefined) this.#maxFutureMs = limits.maxFutureMs;
+    if (limits.maxSeries !== undefined && limits.maxSeries !== this.#maxSeries) {
+      this.#maxSeries = limits.maxSeries;
+      this.#maySweep = true;
+    }
     const next = rules.map(compileRule);
     const nextByName = new Map(next.map((r) => [r.name, r]));
     for (const [key, s] of this.#series) {
@@ -564,21 +609,139 @@ export class RuleEngine {
 
   // ------------------------------------------------------------------ memory bound
 
-  /** Room for one more series? At the limit, drops series at rest (at most once a minute). */
-  #admit(now: number): boolean {
-    if (this.#series.size < this.#maxSeries) return true;
-    if (now - this.#lastSweep >= SWEEP_INTERVAL_MS) {
-      this.#lastSweep = now;
-      for (const [key, s] of this.#series) {
-        if (!atRest(s, now)) continue;
-        s.gone = true;
-        this.#series.delete(key);
-        this.stats.seriesEvicted++;
+  /** Room for the series of this reading? At the limit, sweeps (see the header); else turns it away. */
+  #admit(now: number, r: Reading, rule: CompiledRule): boolean {
+    if (this.#series.size >= this.#maxSeries && (this.#maySweep || now - this.#lastSweep >= SWEEP_INTERVAL_MS)) {
+      this.#sweep(now);
+    }
+    if (this.#series.size < this.#maxSeries) {
+      if (this.#refusing) this.#roomAgain(now);
+      return true;
+    }
+    this.#refuse(now, r, rule);
+    return false;
+  }
+
+  /**
+   * Evicts, in this order, until a share of the limit is free: every series at rest
+   * (nothing to lose); then ok/seen series with state that had no reading for
+   * QUIET_IDLE_MS, least recently active first; then, only as many as new series are
+   * waiting, pending and open (firing, clearing, silent) series that had no reading for
+   * OPEN_IDLE_MS, least recently active first, pending before open. An open one is closed
+   * for its receivers (`alert.resolved`/`sensor.returned`, reason "series limit"). Never
+   * evicted: series that are pending or open and active, and the silence watch of a
+   * sensor an absent_for rule names literally. O(series), so not tried again for a
+   * minute when it freed less than its share, unless a series went quiet meanwhile.
+   */
+  #sweep(now: number): void {
+    this.#lastSweep = now;
+    const share = Math.max(1, Math.ceil(this.#maxSeries * SWEEP_SHARE));
+    const want = this.#series.size - this.#maxSeries + share;
+    let freed = 0;
+    const quiet: Series[] = [];
+    const open: Series[] = [];
+    for (const s of this.#series.values()) {
+      if (s.kind === "absent" && s.sensor === s.rule.knownSensor) continue;
+      if (atRest(s, now)) {
+        this.#evict(s, now);
+        freed++;
+      } else if (!isOpen(s)) {
+        if (now - s.activeAt >= QUIET_IDLE_MS) quiet.push(s);
+      } else if (now - s.activeAt >= OPEN_IDLE_MS) open.push(s);
+    }
+    const byAge = (a: Series, b: Series) => a.activeAt - b.activeAt;
+    let idle = 0;
+    if (freed < want && quiet.length > 0) {
+      quiet.sort(byAge);
+      for (let i = 0; i < quiet.length && freed < want; i++, freed++, idle++) this.#evict(quiet[i] as Series, now);
+    }
+    let closed = 0;
+    let oldest: Series | undefined;
+    if (freed < want && open.length > 0) {
+      // Pending first (nothing was sent for them), then by age.
+      open.sort((a, b) => Number(isPending(b)) - Number(isPending(a)) || byAge(a, b));
+      const limit = Math.min(want - freed, this.#demand + 1);
+      oldest = open[0];
+      for (let i = 0; i < open.length && closed < limit; i++, freed++, closed++) this.#evict(open[i] as Series, now);
+    }
+    this.stats.seriesEvictedIdle += idle;
+    this.stats.seriesEvictedOpen += closed;
+    this.#maySweep = freed >= share;
+    this.#demand = 0;
+    if (idle + closed > 0) {
+      const suppressed = this.#quiet.shouldLog("evicted");
+      if (suppressed !== undefined) {
+        this.#log.warn(
+          {
+            evicted_idle: idle,
+            evicted_open: closed,
+            ...(oldest
+              ? {
+                  oldest: { rule: oldest.rule.name, sensor: oldest.sensor, metric: oldest.metric },
+                  idle_s: Math.round((now - oldest.activeAt) / 1000),
+                }
+              : {}),
+            max_series: this.#maxSeries,
+            evicted_total: this.stats.seriesEvicted,
+            suppressed,
+          },
+          "series limit: evicted idle series to make room for new ones",
+        );
       }
     }
-    if (this.#series.size < this.#maxSeries) return true;
+  }
+
+  #evict(s: Series, now: number): void {
+    this.#endSeries(s, now, "series limit");
+    s.gone = true;
+    if (s.persisted) this.#out.removedStates.push({ rule: s.rule.name, series: s.key });
+    this.#series.delete(s.key);
+    this.stats.seriesEvicted++;
+  }
+
+  #refuse(now: number, r: Reading, rule: CompiledRule): void {
     this.stats.seriesLimit++;
-    return false;
+    this.#turnedAway++;
+    this.#demand++;
+    const starting = !this.#refusing;
+    this.#refusing = true;
+    // The change is logged (at most once a minute); while it lasts, a line a minute with counts.
+    if (starting ? now - this.#fullLoggedAt < LOG_INTERVAL_MS : now - this.#stillLoggedAt < LOG_INTERVAL_MS) return;
+    if (starting) this.#fullLoggedAt = now;
+    this.#stillLoggedAt = now;
+    this.#log.warn(
+      {
+        rule: rule.name,
+        sensor: r.sensor,
+        metric: r.metric,
+        source: r.source,
+        series: this.#series.size,
+        max_series: this.#maxSeries,
+        turned_away: this.#turnedAway,
+        series_limit_total: this.stats.seriesLimit,
+      },
+      starting
+        ? "series limit reached: readings of new series are skipped (agent.max_series)"
+        : "series limit: readings of new series are still skipped (agent.max_series)",
+    );
+    this.#turnedAway = 0;
+  }
+
+  #roomAgain(now: number): void {
+    this.#refusing = false;
+    if (now - this.#roomLoggedAt < LOG_INTERVAL_MS) return;
+    this.#roomLoggedAt = now;
+    this.#log.info(
+      {
+        series: this.#series.size,
+        max_series: this.#maxSeries,
+        turned_away: this.#turnedAway,
+        series_limit_total: this.stats.seriesLimit,
+        evicted_total: this.stats.seriesEvicted,
+      },
+      "series limit: room for new series again",
+    );
+    this.#turnedAway = 0;
   }
 
   // ------------------------------------------------------------------ reading times
@@ -679,13 +842,14 @@ export class RuleEngine {
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AlertSeries | undefined;
       if (s === undefined) {
-        if (!this.#admit(now)) return;
-        s = newAlertSeries(rule, t.key, r.sensor, r.metric);
+        if (!this.#admit(now, r, rule)) return;
+        s = newAlertSeries(rule, t.key, r.sensor, r.metric, now);
         this.#series.set(t.key, s);
       }
       t.series = s;
     }
     if (!restamped && this.#isLate(s, r, now)) return;
+    s.activeAt = now;
     const cond = rule.condition!;
     let v: number | string;
     let x = 0;
@@ -748,6 +912,7 @@ export class RuleEngine {
         if (!cond.active(v)) {
           s.phase = OK;
           this.#mark(s);
+          this.#maySweep = true;
           return;
         }
         const due = this.#pendingDue(s);
@@ -830,6 +995,7 @@ export class RuleEngine {
     s.phase = OK;
     s.cooldownUntil = s.rule.cooldownMs !== undefined ? now + s.rule.cooldownMs : 0;
     this.#mark(s);
+    this.#maySweep = true;
   }
 
   #alertData(s: AlertSeries, value: unknown): Record<string, unknown> {
@@ -875,7 +1041,7 @@ export class RuleEngine {
   ): AlertSeries | undefined {
     const phase = PHASE_NAMES.indexOf(st.phase as (typeof PHASE_NAMES)[number]);
     if (phase < 0) return undefined;
-    const s = newAlertSeries(rule, key, sensor, metric);
+    const s = newAlertSeries(rule, key, sensor, metric, now);
     s.persisted = true;
     s.phase = phase as Phase;
     s.pendingAt = num(st.pending_at, now);
@@ -902,13 +1068,14 @@ export class RuleEngine {
     if (s === undefined || s.gone) {
       s = this.#series.get(t.key) as AbsentSeries | undefined;
       if (s === undefined) {
-        if (!this.#admit(now)) return;
+        if (!this.#admit(now, r, t.rule)) return;
         s = newAbsentSeries(t.rule, t.key, r.sensor, t.rule.perSensor ? "*" : r.metric, now);
         this.#series.set(t.key, s);
       }
       t.series = s;
     }
     if (!restamped && this.#isLate(s, r, now)) return;
+    s.activeAt = now;
     if (s.silent) {
       // Built before the update, so last_seen is the reading before the silence.
       s.silent = false;
@@ -1304,7 +1471,7 @@ export class RuleEngine {
 
 // -------------------------------------------------------------------- helpers
 
-function newAlertSeries(rule: CompiledRule, key: string, sensor: string, metric: string): AlertSeries {
+function newAlertSeries(rule: CompiledRule, key: string, sensor: string, metric: string, now: number): AlertSeries {
   return {
     kind: "alert",
     key,
@@ -1313,6 +1480,7 @@ function newAlertSeries(rule: CompiledRule, key: string, sensor: string, metric:
     metric,
     persisted: false,
     dirty: false,
+    activeAt: now,
     dueAt: undefined,
     dueToken: 0,
     gone: false,
@@ -1342,6 +1510,7 @@ function newAbsentSeries(rule: CompiledRule, key: string, sensor: string, metric
     metric,
     persisted: false,
     dirty: false,
+    activeAt: now,
     dueAt: undefined,
     dueToken: 0,
     gone: false,
@@ -1372,6 +1541,15 @@ function atRest(s: Series, now: number): boolean {
     if (s.rate.count > 0) return false;
   }
   return true;
+}
+
+/** Something a receiver was told or is about to be told: pending, firing, clearing or silent. */
+function isOpen(s: Series): boolean {
+  return s.kind === "alert" ? s.phase !== OK : s.silent;
+}
+
+function isPending(s: Series): boolean {
+  return s.kind === "alert" && s.phase === PENDING;
 }
 
 /** The row a restart needs, or undefined when the series is at rest (row removed). */

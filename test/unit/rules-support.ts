@@ -40,7 +40,7 @@ export class Harness {
   readonly events: NewEvent[] = [];
   readonly store = new Map<string, SeriesStateRow>();
   readonly batches: CommitBatch[] = [];
-  /** What the engine logged (warn and above), parsed. */
+  /** What the engine logged (info and above), parsed. */
   readonly logs: { level: string; msg: string; [k: string]: unknown }[] = [];
   #rules: RuleConfig[];
   readonly #opts: Pick<RuleEngineOptions, "maxSeries" | "maxFutureMs">;
@@ -58,7 +58,7 @@ export class Harness {
   }
 
   #build(ruleConfigs: RuleConfig[]): RuleEngine {
-    const logger = createLogger("warn", { write: (line: string) => void this.logs.push(JSON.parse(line)) });
+    const logger = createLogger("info", { write: (line: string) => void this.logs.push(JSON.parse(line)) });
     return new RuleEngine({ agentId: "pi-1", rules: ruleConfigs, clock: this.clock, logger, ...this.#opts });
   }
 
