@@ -27,7 +27,7 @@ import { RuleEngine } from "./rules/engine.js";
 import { MqttSource } from "./sources/mqtt.js";
 import { hasPolledSources, polledSources } from "./sources/polled.js";
 import type { Reading, SinkOrigin, Source } from "./sources/reading.js";
-import { Outbox } from "./store/outbox.js";
+import { Outbox, OutboxRefusedError } from "./store/outbox.js";
 import { version } from "./version.js";
 
 export interface AgentOptions {
@@ -45,6 +45,8 @@ const MAINTENANCE_MORE_MS = 1_000;
 const MAX_LOOP_SILENCE_MS = 3 * MAINTENANCE_INTERVAL_MS;
 /** After a failed commit, what the rebuilt rule engine has due is tried again this much later. */
 const TICK_RETRY_MS = 5_000;
+/** While the outbox refuses new events, due rule work is offered again this often (a cached check). */
+const REFUSED_RETRY_MS = 1_000;
 
 export class Agent {
   readonly metrics = new Metrics();
@@ -77,6 +79,8 @@ export class Agent {
   #clockSync: ClockSyncMonitor | undefined;
   #eventTimes: EventTimes | undefined;
   #engineStats: Record<string, number> = {};
+  /** Bumped whenever the engine is rebuilt from the outbox; batches of an older one are stale. */
+  #engineGeneration = 0;
   readonly #heartbeat: Heartbeat;
   readonly #history: StatusHistory;
 
@@ -250,6 +254,10 @@ export class Agent {
   #ingest(readings: Reading[], origin?: SinkOrigin): Promise<void> {
     const engine = this.#engine;
     if (!this.#accepting || !engine) return Promise.reject(new Error("agent is stopping"));
+    // Backpressure: what cannot be stored is not processed, so rule state never runs ahead
+    // of the outbox; the source keeps the readings unacknowledged and offers them again.
+    const refusal = this.#outbox?.refusal();
+    if (refusal) return Promise.reject(new OutboxRefusedError(refusal));
     const batch = engine.process(readings);
     // The message keys go in the same transaction as what the messages caused (a reading
     // that changed nothing writes nothing, keys included: processing it again is harmless).
@@ -311,12 +319,20 @@ export class Agent {
     });
     const outbox = this.#outbox;
     if (!outbox) throw new Error("outbox is closed");
+    const generation = this.#engineGeneration;
     try {
-      await outbox.commit({ ...batch, events });
+      await outbox.commit({ ...batch, events }, { valid: () => generation === this.#engineGeneration });
     } catch (err) {
+      // A batch of an engine already rebuilt: nothing of it was stored, nothing to undo.
+      if (generation !== this.#engineGeneration) throw err;
       // The engine's memory is now ahead of the store. The readings are not acknowledged
-      // (the broker sends them again); rebuild the engine from what is durable.
-      this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
+      // (the source offers them again); rebuild the engine from what is durable.
+      if (err instanceof OutboxRefusedError) {
+        this.#logger.debug({ reason: err.refusal.reason }, "commit refused; rule state reloaded from the outbox");
+      } else {
+        this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
+      }
+      this.#engineGeneration++;
       this.#engine = this.#newEngine();
       this.#engine.restore(outbox.loadStates());
       this.#engineStats = {};
@@ -345,8 +361,19 @@ export class Agent {
         this.#tickTimer = undefined;
         this.#tickAt = undefined;
         this.#chain = this.#chain
-          .then(() => (this.#accepting && this.#engine ? this.#commit(this.#engine.tick()) : undefined))
-          .catch((err) => this.#logger.error({ err }, "rule tick failed"));
+          .then(() => {
+            if (!this.#accepting || !this.#engine) return undefined;
+            // Time-driven events (for, absent_for, repeat) the outbox cannot store now stay
+            // due in the engine and are tried again shortly, not lost.
+            if (this.#outbox?.refusal()) {
+              this.#scheduleTick(this.#clock.now() + REFUSED_RETRY_MS);
+              return undefined;
+            }
+            return this.#commit(this.#engine.tick());
+          })
+          .catch((err) => {
+            if (!(err instanceof OutboxRefusedError)) this.#logger.error({ err }, "rule tick failed");
+          });
       },
       Math.max(0, due - this.#clock.now()),
     );
@@ -550,6 +577,7 @@ export class Agent {
       (m, s) => (s.oldestPendingAgeMs == null ? m : Math.max(m ?? 0, s.oldestPendingAgeMs)),
       null,
     );
+    const refusal = open ? outbox.refusal() : undefined;
     return evaluateHealth({
       agent: this.config.agent.id,
       uptimeMs: this.#clock.now() - this.#startedAt,
@@ -562,7 +590,9 @@ export class Agent {
         dead: stats.reduce((n, s) => n + s.dead, 0),
         bytes: totals.bytes,
         oldest_pending_s: oldest === null ? null : Math.round(oldest / 1000),
+        refusing: refusal?.reason ?? null,
       },
+      refusalDetail: refusal?.detail,
     });
   }
 }

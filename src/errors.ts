@@ -7,10 +7,14 @@ export const ErrorCodes = {
   EDGEHOOK_CONFIG_UNREADABLE: "the configuration file or a `*_file` it names cannot be read (exit 78)",
   EDGEHOOK_USAGE: "the command line is wrong (exit 64)",
   EDGEHOOK_DB_CORRUPT: "the outbox database failed its integrity check and was moved aside",
-  EDGEHOOK_OUTBOX_FULL: "the outbox reached a limit and dropped or refused events",
+  EDGEHOOK_OUTBOX_FULL:
+    "the outbox is full with `when_full: block`: new readings wait at their source until deliveries make room",
   EDGEHOOK_OUTBOX_DROPPED:
     "the outbox dropped deliveries (a limit, `max_age` expiry); logged as a count since the last report, at most once a minute",
-  EDGEHOOK_DISK_FLOOR: "free disk space is under `outbox.min_free_disk`; new events are refused",
+  EDGEHOOK_DISK_FLOOR:
+    "free disk space is under `outbox.min_free_disk`: new readings wait at their source until space returns",
+  EDGEHOOK_READINGS_DROPPED:
+    "a serial source dropped readings it could not hold while the outbox refused them; logged as a count since the last report",
   EDGEHOOK_DESTINATION_DISABLED: "a receiver answered 410 Gone; the destination is disabled until re-enabled",
   EDGEHOOK_CLOCK_UNSYNCED: "the system clock is not synchronised; signing is held back",
   EDGEHOOK_NOT_FOUND: "the delivery or destination named on the command line does not exist",

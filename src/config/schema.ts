@@ -281,6 +281,12 @@ const outbox = z.strictObject({
   keep_delivered: duration().default(86_400_000),
   /** Longest wait to gather rows into one transaction. */
   commit_delay: duration().default(2),
+  /**
+   * What a full outbox (max_events/max_bytes) does: `drop_oldest` drops the oldest pending
+   * deliveries of the lowest priority (counted); `block` stores nothing more and leaves new
+   * readings at their source (MQTT messages stay unacknowledged at the broker) until there is room.
+   */
+  when_full: z.enum(["drop_oldest", "block"]).default("drop_oldest"),
 });
 
 export const configSchema = z.strictObject({
@@ -302,6 +308,7 @@ export const configSchema = z.strictObject({
     min_free_disk: 64 * 1024 * 1024,
     keep_delivered: 86_400_000,
     commit_delay: 2,
+    when_full: "drop_oldest",
   }),
 });
 

@@ -4,8 +4,10 @@
  *
  * Status: `failing` (HTTP 503) when the agent cannot do its job — the outbox database
  * is not open or the processing loop stopped beating. `degraded` (HTTP 200) when a
- * source or destination is down: being offline is normal for a store-and-forward
- * agent (design invariant 4), and a restart would not fix it. `ok` otherwise.
+ * source or destination is down, or the outbox refuses new events (disk floor, full
+ * under `when_full: block`) so sources hold their readings: being offline is normal for
+ * a store-and-forward agent (design invariant 4), and a restart would not fix it. `ok`
+ * otherwise.
  */
 import type { Clock } from "../clock.js";
 import type { SourceState } from "../sources/reading.js";
@@ -28,6 +30,11 @@ export interface OutboxHealth {
   bytes: number;
   /** Age of the oldest pending delivery in seconds, or null when none is pending. */
   oldest_pending_s: number | null;
+  /**
+   * Why the outbox stores nothing new right now (`disk_floor`, `full`), or null. Sources
+   * hold their readings meanwhile (MQTT messages stay unacknowledged at the broker).
+   */
+  refusing?: "disk_floor" | "full" | null;
 }
 
 export interface HealthReport {
@@ -54,6 +61,8 @@ export interface HealthInput {
   sources: SourceState[];
   destinations: Record<string, DestinationHealth>;
   outbox: OutboxHealth;
+  /** What the outbox refusal is about, for `problems` (with outbox.refusing). */
+  refusalDetail?: string;
 }
 
 /** Derives the status and the problem list from the parts' states. */
@@ -74,6 +83,11 @@ export function evaluateHealth(input: HealthInput): HealthReport {
   }
   for (const [name, d] of Object.entries(input.destinations)) {
     if (d.state !== "up") degraded.push(`destination ${name} is ${d.state}`);
+  }
+  if (input.outbox.refusing) {
+    degraded.push(
+      `outbox refuses new events (${input.outbox.refusing}), sources hold their readings${input.refusalDetail ? `: ${input.refusalDetail}` : ""}`,
+    );
   }
   const status: HealthStatus = failing.length > 0 ? "failing" : degraded.length > 0 ? "degraded" : "ok";
   return {

@@ -54,6 +54,12 @@ export class Metrics {
     labelNames: ["source", "reason"] as const,
     registers: [this.registry],
   });
+  readonly readingsDropped = new Counter({
+    name: "edgehook_readings_dropped_total",
+    help: "Readings a source dropped before they could be stored, per source and reason (held_overflow: more than a serial port can hold while the outbox refuses; stopped: still held at stop)",
+    labelNames: ["source", "reason"] as const,
+    registers: [this.registry],
+  });
   readonly redeliveriesSkipped = new Counter({
     name: "edgehook_redeliveries_skipped_total",
     help: "Messages the broker redelivered after a crash that were already committed, acknowledged without processing again",
@@ -112,6 +118,12 @@ export class Metrics {
     name: "edgehook_outbox_dropped_total",
     help: "Deliveries dropped by the outbox (full outbox, max_age expiry, dead rows pruned), per reason and destination",
     labelNames: ["reason", "destination"] as const,
+    registers: [this.registry],
+  });
+  readonly outboxRefusing = new Gauge({
+    name: "edgehook_outbox_refusing",
+    help: "1 while the outbox refuses new events, per reason (disk_floor, full); sources hold their readings meanwhile",
+    labelNames: ["reason"] as const,
     registers: [this.registry],
   });
   readonly deliveries = new Counter({

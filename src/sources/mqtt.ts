@@ -19,12 +19,27 @@
  * A PUBACK is sent only on the connection that received the message: after a
  * reconnect the broker redelivers unacknowledged messages and they are committed
  * again (at-least-once; readings carry their payload time).
+ *
+ * Backpressure (design invariant 7): when a commit is refused (the outbox is at its disk
+ * floor, or full under `when_full: block`) or fails, the batch is kept, unacknowledged,
+ * and offered again every RETRY_MS (a refusal is answered from a cached check, so this
+ * is cheap; other failures back off to RETRY_MAX_MS). Meanwhile the next message is
+ * parked without being decoded and its MQTT.js callback held, so MQTT.js stops reading
+ * the socket and the broker keeps everything else (TCP backpressure; its own queue).
+ * Memory stays bounded by the one held batch (≤ MAX_PENDING messages). Not reading means
+ * MQTT.js cannot see PINGRESPs, so while holding we send PINGREQs ourselves and keep its
+ * keepalive timer from closing the connection. Once the batch is stored it is
+ * acknowledged, the parked message goes on, and reading resumes; a restart is never
+ * needed. If the connection drops meanwhile, the parked message is forgotten (the
+ * broker redelivers it), and so are the held batch's acknowledgements: the broker
+ * redelivers those messages too, and once the batch is stored the redelivered copies
+ * are recognised by the ledger (DUP) instead of being processed twice.
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
-import type { Clock } from "../clock.js";
+import type { Clock, TimerHandle } from "../clock.js";
 import type { MqttConfig } from "../config/schema.js";
 import { EdgehookError } from "../errors.js";
 import type { Logger } from "../ops/logger.js";
@@ -32,7 +47,16 @@ import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { EmbeddedBroker } from "./broker.js";
 import { MqttRouter, mqttDecoder } from "./decode.js";
-import type { MessageLedger, Reading, ReadingSink, SinkOrigin, Source, SourceState, SourceStatus } from "./reading.js";
+import {
+  isBackpressure,
+  type MessageLedger,
+  type Reading,
+  type ReadingSink,
+  type SinkOrigin,
+  type Source,
+  type SourceState,
+  type SourceStatus,
+} from "./reading.js";
 
 export interface MqttSourceOptions {
   config: MqttConfig;
@@ -54,6 +78,9 @@ export interface MqttSourceOptions {
 /** Messages gathered while a commit is in flight before MQTT.js is made to wait. */
 const MAX_PENDING = 20_000;
 const STOP_TIMEOUT_MS = 5_000;
+/** A batch whose commit was refused is offered again this often (the agent answers from a cached check); after other failures the wait doubles up to RETRY_MAX_MS. */
+const RETRY_MS = 250;
+const RETRY_MAX_MS = 30_000;
 
 /** Tells MQTT.js to skip its PUBACK: we send it after the commit. */
 class AckDeferred extends Error {
@@ -109,6 +136,14 @@ export class MqttSource implements Source {
   #flushScheduled = false;
   #held: (() => void) | undefined;
   #idle: (() => void)[] = [];
+  /** A batch whose commit was refused or failed: kept unacknowledged and offered again. */
+  #unstored: Batch | undefined;
+  #unstoredSince = 0;
+  #retryTimer: TimerHandle | undefined;
+  #retryDelay = RETRY_MS;
+  /** The message that arrived while #unstored is set, not yet decoded; its callback is held. */
+  #parked: (() => void) | undefined;
+  #pingTimer: TimerHandle | undefined;
 
   constructor(opts: MqttSourceOptions) {
     this.#config = opts.config;
@@ -139,6 +174,7 @@ export class MqttSource implements Source {
   state(): SourceState {
     const s: SourceState = { name: this.name, kind: "mqtt", status: this.#status, since: this.#since };
     if (this.#detail) s.detail = this.#detail;
+    if (this.#unstored) s.held = this.#unstored.messages + this.#pending.messages;
     return s;
   }
 
@@ -227,6 +263,8 @@ export class MqttSource implements Source {
       });
       this.#client = undefined;
     }
+    this.#stopRetrying();
+    this.#parked = undefined;
     this.#metrics.mqttConnected.set(0);
     this.#setStatus("stopped");
     if (this.#broker) {
@@ -284,6 +322,8 @@ export class MqttSource implements Source {
 
   #onClose(): void {
     this.#metrics.mqttConnected.set(0);
+    // Never decoded nor acknowledged: the broker sends it again on the next connection.
+    this.#parked = undefined;
     const client = this.#client;
     if (client && !this.#stopping) {
       // MQTT.js retries at a fixed period, read when it schedules the retry (this
@@ -314,6 +354,11 @@ export class MqttSource implements Source {
       cb(packet.qos === 1 ? ACK_DEFERRED : undefined);
       return;
     }
+    if (this.#unstored) {
+      // Backpressure: left undecoded, its callback held, until the batch before it is stored.
+      this.#parked = () => this.#onMessage(packet, cb);
+      return;
+    }
     const client = this.#client;
     this.#accept(packet);
     if (packet.qos === 1 && client) {
@@ -327,6 +372,10 @@ export class MqttSource implements Source {
 
   #onQos2(packet: IPublishPacket, client: MqttClient, sendPubrec: () => void): void {
     if (this.#stopping) return; // no PUBREC: redelivered in the next session
+    if (this.#unstored) {
+      this.#parked = () => this.#onQos2(packet, client, sendPubrec);
+      return;
+    }
     this.#accept(packet);
     const stream = client.stream;
     this.#pending.acks.push({
@@ -383,7 +432,7 @@ export class MqttSource implements Source {
   }
 
   #flush(): void {
-    if (this.#inflight) return;
+    if (this.#inflight || this.#unstored) return;
     const batch = this.#pending;
     if (batch.messages === 0) {
       this.#notifyIdle();
@@ -395,12 +444,19 @@ export class MqttSource implements Source {
     const held = this.#held;
     this.#held = undefined;
     held?.();
-    const client = this.#client;
+    this.#commit(batch);
+  }
+
+  /** Hands the batch to the sink; acknowledges it once stored, or keeps it to offer again. */
+  #commit(batch: Batch): void {
     const commit =
       batch.readings.length > 0 ? callSink(this.#sink, batch.readings, { messageKeys: batch.keys }) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
         // One write for the whole batch of acknowledgements instead of one per message.
+        // Only on the connection that received them: after a reconnect the broker
+        // redelivers those, and the ledger recognises them.
+        const client = this.#client;
         const stream = client?.stream as { cork?: () => void; uncork?: () => void } | undefined;
         stream?.cork?.();
         for (const a of batch.acks) {
@@ -411,19 +467,9 @@ export class MqttSource implements Source {
           }
         }
         stream?.uncork?.();
+        if (this.#unstored === batch) this.#stored(batch);
       },
-      (err: unknown) => {
-        // Nothing of this batch is committed. The broker redelivers unacknowledged
-        // messages only on a new connection, so drop this one (after the backoff).
-        this.#rateLog("sink", err, "could not commit readings; reconnecting so the broker redelivers them");
-        const dropped = this.#pending;
-        this.#pending = emptyBatch();
-        const h = this.#held;
-        this.#held = undefined;
-        h?.();
-        void dropped;
-        if (client && !this.#stopping) client.stream?.destroy();
-      },
+      (err: unknown) => this.#notStored(batch, err),
     );
     void this.#inflight.finally(() => {
       this.#inflight = undefined;
@@ -431,8 +477,81 @@ export class MqttSource implements Source {
     });
   }
 
+  /** Nothing of the batch was stored: keep it, stop reading, offer it again. */
+  #notStored(batch: Batch, err: unknown): void {
+    const refused = isBackpressure(err);
+    if (this.#unstored !== batch) {
+      this.#unstored = batch;
+      this.#unstoredSince = this.#clock.now();
+      this.#retryDelay = RETRY_MS;
+      const what = `${batch.messages} messages (${batch.readings.length} readings)`;
+      if (refused) {
+        this.#log.warn(
+          { held: batch.messages, reason: (err as Error).message },
+          `outbox refuses new readings: holding ${what} unacknowledged and reading nothing more from the broker until they are stored (tried again every ${RETRY_MS / 1000} s)`,
+        );
+      } else {
+        this.#log.error(
+          { err, held: batch.messages },
+          `could not commit readings: holding ${what} unacknowledged and reading nothing more from the broker until they are stored`,
+        );
+      }
+      this.#keepAlive();
+    }
+    if (this.#stopping && this.#client === undefined) return;
+    const delay = refused ? RETRY_MS : this.#retryDelay;
+    if (!refused) this.#retryDelay = Math.min(this.#retryDelay * 2, RETRY_MAX_MS);
+    if (this.#retryTimer) this.#clock.clearTimeout(this.#retryTimer);
+    this.#retryTimer = this.#clock.setTimeout(() => {
+      this.#retryTimer = undefined;
+      if (this.#unstored && !this.#inflight) this.#commit(this.#unstored);
+    }, delay);
+  }
+
+  /** The held batch is stored (and acknowledged): read again, starting with the parked message. */
+  #stored(batch: Batch): void {
+    this.#unstored = undefined;
+    this.#stopRetrying();
+    this.#log.info(
+      { messages: batch.messages, heldMs: this.#clock.now() - this.#unstoredSince },
+      `stored the ${batch.messages} held messages after ${Math.round((this.#clock.now() - this.#unstoredSince) / 1000)} s; reading from the broker again`,
+    );
+    const parked = this.#parked;
+    this.#parked = undefined;
+    parked?.();
+  }
+
+  /**
+   * While the socket is not read MQTT.js sees no PINGRESP and would close the connection
+   * after 1.5 × keepalive (losing the held acknowledgements): send PINGREQs ourselves so
+   * the broker keeps the session, and restart MQTT.js's keepalive timer.
+   */
+  #keepAlive(): void {
+    const every = Math.max(500, Math.floor(this.#config.keepalive / 2));
+    this.#pingTimer = this.#clock.setTimeout(() => {
+      this.#pingTimer = undefined;
+      if (!this.#unstored) return;
+      const client = this.#client;
+      if (client?.connected) {
+        client.sendPing();
+        client.reschedulePing(true);
+      }
+      this.#keepAlive();
+    }, every);
+    this.#pingTimer.unref?.();
+  }
+
+  #stopRetrying(): void {
+    if (this.#retryTimer) this.#clock.clearTimeout(this.#retryTimer);
+    if (this.#pingTimer) this.#clock.clearTimeout(this.#pingTimer);
+    this.#retryTimer = undefined;
+    this.#pingTimer = undefined;
+  }
+
   #whenIdle(timeoutMs: number): Promise<void> {
-    if (!this.#inflight && this.#pending.messages === 0 && !this.#flushScheduled) return Promise.resolve();
+    if (!this.#inflight && !this.#unstored && this.#pending.messages === 0 && !this.#flushScheduled) {
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const timer = this.#clock.setTimeout(() => {
         this.#log.warn("stopping with readings still uncommitted; the broker will redeliver them");

@@ -23,6 +23,16 @@ export interface Reading {
 export type ReadingSink = (readings: Reading[], origin?: SinkOrigin) => Promise<void>;
 
 /**
+ * A sink rejection meaning "cannot store now, nothing of it was stored" (the outbox is at
+ * its disk floor, or full under `when_full: block`): backpressure, not a fault. Sources
+ * keep the readings (MQTT: unacknowledged) and offer them again on a short cadence.
+ */
+export function isBackpressure(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === "EDGEHOOK_DISK_FLOOR" || code === "EDGEHOOK_OUTBOX_FULL";
+}
+
+/**
  * Where a batch of readings came from. `messageKeys` name the source messages (for
  * MQTT: packet id, topic and payload hash); they are committed with what the readings
  * caused, so that a message redelivered after a crash between the commit and its
@@ -43,6 +53,8 @@ export interface SourceState {
   status: SourceStatus;
   since: number;
   detail?: string;
+  /** Messages (MQTT) or readings (serial) received and not yet stored because a commit was refused or failed. */
+  held?: number;
   /** Polled sources: the devices they read (Modbus units, 1-Wire probes), each up or down. */
   devices?: DeviceState[];
   /** Polled sources: epoch ms of the last reading. */

@@ -6,15 +6,32 @@
  * backoff growing to `reopen_max`, without the agent restarting anything.
  * Lines are bounded (LineSplitter) and decoded (decode.ts); a bad line is counted
  * per reason and logged at a bounded rate, and the good lines around it go on.
+ *
+ * A serial device cannot be asked to wait. When a commit is refused (the outbox is at its
+ * disk floor, or full under `when_full: block`) or fails, its readings are kept and
+ * offered again every RETRY_MS (other failures: backing off to RETRY_MAX_MS), and new
+ * lines are read and kept too, up to MAX_HELD readings. Beyond that the oldest are
+ * dropped, each counted (edgehook_readings_dropped_total{reason="held_overflow"}) and
+ * reported in a "dropped N since the last report" log line, rather than lost uncounted in
+ * the kernel's tty buffer. At stop, what is still held after STOP_TIMEOUT_MS is dropped
+ * and counted (reason "stopped").
  */
 import { SerialPort } from "serialport";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { SerialPortConfig } from "../config/schema.js";
+import { type DropSummary, DropTally, describeDrops } from "../ops/drops.js";
 import type { Logger } from "../ops/logger.js";
 import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import { type LineDecoder, LineSplitter, serialDecoder } from "./decode.js";
-import type { Reading, ReadingSink, Source, SourceState, SourceStatus } from "./reading.js";
+import {
+  isBackpressure,
+  type Reading,
+  type ReadingSink,
+  type Source,
+  type SourceState,
+  type SourceStatus,
+} from "./reading.js";
 
 export interface SerialSourceOptions {
   config: SerialPortConfig;
@@ -28,6 +45,13 @@ export interface SerialSourceOptions {
 const REOPEN_MIN_MS = 250;
 /** Readings gathered while a commit is in flight before the port is paused. */
 const MAX_PENDING = 10_000;
+/** Readings kept while commits are refused or failing; beyond it the oldest are dropped (counted). */
+export const MAX_HELD = 10_000;
+/** A refused commit is offered again this often (the agent answers from a cached check); after other failures the wait doubles up to RETRY_MAX_MS. */
+const RETRY_MS = 250;
+const RETRY_MAX_MS = 30_000;
+/** How long stop() keeps offering held readings before dropping them. */
+const STOP_TIMEOUT_MS = 5_000;
 
 export class SerialSource implements Source {
   readonly name: string;
@@ -54,6 +78,12 @@ export class SerialSource implements Source {
   #pending: Reading[] = [];
   #inflight: Promise<void> | undefined;
   #flushScheduled = false;
+  /** Set while a commit was refused or failed: #pending is held and offered again by #retryTimer. */
+  #holding = false;
+  #holdingSince = 0;
+  #retryTimer: TimerHandle | undefined;
+  #retryDelay = RETRY_MS;
+  readonly #drops: DropTally;
 
   constructor(opts: SerialSourceOptions) {
     this.name = `serial:${opts.config.name}`;
@@ -66,11 +96,17 @@ export class SerialSource implements Source {
     this.#metrics = opts.metrics;
     this.#clock = opts.clock;
     this.#rateLog = new RateLimitedLog(60_000, () => opts.clock.now());
+    this.#drops = new DropTally(
+      60_000,
+      () => opts.clock.monotonic(),
+      (s) => this.#logDrops(s),
+    );
   }
 
   state(): SourceState {
     const s: SourceState = { name: this.name, kind: "serial", status: this.#status, since: this.#since };
     if (this.#detail) s.detail = this.#detail;
+    if (this.#holding) s.held = this.#pending.length;
     return s;
   }
 
@@ -92,11 +128,25 @@ export class SerialSource implements Source {
     this.#port = undefined;
     if (port?.isOpen) await new Promise<void>((r) => port.close(() => r()));
     port?.removeAllListeners();
-    // Lines already read still reach the sink.
+    if (this.#retryTimer) this.#clock.clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    // Lines already read still reach the sink; held ones are offered for a while longer.
+    const deadline = this.#clock.monotonic() + STOP_TIMEOUT_MS;
     while (this.#inflight || this.#pending.length > 0) {
-      if (!this.#inflight) this.#flush();
+      if (!this.#inflight) {
+        if (this.#holding && this.#clock.monotonic() >= deadline) break;
+        this.#flush();
+      }
       await this.#inflight;
+      if (this.#holding && this.#pending.length > 0) {
+        await new Promise<void>((r) => this.#clock.setTimeout(r, RETRY_MS));
+      }
     }
+    if (this.#pending.length > 0) {
+      this.#drop("stopped", this.#pending.length);
+      this.#pending = [];
+    }
+    this.#drops.flush();
     this.#metrics.serialOpen.set({ port: this.#config.name }, 0);
     this.#setStatus("stopped");
   }
@@ -221,12 +271,14 @@ export class SerialSource implements Source {
         this.#log.warn({ reason: res.reason, line: sample, suppressed }, "skipped a line that could not be decoded");
       }
     }
-    if (this.#pending.length >= MAX_PENDING) this.#port?.pause();
+    if (this.#holding) this.#trimHeld();
+    else if (this.#pending.length >= MAX_PENDING) this.#port?.pause();
     this.#scheduleFlush();
   }
 
   #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#inflight || this.#pending.length === 0) return;
+    // While holding, only the retry timer offers the readings again.
+    if (this.#flushScheduled || this.#inflight || this.#pending.length === 0 || this.#retryTimer) return;
     this.#flushScheduled = true;
     setImmediate(() => {
       this.#flushScheduled = false;
@@ -240,19 +292,64 @@ export class SerialSource implements Source {
     this.#pending = [];
     if (this.#port?.isPaused()) this.#port.resume();
     this.#inflight = callSink(this.#sink, batch).then(
-      () => undefined,
+      () => {
+        if (!this.#holding) return;
+        this.#holding = false;
+        this.#retryDelay = RETRY_MS;
+        const heldMs = this.#clock.now() - this.#holdingSince;
+        this.#log.info(
+          { readings: batch.length, heldMs },
+          `stored ${batch.length} held serial readings after ${Math.round(heldMs / 1000)} s`,
+        );
+        this.#drops.flush();
+      },
       (err: unknown) => {
-        // A serial device cannot resend; the readings are lost, and said so.
-        const s = this.#rateLog.shouldLog("sink");
-        if (s !== undefined) {
-          this.#log.error({ err, lost: batch.length, suppressed: s }, "could not commit serial readings");
+        // A serial device cannot resend: keep the readings (bounded) and offer them again.
+        const refused = isBackpressure(err);
+        this.#pending = batch.concat(this.#pending);
+        if (!this.#holding) {
+          this.#holding = true;
+          this.#holdingSince = this.#clock.now();
+          this.#retryDelay = RETRY_MS;
+          const msg = `holding ${this.#pending.length} serial readings until they can be stored (up to ${MAX_HELD}; beyond that the oldest are dropped and counted: a serial device cannot be asked to wait)`;
+          if (refused) this.#log.warn({ reason: (err as Error).message }, `outbox refuses new readings: ${msg}`);
+          else this.#log.error({ err }, `could not commit serial readings: ${msg}`);
         }
+        this.#trimHeld();
+        this.#drops.poll();
+        if (this.#stopped) return;
+        const delay = refused ? RETRY_MS : this.#retryDelay;
+        if (!refused) this.#retryDelay = Math.min(this.#retryDelay * 2, RETRY_MAX_MS);
+        this.#retryTimer = this.#clock.setTimeout(() => {
+          this.#retryTimer = undefined;
+          this.#flush();
+        }, delay);
       },
     );
     void this.#inflight.finally(() => {
       this.#inflight = undefined;
       this.#scheduleFlush();
     });
+  }
+
+  /** Keeps at most MAX_HELD readings while holding, dropping (and counting) the oldest. */
+  #trimHeld(): void {
+    const over = this.#pending.length - MAX_HELD;
+    if (over <= 0) return;
+    this.#pending.splice(0, over);
+    this.#drop("held_overflow", over);
+  }
+
+  #drop(reason: string, n: number): void {
+    this.#metrics.readingsDropped.inc({ source: this.name, reason }, n);
+    this.#drops.add(reason, this.name, n);
+  }
+
+  #logDrops(s: DropSummary): void {
+    this.#log.warn(
+      { code: "EDGEHOOK_READINGS_DROPPED", dropped: s.dropped, reasons: s.reasons, periodS: s.periodS },
+      `dropped ${s.dropped} serial readings since the last report (${describeDrops(s)}): the outbox refused them longer than ${MAX_HELD} readings could be held; free disk space for the outbox or let it drain (see /healthz)`,
+    );
   }
 
   #setStatus(status: SourceStatus, detail?: string): void {

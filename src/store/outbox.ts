@@ -34,9 +34,16 @@
  *   limit (invariant 7). At most
  *   MAINTAIN_MAX_ROWS rows go per commit or pass, so a limit lowered on a full outbox is
  *   reached over a few passes (maintain() says `more`) rather than in one long block.
+ *   That is `when_full: drop_oldest` (the default). With `when_full: block` step 3 never
+ *   happens: once a limit is reached (after steps 1 and 2), commit() refuses new groups
+ *   (OutboxRefusedError, EDGEHOOK_OUTBOX_FULL) until deliveries settle and make room. A
+ *   group admitted just under the limit is stored whole, so the limit can be passed by
+ *   one group.
  * - min_free_disk: while free space on the data directory's filesystem is under it,
- *   commit() stores no new events (accepted: 0, drops{reason="disk_floor"} per
- *   delivery refused) but still stores rule states; a warning is logged once per change.
+ *   commit() refuses whole groups (OutboxRefusedError, EDGEHOOK_DISK_FLOOR): neither
+ *   their events nor the rule states and message keys that came with them are stored, so
+ *   an alert is never half done (invariant 7). refusal() says so before any work is done;
+ *   it is logged when it starts and ends, and shown by edgehook_outbox_refusing.
  * - keep_delivered: delivered rows are pruned this long after delivery; dead rows are
  *   pruned outbox.max_age after they died. Runs in maintain(), at most
  *   MAINTAIN_MAX_ROWS rows per pass so one pass never blocks the event loop for long.
@@ -55,6 +62,7 @@ import { dirname } from "node:path";
 import type { Database } from "better-sqlite3";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { OutboxConfig } from "../config/schema.js";
+import { EdgehookError } from "../errors.js";
 import type { CommitBatch, SeriesStateRow } from "../events.js";
 import { type DropSummary, DropTally, describeDrops } from "../ops/drops.js";
 import type { Logger } from "../ops/logger.js";
@@ -92,6 +100,8 @@ const BATCH_ROWS = 5000;
 export const MAINTAIN_MAX_ROWS = 20_000;
 /** How long a free-disk reading is trusted. */
 const DISK_CHECK_MS = 1000;
+/** when_full: block: once full, new events are taken again below this share of both limits. */
+const FULL_RESUME = 0.9;
 /** Drops are logged as one summary at most this often ("dropped N since the last report"). */
 export const DROP_REPORT_MS = 60_000;
 
@@ -106,8 +116,51 @@ const DEAD = 2;
 const STATE_NAMES: readonly DeliveryState[] = ["pending", "delivered", "dead"];
 const STATE_CODES: Record<DeliveryState, number> = { pending: PENDING, delivered: DELIVERED, dead: DEAD };
 
-/** The `outbox` settings. */
-export type OutboxLimits = OutboxConfig;
+/** The `outbox` settings; `when_full` defaults to drop_oldest. */
+export type OutboxLimits = Omit<OutboxConfig, "when_full"> & { when_full?: OutboxConfig["when_full"] };
+
+/** Why the outbox stores nothing new right now (see Outbox.refusal). */
+export interface Refusal {
+  /** `disk_floor`: free disk under min_free_disk; `full`: max_events/max_bytes reached with when_full: block. */
+  reason: "disk_floor" | "full";
+  /** Epoch ms since when it refuses. */
+  since: number;
+  /** For the operator: what is short and what to do. */
+  detail: string;
+}
+
+/**
+ * A commit the outbox refused as a whole (nothing of it stored): the disk floor, or a full
+ * outbox under `when_full: block`. Sources keep the readings unacknowledged and offer
+ * them again; nothing is dropped.
+ */
+export class OutboxRefusedError extends EdgehookError {
+  readonly refusal: Refusal;
+  constructor(refusal: Refusal) {
+    super(
+      refusal.reason === "disk_floor" ? "EDGEHOOK_DISK_FLOOR" : "EDGEHOOK_OUTBOX_FULL",
+      `outbox refuses new events (${refusal.reason}): ${refusal.detail}`,
+    );
+    this.refusal = refusal;
+  }
+}
+
+/** A batch computed from rule-engine memory that was discarded (see CommitOptions.valid). */
+export class StaleBatchError extends Error {
+  readonly code = "EDGEHOOK_STALE_BATCH";
+  constructor() {
+    super("batch computed from discarded rule state; not stored");
+  }
+}
+
+export interface CommitOptions {
+  /**
+   * Checked when the group is written: false rejects the batch (StaleBatchError) without
+   * storing it. The agent uses it so a batch the rule engine produced before it was
+   * rebuilt after a refused commit cannot store state derived from the refused one.
+   */
+  valid?: () => boolean;
+}
 
 export interface OutboxOptions {
   /** Path of the SQLite file (`<data_dir>/outbox.db`). */
@@ -130,6 +183,7 @@ const MESSAGE_KEYS_KEPT = 100_000;
 
 interface Waiter {
   batch: CommitBatch;
+  valid: (() => boolean) | undefined;
   resolve: (r: CommitResult) => void;
   reject: (err: unknown) => void;
 }
@@ -331,7 +385,9 @@ export class Outbox implements OutboxReader {
   #transactions = 0;
 
   #diskCheckedAt = Number.NEGATIVE_INFINITY;
-  #diskLow = false;
+  #diskFree: number | undefined;
+  #roomCheckedAt = Number.NEGATIVE_INFINITY;
+  #refusing: Refusal | undefined;
   readonly #drops: DropTally;
 
   constructor(options: OutboxOptions) {
@@ -417,10 +473,10 @@ export class Outbox implements OutboxReader {
    * The group waits commit_delay on the injected clock: with a FakeClock advance it,
    * call flush(), or use commit_delay 0 (the next turn of the event loop).
    */
-  commit(batch: CommitBatch): Promise<CommitResult> {
+  commit(batch: CommitBatch, options: CommitOptions = {}): Promise<CommitResult> {
     if (!this.#db) return Promise.reject(new Error("outbox is not open"));
     return new Promise<CommitResult>((resolve, reject) => {
-      this.#queue.push({ batch, resolve, reject });
+      this.#queue.push({ batch, valid: options.valid, resolve, reject });
       this.#queuedEvents += batch.events.length;
       if (this.#queuedEvents >= GROUP_MAX_EVENTS) {
         this.flush();
@@ -453,11 +509,31 @@ export class Outbox implements OutboxReader {
       clearImmediate(this.#immediate);
       this.#immediate = undefined;
     }
-    const group = this.#queue;
+    let group = this.#queue;
     this.#queue = [];
     this.#queuedEvents = 0;
     this.#lastGroupSize = group.length;
     if (group.length === 0) return;
+    const stale = group.filter((w) => w.valid?.() === false);
+    if (stale.length > 0) {
+      for (const w of stale) w.reject(new StaleBatchError());
+      group = group.filter((w) => !stale.includes(w));
+      if (group.length === 0) return;
+    }
+    // All or nothing (invariant 7): a refused group stores neither its events nor the rule
+    // states and message keys that came with them, so the source must not acknowledge.
+    let refusal: Refusal | undefined;
+    try {
+      refusal = this.refusal();
+    } catch (err) {
+      for (const w of group) w.reject(err);
+      return;
+    }
+    if (refusal) {
+      const err = new OutboxRefusedError(refusal);
+      for (const w of group) w.reject(err);
+      return;
+    }
     let results: CommitResult[];
     try {
       results = this.#commitGroup(group.map((w) => w.batch));
@@ -487,15 +563,14 @@ export class Outbox implements OutboxReader {
   }
 
   #commitGroup(batches: CommitBatch[]): CommitResult[] {
-    const diskOk = this.#diskOk();
     return this.#write((delta) => {
       // Per transaction: does (destination, series) already have a pending row?
       const memo = new Map<string, boolean>();
-      return batches.map((b) => this.#commitBatch(b, delta, memo, diskOk));
+      return batches.map((b) => this.#commitBatch(b, delta, memo));
     });
   }
 
-  #commitBatch(b: CommitBatch, delta: Delta, memo: Map<string, boolean>, diskOk: boolean): CommitResult {
+  #commitBatch(b: CommitBatch, delta: Delta, memo: Map<string, boolean>): CommitResult {
     const s = this.#s;
     for (const st of b.states) s.upsertState.run(st.rule, st.series, st.version, JSON.stringify(st.state) ?? "null");
     for (const r of b.removedStates) s.deleteState.run(r.rule, r.series);
@@ -504,15 +579,6 @@ export class Outbox implements OutboxReader {
       for (const k of b.messageKeys) s.insertMessage.run(k, now);
     }
     const dropped: Record<string, number> = {};
-    if (!diskOk) {
-      for (const e of b.events) {
-        for (const d of new Set(e.destinations)) {
-          dropped.disk_floor = (dropped.disk_floor ?? 0) + 1;
-          delta.drop("disk_floor", d, 1);
-        }
-      }
-      return { accepted: 0, dropped };
-    }
     for (const e of b.events) {
       const destinations = new Set(e.destinations);
       if (destinations.size === 0) continue;
@@ -943,15 +1009,18 @@ export class Outbox implements OutboxReader {
    * Inside a write transaction: prunes, then drops, until back under both limits or
    * MAINTAIN_MAX_ROWS rows went (a lowered limit on a full outbox converges over a few
    * passes instead of blocking the event loop for seconds). True when still over.
+   * With when_full: block pending deliveries are never dropped (step 3 is skipped: new
+   * events are refused instead). `fraction` < 1 prunes further, down to that share of
+   * the limits (making room under block).
    */
-  #enforceLimits(delta: Delta): boolean {
+  #enforceLimits(delta: Delta, fraction = 1): boolean {
     let budget = MAINTAIN_MAX_ROWS;
     const overBy = () => {
       const events = this.#events + delta.events;
       const bytes = this.#bytes + delta.bytes;
-      const byEvents = events - this.#limits.max_events;
+      const byEvents = events - Math.floor(this.#limits.max_events * fraction);
       const avg = events > 0 ? bytes / events : 1;
-      const byBytes = Math.ceil((bytes - this.#limits.max_bytes) / Math.max(1, avg));
+      const byBytes = Math.ceil((bytes - Math.floor(this.#limits.max_bytes * fraction)) / Math.max(1, avg));
       return {
         n: Math.min(BATCH_ROWS, budget, Math.max(byEvents, byBytes, 0)),
         reason: byEvents >= byBytes ? "max_events" : "max_bytes",
@@ -970,7 +1039,7 @@ export class Outbox implements OutboxReader {
       if (n === 0) break;
     }
     // 3. pending rows: lowest priority first, oldest first within it.
-    for (let o = overBy(); o.n > 0; o = overBy()) {
+    for (let o = overBy(); o.n > 0 && this.#limits.when_full !== "block"; o = overBy()) {
       const n = this.#dropPending(o.n, o.reason, delta);
       budget -= n;
       if (n === 0) break;
@@ -1112,30 +1181,92 @@ export class Outbox implements OutboxReader {
     if (v !== this.#dataVersion) this.#loadCounters();
   }
 
-  #diskOk(): boolean {
+  // ------------------------------------------------------------ refusal (backpressure)
+
+  /**
+   * Whether the outbox refuses new events now, and why: free disk under min_free_disk,
+   * or (when_full: block) max_events/max_bytes reached once delivered and dead rows made
+   * what room they could. Cheap: free space is read at most once a second, the limits
+   * are in-memory counters. commit() refuses whole groups for the same reasons; callers
+   * ask first so that work they cannot store is not started (and is offered again).
+   * Logs when it starts and stops refusing.
+   */
+  refusal(): Refusal | undefined {
+    if (!this.#db) return undefined;
+    let reason: Refusal["reason"] | undefined;
+    let detail = "";
+    const free = this.#freeDisk();
+    if (free !== undefined && free < this.#limits.min_free_disk) {
+      reason = "disk_floor";
+      detail = `${mib(free)} free on ${dirname(this.#file)}, outbox.min_free_disk is ${mib(this.#limits.min_free_disk)}; free up space there or lower outbox.min_free_disk`;
+    } else if (this.#full()) {
+      reason = "full";
+      detail = `${this.#events} events and ${mib(this.#bytes)} stored, outbox.max_events is ${this.#limits.max_events} and outbox.max_bytes ${mib(this.#limits.max_bytes)} (when_full: block); events are stored again as destinations accept them`;
+    }
+    const was = this.#refusing;
+    if (reason === undefined) {
+      if (was) {
+        this.#refusing = undefined;
+        this.#metrics.outboxRefusing.set({ reason: was.reason }, 0);
+        this.#log.info(
+          { reason: was.reason, refusedMs: this.#clock.now() - was.since },
+          `outbox accepts new events again (${was.reason} is over after ${Math.round((this.#clock.now() - was.since) / 1000)} s); held readings are being committed`,
+        );
+      }
+      return undefined;
+    }
+    if (was?.reason === reason) {
+      was.detail = detail;
+      return was;
+    }
+    if (was) this.#metrics.outboxRefusing.set({ reason: was.reason }, 0);
+    const refusal: Refusal = { reason, since: this.#clock.now(), detail };
+    this.#refusing = refusal;
+    this.#metrics.outboxRefusing.set({ reason }, 1);
+    this.#log.warn(
+      { reason, code: reason === "disk_floor" ? "EDGEHOOK_DISK_FLOOR" : "EDGEHOOK_OUTBOX_FULL" },
+      `outbox refuses new events (${reason}): ${detail}. Nothing is dropped meanwhile: MQTT messages stay unacknowledged at the broker, serial readings are held (up to a bound, then dropped and counted), and rule state is not advanced; all of it is committed once there is room`,
+    );
+    return refusal;
+  }
+
+  /** Free bytes on the data directory's filesystem, read at most once a second. */
+  #freeDisk(): number | undefined {
     const mono = this.#clock.monotonic();
-    if (mono - this.#diskCheckedAt < DISK_CHECK_MS) return !this.#diskLow;
+    if (mono - this.#diskCheckedAt < DISK_CHECK_MS) return this.#diskFree;
     this.#diskCheckedAt = mono;
-    let free: number;
     try {
       const st = statfsSync(dirname(this.#file));
-      free = Number(st.bavail) * Number(st.bsize);
+      this.#diskFree = Number(st.bavail) * Number(st.bsize);
     } catch {
-      return !this.#diskLow; // cannot tell: keep the last answer
+      // Cannot tell: keep the last answer.
     }
-    const low = free < this.#limits.min_free_disk;
-    if (low !== this.#diskLow) {
-      this.#diskLow = low;
-      if (low) {
-        this.#log.warn(
-          { freeBytes: free, minFreeDisk: this.#limits.min_free_disk, code: "EDGEHOOK_DISK_FLOOR" },
-          `free disk space under outbox.min_free_disk: new events are refused (rule state is still saved) until space is freed; free up ${dirname(this.#file)} or lower outbox.min_free_disk`,
-        );
-      } else {
-        this.#log.info({ freeBytes: free }, "free disk space back above outbox.min_free_disk: accepting events again");
-      }
+    return this.#diskFree;
+  }
+
+  /**
+   * when_full: block and full, even after pruning delivered and dead rows. Full starts
+   * at a limit and ends only below FULL_RESUME of both (hysteresis), so a steady overload
+   * alternates in long stretches instead of refusing and accepting every other commit.
+   */
+  #full(): boolean {
+    if (this.#limits.when_full !== "block") return false;
+    this.#syncCounters();
+    const wasFull = this.#refusing?.reason === "full";
+    const fraction = wasFull ? FULL_RESUME : 1;
+    const full = () =>
+      wasFull
+        ? this.#events > this.#limits.max_events * fraction || this.#bytes > this.#limits.max_bytes * fraction
+        : this.#events >= this.#limits.max_events || this.#bytes >= this.#limits.max_bytes;
+    if (!full()) return false;
+    const mono = this.#clock.monotonic();
+    let settled = 0;
+    for (const c of this.#counts.values()) settled += c[DELIVERED] + c[DEAD];
+    if (settled > 0 && mono - this.#roomCheckedAt >= DISK_CHECK_MS) {
+      this.#roomCheckedAt = mono;
+      this.#write((delta) => this.#enforceLimits(delta, FULL_RESUME));
     }
-    return !low;
+    return full();
   }
 
   /** Every drop is counted (metric) and goes into the next log summary (invariant 7). */
@@ -1281,4 +1412,9 @@ function dropAdvice(reason: string, limits: OutboxLimits): string {
     default:
       return `${reason}: the outbox was full (max_events=${limits.max_events}, max_bytes=${limits.max_bytes}) and pending deliveries were dropped, lowest priority and oldest first; receivers are not keeping up or are unreachable: fix the destination, or raise outbox.${reason}`;
   }
+}
+
+/** Bytes as MiB with one decimal, for log lines. */
+function mib(bytes: number): string {
+  return `${(bytes / 1048576).toFixed(1)} MiB`;
 }

@@ -237,7 +237,7 @@ describe("MqttSource", () => {
   });
 
   it.each([1, 2] as const)(
-    "does not acknowledge QoS %i until the sink resolved: a rejected commit is redelivered after reconnect",
+    "does not acknowledge QoS %i until the sink resolved: a rejected commit is kept and offered again",
     async (qos) => {
       const config = mqttConfig(broker.url, {
         client_id: `reject-${qos}`,
@@ -262,6 +262,56 @@ describe("MqttSource", () => {
       expect(src.state().status).toBe("up");
     },
   );
+
+  it("while commits are refused: holds the batch unacknowledged, reads nothing more, keeps the connection past the keepalive, then stores all in order", async () => {
+    const config = mqttConfig(broker.url, {
+      client_id: "refused",
+      keepalive: "1s",
+      subscriptions: [{ topic: "full/+", metric: "v", format: "number", qos: 1 }],
+    });
+    const sink = new Collect();
+    let refusing = false;
+    let refusals = 0;
+    const offered: number[][] = [];
+    sink.behaviour = async (r) => {
+      if (!refusing) return;
+      refusals++;
+      offered.push(r.map((x) => x.value as number));
+      throw Object.assign(new Error("outbox refuses new events (disk_floor)"), { code: "EDGEHOOK_DISK_FLOOR" });
+    };
+    const logs: Record<string, unknown>[] = [];
+    const src = new MqttSource({
+      config,
+      agentId: "t1",
+      sink: sink.sink,
+      logger: createLogger("info", { write: (line: string) => logs.push(JSON.parse(line)) }),
+      metrics: new Metrics(),
+      clock: systemClock,
+    });
+    sources.push(src);
+    await src.start();
+    const pub = await publisher(broker.url);
+    clients.push(pub);
+    await ready(src, sink, pub, "full/probe", "0");
+    sink.readings = [];
+    refusing = true;
+    for (let i = 1; i <= 200; i++) await pub.publishAsync("full/a", String(i), { qos: 1 });
+    const refusedAt = Date.now();
+    await waitUntil(() => refusals >= 3, "the held batch offered again", 10_000);
+    // The held batch is offered again as it was: nothing newer was read meanwhile.
+    expect(offered.at(-1)).toEqual(offered[0]);
+    expect(src.state().held).toBeGreaterThan(0);
+    // Held for over 1.5 × keepalive without reading the socket: the connection stays.
+    await waitUntil(() => Date.now() - refusedAt > 2_500, "1.5 × keepalive to pass", 10_000);
+    refusing = false;
+    await sink.waitFor((r) => r.length === 200, "every reading stored", 15_000);
+    expect(sink.readings.map((x) => x.value)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    expect(src.state()).toMatchObject({ status: "up" });
+    expect(src.state().held).toBeUndefined();
+    expect(logs.filter((l) => l.msg === "MQTT connection lost; reconnecting")).toEqual([]);
+    expect(logs.filter((l) => String(l.msg).startsWith("outbox refuses new readings: holding"))).toHaveLength(1);
+    expect(logs.some((l) => String(l.msg).startsWith("stored the"))).toBe(true);
+  });
 
   it.each([1, 2] as const)(
     "a QoS %i message whose commit never finished is redelivered to the next process (SIGKILL)",

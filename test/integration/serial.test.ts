@@ -1,6 +1,7 @@
 /**
  * SerialSource on real pseudo-terminals from socat: line formats, unplug/replug
- * without restarting the source, and a corpus of bad input between good lines.
+ * without restarting the source, a corpus of bad input between good lines, and
+ * refused commits (held, offered again, bounded with counted drops).
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { type Clock, systemClock } from "../../src/clock.js";
@@ -8,8 +9,9 @@ import { configSchema } from "../../src/config/schema.js";
 import { createLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import type { Reading } from "../../src/sources/reading.js";
-import { SerialSource } from "../../src/sources/serial.js";
+import { MAX_HELD, SerialSource } from "../../src/sources/serial.js";
 import { SocatPty } from "../support/socat.js";
+import { waitUntil } from "../support/wait.js";
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -212,18 +214,55 @@ describe("SerialSource", () => {
     expect(r.sinkCalls).toBeLessThan(n / 10);
   });
 
-  it("goes on after a failed commit, saying how many readings were lost", async () => {
+  it("keeps the readings of a failed commit and offers them again, in order, before newer lines", async () => {
     const r = await rig({});
     await r.waitFor(() => r.src.state().status === "up", "port open");
+    let failures = 0;
     r.sinkBehaviour = async (batch) => {
-      if (batch.some((x) => x.value === 1)) throw new Error("disk full");
+      if (batch.some((x) => x.value === 1) && failures < 2) {
+        failures++;
+        throw Object.assign(new Error("outbox refuses new events (disk_floor)"), { code: "EDGEHOOK_DISK_FLOOR" });
+      }
     };
     await r.pty.write("a=1\n");
-    await r.waitFor(() => r.logs.some((l) => l.msg === "could not commit serial readings"), "the failure logged");
+    await r.waitFor(() => failures === 1, "the first refusal");
+    expect(r.src.state().held).toBe(1);
     await r.pty.write("a=2\n");
-    await r.waitFor(() => r.readings.length === 1, "next reading");
-    expect(r.readings[0]!.value).toBe(2);
-    expect(r.logs.find((l) => l.msg === "could not commit serial readings")!.lost).toBe(1);
+    await r.waitFor(() => r.readings.length === 2, "both readings stored");
+    expect(r.readings.map((x) => x.value)).toEqual([1, 2]);
+    expect(failures).toBe(2);
+    expect(r.src.state().held).toBeUndefined();
+    const warned = r.logs.filter((l) => String(l.msg).startsWith("outbox refuses new readings: holding"));
+    expect(warned).toHaveLength(1); // once per episode, not per retry
+    expect(r.logs.some((l) => String(l.msg).startsWith("stored 2 held serial readings"))).toBe(true);
+  });
+
+  it("while refused, holds at most MAX_HELD readings: the oldest beyond are dropped, counted and reported", async () => {
+    const r = await rig({});
+    await r.waitFor(() => r.src.state().status === "up", "port open");
+    let refusing = true;
+    r.sinkBehaviour = async () => {
+      if (refusing)
+        throw Object.assign(new Error("outbox refuses new events (full)"), { code: "EDGEHOOK_OUTBOX_FULL" });
+    };
+    const total = MAX_HELD + 250;
+    for (let i = 0; i < total; i += 500) {
+      await r.pty.write(Array.from({ length: Math.min(500, total - i) }, (_, j) => `i=${i + j}\n`).join(""));
+    }
+    const dropped = () =>
+      metric(r.metrics, "edgehook_readings_dropped_total", { source: "serial:dev", reason: "held_overflow" });
+    await waitUntil(async () => (await dropped()) === total - MAX_HELD, "every overflow counted", 10_000);
+    expect(r.src.state().held).toBe(MAX_HELD);
+    await r.waitFor(
+      () => r.logs.some((l) => l.code === "EDGEHOOK_READINGS_DROPPED"),
+      "the first drop reported at once",
+    );
+    refusing = false;
+    await r.waitFor(() => r.readings.length === MAX_HELD, "the held readings stored", 15_000);
+    // The newest were kept, in order.
+    expect(r.readings.map((x) => x.value)).toEqual(Array.from({ length: MAX_HELD }, (_, i) => total - MAX_HELD + i));
+    const reported = r.logs.filter((l) => l.code === "EDGEHOOK_READINGS_DROPPED");
+    expect(reported.reduce((n, l) => n + (l.dropped as number), 0)).toBe(total - MAX_HELD);
   });
 
   it("writes the poll command while open", async () => {

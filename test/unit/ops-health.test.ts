@@ -68,6 +68,12 @@ describe("evaluateHealth", () => {
       200,
       ["source onewire is down: no probe gives a reading"],
     ],
+    [
+      { outbox: { ...base.outbox, refusing: "disk_floor" as const }, refusalDetail: "1.0 MiB free" },
+      "degraded",
+      200,
+      ["outbox refuses new events (disk_floor), sources hold their readings: 1.0 MiB free"],
+    ],
   ])("%j → %s", (over, status, http, problems) => {
     const report = evaluateHealth({ ...base, ...over });
     expect(report.status).toBe(status);

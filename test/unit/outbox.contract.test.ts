@@ -512,17 +512,63 @@ describe("limits", () => {
     expect(statsCounts(o)).toEqual({ "ops/pending": 2, "ops/dead": 1 });
   });
 
-  it("disk floor refuses new events but keeps rule states", async () => {
+  it("disk floor refuses the whole batch: no event, no rule state, no message key (never half done)", async () => {
     const o = makeOutbox({ min_free_disk: Number.MAX_SAFE_INTEGER });
-    const res = await commit(
-      o,
-      [ev("r:s:m", { destinations: ["a", "b"] })],
-      [{ rule: "r", series: "r:s:m", version: "1", state: "firing" }],
-    );
-    expect(res).toEqual({ accepted: 0, dropped: { disk_floor: 2 } });
+    expect(o.refusal()).toMatchObject({ reason: "disk_floor" });
+    const p = o.commit({
+      ...batch(
+        [ev("r:s:m", { destinations: ["a", "b"] })],
+        [{ rule: "r", series: "r:s:m", version: "1", state: "firing" }],
+      ),
+      messageKeys: ["mqtt:1:t:x"],
+    });
+    clock.advance(2);
+    await expect(p).rejects.toMatchObject({ code: "EDGEHOOK_DISK_FLOOR", refusal: { reason: "disk_floor" } });
     expect(o.stats()).toEqual([]);
-    expect(o.loadStates()).toHaveLength(1);
-    expect(await dropCount("disk_floor")).toBe(2);
+    expect(o.loadStates()).toEqual([]);
+    expect(o.hasMessage("mqtt:1:t:x")).toBe(false);
+    expect(await dropCount("disk_floor")).toBe(0); // refused, not dropped: the source still has it
+  });
+
+  it("when_full: block refuses new batches at the limit and never drops a pending delivery", async () => {
+    const o = makeOutbox({ max_events: 4, when_full: "block" });
+    await commit(o, [ev("a:s:m"), ev("a:s:m"), ev("a:s:m")]);
+    expect(o.refusal()).toBeUndefined();
+    // Under the limit a whole group goes in, even if it passes it (by at most one group).
+    expect((await commit(o, [ev("b:s:m"), ev("b:s:m")])).accepted).toBe(2);
+    expect(o.refusal()).toMatchObject({ reason: "full" });
+    const refused = o.commit(batch([ev("c:s:m")], [{ rule: "c", series: "c:s:m", version: "1", state: "firing" }]));
+    clock.advance(2);
+    await expect(refused).rejects.toMatchObject({ code: "EDGEHOOK_OUTBOX_FULL" });
+    expect(o.loadStates()).toEqual([]);
+    expect(o.totals()).toMatchObject({ events: 5, pending: 5 });
+    expect(await dropCount("max_events")).toBe(0);
+    o.maintain(); // maintenance drops nothing either
+    expect(o.totals()).toMatchObject({ events: 5, pending: 5 });
+
+    // Deliveries settle: delivered rows are pruned to make room, and batches are stored again.
+    const two = o.next("ops", clock.now(), 1, new Set());
+    o.settle(two.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: attempt(200) })));
+    const one = o.next("ops", clock.now(), 1, new Set());
+    o.settle(one.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: attempt(200) })));
+    clock.advance(1000); // past the cached answer
+    expect(o.refusal()).toBeUndefined();
+    expect(o.totals().events).toBeLessThan(4);
+    expect((await commit(o, [ev("c:s:m")])).accepted).toBe(1);
+    expect(await dropCount("max_events")).toBe(0);
+  });
+
+  it("rejects a batch whose valid() says it is stale, storing nothing of it, and commits the rest", async () => {
+    const o = makeOutbox();
+    const stale = o.commit(batch([ev("a:s:m")], [{ rule: "a", series: "a:s:m", version: "1", state: 1 }]), {
+      valid: () => false,
+    });
+    const fresh = o.commit(batch([ev("b:s:m")]), { valid: () => true });
+    clock.advance(2);
+    await expect(stale).rejects.toMatchObject({ code: "EDGEHOOK_STALE_BATCH" });
+    expect((await fresh).accepted).toBe(1);
+    expect(o.loadStates()).toEqual([]);
+    expect(o.totals().events).toBe(1);
   });
 
   it("max_age expires old pending deliveries (destination override first) and promotes the next head", async () => {

@@ -222,15 +222,18 @@ describe("operator log lines", () => {
   it("warns once when the disk floor is reached, not on every refused commit", async () => {
     const { lines, clock, outbox } = setup({ min_free_disk: Number.MAX_SAFE_INTEGER });
     for (let i = 0; i < 3; i++) {
-      const r = await outbox.commit({ events: [ev(clock)], states: [], removedStates: [] });
-      expect(r.accepted).toBe(0);
+      await expect(outbox.commit({ events: [ev(clock)], states: [], removedStates: [] })).rejects.toMatchObject({
+        code: "EDGEHOOK_DISK_FLOOR",
+      });
       clock.advance(5000); // past the cached free-space reading
     }
     outbox.close();
     await settle();
-    const warns = lines.filter((l) => l.level === "warn" && l.code !== "EDGEHOOK_OUTBOX_DROPPED");
+    const warns = lines.filter((l) => l.level === "warn");
     expect(warns).toHaveLength(1);
-    expect(warns[0]).toMatchObject({ code: "EDGEHOOK_DISK_FLOOR" });
-    expect(String(warns[0]?.msg)).toMatch(/new events are refused.*free up/);
+    expect(warns[0]).toMatchObject({ code: "EDGEHOOK_DISK_FLOOR", reason: "disk_floor" });
+    expect(String(warns[0]?.msg)).toMatch(
+      /outbox refuses new events \(disk_floor\): .* free on .*free up space there or lower outbox\.min_free_disk\. Nothing is dropped meanwhile: MQTT messages stay unacknowledged/,
+    );
   });
 });
