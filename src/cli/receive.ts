@@ -17,9 +17,11 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { AddressInfo } from "node:net";
 import { parseArgs } from "node:util";
 import { gunzipSync } from "node:zlib";
+import { parseDuration } from "../config/units.js";
 import { generateSigningKey, parsePublicKey } from "../delivery/sign-v1a.js";
 import { type VerifyResult, verifyWebhook } from "../delivery/verify.js";
 import { ExitCode } from "../errors.js";
+import { safe, safeLines } from "./safe-text.js";
 
 export interface ReceivedWebhook {
   /** Epoch ms when it arrived. */
@@ -34,6 +36,8 @@ export interface ReceivedWebhook {
   /** The body after removing content-encoding (what was signed). */
   body: Buffer;
   json: unknown;
+  /** When this webhook-id was first seen, if it is a repeat. */
+  repeatOf?: number;
 }
 
 export interface ReceiverOptions {
@@ -46,7 +50,13 @@ export interface ReceiverOptions {
   /** Status for verified (or, with no keys, every) webhook. Default 200. */
   status?: number;
   verbose?: boolean;
+  /** Accepted distance of webhook-timestamp from now, either side (default 300 s). */
   toleranceSec?: number;
+  /**
+   * How many recent webhooks `received` keeps, bodies included (default 0: none; a
+   * receiver left running holds nothing after printing).
+   */
+  keep?: number;
   out: (line: string) => void;
   /** Called after each webhook is answered. */
   onWebhook?: (w: ReceivedWebhook) => void;
@@ -57,11 +67,14 @@ export interface ReceiverOptions {
 export interface RunningReceiver {
   port: number;
   url: string;
+  /** The last `keep` webhooks (see ReceiverOptions.keep). */
   received: ReceivedWebhook[];
   stop(): Promise<void>;
 }
 
 const MAX_BODY = 10 * 1024 * 1024;
+/** webhook-ids remembered to mark repeats (a redelivery, a replay). */
+const REPLAY_CACHE = 10_000;
 
 const list = (v: string | readonly string[] | undefined): string[] =>
   v === undefined ? [] : typeof v === "string" ? [v] : [...v];
@@ -118,6 +131,22 @@ function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
   });
 }
 
+function isoSeconds(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** Why a present webhook-timestamp is refused, or undefined when it is absent or within tolerance. */
+function staleTimestamp(headers: IncomingHttpHeaders, at: number, toleranceSec: number): string | undefined {
+  const raw = headers["webhook-timestamp"];
+  if (raw === undefined) return undefined;
+  const ts = String(raw);
+  if (!/^\d+$/.test(ts)) return "webhook-timestamp is not epoch seconds";
+  const delta = Number(ts) - Math.floor(at / 1000);
+  if (delta < -toleranceSec) return `timestamp too old (${-delta}s, tolerance ${toleranceSec}s)`;
+  if (delta > toleranceSec) return `timestamp in the future (${delta}s, tolerance ${toleranceSec}s)`;
+  return undefined;
+}
+
 export async function startReceiver(options: ReceiverOptions): Promise<RunningReceiver> {
   const secrets = list(options.secret);
   const publicKeys = list(options.publicKey).map((k) => parsePublicKey(k));
@@ -126,6 +155,10 @@ export async function startReceiver(options: ReceiverOptions): Promise<RunningRe
   const now = options.now ?? (() => Date.now());
   const out = options.out;
   const received: ReceivedWebhook[] = [];
+  const keep = options.keep ?? 0;
+  const toleranceSec = options.toleranceSec ?? 300;
+  /** webhook-id → when first seen; insertion order is age order. */
+  const seen = new Map<string, number>();
 
   const server: Server = createServer((req, res) => {
     void (async () => {
@@ -158,30 +191,51 @@ export async function startReceiver(options: ReceiverOptions): Promise<RunningRe
       }
       const at = now();
       const verification: VerifyResult = hasKeys
-        ? verifyWebhook({ secrets, publicKeys }, req.headers, body, {
-            toleranceSec: options.toleranceSec ?? 300,
-            nowSec: Math.floor(at / 1000),
-          })
+        ? verifyWebhook({ secrets, publicKeys }, req.headers, body, { toleranceSec, nowSec: Math.floor(at / 1000) })
         : { ok: false, reason: "no key given" };
-      const status = verification.ok || !hasKeys ? okStatus : 401;
+      // Without keys the timestamp is still checked when there is one (a replayed old request).
+      const stale = hasKeys ? undefined : staleTimestamp(req.headers, at, toleranceSec);
+      const status = stale ? 400 : verification.ok || !hasKeys ? okStatus : 401;
       const { type, summary } = summarize(json, body);
       const id = String(req.headers["webhook-id"] ?? "-");
-      received.push({ at, id, type, summary, verification, status, headers: req.headers, body, json });
-      const verdict = verification.ok
-        ? `verified ${verification.scheme}`
-        : hasKeys
-          ? `INVALID signature: ${verification.reason}`
-          : "not verified (no --secret or --public-key)";
-      const time = new Date(at).toISOString().replace(/\.\d{3}Z$/, "Z");
-      out(`${time} ${id} ${type} ${summary} ${verdict} → ${status}`);
+      const first = id === "-" ? undefined : seen.get(id);
+      if (id !== "-" && first === undefined) {
+        seen.set(id, at);
+        if (seen.size > REPLAY_CACHE) seen.delete(seen.keys().next().value as string);
+      }
+      const webhook: ReceivedWebhook = {
+        at,
+        id,
+        type,
+        summary,
+        verification,
+        status,
+        headers: req.headers,
+        body,
+        json,
+      };
+      if (first !== undefined) webhook.repeatOf = first;
+      if (keep > 0) {
+        received.push(webhook);
+        if (received.length > keep) received.shift();
+      }
+      const verdict = stale
+        ? `REJECTED: ${stale}`
+        : verification.ok
+          ? `verified ${verification.scheme}`
+          : hasKeys
+            ? `INVALID signature: ${verification.reason}`
+            : "not verified (no --secret or --public-key)";
+      const repeat = first === undefined ? "" : ` REPEAT (webhook-id first seen ${isoSeconds(first)})`;
+      out(`${isoSeconds(at)} ${safe(id)} ${safe(type)} ${safe(summary)} ${verdict}${repeat} → ${status}`);
       if (options.verbose) {
         const text = json === undefined ? body.toString("utf8") : JSON.stringify(json, null, 2);
-        for (const line of text.split("\n")) out(`  ${line}`);
+        for (const line of safeLines(text)) out(`  ${line}`);
       }
       res
         .writeHead(status, { "content-type": "text/plain" })
-        .end(verification.ok || !hasKeys ? "ok\n" : "invalid signature\n");
-      options.onWebhook?.(received[received.length - 1] as ReceivedWebhook);
+        .end(stale ? `${stale}\n` : verification.ok || !hasKeys ? "ok\n" : "invalid signature\n");
+      options.onWebhook?.(webhook);
     })();
   });
 
@@ -214,7 +268,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<RunningRe
 }
 
 const RECEIVE_USAGE = `usage: edgehook receive [--port 9781] [--host 127.0.0.1] [--secret whsec_...]... [--public-key whpk_...]...
-                       [--status 200] [--count N] [--verbose]`;
+                       [--status 200] [--count N] [--tolerance 5m] [--verbose]`;
 
 /**
  * Runs the receiver until `signal` aborts (main.ts wires SIGINT/SIGTERM) or `--count`
@@ -236,6 +290,7 @@ export async function receiveCommand(
         "public-key": { type: "string", multiple: true },
         status: { type: "string", default: "200" },
         count: { type: "string" },
+        tolerance: { type: "string", default: "5m" },
         verbose: { type: "boolean", short: "v", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -267,6 +322,10 @@ export async function receiveCommand(
   if (count !== undefined && (!Number.isInteger(count) || count < 1)) {
     return usage(`--count must be a positive whole number (is '${values.count}')`);
   }
+  const toleranceMs = parseDuration(values.tolerance as string);
+  if (toleranceMs === undefined || toleranceMs < 1000) {
+    return usage(`--tolerance must be a duration of at least 1s, like 5m (is '${values.tolerance}')`);
+  }
   const secrets = (values.secret as string[] | undefined) ?? [];
   for (const s of secrets) {
     if (!/^whsec_[A-Za-z0-9+/=]+$/.test(s)) return usage("--secret must be whsec_ followed by base64");
@@ -295,6 +354,7 @@ export async function receiveCommand(
       publicKey: publicKeys,
       status,
       verbose: values.verbose as boolean,
+      toleranceSec: Math.floor(toleranceMs / 1000),
       out,
       onWebhook: () => {
         if (count !== undefined && ++seen >= count) done();

@@ -16,7 +16,7 @@ const lines: string[] = [];
 let receiver: RunningReceiver;
 
 beforeAll(async () => {
-  receiver = await startReceiver({ port: 0, secret, publicKey: pair.publicKey, out: (l) => lines.push(l) });
+  receiver = await startReceiver({ port: 0, secret, publicKey: pair.publicKey, keep: 100, out: (l) => lines.push(l) });
 });
 afterAll(async () => {
   await receiver.stop();

@@ -2,12 +2,16 @@
  * `edgehook receive` against real HTTP POSTs on 127.0.0.1, signed by the
  * `standardwebhooks` package (not by edgehook's own code) for v1.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { Webhook } from "standardwebhooks";
 import { afterEach, describe, expect, it } from "vitest";
 import { keygenCommand, type RunningReceiver, receiveCommand, startReceiver } from "../../src/cli/receive.js";
 import { generateSigningKey, signV1a } from "../../src/delivery/sign-v1a.js";
+import { BIN } from "../support/agent-process.js";
+import { track } from "../support/children.js";
 
 const secret = `whsec_${randomBytes(24).toString("base64")}`;
 const body = JSON.stringify({
@@ -43,7 +47,7 @@ afterEach(async () => {
 describe("startReceiver", () => {
   it("verifies a valid webhook, prints one line, answers --status", async () => {
     const lines: string[] = [];
-    running = await startReceiver({ port: 0, secret, status: 202, out: (l) => lines.push(l) });
+    running = await startReceiver({ port: 0, secret, status: 202, keep: 10, out: (l) => lines.push(l) });
     expect(running.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
     const res = await fetch(running.url, { method: "POST", headers: signed(body), body });
     expect(res.status).toBe(202);
@@ -56,7 +60,7 @@ describe("startReceiver", () => {
 
   it("a tampered body, a wrong secret or an old timestamp is INVALID and answered 401", async () => {
     const lines: string[] = [];
-    running = await startReceiver({ port: 0, secret, out: (l) => lines.push(l) });
+    running = await startReceiver({ port: 0, secret, keep: 10, out: (l) => lines.push(l) });
     const tampered = body.replace("81.456", "21.0");
     const r1 = await fetch(running.url, { method: "POST", headers: signed(body), body: tampered });
     const other = new Webhook(`whsec_${randomBytes(24).toString("base64")}`);
@@ -69,9 +73,9 @@ describe("startReceiver", () => {
     const r4 = await fetch(running.url, { method: "POST", headers: unsigned, body });
     expect([r1.status, r2.status, r3.status, r4.status]).toEqual([401, 401, 401, 401]);
     expect(lines[0]).toMatch(/boiler\/temp=21 .*INVALID signature: no signature matches → 401$/);
-    expect(lines[1]).toMatch(/INVALID signature: no signature matches → 401$/);
+    expect(lines[1]).toMatch(/INVALID signature: no signature matches REPEAT \(webhook-id first seen .*\) → 401$/);
     expect(lines[2]).toMatch(/msg_old .*INVALID signature: timestamp too old \(60\ds\) → 401$/);
-    expect(lines[3]).toMatch(/INVALID signature: missing webhook-signature → 401$/);
+    expect(lines[3]).toMatch(/INVALID signature: missing webhook-signature REPEAT \(.*\) → 401$/);
     expect(running.received.every((r) => !r.verification.ok)).toBe(true);
   });
 
@@ -106,6 +110,100 @@ describe("startReceiver", () => {
       / - - "CRITICAL: boiler \\"hot\\"\\nnow" not verified \(no --secret or --public-key\) → 200$/,
     );
     expect(lines.slice(1)).toEqual(["  {", '    "text": "CRITICAL: boiler \\"hot\\"\\nnow"', "  }"]);
+  });
+});
+
+describe("receive, left running", () => {
+  it("marks a repeated webhook-id (a redelivery or a replay) and still answers it", async () => {
+    const lines: string[] = [];
+    running = await startReceiver({ port: 0, secret, out: (l) => lines.push(l) });
+    for (const id of ["msg_a", "msg_b", "msg_a"]) {
+      const res = await fetch(running.url, { method: "POST", headers: signed(body, id), body });
+      expect(res.status).toBe(200);
+    }
+    expect(lines[0]).not.toContain("REPEAT");
+    expect(lines[1]).not.toContain("REPEAT");
+    expect(lines[2]).toMatch(/ msg_a .*verified v1 REPEAT \(webhook-id first seen \d{4}-\d\d-\d\dT[\d:]+Z\) → 200$/);
+    // It keeps nothing unless asked to.
+    expect(running.received).toEqual([]);
+  });
+
+  it("without keys, refuses a timestamp outside its tolerance (400); --tolerance widens it", async () => {
+    const lines: string[] = [];
+    running = await startReceiver({ port: 0, out: (l) => lines.push(l) });
+    const at = (offsetS: number) => ({
+      "webhook-id": `msg_${offsetS}`,
+      "webhook-timestamp": String(Math.floor(Date.now() / 1000) + offsetS),
+    });
+    const statuses = [];
+    for (const off of [0, -600, 600]) {
+      statuses.push((await fetch(running.url, { method: "POST", headers: at(off), body })).status);
+    }
+    // No webhook-timestamp at all (a preset such as Slack's): nothing to check.
+    statuses.push((await fetch(running.url, { method: "POST", body })).status);
+    expect(statuses).toEqual([200, 400, 400, 200]);
+    expect(lines[1]).toMatch(/REJECTED: timestamp too old \(60\ds, tolerance 300s\) → 400$/);
+    expect(lines[2]).toMatch(/REJECTED: timestamp in the future \(600s, tolerance 300s\) → 400$/);
+    await running.stop();
+
+    const wide: string[] = [];
+    let url = "";
+    const ac = new AbortController();
+    const done = receiveCommand(
+      ["--port", "0", "--tolerance", "1h"],
+      (l) => {
+        wide.push(l);
+        url = /listening on (\S+)/.exec(l)?.[1] ?? url;
+      },
+      ac.signal,
+    );
+    await expect.poll(() => url, { timeout: 5000 }).not.toBe("");
+    expect((await fetch(url, { method: "POST", headers: at(-600), body })).status).toBe(200);
+    ac.abort();
+    await done;
+    running = undefined;
+  });
+
+  it("prints payload text with control characters escaped: a sensor name cannot clear the screen or fake a line", async () => {
+    const lines: string[] = [];
+    running = await startReceiver({ port: 0, verbose: true, out: (l) => lines.push(l) });
+    const evil = JSON.stringify({
+      type: "alert.firing",
+      data: { sensor: "x\u001b[2J\nFAKE ROW", metric: "t", value: 1 },
+    });
+    await fetch(running.url, { method: "POST", headers: { "webhook-id": "msg_evil" }, body: evil });
+    const text = lines.join("\n");
+    expect(text).not.toMatch(/[\u0000-\u0008\u000b-\u001f]/);
+    expect(lines[0]).toContain("x\\e[2J\\nFAKE ROW/t=1");
+    expect(lines.some((l) => l.startsWith("FAKE ROW"))).toBe(false);
+  });
+
+  it("holds no request bodies: memory stays flat under 30 requests of 9 MB", async () => {
+    const proc = spawn(process.execPath, [BIN, "receive", "--port", "0"], { stdio: ["ignore", "pipe", "pipe"] });
+    track(proc);
+    try {
+      let out = "";
+      proc.stdout.on("data", (d: Buffer) => {
+        out += d.toString();
+      });
+      await expect.poll(() => /listening on (\S+)/.exec(out)?.[1], { timeout: 10_000 }).toBeTruthy();
+      const url = /listening on (\S+)/.exec(out)?.[1] as string;
+      const big = JSON.stringify({ type: "reading", data: { blob: "x".repeat(9 * 1024 * 1024) } });
+      const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${proc.pid}/status`, "utf8"))?.[1]) / 1024;
+      const samples: number[] = [];
+      for (let i = 0; i < 30; i++) {
+        const res = await fetch(url, { method: "POST", headers: { "webhook-id": `msg_${i}` }, body: big });
+        expect(res.status).toBe(200);
+        samples.push(rss());
+      }
+      expect(out.match(/ msg_\d+ reading /g)).toHaveLength(30);
+      // Holding the bodies would be 270 MB and growing; what is left is a few requests' worth.
+      const first5 = Math.max(...samples.slice(0, 5));
+      const last5 = Math.max(...samples.slice(-5));
+      expect(last5, `RSS MB per request: ${samples.map((x) => x.toFixed(0)).join(" ")}`).toBeLessThan(first5 + 60);
+    } finally {
+      proc.kill("SIGKILL");
+    }
   });
 });
 
