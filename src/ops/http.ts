@@ -201,14 +201,12 @@ export class HttpServer {
     return send(res, 200, this.#metrics.registry.contentType, text);
   }
 
-  /** `ok`; `no-token` (another host, no token configured); `denied` (a token is configured, not given). */
-  #access(req: IncomingMessage, url: URL): "ok" | "no-token" | "denied" {
-    if (isLoopback(req.socket.remoteAddress ?? "")) return "ok";
-    const want = this.#tokenHash;
-    if (want === undefined) return "no-token";
-    const given = bearer(req) ?? url.searchParams.get("token") ?? cookie(req, "edgehook_token");
-    if (given === undefined || given === null) return "denied";
-    return timingSafeEqual(sha256(given), want) ? "ok" : "denied";
+  #access(req: IncomingMessage, url: URL): Access {
+    return accessOf(
+      req.socket.remoteAddress ?? "",
+      this.#tokenHash,
+      bearer(req) ?? url.searchParams.get("token") ?? cookie(req, "edgehook_token"),
+    );
   }
 
   #fail(res: ServerResponse, err: unknown): void {
@@ -223,6 +221,19 @@ export class HttpServer {
   }
 }
 
+export type Access = "ok" | "no-token" | "denied";
+
+/**
+ * Who may read: `ok`; `no-token` (another host, and no http.token is configured);
+ * `denied` (a token is configured and the request does not carry it).
+ */
+export function accessOf(remote: string, tokenHash: Buffer | undefined, given: string | null | undefined): Access {
+  if (isLoopback(remote)) return "ok";
+  if (tokenHash === undefined) return "no-token";
+  if (given === undefined || given === null) return "denied";
+  return timingSafeEqual(sha256(given), tokenHash) ? "ok" : "denied";
+}
+
 /** The page loads nothing from elsewhere and cannot be framed. */
 const PAGE_HEADERS = {
   "content-security-policy":
@@ -231,7 +242,7 @@ const PAGE_HEADERS = {
   "referrer-policy": "no-referrer",
 };
 
-function sha256(text: string): Buffer {
+export function sha256(text: string): Buffer {
   return createHash("sha256").update(text).digest();
 }
 

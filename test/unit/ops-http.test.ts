@@ -5,9 +5,10 @@ import { readFileSync } from "node:fs";
 import { afterEach, describe, expect, it } from "vitest";
 import { EdgehookError } from "../../src/errors.js";
 import { evaluateHealth, type HealthInput, type HealthReport } from "../../src/ops/health.js";
-import { HttpServer, parseListen } from "../../src/ops/http.js";
+import { accessOf, HttpServer, isLoopback, localUrl, parseListen, sha256 } from "../../src/ops/http.js";
 import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
+import type { StatusSnapshot } from "../../src/ops/status.js";
 
 function input(over: Partial<HealthInput> = {}): HealthInput {
   return {
@@ -277,6 +278,120 @@ describe("routing and binding", () => {
     server = undefined;
     expect(Date.now() - t0).toBeLessThan(1_000);
     await expect(fetch(`${base}/healthz`)).rejects.toThrow();
+  });
+});
+
+describe("the status page and /api/status", () => {
+  const snapshot: StatusSnapshot = {
+    from: "agent",
+    at: Date.now(),
+    agent: {
+      id: "pi-<1>",
+      version: "1.2.3",
+      running: true,
+      started_at: Date.now() - 60_000,
+      clock_synced: true,
+      health: "degraded",
+      problems: ["destination ops is down"],
+    },
+    sources: [{ name: "mqtt", kind: "mqtt", status: "up", since: Date.now(), readings_1m: 12, decode_errors: 1 }],
+    destinations: [
+      {
+        name: "ops",
+        state: "down",
+        since: Date.now() - 5_000,
+        pending: 7,
+        dead: 1,
+        delivered: 3,
+        oldest_pending_s: 5,
+        last_error: "connection refused",
+        configured: true,
+      },
+    ],
+    outbox: { pending: 7, dead: 1, bytes: 4096 },
+    firing: [
+      {
+        rule: "hot",
+        sensor: "<script>alert(1)</script>\u001b[2J",
+        metric: "t",
+        phase: "firing",
+        value: 31,
+        since: Date.now(),
+      },
+    ],
+    dead_letters: [],
+    recent: [],
+    history: [
+      { at: Date.now() - 30_000, pending: 2 },
+      { at: Date.now(), pending: 7 },
+    ],
+  };
+  async function serveStatus(token?: string): Promise<string> {
+    server = new HttpServer({
+      listen: "127.0.0.1:0",
+      metrics: new Metrics(),
+      health: () => evaluateHealth(input()),
+      status: async () => snapshot,
+      token,
+      logger: silentLogger(),
+    });
+    const { port } = await server.start();
+    return `http://127.0.0.1:${port}`;
+  }
+
+  it("serves the page and the JSON on loopback, with a token configured or not", async () => {
+    for (const token of [undefined, "t0k"]) {
+      const base = await serveStatus(token);
+      const api = await fetch(`${base}/api/status`);
+      expect(api.status).toBe(200);
+      expect(await api.json()).toEqual(snapshot);
+      const page = await fetch(`${base}/`);
+      expect(page.status).toBe(200);
+      expect(page.headers.get("content-type")).toBe("text/html; charset=utf-8");
+      expect(page.headers.get("content-security-policy")).toContain("default-src 'none'");
+      const html = await page.text();
+      expect(html).toContain('data-pending="ops">7<');
+      expect(html).toMatch(/class="b bad">down</);
+      // Names from payloads cannot inject markup or terminal controls.
+      expect(html).not.toContain("<script>alert(1)");
+      expect(html).toContain("&lt;script&gt;alert(1)&lt;/script&gt;\\u001b[2J");
+      expect(html).toContain("pi-&lt;1&gt;");
+      expect(html).not.toMatch(/https?:\/\/(?!127\.0\.0\.1)/);
+      await server?.stop();
+      server = undefined;
+    }
+  });
+
+  it("?token= moves the token into a cookie and out of the address bar", async () => {
+    const base = await serveStatus("t0k");
+    const res = await fetch(`${base}/?token=t0k`, { redirect: "manual" });
+    expect(res.status).toBe(303);
+    expect(res.headers.get("location")).toBe("/");
+    expect(res.headers.get("set-cookie")).toBe("edgehook_token=t0k; HttpOnly; SameSite=Strict; Path=/");
+  });
+
+  it.each([
+    ["127.0.0.1", undefined, undefined, "ok"],
+    ["127.8.9.10", "t0k", undefined, "ok"],
+    ["::1", "t0k", "wrong", "ok"],
+    ["::ffff:127.0.0.1", "t0k", undefined, "ok"],
+    ["192.0.2.7", undefined, undefined, "no-token"],
+    ["192.0.2.7", undefined, "anything", "no-token"],
+    ["192.0.2.7", "t0k", undefined, "denied"],
+    ["192.0.2.7", "t0k", "t0K", "denied"],
+    ["2001:db8::7", "t0k", "t0k", "ok"],
+    ["::ffff:192.0.2.7", "t0k", "t0k", "ok"],
+  ] as const)("a request from %s (token %s, given %s) is %s", (remote, token, given, want) => {
+    expect(accessOf(remote, token === undefined ? undefined : sha256(token), given)).toBe(want);
+  });
+
+  it("a local client reaches a wildcard listener on loopback", () => {
+    expect(localUrl("0.0.0.0:9780")).toBe("http://127.0.0.1:9780");
+    expect(localUrl("[::]:9780")).toBe("http://[::1]:9780");
+    expect(localUrl("[::1]:9780")).toBe("http://[::1]:9780");
+    expect(localUrl("9780")).toBe("http://127.0.0.1:9780");
+    expect(isLoopback("localhost")).toBe(true);
+    expect(isLoopback("10.0.0.1")).toBe(false);
   });
 });
 

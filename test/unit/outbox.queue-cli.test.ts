@@ -150,6 +150,23 @@ describe("edgehook queue", () => {
     expect(agent.totals().events).toBeLessThan(2);
   });
 
+  it("list and show escape control characters from payloads: a sensor name cannot clear the screen or fake a row", async () => {
+    agent.open();
+    const e = ev("evil\u001b[2J\nmsg_fake ops delivered");
+    e.body = { type: "alert.firing", data: { sensor: "evil\u001b[2J\u009b\u202e", note: "line\nbreak" } };
+    await agent.commit({ events: [e], states: [], removedStates: [] });
+    const list = await run("queue", "list");
+    const show = await run("queue", "show", e.id);
+    for (const r of [list, show]) {
+      expect(r.code).toBe(0);
+      expect(r.text).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
+    }
+    expect(list.text.split("\n")).toHaveLength(2);
+    expect(list.text).toContain("temp/evil\\e[2J\\nmsg_fake ops delivered/temperature");
+    expect(show.text).toContain("series    temp/evil\\e[2J\\nmsg_fake");
+    expect(show.text).toContain("\\u001b[2J\\x9b\\u202e");
+  });
+
   it("replay and show by id report not found with exit 1", async () => {
     agent.open();
     expect(await run("queue", "replay", "msg_nope")).toEqual({
