@@ -49,7 +49,7 @@ destinations:
       priority: 10,
       destinations: ["ops"],
       createdAt: now,
-      body: { type: "alert.firing", data: { value: i } },
+      body: { type: "alert.firing", timestamp: new Date(now).toISOString(), data: { value: i } },
     })),
     states: [],
     removedStates: [],

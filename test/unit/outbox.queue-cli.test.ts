@@ -13,6 +13,7 @@ import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { Outbox } from "../../src/store/outbox.js";
 import { FakeClock } from "../support/fake-clock.js";
+import { TERMINAL_CONTROL } from "../support/terminal.js";
 
 let dir: string;
 let loaded: LoadedConfig;
@@ -153,13 +154,17 @@ describe("edgehook queue", () => {
   it("list and show escape control characters from payloads: a sensor name cannot clear the screen or fake a row", async () => {
     agent.open();
     const e = ev("evil\u001b[2J\nmsg_fake ops delivered");
-    e.body = { type: "alert.firing", data: { sensor: "evil\u001b[2J\u009b\u202e", note: "line\nbreak" } };
+    e.body = {
+      type: "alert.firing",
+      timestamp: "2026-01-01T00:00:00Z",
+      data: { sensor: "evil\u001b[2J\u009b\u202e", note: "line\nbreak" },
+    };
     await agent.commit({ events: [e], states: [], removedStates: [] });
     const list = await run("queue", "list");
     const show = await run("queue", "show", e.id);
     for (const r of [list, show]) {
       expect(r.code).toBe(0);
-      expect(r.text).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
+      expect(r.text).not.toMatch(TERMINAL_CONTROL);
     }
     expect(list.text.split("\n")).toHaveLength(2);
     expect(list.text).toContain("temp/evil\\e[2J\\nmsg_fake ops delivered/temperature");
