@@ -121,46 +121,55 @@ export type MqttConfig = z.output<typeof mqtt>;
 
 // ---------------------------------------------------------------- serial
 
-const serialPort = z.strictObject({
-  /** Name used in readings (`source: serial:<name>`), logs and metrics. */
-  name: name("serial name"),
-  /** Prefer /dev/serial/by-id/... : it survives replugging into another USB port. */
-  path: z.string().min(1),
-  baud_rate: z.number().int().positive().default(9600),
-  data_bits: z.union([z.literal(5), z.literal(6), z.literal(7), z.literal(8)]).default(8),
-  parity: z.enum(["none", "even", "odd", "mark", "space"]).default("none"),
-  stop_bits: z.union([z.literal(1), z.literal(1.5), z.literal(2)]).default(1),
-  delimiter: z.string().min(1).default("\n"),
-  encoding: z.enum(["utf8", "latin1", "ascii"]).default("utf8"),
-  max_line_length: z.number().int().positive().default(4096),
-  format: z.enum(["json", "csv", "kv", "regex", "number"]).default("kv"),
-  /** csv: column names in order. */
-  columns: z.array(z.string().min(1)).optional(),
-  /** regex: a pattern with named groups (value, and optionally sensor, metric, ts). */
-  pattern: z.string().optional(),
-  /** Sensor name; a field name in braces (`{id}`) takes it from the line. Default: the port name. */
-  sensor: z.string().min(1).optional(),
-  /** Metric name for single-value formats; a field in braces takes it from the line. */
-  metric: z.string().min(1).optional(),
-  /** Field holding the value (json dot path, csv column, kv key, regex group). */
-  value: z.string().min(1).optional(),
-  /** Fields to read as metrics; default every numeric field. */
-  values: z.record(z.string(), z.string()).optional(),
-  timestamp: z.string().min(1).optional(),
-  /** IANA zone of ISO times without `Z` or an offset. Default: the agent's own zone. */
-  timezone: timeZone.optional(),
-  states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
-  poll: z
-    .strictObject({
-      /** Written to the port every `every`, e.g. "READ\n". */
-      command: z.string().min(1),
-      every: duration(),
-    })
-    .optional(),
-  reopen_max: duration().default(30_000),
-  labels: labels.default({}),
-});
+const serialPort = z
+  .strictObject({
+    /** Name used in readings (`source: serial:<name>`), logs and metrics. Default: the file name of `path`. */
+    name: name("serial name").optional(),
+    /** Prefer /dev/serial/by-id/... : it survives replugging into another USB port. */
+    path: z.string().min(1),
+    baud_rate: z.number().int().positive().default(9600),
+    data_bits: z.union([z.literal(5), z.literal(6), z.literal(7), z.literal(8)]).default(8),
+    parity: z.enum(["none", "even", "odd", "mark", "space"]).default("none"),
+    stop_bits: z.union([z.literal(1), z.literal(1.5), z.literal(2)]).default(1),
+    delimiter: z.string().min(1).default("\n"),
+    encoding: z.enum(["utf8", "latin1", "ascii"]).default("utf8"),
+    max_line_length: z.number().int().positive().default(4096),
+    format: z.enum(["json", "csv", "kv", "regex", "number"]).default("kv"),
+    /** csv: column names in order. */
+    columns: z.array(z.string().min(1)).optional(),
+    /** regex: a pattern with named groups (value, and optionally sensor, metric, ts). */
+    pattern: z.string().optional(),
+    /** Sensor name; a field name in braces (`{id}`) takes it from the line. Default: the port name. */
+    sensor: z.string().min(1).optional(),
+    /** Metric name for single-value formats; a field in braces takes it from the line. */
+    metric: z.string().min(1).optional(),
+    /** Field holding the value (json dot path, csv column, kv key, regex group). */
+    value: z.string().min(1).optional(),
+    /** Fields to read as metrics; default every numeric field. */
+    values: z.record(z.string(), z.string()).optional(),
+    timestamp: z.string().min(1).optional(),
+    /** IANA zone of ISO times without `Z` or an offset. Default: the agent's own zone. */
+    timezone: timeZone.optional(),
+    states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
+    poll: z
+      .strictObject({
+        /** Written to the port every `every`, e.g. "READ\n". */
+        command: z.string().min(1),
+        every: duration(),
+      })
+      .optional(),
+    reopen_max: duration().default(30_000),
+    labels: labels.default({}),
+  })
+  .transform((p) => ({ ...p, name: p.name ?? defaultSerialName(p.path) }));
 export type SerialPortConfig = z.output<typeof serialPort>;
+
+/** `/dev/serial/by-id/usb-Arduino_Uno_0001-if00` → `usb-Arduino_Uno_0001-if00`; `/dev/ttyUSB0` → `ttyUSB0`. */
+export function defaultSerialName(path: string): string {
+  const base = path.split("/").filter(Boolean).pop() ?? "serial";
+  const clean = base.replace(/[^A-Za-z0-9_.-]/g, "_").replace(/^[^A-Za-z0-9]+/, "");
+  return clean || "serial";
+}
 
 // ---------------------------------------------------------------- destinations
 

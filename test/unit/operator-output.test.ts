@@ -159,3 +159,38 @@ agent: { id: pi }
     expect(message).not.toContain("12345-secret-key");
   });
 });
+
+describe("a serial port's name", () => {
+  it("defaults to the file name of its path (the by-id name), and can still be given", () => {
+    const loaded = parseConfig(
+      `version: 1
+agent: { id: pi }
+serial:
+  - path: /dev/serial/by-id/usb-Arduino_Uno_0001-if00
+  - path: /dev/ttyUSB0
+  - { name: bench, path: /dev/ttyACM0 }
+  - path: "/dev/serial/by-path/platform-3f980000.usb-usb-0:1.2:1.0"
+`,
+      "agent.yaml",
+      { env: {} },
+    );
+    expect(loaded.config.serial.map((s) => s.name)).toEqual([
+      "usb-Arduino_Uno_0001-if00",
+      "ttyUSB0",
+      "bench",
+      "platform-3f980000.usb-usb-0_1.2_1.0",
+    ]);
+  });
+
+  it("two ports on the same path are still told apart by a name", () => {
+    expect(() =>
+      parseConfig(
+        `version: 1\nagent: { id: pi }\nserial:\n  - path: /dev/ttyUSB0\n  - path: /dev/ttyUSB0\n`,
+        "agent.yaml",
+        {
+          env: {},
+        },
+      ),
+    ).toThrow(/serial\.1\.name: another serial port has this name/);
+  });
+});
