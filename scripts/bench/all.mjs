@@ -20,6 +20,7 @@ const ALL = [
   ["footprint"],
   ["backlog-rss"],
   ["agent-backlog-rss", "1000000", "20", "down"],
+  ["modbus"],
 ];
 const wanted = process.argv.slice(2);
 let failed = 0;

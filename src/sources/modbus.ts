@@ -9,9 +9,11 @@
  * others are read as usual. Bad answers (CRC errors, exception responses, values out
  * of range) are counted per reason, logged at most once a minute per reason, skipped.
  *
- * The protocol client is modbus-serial, imported only when a bus is configured (it
- * loads serialport's native binding).
+ * The protocol client is modbus-serial, loaded only when a bus connects; serialport's
+ * native binding only for an RTU bus (loadModbusSerial).
  */
+import Module, { createRequire } from "node:module";
+import { sep } from "node:path";
 import type { ModbusRTU } from "modbus-serial/ModbusRTU.js";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { ModbusBusConfig } from "../config/schema.js";
@@ -229,8 +231,8 @@ export class ModbusSource implements Source {
   }
 
   async #connect(): Promise<ModbusRTU> {
-    const { default: mod } = await import("modbus-serial");
-    const client = new mod.default();
+    const Client = loadModbusSerial(this.#endpoint.transport);
+    const client = new Client();
     client.setTimeout(this.#config.timeout);
     // Until connected, failures arrive through the promise; an error event must not crash.
     client.on("error", () => {});
@@ -443,6 +445,45 @@ export class ModbusSource implements Source {
   #sleep(ms: number): Promise<void> {
     return new Promise((resolve) => this.#clock.setTimeout(resolve, ms));
   }
+}
+
+type ModbusClientClass = new () => ModbusRTU;
+let modbusSerial: ModbusClientClass | undefined;
+
+/**
+ * modbus-serial's client class, loaded on first use. A TCP bus loads it without
+ * serialport: serialport's native binding adds ~10 MiB of RSS (measured with
+ * scripts/bench/modbus.mjs) that Modbus TCP never uses, and modbus-serial 8 requires
+ * its RTU port inside a try/catch for installs without the optional serialport. Its
+ * connectRTUBuffered() requires the RTU port again when called, so an RTU bus started
+ * later in the same process loads serialport then. Should a future modbus-serial not
+ * load without it, it is loaded with it.
+ */
+function loadModbusSerial(transport: "tcp" | "rtu"): ModbusClientClass {
+  if (modbusSerial) return modbusSerial;
+  const require = createRequire(import.meta.url);
+  if (transport === "tcp") {
+    const resolver = Module as unknown as {
+      _resolveFilename: (request: string, parent: unknown, ...rest: unknown[]) => string;
+    };
+    const resolve = resolver._resolveFilename;
+    resolver._resolveFilename = function (this: unknown, request: string, parent: unknown, ...rest: unknown[]) {
+      const from = (parent as { filename?: string } | undefined)?.filename ?? "";
+      if (request === "serialport" && from.includes(`${sep}modbus-serial${sep}`)) {
+        throw Object.assign(new Error("serialport is not loaded for Modbus TCP"), { code: "MODULE_NOT_FOUND" });
+      }
+      return resolve.call(this, request, parent, ...rest);
+    };
+    try {
+      modbusSerial = require("modbus-serial") as ModbusClientClass;
+    } catch {
+      delete require.cache[require.resolve("modbus-serial")];
+    } finally {
+      resolver._resolveFilename = resolve;
+    }
+  }
+  modbusSerial ??= require("modbus-serial") as ModbusClientClass;
+  return modbusSerial;
 }
 
 /**

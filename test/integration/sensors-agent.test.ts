@@ -131,7 +131,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
     expect(agent.logs.filter((l) => l.level === "error" || l.level === "fatal")).toEqual([]);
   });
 
-  it("loads modbus-serial and serialport only when a Modbus bus is configured", async () => {
+  it("loads modbus-serial only when a Modbus bus is configured, and serialport only for an RTU bus", async () => {
     const dir = tempDir();
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     writeFileSync(join(dir, "value"), "1\n");
@@ -140,8 +140,10 @@ http: { listen: "127.0.0.1:${httpPort}" }
     const base =
       "version: 1\nagent: { id: lazy, data_dir: ./data, require_clock_sync: never }\nhttp: { listen: false }\n";
     const files = "files: [{ path: ./value, sensor: s, every: 100ms }]\n";
-    const modbus = `modbus: [{ name: m, url: "${slave.url}", every: 100ms, timeout: 50ms, devices: [{ unit_id: 1, sensor: m, registers: [{ metric: v, address: 0 }] }] }]\n`;
-    // The real agent in a fresh process, told which packages are in its module cache once every source is up.
+    const device = "devices: [{ unit_id: 1, sensor: m, registers: [{ metric: v, address: 0 }] }]";
+    const tcp = `modbus: [{ name: m, url: "${slave.url}", every: 100ms, timeout: 50ms, ${device} }]\n`;
+    const rtu = `modbus: [{ name: m, url: "${slave.url}", every: 100ms, timeout: 50ms, ${device} }, { name: r, url: "rtu://${join(dir, "no-adapter")}", ${device} }]\n`;
+    // The real agent in a fresh process, told which packages are in its module cache once every source has started.
     const probe = (yaml: string) => {
       const file = writeConfig(dir, base + yaml);
       const script = `
@@ -152,7 +154,8 @@ http: { listen: "127.0.0.1:${httpPort}" }
         const agent = new Agent({ loaded: loadConfig(${JSON.stringify(file)}), logger: silentLogger() });
         await agent.start();
         const deadline = Date.now() + 10_000;
-        while (!agent.health().sources.every((s) => s.status === "up") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        const settled = () => agent.health().sources.every((s) => s.status === "up" || s.detail?.includes("no-adapter"));
+        while (!settled() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
         const loaded = Object.keys(createRequire(import.meta.url).cache);
         const has = (pkg) => loaded.some((k) => k.includes("/node_modules/" + pkg + "/"));
         console.log(JSON.stringify({ up: agent.health().sources.map((s) => s.status), modbus: has("modbus-serial"), serialport: has("serialport") }));
@@ -166,6 +169,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
       return JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { up: string[]; modbus: boolean; serialport: boolean };
     };
     expect(probe(files)).toEqual({ up: ["up"], modbus: false, serialport: false });
-    expect(probe(files + modbus)).toEqual({ up: ["up", "up"], modbus: true, serialport: true });
+    expect(probe(files + tcp)).toEqual({ up: ["up", "up"], modbus: true, serialport: false });
+    expect(probe(files + rtu)).toEqual({ up: ["up", "down", "up"], modbus: true, serialport: true });
   });
 });
