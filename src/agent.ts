@@ -211,7 +211,12 @@ export class Agent {
         clock: this.#clock,
         baseDir: dirname(this.#loaded.file),
         // A redelivered message committed before a crash took its PUBACK is not processed twice.
-        ledger: (key) => outbox?.isOpen === true && outbox.hasMessage(key),
+        ledger: outbox && {
+          keys: () => (outbox.isOpen ? outbox.messageKeys() : []),
+          release: (keys) => outbox.isOpen && outbox.releaseMessageKeys(keys),
+          session: (scope) => (outbox.isOpen ? outbox.session(scope) : undefined),
+          rememberSession: (scope, record) => outbox.isOpen && outbox.rememberSession(scope, record),
+        },
       });
       this.#sources.push(this.#mqtt);
     }

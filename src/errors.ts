@@ -17,6 +17,10 @@ export const ErrorCodes = {
     "a serial source dropped readings it could not hold while the outbox refused them; logged as a count since the last report",
   EDGEHOOK_DESTINATION_DISABLED: "a receiver answered 410 Gone; the destination is disabled until re-enabled",
   EDGEHOOK_CLOCK_UNSYNCED: "the system clock is not synchronised; signing is held back",
+  EDGEHOOK_MQTT_SESSION_LOST:
+    "the MQTT broker no longer had edgehook's persistent session; readings published while disconnected may be lost",
+  EDGEHOOK_MQTT_BROKER_DROPPED:
+    "the MQTT broker reported dropping messages (a full queue); readings for edgehook may be among them",
   EDGEHOOK_NOT_FOUND: "the delivery or destination named on the command line does not exist",
 } as const;
 

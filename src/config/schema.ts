@@ -116,6 +116,8 @@ const mqtt = z.strictObject({
   subscriptions: z.array(subscription).default([]),
   /** Payloads larger than this are counted and skipped. */
   max_payload: size().default(65_536),
+  /** The broker's count of dropped messages, watched (QoS 0) to warn when it rises; false: not watched. */
+  broker_drops_topic: z.union([z.string().min(1), z.literal(false)]).default("$SYS/broker/publish/messages/dropped"),
 });
 export type MqttConfig = z.output<typeof mqtt>;
 

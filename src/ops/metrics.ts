@@ -150,6 +150,16 @@ export class Metrics {
     help: "1 while connected to the MQTT broker",
     registers: [this.registry],
   });
+  readonly mqttSessionsLost = new Counter({
+    name: "edgehook_mqtt_sessions_lost_total",
+    help: "Reconnects on which the MQTT broker no longer had edgehook's persistent session (readings published meanwhile may be lost)",
+    registers: [this.registry],
+  });
+  readonly mqttBrokerDropped = new Counter({
+    name: "edgehook_mqtt_broker_dropped_total",
+    help: "Messages the MQTT broker reported dropping while edgehook watched (mosquitto $SYS drop counter, all clients)",
+    registers: [this.registry],
+  });
   readonly serialOpen = new Gauge({
     name: "edgehook_serial_port_open",
     help: "1 while the serial port is open",

@@ -18,7 +18,9 @@
  *
  * A PUBACK is sent only on the connection that received the message: after a
  * reconnect the broker redelivers unacknowledged messages and they are committed
- * again (at-least-once; readings carry their payload time).
+ * again (at-least-once; readings carry their payload time), unless they were committed
+ * already: see redelivery.ts for how those are recognised without mistaking a new
+ * message that reuses a packet id for one of them.
  *
  * Backpressure (design invariant 7): when a commit is refused (the outbox is at its disk
  * floor, or full under `when_full: block`) or fails, the batch is kept, unacknowledged,
@@ -33,7 +35,13 @@
  * needed. If the connection drops meanwhile, the parked message is forgotten (the
  * broker redelivers it), and so are the held batch's acknowledgements: the broker
  * redelivers those messages too, and once the batch is stored the redelivered copies
- * are recognised by the ledger (DUP) instead of being processed twice.
+ * are recognised (DUP, redelivery.ts) instead of being processed twice.
+ *
+ * What the broker loses is made visible: a reconnect on which the broker no longer has
+ * the persistent session (readings published meanwhile are gone) is a warning and
+ * `edgehook_mqtt_sessions_lost_total`; a rise of mosquitto's count of dropped messages
+ * (`$SYS/broker/publish/messages/dropped`, full queues) is a warning and
+ * `edgehook_mqtt_broker_dropped_total`.
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -52,11 +60,13 @@ import {
   type MessageLedger,
   type Reading,
   type ReadingSink,
+  type SessionRecord,
   type SinkOrigin,
   type Source,
   type SourceState,
   type SourceStatus,
 } from "./reading.js";
+import { type ReceivedMessage, RedeliveryTracker } from "./redelivery.js";
 
 export interface MqttSourceOptions {
   config: MqttConfig;
@@ -68,9 +78,10 @@ export interface MqttSourceOptions {
   /** Relative tls.*_file paths are read from here (the config file's directory). Default: the working directory. */
   baseDir?: string;
   /**
-   * Which messages were already committed. A QoS 1/2 message the broker marks as a
-   * redelivery (DUP) whose key is in the ledger was committed before a crash took its
-   * acknowledgement: it is acknowledged without being processed again.
+   * Keys of committed messages the broker may still redeliver, kept across restarts. A
+   * QoS 1/2 message redelivered (DUP) after a crash took its acknowledgement is then
+   * recognised and acknowledged without being processed again. Without it, only
+   * redeliveries after a reconnect of this process are recognised.
    */
   ledger?: MessageLedger;
 }
@@ -81,6 +92,8 @@ const STOP_TIMEOUT_MS = 5_000;
 /** A batch whose commit was refused is offered again this often (the agent answers from a cached check); after other failures the wait doubles up to RETRY_MAX_MS. */
 const RETRY_MS = 250;
 const RETRY_MAX_MS = 30_000;
+/** At most one warning (and one write) per this long about the broker's drops. */
+const DROPS_REPORT_MS = 60_000;
 
 /** Tells MQTT.js to skip its PUBACK: we send it after the commit. */
 class AckDeferred extends Error {
@@ -90,23 +103,44 @@ class AckDeferred extends Error {
 }
 const ACK_DEFERRED = new AckDeferred();
 
-type PendingAck = { kind: "puback"; messageId: number; stream: unknown } | { kind: "pubrec"; send: () => void };
+/** `key`: the message's redelivery key, when it is tracked (persistent session). */
+type PendingAck =
+  | { kind: "puback"; messageId: number; key?: string; stream: unknown }
+  | { kind: "pubrec"; messageId: number; key?: string; send: () => boolean };
 
 interface Batch {
   readings: Reading[];
   acks: PendingAck[];
   messages: number;
-  /** Keys of the QoS 1/2 messages in the batch (see SinkOrigin). */
-  keys: string[];
+  /** The QoS 1/2 messages in the batch whose keys are committed with it (see SinkOrigin). */
+  keys: ReceivedMessage[];
 }
 
 const emptyBatch = (): Batch => ({ readings: [], acks: [], messages: 0, keys: [] });
 
-/** Packet id, topic and payload hash: what identifies a redelivery of the same message. */
-export function messageKey(packet: IPublishPacket, payload: Buffer): string {
+/**
+ * Session, packet id, topic and payload hash: what identifies a redelivery of the same
+ * message. `session` names the broker session (see sessionTag), so keys of another
+ * client id are never taken for this one's.
+ */
+export function messageKey(session: string, packet: IPublishPacket, payload: Buffer): string {
   const hash = createHash("sha1").update(payload).digest("base64url");
-  return `mqtt:${packet.messageId}:${packet.topic}:${hash}`;
+  return `mqtt:${session}:${packet.messageId}:${packet.topic}:${hash}`;
 }
+
+/** Short tag of a broker session scope (the client id) used in keys. */
+export function sessionTag(scope: string): string {
+  return createHash("sha1").update(scope).digest("base64url").slice(0, 8);
+}
+
+/** The session tag and packet id of a key made by messageKey. */
+function parseKey(key: string): { session: string; packetId: number } | undefined {
+  const m = /^mqtt:([^:]+):(\d+):/.exec(key);
+  return m ? { session: m[1] as string, packetId: Number(m[2]) } : undefined;
+}
+
+/** mosquitto's count of messages it dropped since it started (full queues, any client). */
+export const MOSQUITTO_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped";
 
 export class MqttSource implements Source {
   readonly name = "mqtt";
@@ -144,6 +178,27 @@ export class MqttSource implements Source {
   /** The message that arrived while #unstored is set, not yet decoded; its callback is held. */
   #parked: (() => void) | undefined;
   #pingTimer: TimerHandle | undefined;
+
+  /** Committed messages the broker may still redeliver (persistent sessions only). */
+  #tracker = new RedeliveryTracker();
+  /** Tag of the broker session in message keys; undefined with `clean: true` (nothing is redelivered). */
+  #session: string | undefined;
+  /** Names the session in the ledger (the client id). */
+  #scope = "";
+  /** A PINGREQ is wanted once the one in flight is answered (acknowledgements were written meanwhile). */
+  #pingWanted = false;
+  /** Whether the broker ever held a persistent session for us (this process, or remembered by the ledger). */
+  #sessionKnown = false;
+  #connectedOnce = false;
+  #disconnectedAt: number | undefined;
+  /** The broker's drop counter topic being watched, if any. */
+  #dropsTopic: string | undefined;
+  /** The broker's drop count last seen, and last remembered by the ledger. */
+  #brokerDropped: number | undefined;
+  #droppedRemembered: number | undefined;
+  /** Drops counted but not yet logged (see #reportDrops). */
+  #dropsUnreported = 0;
+  #dropsTimer: TimerHandle | undefined;
 
   constructor(opts: MqttSourceOptions) {
     this.#config = opts.config;
@@ -199,6 +254,8 @@ export class MqttSource implements Source {
       password = e.password ?? password;
     }
     this.#reconnectPeriod = cfg.reconnect_period;
+    this.#dropsTopic = this.#broker || cfg.broker_drops_topic === false ? undefined : cfg.broker_drops_topic;
+    this.#startSession();
     const options: IClientOptions = {
       clientId: this.clientId,
       protocolVersion: cfg.protocol_version,
@@ -238,6 +295,13 @@ export class MqttSource implements Source {
     };
     client.on("connect", (connack) => this.#onConnect(client, connack.sessionPresent));
     client.prependListener("close", () => this.#onClose());
+    // Acknowledgement barriers (redelivery.ts): every PINGREQ written, ours or the keep-alive's.
+    client.on("packetsend", (packet) => {
+      if (packet.cmd === "pingreq") this.#tracker.pingSent();
+    });
+    client.on("packetreceive", (packet) => {
+      if (packet.cmd === "pingresp") this.#onPingresp(client);
+    });
     client.on("error", (err) => {
       this.#lastError = err.message;
       if (this.#status !== "up") this.#detail = err.message;
@@ -253,8 +317,13 @@ export class MqttSource implements Source {
     await this.#whenIdle(STOP_TIMEOUT_MS);
     if (client) {
       if (client.connected) {
+        // Its PUBACK also says the broker processed our acknowledgements written before it.
+        const acked = this.#tracker.ackSeq;
         await withTimeout(
-          client.publishAsync(this.statusTopic, "offline", { qos: 1, retain: true }).then(() => undefined),
+          client.publishAsync(this.statusTopic, "offline", { qos: 1, retain: true }).then(() => {
+            this.#tracker.confirm(acked);
+            this.#releaseKeys();
+          }),
           STOP_TIMEOUT_MS,
         ).catch((err) => this.#log.warn({ err }, "could not publish offline status"));
       }
@@ -266,6 +335,9 @@ export class MqttSource implements Source {
     this.#stopRetrying();
     this.#parked = undefined;
     this.#metrics.mqttConnected.set(0);
+    if (this.#dropsTimer) this.#clock.clearTimeout(this.#dropsTimer);
+    this.#dropsTimer = undefined;
+    this.#writeDropReport();
     this.#setStatus("stopped");
     if (this.#broker) {
       await this.#broker.stop();
@@ -288,19 +360,60 @@ export class MqttSource implements Source {
 
   // ---------------------------------------------------------------- connection
 
+  /**
+   * Which broker session keys and warnings are about, and takes over the keys a previous
+   * run left. A session is the broker's state for our client id; whether the broker
+   * still has it is its answer to each connect (sessionPresent), which decides whether
+   * old keys mean anything. Not the URL: the same broker may be reached by several.
+   */
+  #startSession(): void {
+    this.#tracker = new RedeliveryTracker();
+    this.#pingWanted = false;
+    this.#connectedOnce = false;
+    this.#disconnectedAt = undefined;
+    this.#scope = `mqtt:${this.clientId}`;
+    const persistent = !this.#config.clean;
+    this.#session = persistent ? sessionTag(this.#scope) : undefined;
+    const ledger = this.#ledger;
+    const record = persistent ? ledger?.session(this.#scope) : undefined;
+    this.#sessionKnown = record !== undefined;
+    // Drops counted while edgehook was down are a rise from the count last seen.
+    this.#brokerDropped = record?.brokerDropped;
+    this.#droppedRemembered = this.#brokerDropped;
+    this.#dropsUnreported = 0;
+    if (!ledger) return;
+    const stale: string[] = [];
+    for (const key of ledger.keys()) {
+      if (!key.startsWith("mqtt:")) continue;
+      const k = parseKey(key);
+      // Keys of another broker, client id or of a clean session cannot be redelivered here.
+      if (k && k.session === this.#session) this.#tracker.restore(k.packetId, key);
+      else stale.push(key);
+    }
+    if (stale.length > 0) ledger.release(stale);
+  }
+
   #onConnect(client: MqttClient, sessionPresent: boolean): void {
     this.#reconnectPeriod = this.#config.reconnect_period;
     client.options.reconnectPeriod = this.#reconnectPeriod;
     this.#metrics.mqttConnected.set(1);
     this.#errLog.reset("error");
     this.#lastError = undefined;
+    this.#tracker.connected(sessionPresent);
+    this.#pingWanted = false;
+    this.#releaseKeys();
     if (this.#status !== "up") {
       this.#log.info({ sessionPresent }, "connected to MQTT broker");
       this.#setStatus("up");
     }
+    this.#checkSession(sessionPresent);
     client.publish(this.statusTopic, "online", { qos: 1, retain: true }, (err) => {
       if (err) this.#rateLog("status", err, "could not publish online status");
     });
+    if (this.#dropsTopic !== undefined) this.#watchBrokerDrops(client, this.#dropsTopic);
+    // Answered after the broker sent again what it had in flight: then the keys of
+    // messages it did not send again can go (redelivery.ts).
+    if (sessionPresent) this.#ping(client);
     const subs = this.#config.subscriptions;
     if (subs.length === 0) return;
     const map: Record<string, { qos: 0 | 1 | 2; rh?: number }> = {};
@@ -320,10 +433,60 @@ export class MqttSource implements Source {
     });
   }
 
+  /**
+   * A persistent session the broker no longer has means that what it held for us while
+   * we were away (readings published while disconnected) is gone: warn and count it.
+   */
+  #checkSession(sessionPresent: boolean): void {
+    if (this.#config.clean) return;
+    const first = !this.#connectedOnce;
+    this.#connectedOnce = true;
+    const known = this.#sessionKnown;
+    if (!known) {
+      this.#sessionKnown = true;
+      this.#rememberSession();
+    }
+    if (sessionPresent) return;
+    if (!known) {
+      this.#log.info({ clientId: this.clientId }, "the broker started a persistent session for edgehook");
+    } else if (first && this.#broker) {
+      // The embedded broker started with this process: nobody could publish to it before.
+    } else {
+      this.#metrics.mqttSessionsLost.inc();
+      this.#log.warn(
+        {
+          clientId: this.clientId,
+          disconnectedAt: this.#disconnectedAt === undefined ? undefined : new Date(this.#disconnectedAt).toISOString(),
+          code: "EDGEHOOK_MQTT_SESSION_LOST",
+        },
+        "the MQTT broker no longer has edgehook's persistent session (restarted without persistence, or the session expired): readings published while edgehook was disconnected may be lost",
+      );
+    }
+  }
+
+  /** One small write, when the session starts or the broker's drop count changed. */
+  #rememberSession(): void {
+    if (this.#config.clean || !this.#ledger || !this.#sessionKnown) {
+      this.#droppedRemembered = this.#brokerDropped; // nothing to remember it in
+      return;
+    }
+    const record: SessionRecord = {};
+    if (this.#brokerDropped !== undefined) record.brokerDropped = this.#brokerDropped;
+    try {
+      this.#ledger.rememberSession(this.#scope, record);
+      this.#droppedRemembered = this.#brokerDropped;
+    } catch (err) {
+      this.#rateLog("ledger", err, "could not remember the MQTT session");
+    }
+  }
+
   #onClose(): void {
     this.#metrics.mqttConnected.set(0);
     // Never decoded nor acknowledged: the broker sends it again on the next connection.
     this.#parked = undefined;
+    this.#tracker.closed();
+    this.#pingWanted = false;
+    if (this.#status === "up") this.#disconnectedAt = this.#clock.now();
     const client = this.#client;
     if (client && !this.#stopping) {
       // MQTT.js retries at a fixed period, read when it schedules the retry (this
@@ -344,6 +507,11 @@ export class MqttSource implements Source {
   // ---------------------------------------------------------------- messages
 
   #onMessage(packet: IPublishPacket, cb: (err?: Error) => void): void {
+    if (packet.topic === this.#dropsTopic) {
+      this.#onBrokerDrops(packet.payload);
+      cb();
+      return;
+    }
     if (packet.qos === 2) {
       // Reached only at PUBREL: the readings were committed before our PUBREC.
       cb();
@@ -360,9 +528,9 @@ export class MqttSource implements Source {
       return;
     }
     const client = this.#client;
-    this.#accept(packet);
+    const key = this.#accept(packet);
     if (packet.qos === 1 && client) {
-      this.#pending.acks.push({ kind: "puback", messageId: packet.messageId!, stream: client.stream });
+      this.#pending.acks.push({ kind: "puback", messageId: packet.messageId!, key, stream: client.stream });
     }
     const proceed = () => cb(packet.qos === 1 ? ACK_DEFERRED : undefined);
     if (this.#pending.messages >= MAX_PENDING) this.#held = proceed;
@@ -376,35 +544,50 @@ export class MqttSource implements Source {
       this.#parked = () => this.#onQos2(packet, client, sendPubrec);
       return;
     }
-    this.#accept(packet);
+    const key = this.#accept(packet);
     const stream = client.stream;
     this.#pending.acks.push({
       kind: "pubrec",
+      messageId: packet.messageId!,
+      key,
       send: () => {
-        if (client.stream === stream && client.connected) sendPubrec();
+        if (client.stream !== stream || !client.connected) return false;
+        sendPubrec();
+        return true;
       },
     });
     this.#scheduleFlush();
   }
 
-  /** Decodes one message into the pending batch; bad input is counted and skipped. */
-  #accept(packet: IPublishPacket): void {
+  /**
+   * Decodes one message into the pending batch; bad input is counted and skipped.
+   * Returns the message's redelivery key when it is tracked (QoS 1/2, persistent session).
+   */
+  #accept(packet: IPublishPacket): string | undefined {
     this.#pending.messages++;
     const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
-    if (packet.qos > 0) {
-      const key = messageKey(packet, payload);
-      if (packet.dup && this.#ledger?.(key)) {
-        // Committed before a crash took its acknowledgement: acknowledge, do not repeat.
+    let key: string | undefined;
+    if (packet.qos > 0 && this.#session !== undefined) {
+      key = messageKey(this.#session, packet, payload);
+      const packetId = packet.messageId as number;
+      if (this.#tracker.arrived(packetId, key, packet.dup)) {
+        // Committed before the connection (or the process) died with its acknowledgement:
+        // acknowledge, do not repeat.
         this.#metrics.redeliveriesSkipped.inc({ source: "mqtt" });
-        this.#log.debug({ topic: packet.topic, messageId: packet.messageId }, "redelivered message already committed");
-        return;
+        this.#log.debug({ topic: packet.topic, messageId: packetId }, "redelivered message already committed");
+        return key;
       }
-      this.#pending.keys.push(key);
+      this.#pending.keys.push({
+        packetId,
+        key,
+        session: this.#tracker.session,
+        connection: this.#tracker.connection,
+      });
     }
     const res = this.#router?.decode(packet.topic, payload, this.#clock.now());
     if (res === undefined) {
       this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
-      return;
+      return key;
     }
     if (!res.ok) {
       this.#metrics.decodeErrors.inc({ source: "mqtt", reason: res.reason });
@@ -415,9 +598,112 @@ export class MqttSource implements Source {
           "skipped a payload that could not be decoded",
         );
       }
-      return;
+      return key;
     }
     for (const r of res.readings) this.#pending.readings.push(r);
+    return key;
+  }
+
+  // ---------------------------------------------------------------- acknowledgements
+
+  /** Writes a PINGREQ now, or once the one in flight is answered (one at a time). */
+  #ping(client: MqttClient): void {
+    if (!client.connected || this.#client !== client) return;
+    if (this.#tracker.pinging) {
+      this.#pingWanted = true;
+      return;
+    }
+    client.sendPing();
+  }
+
+  #onPingresp(client: MqttClient): void {
+    this.#tracker.pingAnswered();
+    if (this.#pingWanted) {
+      this.#pingWanted = false;
+      if (this.#tracker.unconfirmed > 0) this.#ping(client);
+    }
+    this.#releaseKeys();
+  }
+
+  /** Hands the keys of messages that can no longer be redelivered to the ledger. */
+  #releaseKeys(): void {
+    const keys = this.#tracker.takeReleased();
+    if (keys.length === 0 || !this.#ledger) return;
+    try {
+      this.#ledger.release(keys);
+    } catch (err) {
+      this.#rateLog("ledger", err, "could not release redelivery keys");
+    }
+  }
+
+  // ---------------------------------------------------------------- broker drops
+
+  #watchBrokerDrops(client: MqttClient, topic: string): void {
+    // QoS 0: a counter sampled every sys_interval; the next value replaces a lost one.
+    client.subscribe(topic, { qos: 0 }, (err, granted) => {
+      const refused =
+        err !== undefined && err !== null ? err.message : granted?.[0]?.qos === 128 ? "refused" : undefined;
+      if (refused !== undefined && this.#errLog.shouldLog("drops-subscribe") !== undefined) {
+        this.#log.info(
+          { topic, reason: refused },
+          "cannot watch the broker's count of dropped messages (set mqtt.broker_drops_topic: false to stop trying)",
+        );
+      }
+    });
+  }
+
+  /**
+   * mosquitto publishes how many messages it dropped since it started (queues full,
+   * `max_queued_messages`), over all clients. A rise may be readings meant for us, which
+   * the broker acknowledged to their publisher and then threw away.
+   */
+  #onBrokerDrops(payload: Buffer | string): void {
+    const value = Number(String(payload).trim());
+    if (!Number.isSafeInteger(value) || value < 0) return;
+    const before = this.#brokerDropped;
+    if (value === before) return;
+    this.#brokerDropped = value;
+    if (before === undefined) {
+      // The first count ever seen for this session: nothing to compare it with.
+      if (value > 0) this.#log.info({ total: value }, "the MQTT broker reports messages dropped since it started");
+    } else {
+      // Lower than before: the broker restarted and counts from 0 again.
+      const dropped = value >= before ? value - before : value;
+      this.#metrics.mqttBrokerDropped.inc(dropped);
+      this.#dropsUnreported += dropped;
+    }
+    this.#reportDrops();
+  }
+
+  /**
+   * Logs the drops not yet logged and remembers the count (so drops while edgehook is
+   * down are a rise at the next start), at most once per DROPS_REPORT_MS: a broker that
+   * keeps dropping for another client must not flood the journal or the SD card. The
+   * metric counts every drop at once; the log sums what the pause held back.
+   */
+  #reportDrops(): void {
+    if (this.#dropsTimer) return;
+    // The pause starts with a warning; a new baseline alone is remembered and that is all.
+    if (!this.#writeDropReport()) return;
+    this.#dropsTimer = this.#clock.setTimeout(() => {
+      this.#dropsTimer = undefined;
+      if (this.#dropsUnreported > 0 || this.#brokerDropped !== this.#droppedRemembered) this.#reportDrops();
+    }, DROPS_REPORT_MS);
+    this.#dropsTimer.unref?.();
+  }
+
+  /** Returns whether it logged a warning. */
+  #writeDropReport(): boolean {
+    const warn = this.#dropsUnreported > 0;
+    if (warn) {
+      this.#log.warn(
+        { dropped: this.#dropsUnreported, total: this.#brokerDropped, code: "EDGEHOOK_MQTT_BROKER_DROPPED" },
+        "the MQTT broker dropped messages (its queue for a slow or offline client was full); readings for edgehook may be among them: see max_queued_messages in README (MQTT)",
+      );
+      this.#dropsUnreported = 0;
+    }
+    if (this.#brokerDropped !== this.#droppedRemembered) this.#rememberSession();
+    return warn;
   }
 
   #scheduleFlush(): void {
@@ -449,24 +735,33 @@ export class MqttSource implements Source {
 
   /** Hands the batch to the sink; acknowledges it once stored, or keeps it to offer again. */
   #commit(batch: Batch): void {
-    const commit =
-      batch.readings.length > 0 ? callSink(this.#sink, batch.readings, { messageKeys: batch.keys }) : Promise.resolve();
+    // Deletions of released keys go before the commit that may store the same key again.
+    this.#releaseKeys();
+    const origin: SinkOrigin = { messageKeys: batch.keys.map((m) => m.key) };
+    const commit = batch.readings.length > 0 ? callSink(this.#sink, batch.readings, origin) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
+        for (const m of batch.keys) this.#tracker.committed(m);
         // One write for the whole batch of acknowledgements instead of one per message.
         // Only on the connection that received them: after a reconnect the broker
-        // redelivers those, and the ledger recognises them.
+        // redelivers those, and they are recognised (redelivery.ts).
         const client = this.#client;
         const stream = client?.stream as { cork?: () => void; uncork?: () => void } | undefined;
         stream?.cork?.();
         for (const a of batch.acks) {
-          if (a.kind === "pubrec") a.send();
+          let sent = false;
+          if (a.kind === "pubrec") sent = a.send();
           else if (client && client.stream === a.stream && client.connected) {
             // biome-ignore lint/complexity/useLiteralKeys: MQTT.js marks it private; it is how acks are sent.
             client["_sendPacket"]({ cmd: "puback", messageId: a.messageId });
+            sent = true;
           }
+          if (sent && a.key !== undefined) this.#tracker.acknowledged(a.messageId, a.key);
         }
+        // After the acknowledgements, in the same write: its answer confirms them.
+        if (client && this.#tracker.unconfirmed > 0) this.#ping(client);
         stream?.uncork?.();
+        this.#releaseKeys();
         if (this.#unstored === batch) this.#stored(batch);
       },
       (err: unknown) => this.#notStored(batch, err),

@@ -34,16 +34,35 @@ export function isBackpressure(err: unknown): boolean {
 
 /**
  * Where a batch of readings came from. `messageKeys` name the source messages (for
- * MQTT: packet id, topic and payload hash); they are committed with what the readings
- * caused, so that a message redelivered after a crash between the commit and its
- * acknowledgement is recognised (`MessageLedger`) and not processed twice.
+ * MQTT: session, packet id, topic and payload hash); they are committed with what the
+ * readings caused, so that a message redelivered after a crash between the commit and
+ * its acknowledgement is recognised (`MessageLedger`) and not processed twice.
  */
 export interface SinkOrigin {
   messageKeys: string[];
 }
 
-/** Answers whether a message with this key was already committed. */
-export type MessageLedger = (key: string) => boolean;
+/**
+ * The durable side of redelivery detection: the keys committed with their readings
+ * (SinkOrigin) that the broker may still send again. Only those are kept; a source
+ * releases a key as soon as its message can no longer come back.
+ */
+export interface MessageLedger {
+  /** Keys committed and not released (read when a source starts, e.g. after a crash). */
+  keys(): string[];
+  /** Forgets these keys: deleted with the next write to the store, or batched shortly after. */
+  release(keys: readonly string[]): void;
+  /** What is remembered of a persistent session (`scope`, e.g. `mqtt:<client id>`); undefined: never had one. */
+  session(scope: string): SessionRecord | undefined;
+  /** Remembers the session (a small write: call it when something changed). */
+  rememberSession(scope: string, record: SessionRecord): void;
+}
+
+/** What a source remembers about its broker session across restarts. */
+export interface SessionRecord {
+  /** The broker's count of dropped messages when last seen (mosquitto's $SYS), if watched. */
+  brokerDropped?: number;
+}
 
 export type SourceStatus = "starting" | "up" | "down" | "stopped";
 

@@ -104,6 +104,23 @@ const MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX source_messages_by_age ON source_messages (at);
   `,
+  // 2 → 3: only the keys of messages the broker may still redeliver are kept, and they
+  // name the broker session (issue 10); the newest 100,000 kept before outlived their
+  // packet ids, which wrap at 65,535. The old keys cannot be told apart: after a clean
+  // stop none was still needed. Sessions: whether the broker ever had edgehook's
+  // persistent session, so a connect without it can be told from the first one, and
+  // the broker's drop count last seen, so drops while edgehook was down are noticed.
+  `
+  DROP TABLE source_messages;
+  CREATE TABLE source_messages (
+    key TEXT PRIMARY KEY
+  ) WITHOUT ROWID;
+  CREATE TABLE source_sessions (
+    scope          TEXT    PRIMARY KEY,
+    since          INTEGER NOT NULL,
+    broker_dropped INTEGER            -- the broker's dropped-message count when last seen
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -67,7 +67,9 @@ import type { CommitBatch, SeriesStateRow } from "../events.js";
 import { type DropSummary, DropTally, describeDrops } from "../ops/drops.js";
 import type { Logger } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
+import type { SessionRecord } from "../sources/reading.js";
 import { openDatabase } from "./db.js";
+import { MessageKeyStore, RELEASE_DELAY_MS } from "./message-keys.js";
 import type {
   AttemptRecord,
   CommitResult,
@@ -178,9 +180,6 @@ export interface OutboxOptions {
   check?: boolean;
 }
 
-/** Committed message keys kept for recognising redeliveries (MQTT allows 65,535 in flight). */
-const MESSAGE_KEYS_KEPT = 100_000;
-
 interface Waiter {
   batch: CommitBatch;
   valid: (() => boolean) | undefined;
@@ -258,11 +257,6 @@ function prepareAll(db: Database) {
          AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.history IS NOT NULL)`,
     ),
     replaceBody: db.prepare("UPDATE events SET body = ?, size = ? WHERE seq = ?"),
-    insertMessage: db.prepare("INSERT OR IGNORE INTO source_messages (key, at) VALUES (?, ?)"),
-    hasMessage: db.prepare("SELECT 1 FROM source_messages WHERE key = ?").pluck(),
-    pruneMessages: db.prepare(
-      "DELETE FROM source_messages WHERE at <= (SELECT at FROM source_messages ORDER BY at DESC LIMIT 1 OFFSET ?)",
-    ),
     loadStates: db.prepare("SELECT rule, series, version, state FROM series_state"),
     // Walks the heads in priority/id order and stops after LIMIT due ones; without the
     // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
@@ -389,6 +383,9 @@ export class Outbox implements OutboxReader {
   #roomCheckedAt = Number.NEGATIVE_INFINITY;
   #refusing: Refusal | undefined;
   readonly #drops: DropTally;
+  /** Keys of committed MQTT messages the broker may still redeliver (message-keys.ts). */
+  #messageKeys: MessageKeyStore | undefined;
+  #releaseTimer: TimerHandle | undefined;
 
   constructor(options: OutboxOptions) {
     this.#file = options.file;
@@ -419,6 +416,7 @@ export class Outbox implements OutboxReader {
     const db = openDatabase(this.#file, { logger: this.#log, check: this.#check, now: () => this.#clock.now() });
     this.#db = db;
     this.#statements = prepareAll(db);
+    this.#messageKeys = new MessageKeyStore(db);
     const tx = db.transaction((fn: () => unknown) => fn());
     // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a
     // deferred read turning into SQLITE_BUSY when another process writes.
@@ -433,12 +431,14 @@ export class Outbox implements OutboxReader {
   close(): void {
     if (!this.#db) return;
     this.flush();
+    this.#writeReleasedKeys();
     this.#drops.flush();
     // No PRAGMA optimize/ANALYZE: every query is written for a named index, and planner
     // statistics gathered on a small outbox could steer it wrong on a large one.
     this.#db.close();
     this.#db = undefined;
     this.#statements = undefined;
+    this.#messageKeys = undefined;
   }
 
   get isOpen(): boolean {
@@ -574,10 +574,7 @@ export class Outbox implements OutboxReader {
     const s = this.#s;
     for (const st of b.states) s.upsertState.run(st.rule, st.series, st.version, JSON.stringify(st.state) ?? "null");
     for (const r of b.removedStates) s.deleteState.run(r.rule, r.series);
-    if (b.messageKeys) {
-      const now = this.#clock.now();
-      for (const k of b.messageKeys) s.insertMessage.run(k, now);
-    }
+    if (b.messageKeys) this.#messageKeys?.insert(b.messageKeys);
     const dropped: Record<string, number> = {};
     for (const e of b.events) {
       const destinations = new Set(e.destinations);
@@ -915,18 +912,52 @@ export class Outbox implements OutboxReader {
     });
   }
 
+  // ------------------------------------------------------------ source message keys
+
+  /** Keys of committed source messages not released (see CommitBatch.messageKeys, MessageLedger). */
+  messageKeys(): string[] {
+    return this.#messageKeys?.keys() ?? [];
+  }
+
   /**
-   * Whether a source message with this key was committed (see CommitBatch.messageKeys).
-   * The newest MESSAGE_KEYS_KEPT keys are kept, far more than can be unacknowledged.
+   * Forgets keys of messages that can no longer be redelivered. They are deleted by the
+   * next transaction, whatever it is for, or within RELEASE_DELAY_MS.
    */
-  hasMessage(key: string): boolean {
-    return this.#s.hasMessage.get(key) !== undefined;
+  releaseMessageKeys(keys: readonly string[]): void {
+    if (!this.#messageKeys?.release(keys) || this.#releaseTimer) return;
+    this.#releaseTimer = this.#clock.setTimeout(() => {
+      this.#releaseTimer = undefined;
+      this.#writeReleasedKeys();
+    }, RELEASE_DELAY_MS);
+  }
+
+  /** What is remembered of a source session (e.g. an MQTT persistent session); undefined: never had one. */
+  session(scope: string): SessionRecord | undefined {
+    return this.#messageKeys?.session(scope);
+  }
+
+  rememberSession(scope: string, record: SessionRecord): void {
+    const keys = this.#messageKeys;
+    if (keys) this.#write(() => keys.rememberSession(scope, record, this.#clock.now()));
+  }
+
+  #writeReleasedKeys(): void {
+    if (this.#releaseTimer) {
+      this.#clock.clearTimeout(this.#releaseTimer);
+      this.#releaseTimer = undefined;
+    }
+    if (!this.#db || !this.#messageKeys?.owed) return;
+    try {
+      this.#write(() => undefined);
+    } catch (err) {
+      // They stay released in memory and are deleted with a later transaction.
+      this.#log.warn({ err }, "could not delete released message keys");
+    }
   }
 
   maintain(): MaintainResult {
     const result: MaintainResult = { pruned: 0, expired: 0, dropped: {}, more: false };
     if (!this.#db) return result;
-    this.#s.pruneMessages.run(MESSAGE_KEYS_KEPT);
     this.#syncCounters();
     const now = this.#clock.now();
     let budget = MAINTAIN_MAX_ROWS;
@@ -1116,15 +1147,25 @@ export class Outbox implements OutboxReader {
     if (!this.#db) throw new Error("outbox is not open");
     this.#syncCounters();
     const delta = new Delta();
-    const result = this.#tx(() => {
-      const r = fn(delta);
-      for (const c of delta.counts.values()) {
-        if (c.n !== 0) this.#s.addCount.run(c.destination, c.state, c.n);
-      }
-      if (delta.events !== 0) this.#s.addTotal.run(delta.events, "events");
-      if (delta.bytes !== 0) this.#s.addTotal.run(delta.bytes, "bytes");
-      return r;
-    }) as T;
+    const keys = this.#messageKeys;
+    let result: T;
+    try {
+      result = this.#tx(() => {
+        // Released message keys ride on whatever this transaction is for.
+        keys?.writeReleases();
+        const r = fn(delta);
+        for (const c of delta.counts.values()) {
+          if (c.n !== 0) this.#s.addCount.run(c.destination, c.state, c.n);
+        }
+        if (delta.events !== 0) this.#s.addTotal.run(delta.events, "events");
+        if (delta.bytes !== 0) this.#s.addTotal.run(delta.bytes, "bytes");
+        return r;
+      }) as T;
+    } catch (err) {
+      keys?.rolledBack();
+      throw err;
+    }
+    keys?.committed();
     this.#transactions++;
     for (const c of delta.counts.values()) {
       const entry = this.#counts.get(c.destination) ?? [0, 0, 0];

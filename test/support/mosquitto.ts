@@ -1,6 +1,7 @@
 /**
  * A real mosquitto on a free loopback port, which a test can stop and restart on
- * the same port (persistent sessions survive a restart through its own persistence file).
+ * the same port (persistent sessions survive a restart through its own persistence file,
+ * unless `persistence: false`).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
@@ -10,10 +11,23 @@ import { join } from "node:path";
 import { track } from "./children.js";
 import { freePort } from "./ports.js";
 
+export interface MosquittoOptions {
+  /** Keep sessions and queued messages across a restart (default true). */
+  persistence?: boolean;
+  /** Messages queued per client beyond those in flight; more are dropped (default 1,000,000; mosquitto's own is 1,000). */
+  maxQueued?: number;
+  /** QoS 1/2 messages in flight per client; 0 = unlimited (default 0; mosquitto's own is 20). */
+  maxInflight?: number;
+  /** Seconds between $SYS updates (mosquitto's default is 10). */
+  sysInterval?: number;
+}
+
 export class Mosquitto {
   port = 0;
   #proc: ChildProcess | undefined;
   #dir = mkdtempSync(join(tmpdir(), "edgehook-mosq-"));
+
+  constructor(readonly options: MosquittoOptions = {}) {}
 
   get url(): string {
     return `mqtt://127.0.0.1:${this.port}`;
@@ -30,10 +44,11 @@ export class Mosquitto {
       [
         `listener ${this.port} 127.0.0.1`,
         "allow_anonymous true",
-        "persistence true",
+        `persistence ${this.options.persistence === false ? "false" : "true"}`,
         `persistence_location ${this.#dir}/`,
-        "max_queued_messages 1000000",
-        "max_inflight_messages 0",
+        `max_queued_messages ${this.options.maxQueued ?? 1_000_000}`,
+        `max_inflight_messages ${this.options.maxInflight ?? 0}`,
+        ...(this.options.sysInterval === undefined ? [] : [`sys_interval ${this.options.sysInterval}`]),
         "",
       ].join("\n"),
     );
