@@ -71,9 +71,12 @@ export class FileSource implements Source {
     this.#clock = opts.clock;
     this.#rateLog = new RateLimitedLog(60_000, () => opts.clock.now());
     this.#status = new StatusCell(opts.clock);
-    this.#queue = new SinkQueue(opts.sink, (err, lost) => {
-      const s = this.#rateLog.shouldLog("sink");
-      if (s !== undefined) this.#log.error({ err, lost, suppressed: s }, "could not commit file readings");
+    this.#queue = new SinkQueue({
+      sink: opts.sink,
+      logger: this.#log,
+      clock: opts.clock,
+      what: "file readings",
+      onDropped: (n, reason) => opts.metrics.readingsDropped.inc({ source: this.name, reason }, n),
     });
     this.#poller = new Poller({
       clock: opts.clock,
@@ -98,7 +101,7 @@ export class FileSource implements Source {
 
   async stop(): Promise<void> {
     await this.#poller.stop();
-    await this.#queue.drain();
+    await this.#queue.close();
     this.#status.set("stopped");
   }
 
@@ -110,6 +113,7 @@ export class FileSource implements Source {
 
   async #poll(): Promise<void> {
     if (this.#queue.backlogged) {
+      this.#queue.retry();
       this.#skipped("backpressure", "the readings of the last read are not committed yet; skipped a read");
       return;
     }

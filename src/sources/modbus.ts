@@ -144,9 +144,12 @@ export class ModbusSource implements Source {
       plan: planReads(d.registers, c.max_gap),
     }));
     for (const d of this.#devices) this.#book.add(d.id, d.sensor);
-    this.#queue = new SinkQueue(opts.sink, (err, lost) => {
-      const s = this.#rateLog.shouldLog("sink");
-      if (s !== undefined) this.#log.error({ err, lost, suppressed: s }, "could not commit modbus readings");
+    this.#queue = new SinkQueue({
+      sink: opts.sink,
+      logger: this.#log,
+      clock: opts.clock,
+      what: "modbus readings",
+      onDropped: (n, reason) => opts.metrics.readingsDropped.inc({ source: this.name, reason }, n),
     });
     this.#poller = new Poller({
       clock: opts.clock,
@@ -191,7 +194,7 @@ export class ModbusSource implements Source {
     // The request in flight ends now instead of at its timeout.
     if (conn) this.#dispose(conn, new Disconnected("stopping"));
     await this.#poller.stop();
-    await this.#queue.drain();
+    await this.#queue.close();
     this.#status.set("stopped");
   }
 
@@ -312,6 +315,7 @@ export class ModbusSource implements Source {
       return;
     }
     if (this.#queue.backlogged) {
+      this.#queue.retry();
       this.#skipped("backpressure", "the readings of the last poll are not committed yet; skipped a poll");
       return;
     }

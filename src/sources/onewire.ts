@@ -63,9 +63,12 @@ export class OnewireSource implements Source {
     this.#labels = Object.freeze({ ...c.labels });
     // Named probes are expected: one that is not on the bus is reported as down.
     for (const [id, sensor] of Object.entries(c.names)) this.#book.add(id, sensor);
-    this.#queue = new SinkQueue(opts.sink, (err, lost) => {
-      const s = this.#rateLog.shouldLog("sink");
-      if (s !== undefined) this.#log.error({ err, lost, suppressed: s }, "could not commit 1-Wire readings");
+    this.#queue = new SinkQueue({
+      sink: opts.sink,
+      logger: this.#log,
+      clock: opts.clock,
+      what: "1-Wire readings",
+      onDropped: (n, reason) => opts.metrics.readingsDropped.inc({ source: this.name, reason }, n),
     });
     this.#poller = new Poller({
       clock: opts.clock,
@@ -96,7 +99,7 @@ export class OnewireSource implements Source {
 
   async stop(): Promise<void> {
     await this.#poller.stop();
-    await this.#queue.drain();
+    await this.#queue.close();
     this.#status.set("stopped");
   }
 
@@ -112,6 +115,7 @@ export class OnewireSource implements Source {
 
   async #poll(): Promise<void> {
     if (this.#queue.backlogged) {
+      this.#queue.retry();
       this.#skipped("backpressure", "the readings of the last poll are not committed yet; skipped a poll");
       return;
     }

@@ -5,7 +5,8 @@
  */
 import { open } from "node:fs/promises";
 import type { Clock, TimerHandle } from "../clock.js";
-import type { DeviceState, Reading, ReadingSink, SourceStatus } from "./reading.js";
+import type { Logger } from "../ops/logger.js";
+import { type DeviceState, isBackpressure, type Reading, type ReadingSink, type SourceStatus } from "./reading.js";
 
 export interface PollerOptions {
   clock: Clock;
@@ -74,37 +75,72 @@ export class Poller {
   }
 }
 
+export interface SinkQueueOptions {
+  sink: ReadingSink;
+  logger: Logger;
+  clock: Clock;
+  /** What the readings are, for log lines: "modbus readings". */
+  what: string;
+  /** Readings given up (at stop, still not stored): counted by the source. */
+  onDropped: (n: number, reason: "stopped") => void;
+}
+
 /**
- * Readings on their way to the sink: one commit in flight, readings of later polls
- * gathered meanwhile into the next. `backlogged` tells a source that readings already
- * wait behind a commit in flight, so it skips a poll rather than hold more in memory.
+ * Readings on their way to the sink, one commit in flight; readings of later polls are
+ * gathered meanwhile into the next.
+ *
+ * A commit the outbox refuses (backpressure: its disk floor, or full under
+ * `when_full: block`) or that fails keeps its readings, which are offered again at the
+ * next due poll (retry()) instead of polling: a polled device can be asked to wait, so
+ * no more is read than can be stored and memory stays bounded by one poll. Entering and
+ * leaving that state is logged once each. What is still held at stop is dropped and
+ * counted (reason `stopped`).
  */
 export class SinkQueue {
-  readonly #sink: ReadingSink;
-  readonly #onLost: (err: unknown, lost: number) => void;
+  readonly #o: SinkQueueOptions;
   #pending: Reading[] = [];
   #inflight: Promise<void> | undefined;
+  #holding = false;
+  #holdingSince = 0;
 
-  constructor(sink: ReadingSink, onLost: (err: unknown, lost: number) => void) {
-    this.#sink = sink;
-    this.#onLost = onLost;
+  constructor(options: SinkQueueOptions) {
+    this.#o = options;
   }
 
+  /** True while readings wait (held after a refusal, or behind a commit in flight): skip the poll. */
   get backlogged(): boolean {
-    return this.#inflight !== undefined && this.#pending.length > 0;
+    return this.#holding || (this.#inflight !== undefined && this.#pending.length > 0);
   }
 
   push(readings: readonly Reading[]): void {
     if (readings.length === 0) return;
     for (const r of readings) this.#pending.push(r);
-    this.#flush();
+    if (!this.#holding) this.#flush();
   }
 
-  /** Resolves once every reading pushed so far was committed (or reported lost). */
-  async drain(): Promise<void> {
-    while (this.#inflight || this.#pending.length > 0) {
-      if (!this.#inflight) this.#flush();
+  /** Offers held readings again (called where a poll was due). */
+  retry(): void {
+    if (this.#holding) this.#flush();
+  }
+
+  /**
+   * At stop: waits for the commit in flight, offers held readings once more, and drops
+   * (counting them) those that still cannot be stored.
+   */
+  async close(): Promise<void> {
+    await this.#inflight;
+    if (this.#pending.length > 0) {
+      this.#flush();
       await this.#inflight;
+    }
+    if (this.#pending.length > 0) {
+      const n = this.#pending.length;
+      this.#pending = [];
+      this.#o.onDropped(n, "stopped");
+      this.#o.logger.warn(
+        { code: "EDGEHOOK_READINGS_DROPPED", dropped: n },
+        `dropped ${n} ${this.#o.what} at stop: the outbox did not take them`,
+      );
     }
   }
 
@@ -114,18 +150,34 @@ export class SinkQueue {
     this.#pending = [];
     let call: Promise<void>;
     try {
-      call = this.#sink(batch);
+      call = this.#o.sink(batch);
     } catch (err) {
       call = Promise.reject(err);
     }
-    // A polled device cannot resend: readings that could not be committed are lost, and said so.
     this.#inflight = call.then(
-      () => undefined,
-      (err: unknown) => this.#onLost(err, batch.length),
+      () => {
+        if (!this.#holding) return;
+        this.#holding = false;
+        const heldS = Math.round((this.#o.clock.now() - this.#holdingSince) / 1000);
+        this.#o.logger.info(
+          { readings: batch.length, heldS },
+          `stored ${batch.length} held ${this.#o.what} after ${heldS} s; polling again`,
+        );
+      },
+      (err: unknown) => {
+        this.#pending = batch.concat(this.#pending);
+        if (this.#holding) return;
+        this.#holding = true;
+        this.#holdingSince = this.#o.clock.now();
+        const msg = `holding ${this.#pending.length} ${this.#o.what} and skipping polls until they can be stored`;
+        if (isBackpressure(err))
+          this.#o.logger.warn({ reason: (err as Error).message }, `outbox refuses new readings: ${msg}`);
+        else this.#o.logger.error({ err }, `could not commit ${this.#o.what}: ${msg}`);
+      },
     );
     void this.#inflight.finally(() => {
       this.#inflight = undefined;
-      this.#flush();
+      if (!this.#holding) this.#flush();
     });
   }
 }

@@ -8,6 +8,9 @@ import { spawnSync } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { Agent } from "../../src/agent.js";
+import { loadConfig } from "../../src/config/load.js";
+import { createLogger } from "../../src/ops/logger.js";
 import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { ModbusSlave, words } from "../support/modbus.js";
 import { freePort } from "../support/ports.js";
@@ -171,5 +174,51 @@ http: { listen: "127.0.0.1:${httpPort}" }
     expect(probe(files)).toEqual({ up: ["up"], modbus: false, serialport: false });
     expect(probe(files + tcp)).toEqual({ up: ["up", "up"], modbus: true, serialport: false });
     expect(probe(files + rtu)).toEqual({ up: ["up", "down", "up"], modbus: true, serialport: true });
+  });
+
+  it("stops polling while the outbox refuses readings, and counts what it still held at stop", async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const slave = await ModbusSlave.tcp();
+    cleanups.push(() => slave.stop());
+    await slave.set(1, "holding", 0, [900]);
+    const receiver = new Receiver(SECRET);
+    await receiver.start();
+    cleanups.push(() => receiver.stop());
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: full-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
+modbus:
+  - { name: plant, url: "${slave.url}", every: 100ms, timeout: 80ms, devices: [{ unit_id: 1, sensor: boiler, registers: [{ metric: t, address: 0 }] }] }
+destinations:
+  ops: { url: "${receiver.url}", secret: ${SECRET} }
+rules:
+  - { name: hot, match: { metric: t }, above: 80, notify: [ops] }
+outbox: { min_free_disk: 999999GB }
+http: { listen: false }
+`,
+    );
+    const logs: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (l: string) => logs.push(JSON.parse(l)) });
+    const agent = new Agent({ loaded: loadConfig(file), logger });
+    await agent.start();
+    cleanups.push(() => agent.stop());
+    const metric = async (name: string, labels: Record<string, string>) => {
+      const m = (await agent.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
+      return Number(m?.values.find((v) => Object.entries(labels).every(([k, val]) => v.labels[k] === val))?.value ?? 0);
+    };
+    const skips = () => metric("edgehook_source_errors_total", { source: "modbus:plant", reason: "backpressure" });
+    await waitUntil(async () => (await skips()) >= 5, "polls skipped while the outbox refuses");
+    // One poll was read and is held; no more are read while it waits.
+    const served = (await slave.served()).requests.length;
+    expect(served).toBeLessThanOrEqual(2);
+    expect(
+      logs.filter((l) => String(l.msg).startsWith("outbox refuses new readings: holding 1 modbus readings")),
+    ).toHaveLength(1);
+    await agent.stop();
+    expect(await metric("edgehook_readings_dropped_total", { source: "modbus:plant", reason: "stopped" })).toBe(1);
+    expect(logs.some((l) => l.msg === "dropped 1 modbus readings at stop: the outbox did not take them")).toBe(true);
+    expect(receiver.received).toHaveLength(0);
   });
 });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { createLogger } from "../../src/ops/logger.js";
 import { DeviceBook, Poller, SinkQueue } from "../../src/sources/polling.js";
 import type { Reading } from "../../src/sources/reading.js";
 import { parseW1Slave } from "../../src/sources/w1-slave.js";
@@ -106,16 +107,27 @@ describe("Poller", () => {
 const reading = (value: number): Reading => ({ sensor: "s", metric: "m", value, ts: 0, source: "x", labels: {} });
 
 describe("SinkQueue", () => {
+  const make = (sink: (rs: Reading[]) => Promise<void>) => {
+    const logs: Record<string, unknown>[] = [];
+    const dropped: number[] = [];
+    const logger = createLogger("info", { write: (l: string) => logs.push(JSON.parse(l)) });
+    const q = new SinkQueue({
+      sink,
+      logger,
+      clock: new FakeClock(),
+      what: "test readings",
+      onDropped: (n) => dropped.push(n),
+    });
+    return { q, logs, dropped };
+  };
+
   it("keeps one commit in flight and gathers what comes meanwhile into the next", async () => {
     const calls: number[][] = [];
     const releases: (() => void)[] = [];
-    const q = new SinkQueue(
-      (rs) => {
-        calls.push(rs.map((r) => r.value as number));
-        return new Promise((r) => releases.push(r));
-      },
-      () => {},
-    );
+    const { q } = make((rs) => {
+      calls.push(rs.map((r) => r.value as number));
+      return new Promise((r) => releases.push(r));
+    });
     q.push([reading(1)]);
     expect(q.backlogged).toBe(false);
     q.push([reading(2)]);
@@ -126,29 +138,50 @@ describe("SinkQueue", () => {
     await flush();
     expect(calls).toEqual([[1], [2, 3]]);
     expect(q.backlogged).toBe(false);
-    const drained = q.drain();
+    const closed = q.close();
     releases.shift()!();
-    await drained;
+    await closed;
   });
 
-  it("reports readings it could not commit, and goes on", async () => {
-    const lost: number[] = [];
-    let fail = true;
+  it("holds readings the outbox refuses, offers them again when asked, and says so once each way", async () => {
+    let refuse = true;
     const committed: number[] = [];
-    const q = new SinkQueue(
-      async (rs) => {
-        if (fail) throw new Error("disk full");
-        committed.push(...rs.map((r) => r.value as number));
-      },
-      (_e, n) => lost.push(n),
-    );
+    const { q, logs } = make(async (rs) => {
+      if (refuse) throw Object.assign(new Error("free disk is under the floor"), { code: "EDGEHOOK_DISK_FLOOR" });
+      committed.push(...rs.map((r) => r.value as number));
+    });
     q.push([reading(1), reading(2)]);
-    await q.drain();
-    fail = false;
-    q.push([reading(3)]);
-    await q.drain();
-    expect(lost).toEqual([2]);
-    expect(committed).toEqual([3]);
+    await flush();
+    expect(q.backlogged).toBe(true); // the source skips polls now
+    q.retry();
+    await flush();
+    q.retry();
+    await flush();
+    expect(committed).toEqual([]);
+    refuse = false;
+    q.retry();
+    await flush();
+    expect(committed).toEqual([1, 2]);
+    expect(q.backlogged).toBe(false);
+    expect(logs.map((l) => [l.level, l.msg])).toEqual([
+      ["warn", "outbox refuses new readings: holding 2 test readings and skipping polls until they can be stored"],
+      ["info", "stored 2 held test readings after 0 s; polling again"],
+    ]);
+  });
+
+  it("logs other commit failures as errors, and drops and counts what is still held at stop", async () => {
+    const { q, logs, dropped } = make(async () => {
+      throw new Error("database is locked");
+    });
+    q.push([reading(1)]);
+    await flush();
+    expect(logs[0]).toMatchObject({
+      level: "error",
+      msg: "could not commit test readings: holding 1 test readings and skipping polls until they can be stored",
+    });
+    await q.close();
+    expect(dropped).toEqual([1]);
+    expect(logs.at(-1)).toMatchObject({ level: "warn", code: "EDGEHOOK_READINGS_DROPPED", dropped: 1 });
   });
 });
 
