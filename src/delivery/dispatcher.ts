@@ -11,12 +11,21 @@
  * waiting retries due (the fix is usually in the config).
  *
  * Order per series: the outbox returns only the head (earliest pending delivery) of each
- * series, and every series with a request in flight OR an outcome not yet written to the
- * outbox is passed in `exclude`, so a later event of a series is never sent while an earlier
- * one may still be pending. Different series go out concurrently.
+ * series, and every series with a request in flight OR a failed outcome not yet written
+ * (the retry time is not on disk yet) is passed in `exclude`, so a later event of a series
+ * is never sent while an earlier one is in flight or waiting for a retry. Different series
+ * go out concurrently.
  *
- * Throughput: outcomes are collected and written with one `outbox.settle` call every few
- * milliseconds (one SQLite transaction instead of one per webhook), and passes over a lane
+ * Pipelining after a final outcome: once a delivery is delivered (or dead) the next event of
+ * its series may go while that outcome still waits to be written (`after`: the outbox then
+ * returns the pending delivery after it). Nothing is lost by it: after a crash in between,
+ * the earlier one is still pending and is sent again with the same webhook-id, after the
+ * later one; the receiver's first arrivals are in order. It is what lets a few busy series
+ * use the whole connection instead of waiting for a write per event.
+ *
+ * Throughput: outcomes are collected and written with one `outbox.settle` call at most
+ * every 20 ms (one SQLite transaction instead of one per webhook; at once when the lane has
+ * nothing else to do), and passes over a lane
  * are coalesced into one per event-loop turn. When nothing is due the lane sleeps until
  * `outbox.nextDueAt` or a `wake()`; there is no polling loop.
  *
@@ -93,7 +102,11 @@ export interface DispatcherOptions {
   env?: Readonly<Record<string, string | undefined>>;
   /** Relative tls.*_file paths are resolved against this (the config file's directory). */
   baseDir?: string;
-  /** Longest wait before outcomes are written (default 5 ms). */
+  /**
+   * Longest wait before outcomes are written (default 20 ms). Delivered ones do not hold
+   * their series back meanwhile (pipelining), so a longer wait costs nothing but more
+   * resends after a crash, and saves transactions (each one an fsync on the SD card).
+   */
   settleDelayMs?: number;
   /**
    * Called after every attempt with what the receiver answered (the first bytes of its
@@ -114,11 +127,17 @@ export interface AttemptInfo {
 
 const CLOCK_DETAIL = "clock not synchronised";
 const SETTLE_BATCH_MAX = 512;
+const SETTLE_DELAY_MS = 20;
 /** How often a held lane (clock) or a disabled one (enabled from the CLI) is looked at again. */
 const RECHECK_MS = 5_000;
 const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
 /** Most remembered batch memberships per lane; beyond it they are forgotten (ids may change). */
 const PIN_MAX = 10_000;
+/**
+ * Outcomes waiting to be written beyond which a series no longer goes on before its last
+ * outcome is written (the outbox cannot keep up, or writes fail: do not run ahead of it).
+ */
+const PIPELINE_MAX = 4 * SETTLE_BATCH_MAX;
 /** While a destination is down, its offline outcomes are written at most this often. */
 const OFFLINE_RECORD_MS = 60_000;
 
@@ -146,8 +165,13 @@ interface Lane {
   abort: AbortController;
   /** Outcomes of this lane collected but not yet written. */
   unwritten: number;
-  /** Series with a delivery in flight or an outcome not yet written. */
+  /** Series with a delivery in flight or a failed outcome not yet written. */
   exclude: Set<string>;
+  /**
+   * Series whose last delivery is delivered or dead but not written yet → its id. The
+   * series goes on with the delivery after it (outbox.next), not waiting for the write.
+   */
+  after: Map<string, number>;
   probe: OfflineProbe;
   /** Events were committed since the last probe: while down, one may probe early. */
   newWork: boolean;
@@ -182,6 +206,8 @@ interface PendingSettle {
   lane: Lane;
   settlement: Settlement;
   series: string;
+  /** Delivered or dead: the series went on before this was written (Lane.after). */
+  released?: boolean;
 }
 
 export class Dispatcher {
@@ -220,7 +246,7 @@ export class Dispatcher {
     this.#random = options.random ?? Math.random;
     this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
-    this.#settleDelayMs = options.settleDelayMs ?? 5;
+    this.#settleDelayMs = options.settleDelayMs ?? SETTLE_DELAY_MS;
     this.#baseDir = options.baseDir;
   }
 
@@ -460,6 +486,7 @@ export class Dispatcher {
       abort: laneAbort(),
       unwritten: 0,
       exclude: new Set(),
+      after: new Map(),
       probe: new OfflineProbe(this.#clock, this.#random),
       newWork: false,
       outages: new OutageLog(this.#clock),
@@ -660,7 +687,7 @@ export class Dispatcher {
           return;
         }
         // A batch lane probes with a whole batch: the backlog is old, there is nothing to wait for.
-        const heads = this.#outbox.next(lane.name, now, perRequest, lane.exclude);
+        const heads = this.#outbox.next(lane.name, now, perRequest, lane.exclude, lane.after);
         if (heads.length === 0) {
           this.#sleepUntilDue(lane, now);
           return;
@@ -683,7 +710,7 @@ export class Dispatcher {
         }
         limit = Math.min(limit, tokens);
       }
-      const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude);
+      const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude, lane.after);
       const { ready, rest } = this.#group(lane, rows, perRequest);
       let sent = 0;
       // Full requests go at once (one delivery each, max_events per batch, or a retried batch).
@@ -1160,8 +1187,17 @@ export class Dispatcher {
   // ------------------------------------------------------------ settling
 
   #queueSettle(p: PendingSettle): void {
+    const { settlement, lane } = p;
+    if (settlement.outcome !== "retry" && this.#pending.length < PIPELINE_MAX && lane.state !== "disabled") {
+      // Delivered or dead: nothing about it changes any more, so the next event of the
+      // series may go while this waits to be written. After a crash in between, this one
+      // is sent again (same webhook-id) after the later one; first arrivals stay in order.
+      lane.after.set(p.series, settlement.id);
+      lane.exclude.delete(p.series);
+      p.released = true;
+    }
     this.#pending.push(p);
-    p.lane.unwritten++;
+    lane.unwritten++;
     if (this.#pending.length >= SETTLE_BATCH_MAX || this.#stopping) {
       this.#flush();
     } else if (!this.#settleTimer) {
@@ -1181,8 +1217,8 @@ export class Dispatcher {
     try {
       this.#outbox.settle(batch.map((p) => p.settlement));
     } catch (err) {
-      // Keep the series excluded and try again: releasing them would resend deliveries
-      // whose outcome is known but not yet written.
+      // Keep the series excluded (or, delivered ones, in `after`) and try again: releasing
+      // them would resend deliveries whose outcome is known but not yet written.
       const n = this.#quiet.shouldLog("settle");
       if (n !== undefined) this.#log.error({ err, suppressed: n }, "writing delivery outcomes failed; retrying");
       this.#pending = batch.concat(this.#pending);
@@ -1196,7 +1232,8 @@ export class Dispatcher {
     }
     for (const p of batch) {
       p.lane.unwritten--;
-      p.lane.exclude.delete(p.series);
+      if (!p.released) p.lane.exclude.delete(p.series);
+      else if (p.lane.after.get(p.series) === p.settlement.id) p.lane.after.delete(p.series);
       if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
     }
     this.#schedulePumps();

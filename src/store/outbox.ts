@@ -260,13 +260,21 @@ function prepareAll(db: Database) {
     loadStates: db.prepare("SELECT rule, series, version, state FROM series_state"),
     // Walks the heads in priority/id order and stops after LIMIT due ones; without the
     // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
+    // Bodies are read only for the heads handed out (eventOf): most heads a busy lane sees
+    // are in flight and skipped.
     next: db.prepare(
-      `SELECT d.id, e.id AS event_id, d.destination, d.series, e.type, d.priority, d.attempts, d.created_at, e.body
-       FROM deliveries d INDEXED BY deliveries_next_heads JOIN events e ON e.seq = d.event_seq
+      `SELECT d.id, d.event_seq, d.destination, d.series, d.priority, d.attempts, d.created_at, d.next_at
+       FROM deliveries d INDEXED BY deliveries_next_heads
        WHERE d.destination = ? AND d.is_head = 1 AND d.next_at <= ?
        ORDER BY d.priority DESC, d.id LIMIT ?`,
     ),
+    eventOf: db.prepare("SELECT id, type, body FROM events WHERE seq = ?"),
     nextDueAt: db.prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
+    // The pending delivery of a series after a given one (deliveries_pending_by_series).
+    nextInSeries: db.prepare(
+      `SELECT id, event_seq, destination, series, priority, attempts, created_at, next_at FROM deliveries
+       WHERE destination = ? AND series = ? AND state = 0 AND id > ? ORDER BY id LIMIT 1`,
+    ),
     // Only heads are ever retried, so only heads can wait (deliveries_next_due).
     retryNow: db.prepare("UPDATE deliveries SET next_at = ? WHERE destination = ? AND is_head = 1 AND next_at > ?"),
     oldestPending: db.prepare("SELECT MIN(created_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
@@ -618,23 +626,41 @@ export class Outbox implements OutboxReader {
 
   // ------------------------------------------------------------ dispatcher side
 
-  next(destination: string, now: number, limit: number, exclude: ReadonlySet<string>): Delivery[] {
-    if (limit <= 0) return [];
-    // In-flight rows are at most one per series and are heads, so limit + |exclude| is enough.
-    const rows = this.#db ? (this.#s.next.all(destination, now, limit + exclude.size) as NextRow[]) : [];
+  next(
+    destination: string,
+    now: number,
+    limit: number,
+    exclude: ReadonlySet<string>,
+    after?: ReadonlyMap<string, number>,
+  ): Delivery[] {
+    if (limit <= 0 || !this.#db) return [];
+    // In-flight rows are at most one per series and are heads, so limit + |exclude| is
+    // enough; a series in `after` is replaced by its successor or skipped.
+    const rows = this.#s.next.all(destination, now, limit + exclude.size + (after?.size ?? 0)) as NextRow[];
     const out: Delivery[] = [];
-    for (const r of rows) {
-      if (exclude.has(String(r.id)) || exclude.has(r.series)) continue;
+    for (const head of rows) {
+      if (exclude.has(String(head.id)) || exclude.has(head.series)) continue;
+      let r: NextRow | undefined = head;
+      const settled = after?.get(head.series);
+      if (settled !== undefined && head.id <= settled) {
+        // The head's outcome is known to the caller but not written yet: the series goes
+        // on with the first pending delivery after it, if that one is due.
+        const succ = this.#s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined;
+        r = succ !== undefined && succ.next_at <= now ? succ : undefined;
+      }
+      if (r === undefined) continue;
+      const e = this.#s.eventOf.get(r.event_seq) as { id: string; type: string; body: Buffer } | undefined;
+      if (e === undefined) continue;
       out.push({
         id: r.id,
-        eventId: r.event_id,
+        eventId: e.id,
         destination: r.destination,
         series: r.series,
-        type: r.type,
+        type: e.type,
         priority: r.priority,
         attempts: r.attempts,
         createdAt: r.created_at,
-        body: r.body,
+        body: e.body,
       });
       if (out.length >= limit) break;
     }
@@ -1361,14 +1387,13 @@ export class Outbox implements OutboxReader {
 
 interface NextRow {
   id: number;
-  event_id: string;
+  event_seq: number;
   destination: string;
   series: string;
-  type: string;
   priority: number;
   attempts: number;
   created_at: number;
-  body: Buffer;
+  next_at: number;
 }
 
 interface StateRow {

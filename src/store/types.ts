@@ -60,9 +60,18 @@ export interface OutboxReader {
    * Up to `limit` deliveries of `destination` that are due at `now` and are the
    * head of their series (the earliest pending delivery of that series), highest
    * priority first, then oldest. Deliveries whose id or series is in `exclude`
-   * (in flight) are skipped. Reads from disk; nothing is cached per delivery.
+   * (in flight) are skipped. `after` maps a series to the id of a delivery the caller
+   * has settled (delivered or dead) but not written yet: for that series the first
+   * pending delivery after it is returned instead, if due. Reads from disk; nothing is
+   * cached per delivery.
    */
-  next(destination: string, now: number, limit: number, exclude: ReadonlySet<string>): Delivery[];
+  next(
+    destination: string,
+    now: number,
+    limit: number,
+    exclude: ReadonlySet<string>,
+    after?: ReadonlyMap<string, number>,
+  ): Delivery[];
   /** Earliest `next_at` among the pending heads of `destination`, or undefined. */
   nextDueAt(destination: string): number | undefined;
   /**

@@ -55,6 +55,8 @@ interface RigOptions {
   clockSynced?: () => boolean;
   /** Collects the dispatcher's log lines (parsed JSON). */
   logs?: Record<string, unknown>[];
+  /** Longest wait before outcomes are written (the dispatcher's default is 5 ms). */
+  settleDelayMs?: number;
 }
 
 async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): Promise<Rig> {
@@ -82,6 +84,7 @@ async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): 
     random: () => 0.5, // no jitter: the schedule is exact
     env: {},
     ...(opts.clockSynced ? { clockSynced: opts.clockSynced } : {}),
+    ...(opts.settleDelayMs !== undefined ? { settleDelayMs: opts.settleDelayMs } : {}),
   });
   cleanups.push(async () => {
     await dispatcher.stop(0);
@@ -432,6 +435,61 @@ describe("dispatcher against real receivers", () => {
     expect(flapping).toHaveLength(1);
     expect(flapping[0]).toMatchObject({ level: "warn", outages: 5, state: "up", backlog: 0 });
     expect(String(flapping[0]?.msg)).toMatch(/unreachable 5 more time\(s\) in the last/);
+  });
+
+  it("after a 2xx the next event of the series goes while the outcome waits to be written; after a 5xx it waits", async () => {
+    // Outcomes are written only at stop: everything below happens with them unwritten.
+    const r = await rig({ retry_schedule: ["5s"] }, { settleDelayMs: 3_600_000 });
+    const ok = await r.commit("s1", 5);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 5, "the whole series", 5_000);
+    expect(r.receiver.arrivals.map((a) => a.id)).toEqual(ok.map((e) => e.id));
+    for (const e of ok) expect(row(r, e.id).state).toBe("pending");
+
+    let fail = true;
+    r.receiver.answer = () => (fail ? { kind: "status", status: 503 } : { kind: "accept" });
+    const [failing, behind] = await r.commit("s1", 2);
+    await r.receiver.waitFor(() => r.receiver.requests === 6, "the failing one");
+    // Until its retry time is written, nothing else of the series goes (or is read as due).
+    r.clock.advance(60_000);
+    await new Promise((res) => setTimeout(res, 100));
+    expect(r.receiver.requests).toBe(6);
+    expect(r.receiver.arrivals.some((a) => a.id === behind!.id)).toBe(false);
+    fail = false;
+    await r.dispatcher.stop(0);
+    for (const e of ok) expect(row(r, e.id).state).toBe("delivered");
+    expect(row(r, failing!.id)).toMatchObject({ state: "pending", attempts: 1 });
+    expect(row(r, behind!.id)).toMatchObject({ state: "pending", attempts: 0 });
+  });
+
+  it("outcomes that were never written (a crash) are sent again with the same webhook-id; first arrivals stay in order", async () => {
+    const r = await rig({}, { settleDelayMs: 3_600_000 });
+    const first = await r.commit("s1", 4);
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 4, "the series");
+    // The process dies before writing: nothing of it reaches the outbox.
+    r.outbox.settle = () => {
+      throw new Error("killed");
+    };
+    await r.dispatcher.stop(0);
+    for (const e of first) expect(row(r, e.id).state).toBe("pending");
+    const second = await r.commit("s1", 2);
+    const again = new Dispatcher({
+      outbox: r.outbox,
+      destinations: { ops: r.dest },
+      clock: r.clock,
+      logger: silentLogger(),
+      metrics: r.metrics,
+      env: {},
+    });
+    again.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 10, "the series again, then the new events");
+    await again.stop(0);
+    const ids = r.receiver.accepted.map((a) => a.id);
+    const all = [...first, ...second].map((e) => e.id);
+    expect(ids).toEqual([...first.map((e) => e.id), ...all]);
+    const firstArrivals = ids.filter((id, i) => ids.indexOf(id) === i);
+    expect(firstArrivals).toEqual(all);
   });
 
   it("keeps order within each series while several series go out concurrently", async () => {
