@@ -23,6 +23,8 @@ export async function fetchStatus(
 ): Promise<{ snapshot: StatusSnapshot } | { error: string }> {
   const listen = loaded.config.http.listen;
   if (listen === false) return { error: "http.listen is false, so the agent cannot be asked" };
+  if (/:0$/.test(listen.trim()))
+    return { error: "http.listen has port 0 (chosen at start), so the agent cannot be found" };
   const base = localUrl(listen);
   try {
     const res = await fetch(`${base}/api/status`, { signal: AbortSignal.timeout(timeoutMs) });
@@ -154,7 +156,7 @@ export function renderStatus(s: StatusSnapshot, why: string | undefined, loaded:
         ["NAME", "STATE", "SINCE", "READINGS/MIN", "DECODE ERRORS"],
         ...s.sources.map((x) => [
           safe(x.name),
-          `${x.status === "up" ? (x.kind === "serial" ? "open" : "connected") : safe(x.status)}${x.detail ? ` (${safe(x.detail)})` : ""}`,
+          `${x.status === "up" ? (x.kind === "mqtt" ? "connected" : x.kind === "serial" ? "open" : "up") : safe(x.status)}${x.detail ? ` (${safe(x.detail)})` : ""}`,
           localTime(x.since, now),
           x.readings_1m === null ? "-" : String(x.readings_1m),
           String(x.decode_errors),

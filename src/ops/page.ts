@@ -62,7 +62,7 @@ export function view(s: StatusSnapshot, now: number): string {
     s.sources.map((x) => [
       esc(x.name),
       badge(
-        x.status === "up" ? (x.kind === "serial" ? "open" : "connected") : x.status,
+        x.status === "up" ? (x.kind === "mqtt" ? "connected" : x.kind === "serial" ? "open" : "up") : x.status,
         x.status === "up" ? "ok" : "bad",
       ) + (x.detail ? ` <small>${esc(x.detail)}</small>` : ""),
       esc(time(x.since)),

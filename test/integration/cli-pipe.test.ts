@@ -6,12 +6,13 @@ import { spawn } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { COMMANDS } from "../../src/cli/commands.js";
 import { parseConfig } from "../../src/config/load.js";
 import { newEventId } from "../../src/events.js";
 import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { Outbox } from "../../src/store/outbox.js";
-import { BIN, tempDir, writeConfig } from "../support/agent-process.js";
+import { BIN, edgehookAsync, tempDir, writeConfig } from "../support/agent-process.js";
 import { track } from "../support/children.js";
 
 const cleanups: (() => unknown)[] = [];
@@ -70,6 +71,19 @@ function start(args: string[]) {
   );
   return { proc, exited, stderr: () => stderr };
 }
+
+describe("the installed binary", () => {
+  it("answers --help for every command in the table with exit 0, reading no configuration", async () => {
+    const env = { EDGEHOOK_CONFIG: "/nonexistent/agent.yaml" };
+    const results = await Promise.all(
+      COMMANDS.map(async (c) => ({ name: c.name, r: await edgehookAsync([...c.name.split(" "), "--help"], env) })),
+    );
+    for (const { name, r } of results) {
+      expect({ name, code: r.code, stderr: r.stderr }).toEqual({ name, code: 0, stderr: "" });
+      expect(r.stdout).toContain(`Usage: edgehook ${name}`);
+    }
+  });
+});
 
 describe("edgehook in a shell pipeline", () => {
   it("queue list | head: exits quietly when the reader closes the pipe", async () => {
