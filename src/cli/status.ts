@@ -4,6 +4,7 @@
  * and says the agent is down. `--json` prints the snapshot, `--watch` refreshes it.
  */
 import { existsSync } from "node:fs";
+import { get as httpGet } from "node:http";
 import { parseArgs } from "node:util";
 import type { CliIO } from "../cli.js";
 import type { LoadedConfig } from "../config/load.js";
@@ -27,17 +28,40 @@ export async function fetchStatus(
     return { error: "http.listen has port 0 (chosen at start), so the agent cannot be found" };
   const base = localUrl(listen);
   try {
-    const res = await fetch(`${base}/api/status`, { signal: AbortSignal.timeout(timeoutMs) });
-    if (!res.ok) return { error: `${base} answered HTTP ${res.status}` };
-    const snapshot = (await res.json()) as StatusSnapshot;
-    if (snapshot.agent?.id !== loaded.config.agent.id) {
-      return { error: `${base} is another agent (${safe(snapshot.agent?.id)}), not ${loaded.config.agent.id}` };
+    const res = await getJson(`${base}/api/status`, timeoutMs);
+    if (res.status !== 200) return { error: `${base} answered HTTP ${res.status}` };
+    const snapshot = res.body as StatusSnapshot;
+    if (snapshot?.agent?.id !== loaded.config.agent.id) {
+      return { error: `${base} is another agent (${safe(snapshot?.agent?.id)}), not ${loaded.config.agent.id}` };
     }
     return { snapshot };
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name;
-    return { error: `no answer from ${base} (${cause === "TimeoutError" ? "timed out" : cause})` };
+    return { error: `no answer from ${base} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` };
   }
+}
+
+/**
+ * GET with node:http: a command started for one look should not spend a second loading
+ * the fetch implementation (measured on a loaded Pi-class machine).
+ */
+function getJson(url: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = httpGet(url, { timeout: timeoutMs, headers: { accept: "application/json" } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("error", reject);
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        try {
+          resolve({ status: res.statusCode ?? 0, body: res.statusCode === 200 ? JSON.parse(text) : undefined });
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+    req.on("timeout", () => req.destroy(Object.assign(new Error("timed out"), { code: "timed out" })));
+    req.on("error", reject);
+  });
 }
 
 /** The snapshot from the agent, or from the outbox when the agent does not answer. */
