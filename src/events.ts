@@ -70,8 +70,4 @@ export function newEventId(now: number = Date.now()): string {
   return `msg_${ulid(now)}`;
 }
 
-export function seriesKey(rule: string, sensor: string, metric: string): string {
-  return `${rule}\u001f${sensor}\u001f${metric}`;
-}
-
 export const SEVERITY_PRIORITY: Record<Severity, number> = { info: 0, warning: 10, critical: 20 };

@@ -15,6 +15,7 @@ import { parseDuration } from "../config/units.js";
 import { ExitCode } from "../errors.js";
 import { silentLogger } from "../ops/logger.js";
 import { Metrics } from "../ops/metrics.js";
+import { seriesLabel } from "../series-key.js";
 import { Outbox } from "../store/outbox.js";
 import type { DeliveryListing, DeliveryState } from "../store/types.js";
 import { safe, safeLines } from "./safe-text.js";
@@ -202,7 +203,7 @@ function list(args: string[], loaded: LoadedConfig, out: Out): number {
   if (values.json) {
     out(
       JSON.stringify(
-        rows.map((r) => ({ ...r, series: seriesName(r.series) })),
+        rows.map((r) => ({ ...r, series: seriesLabel(r.series) })),
         null,
         2,
       ),
@@ -219,7 +220,7 @@ function list(args: string[], loaded: LoadedConfig, out: Out): number {
       String(r.attempts),
       formatAge(now - r.createdAt),
       safe(r.type),
-      safe(seriesName(r.series)),
+      safe(seriesLabel(r.series)),
       safe(lastOutcome(r)),
     ]),
   ]);
@@ -246,13 +247,13 @@ function show(args: string[], loaded: LoadedConfig, out: Out): number {
     // stored bytes are shown as they are
   }
   if (values.json) {
-    out(JSON.stringify({ ...detail, series: seriesName(detail.series), body }, null, 2));
+    out(JSON.stringify({ ...detail, series: seriesLabel(detail.series), body }, null, 2));
     return ExitCode.OK;
   }
   out(`event     ${safe(detail.id)}`);
   out(`type      ${safe(detail.type)}`);
   out(`rule      ${safe(detail.rule)}`);
-  out(`series    ${safe(seriesName(detail.series))}`);
+  out(`series    ${safe(seriesLabel(detail.series))}`);
   out(`severity  ${detail.severity} (priority ${detail.priority})`);
   out(`created   ${iso(detail.createdAt)}`);
   out("body");
@@ -379,10 +380,6 @@ export async function destinationCommand(args: string[], loaded: LoadedConfig, o
 }
 
 // ---------------------------------------------------------------- formatting
-
-function seriesName(series: string): string {
-  return series.split("\u001f").join("/");
-}
 
 function lastOutcome(r: DeliveryListing): string {
   if (r.reason) return r.reason;

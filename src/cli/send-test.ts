@@ -14,6 +14,7 @@ import { ExitCode } from "../errors.js";
 import { type NewEvent, newEventId } from "../events.js";
 import { silentLogger } from "../ops/logger.js";
 import { Metrics } from "../ops/metrics.js";
+import { seriesKey } from "../series-key.js";
 import { Outbox } from "../store/outbox.js";
 
 const PREVIEW_BYTES = 512;
@@ -42,7 +43,7 @@ export async function sendTestCommand(
     id: newEventId(now),
     type: "test",
     rule: "send-test",
-    series: `send-test\u001f${name}`,
+    series: seriesKey("send-test", "edgehook-send-test", "test"),
     severity: "info",
     priority: 0,
     destinations: [name],

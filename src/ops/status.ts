@@ -8,6 +8,7 @@
  */
 import type { Clock, TimerHandle } from "../clock.js";
 import type { SeriesStateRow } from "../events.js";
+import { parseSeriesKey, seriesLabel } from "../series-key.js";
 import type { DeliveryListing, DeliveryState, DestinationFlag, DestinationStats } from "../store/types.js";
 
 export interface StatusSnapshot {
@@ -169,12 +170,12 @@ export function firingFromStates(rows: readonly SeriesStateRow[]): FiringRow[] {
     if (!st || typeof st !== "object") continue;
     const phase = st.phase;
     if (phase !== "firing" && phase !== "clearing" && phase !== "silent") continue;
-    const [, sensor = "", metric = ""] = row.series.split("\u001f");
+    const id = parseSeriesKey(row.series);
     const since = phase === "silent" ? st.since : st.fired_at;
     out.push({
       rule: row.rule,
-      sensor,
-      metric,
+      sensor: id?.sensor ?? "",
+      metric: id?.metric ?? "",
       phase,
       value: st.value ?? null,
       since: typeof since === "number" ? since : null,
@@ -188,7 +189,7 @@ export function deliveryRow(r: DeliveryListing): DeliveryRow {
     event_id: r.eventId,
     destination: r.destination,
     type: r.type,
-    series: r.series.split("\u001f").join("/"),
+    series: seriesLabel(r.series),
     state: r.state,
     attempts: r.attempts,
     created_at: r.createdAt,

@@ -96,15 +96,9 @@
  */
 import type { Clock } from "../clock.js";
 import type { RuleConfig, Severity } from "../config/schema.js";
-import {
-  type CommitBatch,
-  type EventType,
-  type NewEvent,
-  newEventId,
-  type SeriesStateRow,
-  seriesKey,
-} from "../events.js";
+import { type CommitBatch, type EventType, type NewEvent, newEventId, type SeriesStateRow } from "../events.js";
 import { type Logger, RateLimitedLog, silentLogger } from "../ops/logger.js";
+import { parseSeriesKey, type SeriesId, seriesKey } from "../series-key.js";
 import type { Reading, ReadingValue } from "../sources/reading.js";
 import { type CompiledRule, compileRule, toNumber } from "./conditions.js";
 import { DueQueue, type Schedulable } from "./due-queue.js";
@@ -348,21 +342,20 @@ export class RuleEngine {
     const batchRows: { seq: number; row: SeriesStateRow; rule: CompiledRule }[] = [];
     // New buffered readings must never reuse the key of a stored one, whatever its rule.
     for (const row of rows) {
-      const parts = row.series.split("\u001f");
-      const seq = parts[1] === BATCH_SENSOR ? Number(parts[2]) : Number.NaN;
+      const id = parseSeriesKey(row.series);
+      const seq = id?.sensor === BATCH_SENSOR ? Number(id.metric) : Number.NaN;
       if (Number.isInteger(seq) && seq >= this.#batchSeq) this.#batchSeq = seq + 1;
     }
     for (const row of rows) {
       const rule = this.#byName.get(row.rule);
-      const parts = row.series.split("\u001f");
+      const id = parseSeriesKey(row.series);
       const st = row.state as Record<string, unknown> | null;
-      if (!rule || rule.version !== row.version || parts.length !== 3 || typeof st !== "object" || st === null) {
-        const adopted = rule !== undefined && this.#restoreChanged(rule, row, parts, st, now);
-        if (!adopted) this.#endStaleRow(row, parts, st, rule ? "rule changed" : "rule removed", rule);
+      if (!rule || rule.version !== row.version || id === undefined || typeof st !== "object" || st === null) {
+        const adopted = rule !== undefined && this.#restoreChanged(rule, row, id, st, now);
+        if (!adopted) this.#endStaleRow(row, id, st, rule ? "rule changed" : "rule removed", rule);
         continue;
       }
-      const sensor = parts[1] as string;
-      const metric = parts[2] as string;
+      const { sensor, metric } = id;
       if (rule.kind === "forward") {
         if (sensor === BATCH_SENSOR && rule.batchMs !== undefined) {
           batchRows.push({ seq: Number(metric), row, rule });
@@ -1327,14 +1320,13 @@ export class RuleEngine {
   #restoreChanged(
     rule: CompiledRule,
     row: SeriesStateRow,
-    parts: string[],
+    id: SeriesId | undefined,
     st: Record<string, unknown> | null,
     now: number,
   ): boolean {
-    if (parts.length !== 3 || st === null || typeof st !== "object" || parts[1] === BATCH_SENSOR) return false;
+    if (id === undefined || st === null || typeof st !== "object" || id.sensor === BATCH_SENSOR) return false;
     if (rule.kind !== "alert" && rule.kind !== "absent") return false;
-    const sensor = parts[1] as string;
-    const metric = parts[2] as string;
+    const { sensor, metric } = id;
     const key = seriesKey(rule.name, sensor, metric);
     if (key !== row.series) return false;
     const s =
@@ -1377,16 +1369,15 @@ export class RuleEngine {
    */
   #endStaleRow(
     row: SeriesStateRow,
-    parts: string[],
+    id: SeriesId | undefined,
     st: Record<string, unknown> | null,
     reason: string,
     current: CompiledRule | undefined,
   ): void {
     this.stats.staleStates++;
     this.#carry.removedStates.push({ rule: row.rule, series: row.series });
-    if (st === null || typeof st !== "object" || parts.length !== 3) return;
-    const sensor = parts[1] as string;
-    const metric = parts[2] as string;
+    if (st === null || typeof st !== "object" || id === undefined) return;
+    const { sensor, metric } = id;
     const now = this.#now;
     if (sensor === BATCH_SENSOR) {
       // Buffered telemetry of a forward rule: send it under the rule's current definition
