@@ -21,6 +21,8 @@ export const ErrorCodes = {
     "the MQTT broker no longer had edgehook's persistent session; readings published while disconnected may be lost",
   EDGEHOOK_MQTT_BROKER_DROPPED:
     "the MQTT broker reported dropping messages (a full queue); readings for edgehook may be among them",
+  EDGEHOOK_REQUEST_UNSENDABLE:
+    "no request could be built for a webhook (its template or URL does not render for the event); the delivery is dead at once",
   EDGEHOOK_NOT_FOUND: "the delivery or destination named on the command line does not exist",
 } as const;
 

@@ -119,7 +119,7 @@ export async function sendTestCommand(
       err(`edgehook send-test: ${name} did not accept the webhook (HTTP ${answer.status})`);
       return ExitCode.FAILURE;
     }
-    if (answer?.error?.startsWith("cannot build the request")) {
+    if (answer?.code === "EDGEHOOK_REQUEST_UNSENDABLE") {
       err(`edgehook send-test: ${name}: ${answer.error}`);
     } else {
       err(`edgehook send-test: ${name} not reachable: ${answer?.error ?? "no answer in time"}`);

@@ -40,7 +40,7 @@ import { resolve } from "node:path";
 import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
-import { EdgehookError } from "../errors.js";
+import { EdgehookError, type ErrorCode } from "../errors.js";
 import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
@@ -123,6 +123,8 @@ export interface AttemptInfo {
   /** Up to the first 4 KiB of the answer. */
   body?: Buffer;
   error?: string;
+  /** Set when no request could be built (a template or URL that does not render): retrying cannot help. */
+  code?: ErrorCode;
 }
 
 const CLOCK_DETAIL = "clock not synchronised";
@@ -877,7 +879,7 @@ export class Dispatcher {
       (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
     let outcome: Promise<Outcome>;
     if (built === undefined) {
-      this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(unsendable) });
+      this.#onAttempt?.({ eventId: webhookId, destination: lane.name, ...unsendableInfo(unsendable) });
       outcome = Promise.resolve({ kind: "unsendable", error: unsendable });
     } else {
       try {
@@ -919,7 +921,7 @@ export class Dispatcher {
               if (isInvalidRequest(error)) {
                 // undici rejected the request itself (e.g. a header value with a newline):
                 // nothing was sent and no retry can send it.
-                this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+                this.#onAttempt?.({ eventId: webhookId, destination: lane.name, ...unsendableInfo(error) });
                 return { kind: "unsendable", error };
               }
               this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
@@ -928,7 +930,7 @@ export class Dispatcher {
           );
       } catch (error) {
         // undici refused the request synchronously (e.g. an invalid header value).
-        this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeUnsendable(error) });
+        this.#onAttempt?.({ eventId: webhookId, destination: lane.name, ...unsendableInfo(error) });
         outcome = Promise.resolve({ kind: "unsendable", error });
       }
     }
@@ -1268,9 +1270,10 @@ function isInvalidRequest(err: unknown): boolean {
   return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "UND_ERR_INVALID_ARG";
 }
 
-function describeUnsendable(err: unknown): string {
+/** What onAttempt reports when the request could not be built: a code to branch on, and the reason. */
+function unsendableInfo(err: unknown): Pick<AttemptInfo, "code" | "error"> {
   const why = err instanceof Error ? err.message : String(err);
-  return `cannot build the request: ${why.slice(0, 200)}`;
+  return { code: "EDGEHOOK_REQUEST_UNSENDABLE", error: `cannot build the request: ${why.slice(0, 200)}` };
 }
 
 function laneAbort(): AbortController {

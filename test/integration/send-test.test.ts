@@ -70,4 +70,29 @@ destinations:
     expect(err).toEqual([]);
     expect(code).toBe(0);
   });
+
+  it("says the request cannot be built (not that the receiver is unreachable) when a header value is invalid", async () => {
+    const file = writeConfig(
+      tempDir(),
+      `version: 1
+agent: { id: header-pi, data_dir: ./data }
+destinations:
+  ops:
+    url: ${receiver.url}
+    secret: ${SECRET}
+    headers: { x-note: "two\\nlines" }
+`,
+    );
+    const before = receiver.accepted.length;
+    const err: string[] = [];
+    const code = await sendTestCommand(
+      ["ops"],
+      loadConfig(file, { env: {} }),
+      () => {},
+      (l) => err.push(l),
+    );
+    expect(code).toBe(1);
+    expect(err).toEqual([expect.stringMatching(/^edgehook send-test: ops: cannot build the request: /)]);
+    expect(receiver.accepted.length).toBe(before);
+  });
 });
