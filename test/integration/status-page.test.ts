@@ -120,6 +120,12 @@ http:
     const statsText = await edgehookAsync(["queue", "stats", "--config", file]);
     expect(statsText.stdout).toMatch(/ops\s+down \(since \d\d:\d\d:\d\d\)\s+5\s+0\s+1\s/);
 
+    // Readable on a phone: the page itself never scrolls sideways (wide tables scroll in place).
+    expect(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth)).toBe(true);
+    // No secret: destinations by name only, never their URL (which may carry a token).
+    expect(await page.content()).not.toContain(receiver.url);
+    expect(JSON.stringify(api)).not.toContain(receiver.url);
+
     // The chart has the outbox depth, and the page has the deliveries.
     expect(await page.locator("svg.chart polyline").count()).toBe(1);
     expect(await page.locator("section", { hasText: "Last 6 deliveries" }).count()).toBe(1);
