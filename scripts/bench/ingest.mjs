@@ -9,7 +9,10 @@
  * time of this process (MQTT client, decode, SQLite) per 1,000 readings.
  *
  *   npm run build && node scripts/bench/ingest.mjs [--count 100000] [--runs 3]
- *        [--broker-inflight 0] [--protocol 4]
+ *        [--broker-inflight 0] [--protocol 4] [--agent] [--persistent]
+ *
+ * --persistent: a persistent session (clean: false, as deployed), so QoS 1 messages are
+ * tracked for redelivery (src/sources/redelivery.ts); the default is a clean session.
  *
  * Loopback only, bounded in count and time; stops mosquitto and the publisher itself.
  */
@@ -38,6 +41,7 @@ const INFLIGHT = arg("broker-inflight", 0);
 const PROTOCOL = arg("protocol", 4);
 /** Run the real Agent (rule engine + outbox + dispatcher) instead of the stand-in sink. */
 const AGENT = process.argv.includes("--agent");
+const PERSISTENT = process.argv.includes("--persistent");
 const RUN_TIMEOUT_MS = 30_000;
 
 const dir = mkdtempSync(join(tmpdir(), "edgehook-bench-"));
@@ -151,7 +155,7 @@ async function run(url, mix, runNo) {
       url,
       client_id: `bench-${mix}-${runNo}`,
       protocol_version: PROTOCOL,
-      clean: true,
+      clean: !PERSISTENT,
       subscriptions: [{ topic: "bench/+/env", metric: "temperature", value: "temperature", qos: 1 }],
     },
   }).mqtt;
@@ -206,7 +210,7 @@ http: { listen: false }
 mqtt:
   url: ${url}
   client_id: bench-agent-${mix}-${runNo}
-  clean: true
+  clean: ${!PERSISTENT}
   protocol_version: ${PROTOCOL}
   subscriptions:
     - { topic: "bench/+/env", metric: temperature, value: temperature, qos: 1 }
@@ -268,7 +272,7 @@ const url = `mqtt://127.0.0.1:${port}`;
 try {
   console.log(
     `ingest: ${COUNT} QoS 1 readings per run, ${RUNS} runs per mix, MQTT protocol ${PROTOCOL}, ` +
-      `mosquitto max_inflight_messages ${INFLIGHT}, node ${process.version}`,
+      `mosquitto max_inflight_messages ${INFLIGHT}, ${PERSISTENT ? "persistent" : "clean"} session, node ${process.version}`,
   );
   for (const mix of AGENT ? ["realistic", "worst"] : ["baseline", "realistic", "worst"]) {
     const results = [];

@@ -178,14 +178,18 @@ export class RedeliveryTracker {
 
   /** The broker processed the acknowledgements up to `seq` (a PINGRESP, or the PUBACK of a later publish of ours). */
   confirm(seq: number): void {
-    while (this.#acked.length > 0 && (this.#acked[0] as { seq: number }).seq <= seq) {
-      const a = this.#acked.shift() as { packetId: number; key: string };
+    const acked = this.#acked;
+    let n = 0;
+    for (; n < acked.length && (acked[n] as { seq: number }).seq <= seq; n++) {
+      const a = acked[n] as { packetId: number; key: string };
       const e = this.#entries.get(a.packetId);
       if (e && e.key === a.key && e.ackedOn === this.#connection) {
         this.#entries.delete(a.packetId);
         this.#released.push(a.key);
       }
     }
+    // One splice, not a shift per entry: a batch may hold thousands.
+    if (n > 0) acked.splice(0, n);
   }
 
   /** Keys that can no longer be redelivered, since the last call. */

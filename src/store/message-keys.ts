@@ -16,8 +16,14 @@
 import type { Database } from "better-sqlite3";
 import type { SessionRecord } from "../sources/reading.js";
 
-/** How long released keys may wait for a transaction that happens anyway. */
-export const RELEASE_DELAY_MS = 1000;
+/**
+ * How long released keys may wait for a transaction that happens anyway: readings that
+ * change something a few seconds apart share it. Short, because a key still stored when
+ * the process dies is taken for a message the broker may redeliver after the restart
+ * (until the broker's replay shows otherwise); that could only mislead if the broker
+ * also handed out 65,535 packet ids to us within this time.
+ */
+export const RELEASE_DELAY_MS = 5000;
 
 export class MessageKeyStore {
   /** Keys in the table and not released. */
@@ -31,8 +37,10 @@ export class MessageKeyStore {
 
   constructor(db: Database) {
     this.#s = {
-      insert: db.prepare("INSERT OR IGNORE INTO source_messages (key) VALUES (?)"),
-      delete: db.prepare("DELETE FROM source_messages WHERE key = ?"),
+      // One statement per batch of keys (a JSON array): a batch may hold thousands, and
+      // each statement run from JavaScript costs more than SQLite's work for a key.
+      insert: db.prepare("INSERT OR IGNORE INTO source_messages (key) SELECT value FROM json_each(?)"),
+      delete: db.prepare("DELETE FROM source_messages WHERE key IN (SELECT value FROM json_each(?))"),
       all: db.prepare("SELECT key FROM source_messages").pluck(),
       session: db.prepare("SELECT broker_dropped FROM source_sessions WHERE scope = ?"),
       rememberSession: db.prepare(
@@ -65,14 +73,13 @@ export class MessageKeyStore {
   writeReleases(): void {
     this.#deleting = this.#releasing;
     this.#releasing = [];
-    for (const k of this.#deleting) this.#s.delete.run(k);
+    if (this.#deleting.length > 0) this.#s.delete.run(JSON.stringify(this.#deleting));
   }
 
   insert(keys: readonly string[]): void {
-    for (const k of keys) {
-      this.#s.insert.run(k);
-      this.#inserting.push(k);
-    }
+    if (keys.length === 0) return;
+    this.#s.insert.run(JSON.stringify(keys));
+    for (const k of keys) this.#inserting.push(k);
   }
 
   rememberSession(scope: string, record: SessionRecord, now: number): void {

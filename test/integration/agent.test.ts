@@ -59,7 +59,7 @@ http: { listen: false }
     const keys = () => db.prepare("SELECT count(*) FROM source_messages").pluck().get() as number;
     // ... and deleted once the broker processed the PUBACK: it could only make a later
     // message with the same packet id, topic and payload look like a redelivery.
-    await waitUntil(() => keys() === 0, "the key deleted while the agent runs", 5_000);
+    await waitUntil(() => keys() === 0, "the key deleted while the agent runs", 15_000);
     await client.endAsync();
     await agent.stop();
     expect(keys()).toBe(0);
