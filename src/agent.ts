@@ -582,11 +582,15 @@ export class Agent {
       (m, s) => (s.oldestPendingAgeMs == null ? m : Math.max(m ?? 0, s.oldestPendingAgeMs)),
       null,
     );
+    const damage = outbox?.damage;
     const refusal = open ? outbox.refusal() : undefined;
     return evaluateHealth({
       agent: this.config.agent.id,
       uptimeMs: this.#clock.now() - this.#startedAt,
-      database: open ? "open" : "closed",
+      database: damage ? damage.kind : open ? "open" : "closed",
+      databaseDetail: damage
+        ? `${damage.sqliteCode} (${damage.message}); restart edgehook to salvage the readable rows into a fresh file`
+        : undefined,
       loop: { alive: this.#heartbeat.alive(), idleMs: this.#heartbeat.idleMs() },
       sources: this.#sources.map((s) => s.state()),
       destinations,

@@ -6,7 +6,10 @@ export const ErrorCodes = {
   EDGEHOOK_CONFIG_INVALID: "the configuration file is invalid (exit 78)",
   EDGEHOOK_CONFIG_UNREADABLE: "the configuration file or a `*_file` it names cannot be read (exit 78)",
   EDGEHOOK_USAGE: "the command line is wrong (exit 64)",
-  EDGEHOOK_DB_CORRUPT: "the outbox database failed its integrity check and was moved aside",
+  EDGEHOOK_DB_CORRUPT:
+    "the outbox database is damaged: at start its readable rows are salvaged into a fresh file and the damaged one moved aside; while running /healthz fails until a restart does that",
+  EDGEHOOK_DB_IO_ERROR:
+    "reading or writing the outbox database failed with an I/O error while running; /healthz fails until a restart checks the file",
   EDGEHOOK_OUTBOX_FULL:
     "the outbox is full with `when_full: block`: new readings wait at their source until deliveries make room",
   EDGEHOOK_OUTBOX_DROPPED:

@@ -3,7 +3,8 @@
  * evaluateHealth(); the HTTP server only serialises it.
  *
  * Status: `failing` (HTTP 503) when the agent cannot do its job — the outbox database
- * is not open or the processing loop stopped beating. `degraded` (HTTP 200) when a
+ * is not open, failed while running (SQLITE_CORRUPT/SQLITE_IOERR: a restart salvages it),
+ * or the processing loop stopped beating. `degraded` (HTTP 200) when a
  * source or destination is down, or the outbox refuses new events (disk floor, full
  * under `when_full: block`) so sources hold their readings: being offline is normal for
  * a store-and-forward agent (design invariant 4), and a restart would not fix it. `ok`
@@ -13,7 +14,8 @@ import type { Clock } from "../clock.js";
 import type { SourceState } from "../sources/reading.js";
 
 export type HealthStatus = "ok" | "degraded" | "failing";
-export type DatabaseState = "open" | "closed" | "corrupt";
+/** `corrupt`/`io_error`: the outbox file failed while running (SQLITE_CORRUPT, SQLITE_IOERR); a restart salvages it. */
+export type DatabaseState = "open" | "closed" | "corrupt" | "io_error";
 
 export interface DestinationHealth {
   state: "up" | "down" | "disabled";
@@ -34,7 +36,7 @@ export interface OutboxHealth {
    * Why the outbox stores nothing new right now (`disk_floor`, `full`), or null. Sources
    * hold their readings meanwhile (MQTT messages stay unacknowledged at the broker).
    */
-  refusing?: "disk_floor" | "full" | null;
+  refusing?: "disk_floor" | "full" | "damaged" | null;
 }
 
 export interface HealthReport {
@@ -63,13 +65,17 @@ export interface HealthInput {
   outbox: OutboxHealth;
   /** What the outbox refusal is about, for `problems` (with outbox.refusing). */
   refusalDetail?: string;
+  /** The SQLite error behind a `corrupt`/`io_error` database, for `problems`. */
+  databaseDetail?: string;
 }
 
 /** Derives the status and the problem list from the parts' states. */
 export function evaluateHealth(input: HealthInput): HealthReport {
   const failing: string[] = [];
   const degraded: string[] = [];
-  if (input.database !== "open") failing.push(`database is ${input.database}`);
+  if (input.database !== "open") {
+    failing.push(`database is ${input.database}${input.databaseDetail ? `: ${input.databaseDetail}` : ""}`);
+  }
   if (!input.loop.alive) failing.push(`processing loop silent for ${Math.round(input.loop.idleMs / 1000)} s`);
   for (const s of input.sources) {
     if (s.status === "down") degraded.push(`source ${s.name} is down${s.detail ? `: ${s.detail}` : ""}`);
@@ -84,7 +90,7 @@ export function evaluateHealth(input: HealthInput): HealthReport {
   for (const [name, d] of Object.entries(input.destinations)) {
     if (d.state !== "up") degraded.push(`destination ${name} is ${d.state}`);
   }
-  if (input.outbox.refusing) {
+  if (input.outbox.refusing && input.outbox.refusing !== "damaged") {
     degraded.push(
       `outbox refuses new events (${input.outbox.refusing}), sources hold their readings${input.refusalDetail ? `: ${input.refusalDetail}` : ""}`,
     );

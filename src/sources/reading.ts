@@ -24,12 +24,13 @@ export type ReadingSink = (readings: Reading[], origin?: SinkOrigin) => Promise<
 
 /**
  * A sink rejection meaning "cannot store now, nothing of it was stored" (the outbox is at
- * its disk floor, or full under `when_full: block`): backpressure, not a fault. Sources
+ * its disk floor, full under `when_full: block`, or its file failed while running and
+ * waits for a restart to be salvaged): backpressure, not a fault. Sources
  * keep the readings (MQTT: unacknowledged) and offer them again on a short cadence.
  */
 export function isBackpressure(err: unknown): boolean {
   const code = (err as { code?: unknown } | undefined)?.code;
-  return code === "EDGEHOOK_DISK_FLOOR" || code === "EDGEHOOK_OUTBOX_FULL";
+  return code === "EDGEHOOK_DISK_FLOOR" || code === "EDGEHOOK_OUTBOX_FULL" || code === "EDGEHOOK_DB_CORRUPT";
 }
 
 /**

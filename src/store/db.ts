@@ -1,15 +1,17 @@
 /**
  * Opens the outbox database: pragmas for durability, the schema (versioned in code
- * with forward migrations) and an integrity check that moves a damaged file aside
- * instead of crash-looping on it.
+ * with forward migrations) and an integrity check. A damaged file does not crash-loop
+ * the agent and does not cost the whole backlog: every row SQLite can still read is
+ * salvaged into a fresh file (salvage.ts), and the damaged one is moved aside.
  *
  * Durability: WAL with synchronous=FULL. Every commit fsyncs the WAL, so a commit that
  * returned survives power loss; group commit in outbox.ts keeps that affordable.
  */
-import { existsSync, mkdirSync, renameSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import type { Logger } from "../ops/logger.js";
+import { type SalvageCounts, salvageInto } from "./salvage.js";
 
 export type { Database } from "better-sqlite3";
 
@@ -138,9 +140,11 @@ export interface OpenOptions {
 
 /**
  * Opens (creating if needed) the outbox database. A file that is not a database or
- * fails its integrity check is renamed to `<file>.corrupt-<ISO time>` (with its -wal
- * and -shm) and a fresh one is created, so a damaged SD card does not crash-loop the
- * agent. Throws only when the fresh database cannot be created either.
+ * fails its integrity check is salvaged: the rows SQLite can still read (pending events
+ * with their deliveries, rule states, message keys, destination flags) go into a fresh
+ * file, the damaged one is renamed to `<file>.corrupt-<ISO time>` (with its -wal and
+ * -shm) and the fresh one takes its place; one error line says how many rows were saved
+ * and lost. Throws only when no fresh database can be created.
  */
 export function openDatabase(file: string, opts: OpenOptions): Database.Database {
   const check = opts.check ?? true;
@@ -149,14 +153,109 @@ export function openDatabase(file: string, opts: OpenOptions): Database.Database
     return openChecked(file, check, opts.logger);
   } catch (err) {
     if (!check || !isCorruption(err)) throw err;
+    const log = opts.logger;
     const suffix = `.corrupt-${new Date((opts.now ?? Date.now)()).toISOString()}`;
+    const salvageFile = `${file}.salvage`;
+    const started = performance.now();
+    let counts: SalvageCounts | undefined;
+    try {
+      counts = salvage(file, salvageFile, log);
+    } catch (e) {
+      // Writing the fresh file failed (e.g. the disk is full): start empty rather than not at all.
+      log.error({ err: e, file }, "salvaging the damaged outbox failed; starting an empty one");
+      removeSet(salvageFile);
+    }
     const moved = moveAside(file, suffix);
-    opts.logger.error(
-      { err, file, movedTo: `${file}${suffix}`, moved, code: "EDGEHOOK_DB_CORRUPT" },
-      `outbox database ${file} is damaged (${(err as Error).message}); moved it to ${file}${suffix} and started an empty outbox. Events still pending in the old file were not delivered: keep the moved file for inspection (sqlite3 .recover can salvage rows) and check the storage (dmesg, SD card health).`,
+    if (counts) renameSync(salvageFile, file);
+    const ms = Math.round(performance.now() - started);
+    const movedTo = `${file}${suffix}`;
+    if (!counts) {
+      log.error(
+        { err, file, movedTo, moved, code: "EDGEHOOK_DB_CORRUPT" },
+        `outbox database ${file} is damaged (${(err as Error).message}); moved it to ${movedTo} and started an empty outbox. Events still pending in the old file were not delivered: keep the moved file for inspection and check the storage (dmesg, SD card health).`,
+      );
+      return openChecked(file, true, log);
+    }
+    const lostPending = counts.expectedPending === null ? null : Math.max(0, counts.expectedPending - counts.pending);
+    const lost =
+      lostPending === null
+        ? "an unknown number of pending deliveries (the file's counters were unreadable)"
+        : `${lostPending} pending deliveries`;
+    if (counts.damagedTables.includes("all")) {
+      log.error(
+        { err, file, movedTo, moved, ms, code: "EDGEHOOK_DB_CORRUPT", saved: null, lost: null },
+        `outbox database ${file} is damaged (${(err as Error).message}) and holds nothing readable; moved it to ${movedTo} and started an empty outbox. Check the storage (dmesg, SD card health).`,
+      );
+      return openChecked(file, true, log);
+    }
+    const states = counts.damagedTables.includes("series_state")
+      ? `${counts.states} rule states (some were on damaged pages: those series start fresh)`
+      : `${counts.states} rule states`;
+    log.error(
+      {
+        err,
+        file,
+        movedTo,
+        moved,
+        ms,
+        code: "EDGEHOOK_DB_CORRUPT",
+        saved: {
+          events: counts.events,
+          pending: counts.pending,
+          settled: counts.settled,
+          states: counts.states,
+          messageKeys: counts.messageKeys,
+          flags: counts.flags,
+        },
+        lost: { pending: lostPending, rejectedRows: counts.rejected },
+        damagedTables: counts.damagedTables,
+      },
+      `outbox database ${file} is damaged (${(err as Error).message}); salvaged ${counts.events} pending events (${counts.pending} deliveries) and ${states} into a fresh outbox; lost ${lost}${counts.rejected > 0 ? ` and ${counts.rejected} unreadable rows` : ""}. The damaged file is kept at ${movedTo}; check the storage (dmesg, SD card health).`,
     );
-    return openChecked(file, true, opts.logger);
+    return openChecked(file, true, log);
   }
+}
+
+/** Copies what is readable in `file` into a fresh outbox at `out`. */
+function salvage(file: string, out: string, logger: Logger): SalvageCounts {
+  removeSet(out);
+  let from: Database.Database | undefined;
+  try {
+    // Read-only: the damaged file stays as it was found (no checkpoint into it on close).
+    from = new Database(file, { readonly: true, fileMustExist: true });
+    from.prepare("SELECT COUNT(*) FROM sqlite_master").get(); // opening is lazy: is there a schema at all?
+  } catch {
+    from?.close();
+    from = undefined; // not even a database header: nothing to save
+  }
+  try {
+    const to = openChecked(out, false, logger);
+    try {
+      if (!from) {
+        return {
+          events: 0,
+          pending: 0,
+          settled: 0,
+          states: 0,
+          messageKeys: 0,
+          flags: 0,
+          expectedEvents: null,
+          expectedPending: null,
+          rejected: 0,
+          damagedTables: ["all"],
+        };
+      }
+      return salvageInto(from, to);
+    } finally {
+      to.close();
+    }
+  } finally {
+    from?.close();
+  }
+}
+
+function removeSet(file: string): void {
+  for (const ext of ["", "-wal", "-shm"]) rmSync(file + ext, { force: true });
 }
 
 function openChecked(file: string, check: boolean, logger: Logger): Database.Database {

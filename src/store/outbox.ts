@@ -48,6 +48,11 @@
  *   pruned outbox.max_age after they died. Runs in maintain(), at most
  *   MAINTAIN_MAX_ROWS rows per pass so one pass never blocks the event loop for long.
  *
+ * Damage (invariant 7, and a worn SD card): a SQLITE_CORRUPT/NOTADB/IOERR met while
+ * running is recorded once (`damage`, logged fatal with what to do); from then on
+ * refusal() refuses new events and the agent's /healthz fails, so systemd restarts it and
+ * openDatabase() salvages the readable rows into a fresh file (db.ts, salvage.ts).
+ *
  * Memory does not grow with the backlog: counts live in the `counts`/`totals` tables,
  * updated in the same transactions as the rows, recounted from the rows when the agent
  * opens the outbox, and mirrored in memory, so limits never need COUNT(*) per commit;
@@ -123,8 +128,11 @@ export type OutboxLimits = Omit<OutboxConfig, "when_full"> & { when_full?: Outbo
 
 /** Why the outbox stores nothing new right now (see Outbox.refusal). */
 export interface Refusal {
-  /** `disk_floor`: free disk under min_free_disk; `full`: max_events/max_bytes reached with when_full: block. */
-  reason: "disk_floor" | "full";
+  /**
+   * `disk_floor`: free disk under min_free_disk; `full`: max_events/max_bytes reached with
+   * when_full: block; `damaged`: the database failed while running (see Outbox.damage).
+   */
+  reason: "disk_floor" | "full" | "damaged";
   /** Epoch ms since when it refuses. */
   since: number;
   /** For the operator: what is short and what to do. */
@@ -139,12 +147,40 @@ export interface Refusal {
 export class OutboxRefusedError extends EdgehookError {
   readonly refusal: Refusal;
   constructor(refusal: Refusal) {
-    super(
-      refusal.reason === "disk_floor" ? "EDGEHOOK_DISK_FLOOR" : "EDGEHOOK_OUTBOX_FULL",
-      `outbox refuses new events (${refusal.reason}): ${refusal.detail}`,
-    );
+    super(refusalCode(refusal.reason), `outbox refuses new events (${refusal.reason}): ${refusal.detail}`);
     this.refusal = refusal;
   }
+}
+
+function refusalCode(
+  reason: Refusal["reason"],
+): "EDGEHOOK_DISK_FLOOR" | "EDGEHOOK_OUTBOX_FULL" | "EDGEHOOK_DB_CORRUPT" {
+  return reason === "disk_floor"
+    ? "EDGEHOOK_DISK_FLOOR"
+    : reason === "full"
+      ? "EDGEHOOK_OUTBOX_FULL"
+      : "EDGEHOOK_DB_CORRUPT";
+}
+
+/**
+ * Which better-sqlite3 error codes mean the file cannot be trusted: SQLITE_CORRUPT and
+ * SQLITE_NOTADB (`corrupt`), SQLITE_IOERR (`io_error`), with any extended code
+ * (SQLITE_CORRUPT_INDEX, SQLITE_IOERR_WRITE, ...). Busy, full or constraint errors do not.
+ */
+export function damageKind(code: string): Damage["kind"] | undefined {
+  if (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB")) return "corrupt";
+  if (code.startsWith("SQLITE_IOERR")) return "io_error";
+  return undefined;
+}
+
+/** The database failed while running: SQLITE_CORRUPT/NOTADB (`corrupt`) or SQLITE_IOERR (`io_error`). */
+export interface Damage {
+  kind: "corrupt" | "io_error";
+  /** The SQLite error code, extended where SQLite gave one (SQLITE_IOERR_WRITE, ...). */
+  sqliteCode: string;
+  message: string;
+  /** Epoch ms when it was first seen. */
+  since: number;
 }
 
 /** A batch computed from rule-engine memory that was discarded (see CommitOptions.valid). */
@@ -390,6 +426,7 @@ export class Outbox implements OutboxReader {
   #diskFree: number | undefined;
   #roomCheckedAt = Number.NEGATIVE_INFINITY;
   #refusing: Refusal | undefined;
+  #damage: Damage | undefined;
   readonly #drops: DropTally;
   /** Keys of committed MQTT messages the broker may still redeliver (message-keys.ts). */
   #messageKeys: MessageKeyStore | undefined;
@@ -634,6 +671,17 @@ export class Outbox implements OutboxReader {
     after?: ReadonlyMap<string, number>,
   ): Delivery[] {
     if (limit <= 0 || !this.#db) return [];
+    // Reads bodies from the file: where damage met while running shows first (#guard).
+    return this.#guard(() => this.#next(destination, now, limit, exclude, after));
+  }
+
+  #next(
+    destination: string,
+    now: number,
+    limit: number,
+    exclude: ReadonlySet<string>,
+    after?: ReadonlyMap<string, number>,
+  ): Delivery[] {
     // In-flight rows are at most one per series and are heads, so limit + |exclude| is
     // enough; a series in `after` is replaced by its successor or skipped.
     const rows = this.#s.next.all(destination, now, limit + exclude.size + (after?.size ?? 0)) as NextRow[];
@@ -669,7 +717,7 @@ export class Outbox implements OutboxReader {
 
   nextDueAt(destination: string): number | undefined {
     if (!this.#db) return undefined;
-    const at = this.#s.nextDueAt.get(destination) as number | null;
+    const at = this.#guard(() => this.#s.nextDueAt.get(destination) as number | null);
     return at ?? undefined;
   }
 
@@ -726,7 +774,7 @@ export class Outbox implements OutboxReader {
 
   loadStates(): SeriesStateRow[] {
     if (!this.#db) throw new Error("outbox is not open");
-    const rows = this.#s.loadStates.all() as StateRow[];
+    const rows = this.#guard(() => this.#s.loadStates.all() as StateRow[]);
     const out: SeriesStateRow[] = [];
     for (const r of rows) {
       try {
@@ -1189,6 +1237,7 @@ export class Outbox implements OutboxReader {
       }) as T;
     } catch (err) {
       keys?.rolledBack();
+      this.#noteDamage(err);
       throw err;
     }
     keys?.committed();
@@ -1244,8 +1293,48 @@ export class Outbox implements OutboxReader {
 
   /** Reloads the counters when another process (edgehook queue) changed the file. */
   #syncCounters(): void {
-    const v = this.#s.dataVersion.get() as number;
-    if (v !== this.#dataVersion) this.#loadCounters();
+    this.#guard(() => {
+      const v = this.#s.dataVersion.get() as number;
+      if (v !== this.#dataVersion) this.#loadCounters();
+    });
+  }
+
+  // ------------------------------------------------------------ damage while running
+
+  /**
+   * A SQLITE_CORRUPT, SQLITE_NOTADB or SQLITE_IOERR (any extended code) seen since open,
+   * or undefined. Sticky: the file cannot be trusted until the agent restarts, checks it
+   * and salvages what is readable (db.ts). Meanwhile refusal() refuses new events.
+   */
+  get damage(): Damage | undefined {
+    return this.#damage;
+  }
+
+  /** Runs fn; a database error that means damage is recorded (and logged once) before it is rethrown. */
+  #guard<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      this.#noteDamage(err);
+      throw err;
+    }
+  }
+
+  #noteDamage(err: unknown): void {
+    const code = (err as { code?: unknown } | undefined)?.code;
+    if (typeof code !== "string" || this.#damage) return;
+    const kind = damageKind(code);
+    if (!kind) return;
+    this.#damage = { kind, sqliteCode: code, message: (err as Error).message, since: this.#clock.now() };
+    this.#log.fatal(
+      {
+        err,
+        sqliteCode: code,
+        file: this.#file,
+        code: kind === "corrupt" ? "EDGEHOOK_DB_CORRUPT" : "EDGEHOOK_DB_IO_ERROR",
+      },
+      `outbox database ${this.#file} ${kind === "corrupt" ? "is damaged" : "had an I/O error"} while running (${code}: ${(err as Error).message}). /healthz now reports failing and the systemd watchdog is no longer fed, so systemd restarts edgehook (or restart it yourself: systemctl restart edgehook); at start the file is checked and every readable row is salvaged into a fresh one, the damaged file is kept beside it. New readings wait at their source until then. Check the storage now: dmesg, the SD card's health; replace a card that keeps failing.`,
+    );
   }
 
   // ------------------------------------------------------------ refusal (backpressure)
@@ -1263,7 +1352,10 @@ export class Outbox implements OutboxReader {
     let reason: Refusal["reason"] | undefined;
     let detail = "";
     const free = this.#freeDisk();
-    if (free !== undefined && free < this.#limits.min_free_disk) {
+    if (this.#damage) {
+      reason = "damaged";
+      detail = `${this.#damage.sqliteCode} since ${new Date(this.#damage.since).toISOString()}; restart edgehook to salvage the database`;
+    } else if (free !== undefined && free < this.#limits.min_free_disk) {
       reason = "disk_floor";
       detail = `${mib(free)} free on ${dirname(this.#file)}, outbox.min_free_disk is ${mib(this.#limits.min_free_disk)}; free up space there or lower outbox.min_free_disk`;
     } else if (this.#full()) {
@@ -1291,7 +1383,7 @@ export class Outbox implements OutboxReader {
     this.#refusing = refusal;
     this.#metrics.outboxRefusing.set({ reason }, 1);
     this.#log.warn(
-      { reason, code: reason === "disk_floor" ? "EDGEHOOK_DISK_FLOOR" : "EDGEHOOK_OUTBOX_FULL" },
+      { reason, code: refusalCode(reason) },
       `outbox refuses new events (${reason}): ${detail}. Nothing is dropped meanwhile: MQTT messages stay unacknowledged at the broker, serial readings are held (up to a bound, then dropped and counted), and rule state is not advanced; all of it is committed once there is room`,
     );
     return refusal;
@@ -1365,6 +1457,10 @@ export class Outbox implements OutboxReader {
   }
 
   #updateMetrics(): void {
+    this.#guard(() => this.#updateMetricsUnguarded());
+  }
+
+  #updateMetricsUnguarded(): void {
     const now = this.#clock.now();
     for (const [destination, c] of this.#counts) {
       c.forEach((n, state) => {

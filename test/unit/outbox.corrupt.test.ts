@@ -1,18 +1,31 @@
 /**
  * A damaged outbox file (SD card trouble, a file that is not a database) must not
- * crash-loop the agent: it is moved aside with a clear error line and a fresh outbox
- * starts.
+ * crash-loop the agent nor cost the whole backlog: the rows SQLite can still read are
+ * salvaged into a fresh outbox, the damaged file is moved aside, and one error line says
+ * how many rows were saved and lost. Damage met while running is noticed at once.
  */
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
+import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { newEventId } from "../../src/events.js";
 import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { openDatabase } from "../../src/store/db.js";
-import { Outbox } from "../../src/store/outbox.js";
+import { damageKind, Outbox } from "../../src/store/outbox.js";
 import { FakeClock } from "../support/fake-clock.js";
 
 let dir: string;
@@ -34,6 +47,36 @@ function capture() {
   return { logger: createLogger("info", stream), lines };
 }
 
+/** An outbox with `n` pending events on 50 series and a rule state per series and event. */
+async function fill(file: string, clock: FakeClock, n: number): Promise<void> {
+  const o = new Outbox({ file, limits: bigLimits, clock, logger: silentLogger(), metrics: new Metrics() });
+  o.open();
+  for (let start = 0; start < n; start += 500) {
+    const events = Array.from({ length: Math.min(500, n - start) }, (_, j) => {
+      const i = start + j;
+      return {
+        id: newEventId(),
+        type: "test" as const,
+        rule: "r",
+        series: `r:s${i % 50}:m`,
+        severity: "info" as const,
+        priority: 0,
+        destinations: ["ops"],
+        createdAt: clock.now(),
+        body: { type: "test" as const, timestamp: "2026-01-01T00:00:00Z", data: { i, pad: "p".repeat(200) } },
+      };
+    });
+    const states = events.map((e) => ({
+      rule: "r",
+      series: `state-${e.body.data.i}`,
+      version: "1",
+      state: { i: e.body.data.i },
+    }));
+    await o.commit({ events, states, removedStates: [] });
+  }
+  o.close();
+}
+
 const limits = {
   max_events: 1000,
   max_bytes: 10_000_000,
@@ -42,6 +85,8 @@ const limits = {
   keep_delivered: 60_000,
   commit_delay: 0,
 };
+
+const bigLimits = { ...limits, max_events: 100_000 };
 
 async function roundTrip(file: string, clock: FakeClock) {
   const o = new Outbox({ file, limits, clock, logger: silentLogger(), metrics: new Metrics() });
@@ -82,36 +127,68 @@ describe("corrupt outbox file", () => {
     expect(files).toContain("outbox.db.corrupt-2026-03-04T05:06:07.000Z");
     const err = lines.find((l) => l.level === "error");
     expect(err?.code).toBe("EDGEHOOK_DB_CORRUPT");
-    expect(String(err?.msg)).toMatch(/damaged.*moved it to .*outbox\.db\.corrupt-.*started an empty outbox/);
+    expect(String(err?.msg)).toMatch(
+      /damaged \(file is not a database\) and holds nothing readable; moved it to .*outbox\.db\.corrupt-.* and started an empty outbox/,
+    );
     const { id, got } = await roundTrip(file, clock);
     expect(got.map((d) => d.eventId)).toEqual([id]);
   });
 
-  it("moves a database whose pages are damaged aside (quick_check) and starts fresh", async () => {
+  it("salvages every readable pending event (with its deliveries) and rule state, and says how many were lost", async () => {
     const file = join(dir, "outbox.db");
     const clock = new FakeClock();
-    // A real outbox with a few thousand rows, then scribble over its middle pages.
-    const o = new Outbox({
-      file,
-      limits: { ...limits, max_events: 100_000 },
-      clock,
-      logger: silentLogger(),
-      metrics: new Metrics(),
-    });
+    const total = 2000;
+    await fill(file, clock, total);
+    // 8 KiB of garbage in the middle of the file.
+    const size = statSync(file).size;
+    const fd = openSync(file, "r+");
+    writeSync(fd, randomBytes(8192), 0, 8192, Math.floor(size / 2 / 1024) * 1024);
+    closeSync(fd);
+
+    const { logger, lines } = capture();
+    const o = new Outbox({ file, limits: bigLimits, clock, logger, metrics: new Metrics() });
     o.open();
-    const events = Array.from({ length: 3000 }, (_, i) => ({
-      id: newEventId(),
-      type: "test" as const,
-      rule: "r",
-      series: `r:s${i % 50}:m`,
-      severity: "info" as const,
-      priority: 0,
-      destinations: ["ops"],
-      createdAt: clock.now(),
-      body: { type: "test" as const, timestamp: "2026-01-01T00:00:00Z", data: { i, pad: "p".repeat(200) } },
-    }));
-    await o.commit({ events, states: [], removedStates: [] });
+    await new Promise((r) => setTimeout(r, 50));
+    const err = lines.find((l) => l.code === "EDGEHOOK_DB_CORRUPT") as {
+      saved: { events: number; pending: number; states: number };
+      lost: { pending: number };
+      msg: string;
+    };
+    expect(err).toBeDefined();
+    // Most rows survive 8 KiB of damage; what is lost is counted exactly.
+    expect(err.saved.pending).toBeGreaterThan(total * 0.95);
+    expect(err.saved.pending + err.lost.pending).toBe(total);
+    expect(err.saved.states).toBeGreaterThan(total * 0.95);
+    expect(err.msg).toMatch(
+      new RegExp(
+        `salvaged ${err.saved.events} pending events \\(${err.saved.pending} deliveries\\).*lost ${err.lost.pending} pending deliveries`,
+      ),
+    );
+    expect(readdirSync(dir).some((f) => f.startsWith("outbox.db.corrupt-"))).toBe(true);
+
+    // The fresh outbox holds them consistently: counters, one head per series, bodies intact.
+    expect(o.totals()).toMatchObject({ pending: err.saved.pending, events: err.saved.events });
+    expect(o.loadStates()).toHaveLength(err.saved.states);
+    const seen = new Set<string>();
+    for (;;) {
+      const batch = o.next("ops", clock.now(), 100, new Set());
+      if (batch.length === 0) break;
+      for (const d of batch) {
+        const body = JSON.parse(d.body.toString("utf8")) as { data: { i: number } };
+        expect(d.series).toBe(`r:s${body.data.i % 50}:m`);
+        seen.add(d.eventId);
+      }
+      o.settle(batch.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: { at: 0, durationMs: 1 } })));
+    }
+    expect(seen.size).toBe(err.saved.pending);
     o.close();
+    expect(lines.some((l) => l.msg === "outbox counters did not match the stored rows; recounted")).toBe(false);
+  });
+
+  it("moves a database whose pages are widely damaged aside (quick_check), salvaging what it can", async () => {
+    const file = join(dir, "outbox.db");
+    const clock = new FakeClock();
+    await fill(file, clock, 3000);
     const fd = openSync(file, "r+");
     for (let page = 20; page < 60; page += 3) writeSync(fd, Buffer.alloc(4096, 0xa5), 0, 4096, page * 4096);
     closeSync(fd);
@@ -120,9 +197,61 @@ describe("corrupt outbox file", () => {
     openDatabase(file, { logger }).close();
     await new Promise((r) => setTimeout(r, 50));
     expect(readdirSync(dir).some((f) => f.startsWith("outbox.db.corrupt-"))).toBe(true);
-    expect(lines.find((l) => l.level === "error")?.code).toBe("EDGEHOOK_DB_CORRUPT");
-    const { id, got } = await roundTrip(file, clock);
-    expect(got.map((d) => d.eventId)).toEqual([id]);
+    const err = lines.find((l) => l.level === "error") as {
+      code: string;
+      saved: { pending: number };
+      lost: { pending: number };
+    };
+    expect(err.code).toBe("EDGEHOOK_DB_CORRUPT");
+    expect(err.saved.pending + err.lost.pending).toBe(3000);
+    const db = openDatabase(file, { logger: silentLogger() });
+    expect(db.pragma("quick_check", { simple: true })).toBe("ok");
+    db.close();
+  });
+
+  it("notices damage while running: failing state, one loud line, and nothing new stored", async () => {
+    const file = join(dir, "outbox.db");
+    const clock = new FakeClock();
+    await fill(file, clock, 2000);
+    const { logger, lines } = capture();
+    const o = new Outbox({ file, limits: bigLimits, clock, logger, metrics: new Metrics() });
+    o.open();
+    expect(o.damage).toBeUndefined();
+    // Damage the middle of the file under the open outbox. Another connection's write
+    // (as `edgehook queue` does) makes it read pages from the file again.
+    const size = statSync(file).size;
+    const fd = openSync(file, "r+");
+    writeSync(fd, randomBytes(8192), 0, 8192, Math.floor(size / 2 / 1024) * 1024);
+    closeSync(fd);
+    const other = new Database(file);
+    other.prepare("INSERT INTO destination_flags (name, disabled) VALUES ('other', 0)").run();
+    other.close();
+
+    let thrown: unknown;
+    try {
+      for (let i = 0; i < 100; i++) {
+        const batch = o.next("ops", clock.now(), 50, new Set());
+        if (batch.length === 0) break;
+        o.settle(batch.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: { at: 0, durationMs: 1 } })));
+      }
+    } catch (err) {
+      thrown = err;
+    }
+    expect((thrown as { code?: string }).code).toMatch(/^SQLITE_CORRUPT/);
+    expect(o.damage).toMatchObject({ kind: "corrupt" });
+    expect(o.refusal()).toMatchObject({ reason: "damaged" });
+    const p = o.commit({ events: [], states: [{ rule: "r", series: "x", version: "1", state: 1 }], removedStates: [] });
+    await expect(p).rejects.toMatchObject({ code: "EDGEHOOK_DB_CORRUPT" });
+    try {
+      o.close();
+    } catch {
+      // Closing a damaged file may fail too.
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    const fatal = lines.filter((l) => l.level === "fatal");
+    expect(fatal).toHaveLength(1);
+    expect(fatal[0]).toMatchObject({ code: "EDGEHOOK_DB_CORRUPT" });
+    expect(String(fatal[0]?.msg)).toMatch(/while running.*\/healthz now reports failing.*salvaged/);
   });
 
   it("a healthy file is left alone, and check: false never moves anything", () => {
@@ -133,5 +262,22 @@ describe("corrupt outbox file", () => {
     writeFileSync(join(dir, "other.db"), "not a database at all, and long enough to have a header.........");
     expect(() => openDatabase(join(dir, "other.db"), { logger: silentLogger(), check: false })).toThrow();
     expect(existsSync(join(dir, "other.db"))).toBe(true);
+  });
+});
+
+describe("damageKind", () => {
+  it.each([
+    ["SQLITE_CORRUPT", "corrupt"],
+    ["SQLITE_CORRUPT_INDEX", "corrupt"],
+    ["SQLITE_NOTADB", "corrupt"],
+    ["SQLITE_IOERR", "io_error"],
+    ["SQLITE_IOERR_WRITE", "io_error"],
+    ["SQLITE_IOERR_FSYNC", "io_error"],
+    ["SQLITE_IOERR_SHORT_READ", "io_error"],
+    ["SQLITE_FULL", undefined],
+    ["SQLITE_BUSY", undefined],
+    ["SQLITE_CONSTRAINT_UNIQUE", undefined],
+  ])("%s → %s", (code, kind) => {
+    expect(damageKind(code)).toBe(kind);
   });
 });
