@@ -9,6 +9,11 @@
  * rest. Each run does the same workload twice: first with a healthy receiver (the
  * baseline), then with the flaky one.
  *
+ * With `--outage S`, each run adds a third workload: the healthy receiver stops listening
+ * (connection refused) for S seconds in the middle of the stream, then comes back on the
+ * same port. For it the bench also prints how long after the receiver's return the first
+ * event arrived, and the latency of the readings published after the return.
+ *
  * Per workload it prints the latency of each event (receiver's first 2xx arrival minus
  * the reading's publish time: p50, p99, max), how many events were still undelivered
  * when the last reading was published and when the run gave up waiting (`--wait`
@@ -16,7 +21,7 @@
  * the first arrivals of every series came in publish order. Medians over `--runs`.
  *
  *   npm run build && node scripts/bench/flaky.mjs [--rate 200] [--series 100] [--seconds 30]
- *        [--fail 0.1] [--runs 3] [--wait 60] [--concurrency 4] [--root DIR]
+ *        [--fail 0.1] [--runs 3] [--wait 60] [--concurrency 4] [--outage 10] [--root DIR]
  *
  * `--root` runs another checkout's build (its bin/edgehook.js and dist/), e.g. main's, to
  * compare before and after with the same script.
@@ -45,6 +50,7 @@ const FAIL = Number(opt("fail", 0.1));
 const RUNS = Number(opt("runs", 3));
 const WAIT_S = Number(opt("wait", 60));
 const CONCURRENCY = Number(opt("concurrency", 4));
+const OUTAGE_S = Number(opt("outage", 0));
 const ROOT = resolve(opt("root", join(here, "../..")));
 const BIN = join(ROOT, "bin/edgehook.js");
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -102,9 +108,9 @@ const median = (xs) => {
 
 /**
  * One workload: a fresh agent (own data dir, own MQTT client id and topics) against a
- * receiver failing `fail` of the requests.
+ * receiver failing `fail` of the requests, or gone for `outageS` seconds mid-stream.
  */
-async function workload(brokerPort, label, fail, runNo) {
+async function workload(brokerPort, label, fail, runNo, outageS = 0) {
   const tag = `r${runNo}${label}`;
   const random = seeded(1234 + runNo);
   /** key "sensor/value" → { k, publishedAt, arrivedAt } */
@@ -200,6 +206,21 @@ http: { listen: false }
     const total = Math.round(RATE * SECONDS);
     const t0 = Date.now() + 50;
     let k = 0;
+    let returnedAt;
+    if (outageS > 0) {
+      setTimeout(
+        () => {
+          receiver.close();
+          receiver.closeAllConnections();
+          setTimeout(() => {
+            receiver.listen(port, "127.0.0.1", () => {
+              returnedAt = Date.now();
+            });
+          }, outageS * 1000);
+        },
+        Math.max(0, t0 - Date.now() + ((SECONDS - outageS) / 2) * 1000),
+      );
+    }
     await new Promise((resolveStream) => {
       const tick = () => {
         const due = Math.min(total, Math.floor(((Date.now() - t0) * RATE) / 1000) + 1);
@@ -234,6 +255,16 @@ http: { listen: false }
     const lat = [...readings.values()]
       .map((r) => (r.arrivedAt === undefined ? Number.POSITIVE_INFINITY : r.arrivedAt - r.publishedAt))
       .sort((a, b) => a - b);
+    let resumeMs = Number.NaN;
+    let afterReturn = [];
+    if (returnedAt !== undefined) {
+      const arrivals = [...readings.values()].map((r) => r.arrivedAt).filter((a) => a !== undefined && a >= returnedAt);
+      resumeMs = arrivals.length > 0 ? Math.min(...arrivals) - returnedAt : Number.POSITIVE_INFINITY;
+      afterReturn = [...readings.values()]
+        .filter((r) => r.publishedAt >= returnedAt)
+        .map((r) => (r.arrivedAt === undefined ? Number.POSITIVE_INFINITY : r.arrivedAt - r.publishedAt))
+        .sort((a, b) => a - b);
+    }
     let outOfOrder = 0;
     for (const list of firstArrivals.values())
       for (let i = 1; i < list.length; i++) if (list[i] < list[i - 1]) outOfOrder++;
@@ -250,6 +281,9 @@ http: { listen: false }
       duplicates,
       requests,
       failed,
+      resumeMs,
+      afterP50: pct(afterReturn, 0.5),
+      afterP99: pct(afterReturn, 0.99),
     };
   } finally {
     clearTimeout(killer);
@@ -257,13 +291,16 @@ http: { listen: false }
     agent.kill("SIGTERM");
     await agentExit;
     receiver.closeAllConnections();
-    await new Promise((r) => receiver.close(r));
+    if (receiver.listening) await new Promise((r) => receiver.close(r));
   }
 }
 
 function line(r) {
   const ms = (x) => (x === Number.POSITIVE_INFINITY ? "never" : Number.isFinite(x) ? `${Math.round(x)} ms` : "n/a");
-  return `${r.label.padEnd(8)} p50 ${ms(r.p50).padStart(9)}  p99 ${ms(r.p99).padStart(9)}  max ${ms(r.max).padStart(9)}  pending at stream end ${String(r.pendingAtEnd).padStart(5)}  left after ${WAIT_S} s ${String(r.left).padStart(5)}  last arrival ${ms(r.tail).padStart(9)} after the last reading  order violations ${r.outOfOrder}  duplicates ${r.duplicates}  (${r.requests} requests, ${r.failed} answered 500)`;
+  const outage = Number.isNaN(r.resumeMs)
+    ? ""
+    : `  first arrival ${ms(r.resumeMs)} after the receiver's return; readings published after it: p50 ${ms(r.afterP50)} p99 ${ms(r.afterP99)}`;
+  return `${r.label.padEnd(8)} p50 ${ms(r.p50).padStart(9)}  p99 ${ms(r.p99).padStart(9)}  max ${ms(r.max).padStart(9)}  pending at stream end ${String(r.pendingAtEnd).padStart(5)}  left after ${WAIT_S} s ${String(r.left).padStart(5)}  last arrival ${ms(r.tail).padStart(9)} after the last reading  order violations ${r.outOfOrder}  duplicates ${r.duplicates}  (${r.requests} requests, ${r.failed} answered 500)${outage}`;
 }
 
 const brokerPort = await freePort();
@@ -278,7 +315,7 @@ writeFileSync(
   ].join("\n"),
 );
 const broker = spawn("mosquitto", ["-c", join(dir, "mosquitto.conf")], { stdio: "ignore" });
-const results = { healthy: [], flaky: [] };
+const results = { healthy: [], flaky: [], outage: [] };
 try {
   await waitForPort(brokerPort);
   console.log(
@@ -291,13 +328,30 @@ try {
     console.log(`run ${run}: ${line(flaky)}`);
     results.healthy.push(healthy);
     results.flaky.push(flaky);
+    if (OUTAGE_S > 0) {
+      const outage = await workload(brokerPort, "outage", 0, run, OUTAGE_S);
+      console.log(`run ${run}: ${line(outage)}`);
+      results.outage.push(outage);
+    }
   }
-  for (const label of ["healthy", "flaky"]) {
+  for (const label of ["healthy", "flaky", "outage"]) {
     const rs = results[label];
+    if (rs.length === 0) continue;
     const m = (key) => median(rs.map((r) => r[key]));
-    console.log(
-      `median of ${rs.length}: ${line({ label, p50: m("p50"), p99: m("p99"), max: m("max"), pendingAtEnd: m("pendingAtEnd"), left: m("left"), tail: m("tail"), outOfOrder: m("outOfOrder"), duplicates: m("duplicates"), requests: m("requests"), failed: m("failed") })}`,
-    );
+    const keys = [
+      "p50",
+      "p99",
+      "max",
+      "pendingAtEnd",
+      "left",
+      "tail",
+      "outOfOrder",
+      "duplicates",
+      "requests",
+      "failed",
+    ];
+    const med = Object.fromEntries([...keys, "resumeMs", "afterP50", "afterP99"].map((k) => [k, m(k)]));
+    console.log(`median of ${rs.length}: ${line({ label, ...med })}`);
   }
 } finally {
   broker.kill("SIGTERM");

@@ -270,6 +270,22 @@ describe("dispatcher against real receivers", () => {
     expect(r.dispatcher.states().ops?.state).toBe("up");
   });
 
+  it("a receiver that closes a kept-alive connection as it is reused: each webhook goes again at once on a new one, nothing spent", async () => {
+    const r = await rig({ concurrency: 1 });
+    // What a server's idle timeout racing our next request looks like from here.
+    r.receiver.answer = (rec) => (rec.onConnection > 1 ? { kind: "reset" } : { kind: "accept" });
+    const events = await r.commit("s1", 5);
+    r.dispatcher.start();
+    // Logical time stands still: nothing waits for a retry or a probe.
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 5, "every webhook");
+    await r.settle();
+    expect(r.receiver.accepted.map((a) => a.id)).toEqual(events.map((e) => e.id));
+    for (const e of events) expect(row(r, e.id)).toMatchObject({ state: "delivered", attempts: 1 });
+    expect(r.counted("no_response")).toBeGreaterThanOrEqual(1);
+    expect(r.counted("offline")).toBe(0);
+    expect(r.dispatcher.states().ops?.state).toBe("up");
+  });
+
   it("one event the receiver resets on holds back only its own series", async () => {
     const r = await rig({ retry_schedule: ["1h"] });
     r.receiver.answer = (rec) =>

@@ -7,7 +7,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpServer, type Server } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import { type AddressInfo, connect, type Socket } from "node:net";
+import { type AddressInfo, connect, createServer as createNetServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TLSSocket } from "node:tls";
@@ -148,6 +148,19 @@ describe("dispatcher transport", () => {
     const trusted = await drainOne(url, { tls: { ca_file: join(dir, "cert.pem") } });
     expect(got).toBe(1);
     expect(trusted.delivery?.state).toBe("delivered");
+  });
+
+  it("a TLS receiver that resets during the handshake is unreachable: no attempt spent", async () => {
+    // Something listens, but drops every connection on the TLS ClientHello (a broken
+    // terminator, a firewall): the request never got to a receiver.
+    const server = createNetServer((socket) => socket.once("data", () => socket.resetAndDestroy()));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const port = (server.address() as AddressInfo).port;
+    const { dispatcher, delivery } = await drainOne(`https://127.0.0.1:${port}/hooks`, { max_attempts: 1 });
+    expect(dispatcher.states().ops?.state).toBe("down");
+    expect(dispatcher.states().ops?.detail).toMatch(/ECONNRESET|socket/i);
+    expect(delivery).toMatchObject({ state: "pending", attempts: 0 });
   });
 
   it("presents the client certificate from tls.cert_file/key_file", async () => {

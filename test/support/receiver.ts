@@ -18,6 +18,8 @@ export interface Received {
   json: unknown;
   verified: boolean;
   receivedAt: number;
+  /** 1 for the first request on its connection, 2 for the next one on the same (kept-alive) connection, ... */
+  onConnection: number;
 }
 
 export type Answer =
@@ -41,6 +43,7 @@ export class Receiver {
   #server: Server | undefined;
   #port = 0;
   #waiters: { pred: () => boolean; resolve: () => void }[] = [];
+  readonly #perSocket = new WeakMap<object, number>();
   readonly #wh: Webhook | undefined;
   readonly #inflate: boolean;
 
@@ -92,6 +95,8 @@ export class Receiver {
         } catch {
           json = undefined;
         }
+        const onConnection = (this.#perSocket.get(req.socket) ?? 0) + 1;
+        this.#perSocket.set(req.socket, onConnection);
         const rec: Received & { accepted?: boolean } = {
           id: String(req.headers["webhook-id"] ?? ""),
           path: req.url ?? "",
@@ -101,6 +106,7 @@ export class Receiver {
           json,
           verified,
           receivedAt: Date.now(),
+          onConnection,
         };
         this.arrivals.push(rec);
         this.open++;
