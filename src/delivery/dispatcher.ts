@@ -972,13 +972,24 @@ export class Dispatcher {
     const current = flight.generation === lane.generation;
     if (!current && flight.probe) lane.probe.released();
     for (const delivery of deliveries) {
-      const decision = decide(outcome, {
+      let decision = decide(outcome, {
         attempts: delivery.attempts,
         policy,
         now,
         random: () => draw,
         resent: lane.resent.has(delivery.id),
       });
+      if (!current && decision.action !== "delivered") {
+        // Sent to where the destination was before a reload moved it: whatever went wrong
+        // there says nothing about the new address. Due again at once, nothing spent.
+        decision = {
+          action: "retry",
+          class: decision.class,
+          nextAt: now,
+          error: describeStale(decision),
+          counted: false,
+        };
+      }
       this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
       const attempt: AttemptRecord = { at, durationMs };
       if (outcome.kind === "response") attempt.status = outcome.status;
@@ -1013,7 +1024,7 @@ export class Dispatcher {
       } else {
         lane.pins.delete(delivery.id);
       }
-      if (decision.action === "retry" && !decision.counted) {
+      if (current && decision.action === "retry" && !decision.counted) {
         if (lane.resent.size >= PIN_MAX) lane.resent.clear();
         lane.resent.add(delivery.id);
       } else if (decision.action !== "retry" && decision.action !== "offline") {
@@ -1268,6 +1279,11 @@ export class Dispatcher {
 /** undici's argument validation failed: the request is malformed, not the network down. */
 function isInvalidRequest(err: unknown): boolean {
   return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "UND_ERR_INVALID_ARG";
+}
+
+function describeStale(d: Decision): string {
+  const why = d.action === "dead" ? d.reason : d.action === "delivered" ? "" : d.error;
+  return `sent before a reload changed the destination (${why})`;
 }
 
 /** What onAttempt reports when the request could not be built: a code to branch on, and the reason. */

@@ -223,3 +223,23 @@ it("a reload that changes the url makes deliveries waiting for a retry due at on
   await r.settle();
   expect(r.outbox.show(id)?.deliveries[0]).toMatchObject({ state: "delivered", attempts: 2 });
 });
+
+it("a request still in flight to the old url when a reload moves the destination spends nothing: it goes to the new url", async () => {
+  const old = new Receiver(SECRET);
+  const fixed = new Receiver(SECRET);
+  await old.start();
+  await fixed.start();
+  cleanups.push(() => old.stop());
+  cleanups.push(() => fixed.stop());
+  old.answer = () => ({ kind: "hang" });
+  const r = await rig(old.url, { response_timeout: "1s", retry_schedule: ["1h"] });
+  r.d.start();
+  const id = await r.commit("a");
+  await old.waitFor(() => old.arrivals.length === 1, "the request to the old url");
+  r.d.reconfigure(destinations({ ops: { url: fixed.url, response_timeout: "1s", retry_schedule: ["1h"] } }));
+  // The old request times out later; that says nothing about the new url.
+  await fixed.waitFor(() => fixed.accepted.length === 1, "the webhook at the new url", 10_000);
+  await r.settle();
+  expect(r.outbox.show(id)?.deliveries[0]).toMatchObject({ state: "delivered", attempts: 1 });
+  expect(r.d.states().ops?.state).toBe("up");
+});
