@@ -1,19 +1,22 @@
 #!/usr/bin/env node
 /**
  * The Modbus source at work: 10 devices of 20 registers each behind one real ServerTCP
- * process (test/support/modbus-slave.mjs) on a loopback port, polled by ModbusSource in
- * a child process of its own. Per run it reports the poll cycle time (all 10 devices,
- * from edgehook_source_poll_duration_seconds), the CPU the child spends per cycle, and
- * the RSS the source adds: a baseline child runs the same script with the same modules
- * minus the source (no modbus-serial, no serialport), measured the same way, in turns
- * with the measured one. Prints the median of the runs.
+ * process (test/support/modbus-slave.mjs) on a loopback port, polled by a real Agent in
+ * a child process of its own (outbox in a temp directory, no rules). Per run it reports
+ * the poll cycle time (all 10 devices, from edgehook_source_poll_duration_seconds), the
+ * CPU the child spends per cycle beyond the baseline, and the RSS the source adds: the
+ * baseline child runs the same agent without the modbus: section, measured the same
+ * way, in turns with the measured one. Prints the median of the runs.
  *
  *   npm run build && node scripts/bench/modbus.mjs [--runs 3] [--seconds 10] [--every 250]
+ *   MODBUS_BENCH_NODE_ARGS="--max-semi-space-size=1" node scripts/bench/modbus.mjs   (flags for both children)
  *
  * Loopback only, bounded in time; kills the server and every child it started by PID.
  */
 import { fork } from "node:child_process";
-import { loadavg } from "node:os";
+import { mkdtempSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const arg = (name, dflt) => {
@@ -24,6 +27,8 @@ const RUNS = arg("runs", 3);
 const SECONDS = arg("seconds", 10);
 const EVERY_MS = arg("every", 250);
 const WARMUP_MS = 3_000;
+// Extra node flags for both children, e.g. MODBUS_BENCH_NODE_ARGS="--max-semi-space-size=1".
+const NODE_ARGS = (process.env.MODBUS_BENCH_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const DEVICES = 10;
 const SELF = fileURLToPath(import.meta.url);
 const SLAVE = fileURLToPath(new URL("../../test/support/modbus-slave.mjs", import.meta.url));
@@ -46,47 +51,39 @@ function registers() {
 // ---------------------------------------------------------------- the measured child
 
 async function child(mode, url) {
-  // Both children load the same edgehook modules; only "with" builds the source (and so
-  // imports modbus-serial and serialport when it connects).
-  const { configSchema } = await import("../../dist/config/schema.js");
+  // The real agent in both children (outbox in a temp directory, no rules, no HTTP);
+  // only "with" has the modbus: section, and so loads modbus-serial when it connects.
+  const { Agent } = await import("../../dist/agent.js");
+  const { parseConfig } = await import("../../dist/config/load.js");
   const { silentLogger } = await import("../../dist/ops/logger.js");
-  const { Metrics } = await import("../../dist/ops/metrics.js");
-  const { systemClock } = await import("../../dist/clock.js");
-  await import("../../dist/sources/polled.js");
-  const metrics = new Metrics();
-  let readings = 0;
-  let source;
-  if (mode === "with") {
-    const { ModbusSource } = await import("../../dist/sources/modbus.js");
-    const devices = Array.from({ length: DEVICES }, (_, i) => ({
-      unit_id: i + 1,
-      sensor: `meter-${i + 1}`,
-      registers: registers(),
-    }));
-    const config = configSchema.parse({
-      version: 1,
-      agent: { id: "bench" },
-      modbus: [
-        {
-          name: "bench",
-          url,
-          every: `${EVERY_MS}ms`,
-          timeout: `${Math.min(200, Math.floor(EVERY_MS / 2))}ms`,
-          devices,
-        },
-      ],
-    }).modbus[0];
-    source = new ModbusSource({
-      config,
-      sink: async (rs) => {
-        readings += rs.length;
-      },
-      logger: silentLogger(),
-      metrics,
-      clock: systemClock,
-    });
-    await source.start();
-  }
+  const dir = mkdtempSync(join(tmpdir(), "edgehook-bench-modbus-"));
+  const device = (i) => ({ unit_id: i + 1, sensor: `meter-${i + 1}`, registers: registers() });
+  const bus = {
+    name: "bench",
+    url,
+    every: `${EVERY_MS}ms`,
+    timeout: `${Math.min(200, Math.floor(EVERY_MS / 2))}ms`,
+    devices: Array.from({ length: DEVICES }, (_, i) => device(i)),
+  };
+  const config = {
+    version: 1,
+    agent: { id: "bench", data_dir: dir, require_clock_sync: "never" },
+    http: { listen: false },
+    ...(mode === "with" ? { modbus: [bus] } : {}),
+  };
+  // JSON is YAML.
+  const agent = new Agent({
+    loaded: parseConfig(JSON.stringify(config), join(dir, "agent.yaml")),
+    logger: silentLogger(),
+  });
+  await agent.start();
+  const metrics = agent.metrics;
+  const readingsNow = async () =>
+    Number(
+      (await metrics.registry.getMetricsAsJSON())
+        .find((x) => x.name === "edgehook_readings_total")
+        ?.values.find((v) => v.labels.source === "modbus:bench")?.value ?? 0,
+    );
   await sleep(WARMUP_MS);
   const hist = async () => {
     const m = (await metrics.registry.getMetricsAsJSON()).find(
@@ -97,7 +94,7 @@ async function child(mode, url) {
     return { sum: v("sum"), count: v("count") };
   };
   const h0 = await hist();
-  const r0 = readings;
+  const r0 = await readingsNow();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const rss = [];
@@ -109,8 +106,10 @@ async function child(mode, url) {
   const cpu = process.cpuUsage(cpu0);
   const wall = (performance.now() - t0) / 1000;
   const h1 = await hist();
-  const state = source?.state().status;
-  if (source) await source.stop();
+  const readings = await readingsNow();
+  const state = agent.health().sources[0]?.status;
+  await agent.stop();
+  rmSync(dir, { recursive: true, force: true });
   const cycles = h1.count - h0.count;
   process.send({
     cycles,
@@ -166,7 +165,12 @@ async function startServer() {
 function runChild(mode, url) {
   return new Promise((resolve, reject) => {
     const opts = ["--seconds", String(SECONDS), "--every", String(EVERY_MS)];
-    const proc = track(fork(SELF, ["--child", mode, url, ...opts], { stdio: ["ignore", "inherit", "inherit", "ipc"] }));
+    const proc = track(
+      fork(SELF, ["--child", mode, url, ...opts], {
+        execArgv: NODE_ARGS,
+        stdio: ["ignore", "inherit", "inherit", "ipc"],
+      }),
+    );
     const timer = setTimeout(
       () => {
         proc.kill("SIGKILL");
@@ -215,7 +219,7 @@ async function main() {
     };
     rows.push(row);
     console.log(
-      `run ${run}: ${row.cycles} cycles, cycle ${row.cycleMs.toFixed(2)} ms (${row.readingsPerCycle} readings), ` +
+      `run ${run}: ${row.cycles} cycles, cycle ${row.cycleMs.toFixed(2)} ms (${Math.round(row.readingsPerCycle)} readings), ` +
         `CPU ${row.cpuMsPerCycle.toFixed(2)} ms/cycle added (process ${row.cpuPct.toFixed(1)} % of a core, baseline ${row.basePct.toFixed(1)} %), ` +
         `RSS ${(row.rssWith / 2 ** 20).toFixed(1)} MiB vs baseline ${(row.rssBase / 2 ** 20).toFixed(1)} MiB ` +
         `(V8 heap ${(row.heapWith / 2 ** 20).toFixed(1)} vs ${(row.heapBase / 2 ** 20).toFixed(1)} MiB)`,
