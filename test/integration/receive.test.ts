@@ -198,10 +198,11 @@ describe("receive, left running", () => {
         samples.push(rss());
       }
       expect(out.match(/ msg_\d+ reading /g)).toHaveLength(30);
-      // Holding the bodies would be 270 MB and growing; what is left is a few requests' worth.
-      const first5 = Math.max(...samples.slice(0, 5));
-      const last5 = Math.max(...samples.slice(-5));
-      expect(last5, `RSS MB per request: ${samples.map((x) => x.toFixed(0)).join(" ")}`).toBeLessThan(first5 + 60);
+      // Holding the bodies grows by 9 MB a request (85 -> 663 MB measured); without them RSS
+      // moves with garbage collection around a few requests' worth.
+      const base = samples[0] as number;
+      const tail = Math.max(...samples.slice(-10));
+      expect(tail, `RSS MB per request: ${samples.map((x) => x.toFixed(0)).join(" ")}`).toBeLessThan(base + 150);
     } finally {
       proc.kill("SIGKILL");
     }

@@ -109,7 +109,10 @@ http:
       expect(s.from).toBe("agent");
       expect(s.destinations[0]).toMatchObject({ name: "ops", state: "down", pending: 5, delivered: 1 });
       expect(s.firing).toHaveLength(6);
-      expect(s.sources[0]).toMatchObject({ name: "mqtt", status: "up", readings_1m: 6 });
+      expect(s.sources[0]).toMatchObject({ name: "mqtt", status: "up" });
+      // Six readings, the first of them perhaps more than a minute ago on a slow machine.
+      expect(s.sources[0]?.readings_1m).toBeGreaterThanOrEqual(5);
+      expect(s.sources[0]?.readings_1m).toBeLessThanOrEqual(6);
     }
     expect(row).toMatchObject({ destination: "ops", state: "down", pending: 5, delivered: 1 });
     expect(await metric(base, "edgehook_outbox_deliveries", 'destination="ops",state="pending"')).toBe(5);
