@@ -11,7 +11,7 @@ import { systemClock } from "../clock.js";
 import type { LoadedConfig } from "../config/load.js";
 import { type AttemptInfo, Dispatcher } from "../delivery/dispatcher.js";
 import { ExitCode } from "../errors.js";
-import { type NewEvent, newEventId } from "../events.js";
+import { newEvent } from "../events.js";
 import { silentLogger } from "../ops/logger.js";
 import { Metrics } from "../ops/metrics.js";
 import { seriesKey } from "../series-key.js";
@@ -39,32 +39,23 @@ export async function sendTestCommand(
     return ExitCode.FAILURE;
   }
   const now = systemClock.now();
-  const event: NewEvent = {
-    id: newEventId(now),
-    type: "test",
-    rule: "send-test",
-    series: seriesKey("send-test", "edgehook-send-test", "test"),
-    severity: "info",
-    priority: 0,
-    destinations: [name],
-    createdAt: now,
-    body: {
-      type: "test",
-      timestamp: new Date(now).toISOString(),
-      data: {
-        agent: config.agent.id,
-        rule: "send-test",
-        sensor: "edgehook-send-test",
-        metric: "test",
-        value: 42,
-        threshold: 40,
-        severity: "info",
-        labels: {},
-        since: new Date(now).toISOString(),
-        message: `Test webhook from edgehook on ${config.agent.id}`,
-      },
+  const event = newEvent(
+    "test",
+    { agent: config.agent.id, rule: "send-test", severity: "info", priority: 0, notify: [name] },
+    seriesKey("send-test", "edgehook-send-test", "test"),
+    now,
+    now,
+    {
+      sensor: "edgehook-send-test",
+      metric: "test",
+      value: 42,
+      threshold: 40,
+      severity: "info",
+      labels: {},
+      since: new Date(now).toISOString(),
+      message: `Test webhook from edgehook on ${config.agent.id}`,
     },
-  };
+  );
 
   const dir = mkdtempSync(join(tmpdir(), "edgehook-send-test-"));
   const metrics = new Metrics();

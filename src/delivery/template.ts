@@ -14,7 +14,12 @@
  *
  * Rendering is pure and deterministic: the same stored body gives the same bytes
  * on every attempt (the signature is computed over them per attempt).
+ *
+ * The `data` fields a placeholder may name are those of the rule events (DATA_FIELDS in
+ * src/event-data.ts, kept to the event types by the compiler), plus the `extra` keys of
+ * the rules that notify the destination.
  */
+import { DATA_FIELD_NAMES, DATA_FIELDS, isDataField } from "../event-data.js";
 
 /** A path into the config tree, as the loader positions it (`destinations.x.template.text`). */
 export type ConfigPath = (string | number)[];
@@ -23,42 +28,6 @@ export interface TemplateProblem {
   path: ConfigPath;
   message: string;
 }
-
-/** Fields of `data` every event may carry (src/events.ts, design.md "Webhook request"). */
-export const KNOWN_DATA_FIELDS: ReadonlySet<string> = new Set([
-  "agent",
-  "rule",
-  "sensor",
-  "metric",
-  "value",
-  "threshold",
-  "severity",
-  "labels",
-  "since",
-]);
-
-/**
- * Fields the rule engine adds for some event types (src/rules/engine.ts): why an alert
- * resolved, how long it fired, when a silent sensor was last seen, aggregate/rate details,
- * batched telemetry. Missing in an event, they render as empty (or null).
- */
-export const EVENT_DATA_FIELDS: ReadonlySet<string> = new Set([
-  "condition",
-  "reason",
-  "repeat",
-  "firing_for_s",
-  "duration_s",
-  "last_seen",
-  "absent_for_s",
-  "reading_value",
-  "rate_per",
-  "rate_window_s",
-  "source",
-  "count",
-]);
-
-/** Object- or list-valued fields whose inner paths are not checked (`data.aggregate.fn`). */
-const OPEN_DATA_FIELDS: ReadonlySet<string> = new Set(["aggregate", "readings"]);
 
 export interface CompileOptions {
   /**
@@ -345,7 +314,7 @@ function parseFilter(src: string): Filter | string {
 
 function fieldNames(known: ReadonlySet<string> | "any"): string[] {
   const extra = known === "any" ? [] : [...known];
-  const fields = [...KNOWN_DATA_FIELDS, ...EVENT_DATA_FIELDS, ...OPEN_DATA_FIELDS, ...extra];
+  const fields = [...DATA_FIELD_NAMES, ...extra];
   return ["type", "timestamp", ...fields.map((f) => `data.${f}`)];
 }
 
@@ -384,9 +353,10 @@ function checkPath(path: string[], known: ReadonlySet<string> | "any"): boolean 
   if (root === "type" || root === "timestamp") return path.length === 1;
   if (root !== "data") return false;
   if (field === undefined || known === "any") return true;
-  if (field === "labels") return rest.length <= 1;
-  if (KNOWN_DATA_FIELDS.has(field) || EVENT_DATA_FIELDS.has(field)) return rest.length === 0;
-  if (OPEN_DATA_FIELDS.has(field)) return true;
+  if (isDataField(field)) {
+    const shape = DATA_FIELDS[field];
+    return shape === "open" || rest.length <= (shape === "labels" ? 1 : 0);
+  }
   // Rule `extra` values may be objects; their inner shape is the author's business.
   return known.has(field);
 }

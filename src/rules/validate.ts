@@ -5,39 +5,13 @@
  * keys with defaults (rate_per, rate_window) can be reported when they would do nothing.
  */
 import type { RuleConfig } from "../config/schema.js";
+import { isDataField } from "../event-data.js";
 
 export interface RuleProblem {
   /** Path under the rule, e.g. ["clear_below"] or ["aggregate", "over"]. */
   path: (string | number)[];
   message: string;
 }
-
-/** Keys of the body's `data` a rule's `extra` may not replace. */
-export const RESERVED_DATA_KEYS = [
-  "agent",
-  "rule",
-  "sensor",
-  "metric",
-  "value",
-  "threshold",
-  "condition",
-  "severity",
-  "labels",
-  "since",
-  "reason",
-  "duration_s",
-  "repeat",
-  "firing_for_s",
-  "aggregate",
-  "reading_value",
-  "rate_per",
-  "rate_window_s",
-  "last_seen",
-  "absent_for_s",
-  "source",
-  "count",
-  "readings",
-] as const;
 
 const THRESHOLD_KEYS = ["above", "below", "between", "outside", "equals"] as const;
 const RATE_KEYS = ["rate_above", "rate_below"] as const;
@@ -148,7 +122,8 @@ export function checkRule(r: RuleConfig, given: (key: string) => boolean): RuleP
   }
 
   for (const k of Object.keys(r.extra)) {
-    if ((RESERVED_DATA_KEYS as readonly string[]).includes(k)) {
+    // The body's own fields (event-data.ts) come first; extra must not replace them.
+    if (isDataField(k)) {
       add(["extra", k], `is a field edgehook sets in the body; choose another name`);
     }
   }
