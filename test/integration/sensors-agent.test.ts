@@ -221,4 +221,40 @@ http: { listen: false }
     expect(logs.some((l) => l.msg === "dropped 1 modbus readings at stop: the outbox did not take them")).toBe(true);
     expect(receiver.received).toHaveLength(0);
   });
+
+  it("restarts the polled sources when a reload changes them", async () => {
+    const dir = tempDir();
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, "temp"), "52000\n");
+    const yaml = (scale: string) => `version: 1
+agent: { id: reload-pi, data_dir: ./data, require_clock_sync: never }
+files: [{ path: ./temp, every: 100ms, sensor: pi, metric: soc_temperature, scale: ${scale} }]
+rules: [{ name: hot, match: { sensor: pi }, above: 100, notify: [ops] }]
+destinations: { ops: { url: "http://127.0.0.1:9/hooks", secret: ${SECRET} } }
+http: { listen: false }
+`;
+    const file = writeConfig(dir, yaml("0.001"));
+    const agent = new Agent({ loaded: loadConfig(file), logger: createLogger("silent") });
+    await agent.start();
+    cleanups.push(() => agent.stop());
+    const firing = async () =>
+      Number(
+        (await agent.metrics.registry.getMetricsAsJSON())
+          .find((m) => m.name === "edgehook_rule_events_total")
+          ?.values.find((v) => v.labels.rule === "hot" && v.labels.type === "alert.firing")?.value ?? 0,
+      );
+    const reads = async () =>
+      Number(
+        (await agent.metrics.registry.getMetricsAsJSON())
+          .find((m) => m.name === "edgehook_readings_total")
+          ?.values.find((v) => v.labels.source === "file:./temp")?.value ?? 0,
+      );
+    await waitUntil(async () => (await reads()) >= 3, "three reads");
+    expect(await firing()).toBe(0); // 52 °C
+    writeFileSync(file, yaml("0.002"));
+    await agent.reload(loadConfig(file));
+    // The restarted source reads with the new scale: 104 is above 100.
+    await waitUntil(async () => (await firing()) === 1, "the rule firing on the rescaled value");
+    expect(agent.health().sources.map((x) => [x.name, x.status])).toEqual([["file:./temp", "up"]]);
+  });
 });
