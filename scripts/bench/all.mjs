@@ -20,6 +20,7 @@ const ALL = [
   ["footprint"],
   ["backlog-rss"],
   ["agent-backlog-rss", "1000000", "20", "down"],
+  ["refused-rss", "50000", "3"],
   ["modbus"],
 ];
 const wanted = process.argv.slice(2);
