@@ -333,8 +333,18 @@ export class ModbusSource implements Source {
     this.#metrics.pollDuration.observe({ source: this.name }, (this.#clock.monotonic() - started) / 1000);
     const up = this.#book.upCount();
     const total = this.#devices.length;
-    if (up === 0) this.#status.set("down", total === 1 ? "the device does not answer" : "no device answers");
-    else this.#status.set("up", up < total ? `${total - up} of ${total} devices not answering` : undefined);
+    if (up === 0) {
+      // "unit 1: timeout", "unit 1: exception 2: illegal data address", or for several: why, if they agree.
+      const why = new Set(this.#book.list().map((d) => d.detail ?? "no reading"));
+      const one = this.#devices.length === 1 ? this.#devices[0] : undefined;
+      const [only] = why;
+      const detail = one
+        ? `unit ${one.unit}: ${only}`
+        : why.size === 1
+          ? `no device gives a reading (${only})`
+          : "no device gives a reading";
+      this.#status.set("down", detail);
+    } else this.#status.set("up", up < total ? `${total - up} of ${total} devices not answering` : undefined);
   }
 
   async #pollDevice(conn: Connection, device: Device, out: Reading[]): Promise<void> {

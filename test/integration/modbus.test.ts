@@ -196,12 +196,22 @@ describe("ModbusSource over TCP (ServerTCP process)", () => {
       .map((x) => x.ts);
     expect(times[2]! - times[0]!).toBeLessThan(2 * 200 + 150);
 
+    await slave.behave(1, { mode: "silent" });
+    await r.waitFor(() => r.src.state().status === "down", "down once no unit answers");
+    expect(r.src.state().detail).toBe("no device gives a reading (timeout)");
+    await slave.behave(1, { mode: "ok" });
     await slave.behave(2, { mode: "ok" });
     await r.waitFor(() => r.src.state().devices?.find((d) => d.id === "2")?.status === "up", "unit 2 back");
     expect(r.src.state().detail).toBeUndefined();
-    expect(msgs(r, "modbus device not answering")).toHaveLength(1);
-    expect(msgs(r, "modbus device not answering")[0]).toMatchObject({ unit: 2, sensor: "two", reason: "timeout" });
-    expect(msgs(r, "modbus device answers again")).toHaveLength(1);
+    expect(msgs(r, "modbus device not answering").map((l) => [l.unit, l.reason])).toEqual([
+      [2, "timeout"],
+      [1, "timeout"],
+    ]);
+    expect(
+      msgs(r, "modbus device answers again")
+        .map((l) => l.unit)
+        .sort(),
+    ).toEqual([1, 2]);
   });
 
   it("counts exception answers and values out of range, logs each reason at most once a minute, and goes on", async () => {
