@@ -87,7 +87,7 @@ async function dispatch(spec: CommandSpec, args: string[], io: CliIO): Promise<n
     case "run":
       return await runCommand(args, io);
     case "check":
-      return checkCommand(args, io);
+      return await checkCommand(args, io);
     case "status": {
       const { statusCommand } = await import("./cli/status.js");
       const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
@@ -217,8 +217,11 @@ export function loadFromArgs(
   };
 }
 
-function checkCommand(args: string[], io: CliIO): number {
-  const { values } = parseArgs({ args, options: { config: { type: "string", short: "c" } } });
+async function checkCommand(args: string[], io: CliIO): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: "string", short: "c" }, explain: { type: "boolean" } },
+  });
   const file = configPath(values.config, io.env);
   const loaded = loadConfig(file, { env: io.env });
   for (const w of loaded.warnings) io.err(`warning: ${w}`);
@@ -226,6 +229,10 @@ function checkCommand(args: string[], io: CliIO): number {
   io.out(
     `${file}: ok — agent ${c.agent.id}, ${c.mqtt ? `${c.mqtt.subscriptions.length} MQTT subscription(s), ` : ""}${c.serial.length} serial port(s), ${describePolledSources(c)}${c.rules.length} rule(s), ${Object.keys(c.destinations).length} destination(s)`,
   );
+  if (values.explain) {
+    const { explainSubscriptions } = await import("./cli/explain.js");
+    io.out(explainSubscriptions(c));
+  }
   return ExitCode.OK;
 }
 

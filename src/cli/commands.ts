@@ -56,8 +56,11 @@ export const COMMANDS: readonly CommandSpec[] = [
   {
     name: "check",
     summary: "validate the configuration (exit 78 when invalid)",
-    options: { config: CONFIG },
-    example: "edgehook check --config agent.yaml",
+    options: {
+      config: CONFIG,
+      explain: { help: "also print each MQTT subscription as it runs: its preset expanded, defaults filled in" },
+    },
+    example: "edgehook check --config agent.yaml --explain",
     config: "full",
   },
   {

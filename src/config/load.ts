@@ -17,6 +17,7 @@ import { isLoopback, parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";
 import { didYouMean } from "../suggest.js";
 import { type Config, configSchema } from "./schema.js";
+import { checkSubscriptions } from "./subscription-schema.js";
 
 export interface ConfigProblem {
   file: string;
@@ -285,6 +286,9 @@ function riskWarnings(config: Config, root: Node, lc: LineCounter, file: string)
       // Reported as a problem by crossCheck.
     }
   }
+  for (const p of checkSubscriptions(config.mqtt?.subscriptions ?? [])) {
+    if (p.warning) at(p.path, p.message);
+  }
   if (config.mqtt?.tls?.reject_unauthorized === false) {
     at(["mqtt", "tls", "reject_unauthorized"], "false: the broker's certificate is not checked; prefer tls.ca_file");
   }
@@ -403,31 +407,9 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       add(["http", "listen"], "must be host:port like 127.0.0.1:9780 or [::1]:9780");
     }
   }
-  config.mqtt?.subscriptions.forEach((s, i) => {
-    if (s.format === "json" && !s.value && !s.values)
-      add(["mqtt", "subscriptions", i], "format json needs value (a dot path) or values");
-    if (!s.metric && !s.values) add(["mqtt", "subscriptions", i], "needs metric (or values for several metrics)");
-    if (s.format === "text" && !s.states)
-      add(["mqtt", "subscriptions", i], "format text needs states, e.g. { ON: 1, OFF: 0 }");
-    if (s.values && (s.format === "number" || s.format === "text"))
-      add(["mqtt", "subscriptions", i, "values"], `format ${s.format} carries one value; use metric`);
-    // `{N}` is the Nth wildcard of the topic filter; more than it has can never be filled.
-    const wildcards = s.topic.split("/").filter((seg) => seg === "+" || seg === "#").length;
-    for (const key of ["sensor", "metric"] as const) {
-      const template = s[key];
-      for (const m of template?.matchAll(/\{(\d+)\}/g) ?? []) {
-        const n = Number(m[1]);
-        if (n < 1 || n > wildcards) {
-          add(
-            ["mqtt", "subscriptions", i, key],
-            wildcards === 0
-              ? `{${n}} needs a + or # wildcard in the topic; name it, e.g. {topic.2} or a fixed name`
-              : `{${n}} but the topic has ${wildcards} wildcard${wildcards === 1 ? "" : "s"}`,
-          );
-        }
-      }
-    }
-  });
+  for (const p of checkSubscriptions(config.mqtt?.subscriptions ?? [])) {
+    if (!p.warning) add(p.path, p.message);
+  }
   for (const [name, d] of Object.entries(config.destinations)) {
     const secrets = d.secret === undefined ? [] : Array.isArray(d.secret) ? d.secret : [d.secret];
     if (needsHmacSecret(d) && secrets.length === 0) {

@@ -13,6 +13,7 @@ import { DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_SCHEDULE } from "../delivery/policy
 import { isTimeZone } from "../sources/zoned-time.js";
 import { duration, rate, size } from "./fields.js";
 import { filesSection, modbusSection, onewireSection } from "./sensor-schema.js";
+import { subscription } from "./subscription-schema.js";
 
 const name = (what: string) =>
   z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, `${what} must be letters, digits, '.', '_' or '-'`);
@@ -55,30 +56,8 @@ const agent = z.strictObject({
 
 // ---------------------------------------------------------------- mqtt
 
-const payloadFormat = z.enum(["json", "number", "kv", "text"]);
-
-const subscription = z.strictObject({
-  /** Topic filter; `+` and `#` wildcards allowed. */
-  topic: z.string().min(1),
-  qos: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(1),
-  /** Sensor name; `{1}` is the first `+` segment, `{topic.N}` the Nth topic segment (from 1), `{field}` a payload field. */
-  sensor: z.string().min(1).default("{1}"),
-  /** Metric name, with the same placeholders as `sensor`. Omit with `values` (several metrics per payload). */
-  metric: z.string().min(1).optional(),
-  format: payloadFormat.default("json"),
-  /** json: dot path of the value in the payload. */
-  value: z.string().min(1).optional(),
-  /** json/kv: several metrics from one payload, metric name → dot path or key. */
-  values: z.record(z.string(), z.string()).optional(),
-  /** Dot path (json) or key (kv) of the measurement time: epoch s/ms/µs/ns or ISO 8601. Default: arrival time. */
-  timestamp: z.string().min(1).optional(),
-  /** IANA zone of ISO times without `Z` or an offset (Tasmota's `Time`). Default: the agent's own zone. */
-  timezone: timeZone.optional(),
-  /** text: payload → value, e.g. { ON: 1, OFF: 0 }. Matched case-insensitively. */
-  states: z.record(z.string(), z.union([z.number(), z.string(), z.boolean()])).optional(),
-  labels: labels.default({}),
-});
-export type SubscriptionConfig = z.output<typeof subscription>;
+// A subscription, with firmware presets and field selection: subscription-schema.ts.
+export type { SubscriptionConfig } from "./subscription-schema.js";
 
 const tls = z.strictObject({
   ca_file: z.string().optional(),
@@ -147,8 +126,13 @@ const serialPort = z
     metric: z.string().min(1).optional(),
     /** Field holding the value (json dot path, csv column, kv key, regex group). */
     value: z.string().min(1).optional(),
-    /** Fields to read as metrics; default every numeric field. */
-    values: z.record(z.string(), z.string()).optional(),
+    /** Fields to read as metrics (metric → field); default (or "*") every numeric and boolean field. */
+    values: z.union([z.literal("*"), z.record(z.string(), z.string())]).optional(),
+    /** Every-field formats: only fields matching these globs / skip fields matching these. */
+    include: z.array(z.string().min(1)).optional(),
+    exclude: z.array(z.string().min(1)).optional(),
+    /** Metric renames, applied last: { "Heat index": heat_index }. */
+    rename: z.record(z.string(), z.string().min(1)).optional(),
     timestamp: z.string().min(1).optional(),
     /** IANA zone of ISO times without `Z` or an offset. Default: the agent's own zone. */
     timezone: timeZone.optional(),

@@ -54,6 +54,17 @@ export class Metrics {
     labelNames: ["source", "reason"] as const,
     registers: [this.registry],
   });
+  readonly decodeIgnoredFields = new Counter({
+    name: "edgehook_decode_ignored_fields_total",
+    help: 'Payload fields that gave no reading (not picked by values, or text, null or a list under values: "*"), per source',
+    labelNames: ["source"] as const,
+    registers: [this.registry],
+  });
+  readonly mqttRetainedIgnored = new Counter({
+    name: "edgehook_mqtt_retained_ignored_total",
+    help: "Retained messages the broker replayed on subscribe that a subscription with retained: ignore skipped",
+    registers: [this.registry],
+  });
   readonly readingsDropped = new Counter({
     name: "edgehook_readings_dropped_total",
     help: "Readings a source dropped before they could be stored, per source and reason (held_overflow: more than a serial port can hold while the outbox refuses; stopped: still held at stop)",

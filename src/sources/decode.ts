@@ -6,8 +6,24 @@
  * `edgehook_decode_errors_total{source,reason}` and skips the input (invariant 7).
  */
 import type { SerialPortConfig, SubscriptionConfig } from "../config/schema.js";
+import { compileGlob, type Matcher } from "../rules/glob.js";
+import {
+  countLeaves,
+  everyField,
+  FieldSelect,
+  type IgnoredField,
+  leafNames,
+  type Picked,
+  type StateMap,
+} from "./every-field.js";
+import { parseKv } from "./kv.js";
 import type { Reading, ReadingValue } from "./reading.js";
+import { matchTopic } from "./topics.js";
 import { localTimeZone, ZonedTime } from "./zoned-time.js";
+
+export type { IgnoredField } from "./every-field.js";
+export { parseKv } from "./kv.js";
+export { matchTopic } from "./topics.js";
 
 /** Why an input was skipped; the `reason` label of edgehook_decode_errors_total. */
 export type DecodeErrorReason =
@@ -36,12 +52,19 @@ export type DecodeErrorReason =
   /** An empty MQTT payload (e.g. a retained message being cleared); blank serial lines are not counted. */
   | "empty";
 
-export type DecodeResult = { ok: true; readings: Reading[] } | { ok: false; reason: DecodeErrorReason };
+/**
+ * `ignored`: payload fields that gave no reading (not picked by `values`, or text, null or
+ * a list under `values: "*"`), counted in edgehook_decode_ignored_fields_total;
+ * `ignoredFields` names them when the decoder explains itself (`edgehook tap`).
+ * `retained`: a retained message the subscription's `retained: ignore` skipped.
+ */
+export type DecodeResult =
+  | { ok: true; readings: Reading[]; ignored?: number; ignoredFields?: IgnoredField[]; retained?: "ignored" }
+  | { ok: false; reason: DecodeErrorReason };
 
 const fail = (reason: DecodeErrorReason): DecodeResult => ({ ok: false, reason });
 
 type Fields = (path: string) => unknown;
-type StateMap = Readonly<Record<string, ReadingValue>>;
 
 // ---------------------------------------------------------------- shared helpers
 
@@ -161,17 +184,6 @@ export function parseTimestamp(v: unknown, zone?: ZonedTime, arrival?: number): 
   return (zone ?? processZone).parse(text, arrival);
 }
 
-/** Parses `t=21.5 h=40`, `t:21.5,h:40` or `t=21.5;h=40` into ordered pairs. */
-export function parseKv(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const part of text.split(/[\s,;&]+/)) {
-    if (!part) continue;
-    const m = /^([^=:]+)[=:](.*)$/.exec(part);
-    if (m) out.set(m[1]!, m[2]!);
-  }
-  return out;
-}
-
 // ---------------------------------------------------------------- templates
 
 type TemplatePart = { lit: string } | { wildcard: number } | { topic: number } | { field: string };
@@ -224,32 +236,6 @@ function render(
   return s;
 }
 
-// ---------------------------------------------------------------- topic filters
-
-/**
- * Matches an MQTT topic against a filter; returns the segments the wildcards took
- * (`+` one segment each, `#` the rest joined by `/`), or undefined for no match.
- */
-export function matchTopic(filter: string, topic: string): string[] | undefined {
-  const f = filter.split("/");
-  const t = topic.split("/");
-  const caught: string[] = [];
-  // MQTT 3.1.1 §4.7.2: wildcards at the first level do not match `$` topics.
-  if (topic.startsWith("$") && (f[0] === "+" || f[0] === "#")) return undefined;
-  for (let i = 0; i < f.length; i++) {
-    const seg = f[i]!;
-    if (seg === "#") {
-      caught.push(t.slice(i).join("/"));
-      return caught;
-    }
-    const ts = t[i];
-    if (ts === undefined) return undefined;
-    if (seg === "+") caught.push(ts);
-    else if (seg !== ts) return undefined;
-  }
-  return f.length === t.length ? caught : undefined;
-}
-
 // ---------------------------------------------------------------- extraction shared by MQTT and serial
 
 interface Extractor {
@@ -257,29 +243,41 @@ interface Extractor {
   metric: TemplatePart[] | undefined;
   value: string | undefined;
   values: [string, string][] | undefined;
+  /** `values: "*"` given: the metric template prefixes field names. */
+  star: boolean;
   timestamp: string | undefined;
   /** Zone of zoneless ISO times; undefined: the agent's own. */
   zone: ZonedTime | undefined;
   states: StateMap | undefined;
   labels: Readonly<Record<string, string>>;
   source: string;
-  /** Fields never read as metrics when every numeric field is taken. */
+  /** Fields never read as metrics when every field is taken (sensor, metric, time). */
   reserved: Set<string>;
+  select: FieldSelect;
+  /** Labels per group (group_label), built once per group name. */
+  groupLabels: Map<string, Readonly<Record<string, string>>>;
+  /** Name the ignored fields in results (`edgehook tap`). */
+  explain: boolean;
 }
 
-function extractor(
-  cfg: {
-    sensor: string;
-    metric?: string | undefined;
-    value?: string | undefined;
-    values?: Record<string, string> | undefined;
-    timestamp?: string | undefined;
-    timezone?: string | undefined;
-    states?: SubscriptionConfig["states"];
-    labels: Record<string, string>;
-  },
-  source: string,
-): Extractor {
+/** What both MQTT subscriptions and serial ports say about naming and picking fields. */
+interface ExtractorConfig {
+  sensor: string;
+  metric?: string | undefined;
+  value?: string | undefined;
+  values?: Record<string, string> | "*" | undefined;
+  timestamp?: string | undefined;
+  timezone?: string | undefined;
+  states?: SubscriptionConfig["states"];
+  labels: Record<string, string>;
+  include?: readonly string[] | undefined;
+  exclude?: readonly string[] | undefined;
+  rename?: Readonly<Record<string, string>> | undefined;
+  group_label?: string | undefined;
+  metric_case?: "keep" | "snake" | undefined;
+}
+
+function extractor(cfg: ExtractorConfig, source: string, explain: boolean): Extractor {
   const sensor = parseTemplate(cfg.sensor);
   const metric = cfg.metric ? parseTemplate(cfg.metric) : undefined;
   const reserved = new Set([...templateFields(sensor), ...(metric ? templateFields(metric) : [])]);
@@ -288,21 +286,20 @@ function extractor(
     sensor,
     metric,
     value: cfg.value,
-    values: cfg.values ? Object.entries(cfg.values) : undefined,
+    values: cfg.values && cfg.values !== "*" ? Object.entries(cfg.values) : undefined,
+    star: cfg.values === "*",
     timestamp: cfg.timestamp,
     zone: cfg.timezone === undefined ? undefined : new ZonedTime(cfg.timezone),
     states: lowerStates(cfg.states),
     labels: Object.freeze({ ...cfg.labels }),
     source,
     reserved,
+    select: new FieldSelect(cfg),
+    groupLabels: new Map(),
+    explain,
   };
 }
 
-/**
- * Readings from named fields. `single` is the value when the input itself is the
- * value (number/text payloads). `allNumeric` lists field names to take every numeric
- * one when neither `value` nor `values` is configured (kv, csv, flat json).
- */
 /** One reading whose value is the payload or line itself (no field to pick). */
 function extractRaw(
   ex: Extractor,
@@ -311,25 +308,22 @@ function extractRaw(
   arrival: number,
   raw: unknown,
 ): DecodeResult {
-  return extract(
-    ex,
-    () => undefined,
-    wildcards,
-    topicParts,
-    arrival,
-    { raw },
-    () => [],
-  );
+  return extract(ex, undefined, () => undefined, wildcards, topicParts, arrival, { raw });
 }
 
+/**
+ * Readings from a payload. `doc` is the parsed object (JSON, or the pairs of a kv/csv/
+ * regex line as a flat object); `fields` reads a path of it. `single` is the value when
+ * the input itself is the value (number/text payloads, bare JSON scalars).
+ */
 function extract(
   ex: Extractor,
+  doc: object | undefined,
   fields: Fields,
   wildcards: readonly string[],
   topicParts: readonly string[],
   arrival: number,
-  single: { raw: unknown } | undefined,
-  allNumeric: () => Iterable<string>,
+  single?: { raw: unknown },
 ): DecodeResult {
   const sensor = render(ex.sensor, wildcards, topicParts, fields);
   if (sensor === undefined) return fail("no_field");
@@ -348,37 +342,102 @@ function extract(
     const metric = ex.metric ? render(ex.metric, wildcards, topicParts, fields) : "value";
     if (metric === undefined) return fail("no_field");
     const v = toValue(single.raw, ex.states);
-    return "reason" in v ? fail(v.reason) : { ok: true, readings: [make(metric, v.value)] };
+    return "reason" in v ? fail(v.reason) : { ok: true, readings: [make(ex.select.renamed(metric), v.value)] };
   }
   if (ex.values) {
     const readings: Reading[] = [];
     let firstError: DecodeErrorReason | undefined;
+    let used = 0;
     for (const [metric, path] of ex.values) {
       const raw = fields(path);
       if (raw === undefined) continue;
+      used++;
       const v = toValue(raw, ex.states);
       if ("reason" in v) firstError ??= v.reason;
-      else readings.push(make(metric, v.value));
+      else readings.push(make(ex.select.renamed(metric), v.value));
     }
-    if (readings.length > 0) return { ok: true, readings };
-    return fail(firstError ?? "no_value");
+    if (readings.length === 0) return fail(firstError ?? "no_value");
+    return withIgnored(
+      ex,
+      { ok: true, readings },
+      doc,
+      fields,
+      used,
+      ex.values.map(([, p]) => p),
+    );
   }
   if (ex.value) {
     const metric = ex.metric ? render(ex.metric, wildcards, topicParts, fields) : ex.value;
     if (metric === undefined) return fail("no_field");
     const v = toValue(fields(ex.value), ex.states);
-    return "reason" in v ? fail(v.reason) : { ok: true, readings: [make(metric, v.value)] };
+    if ("reason" in v) return fail(v.reason);
+    return withIgnored(ex, { ok: true, readings: [make(ex.select.renamed(metric), v.value)] }, doc, fields, 1, [
+      ex.value,
+    ]);
   }
-  const readings: Reading[] = [];
-  for (const name of allNumeric()) {
-    if (ex.reserved.has(name)) continue;
-    const raw = fields(name);
-    // Taking "every numeric field": text fields are labels or ids, not errors.
-    if (typeof raw === "object") continue;
-    const v = toValue(raw, ex.states);
-    if ("value" in v) readings.push(make(name, v.value));
+  if (!doc) return fail("no_value");
+  let prefix: string | undefined;
+  if (ex.star && ex.metric) {
+    prefix = render(ex.metric, wildcards, topicParts, fields);
+    if (prefix === undefined) return fail("no_field");
   }
-  return readings.length > 0 ? { ok: true, readings } : fail("no_value");
+  const every = everyField(doc, ex.select, ex.states, ex.reserved, prefix, ex.explain);
+  if (every.picked.length === 0 && every.ignored === 0) return fail("no_value");
+  const readings = every.picked.map((p) => make(p.metric, p.value));
+  if (ex.select.group !== undefined) groupReadings(ex, every.picked, readings, sensor);
+  const res: DecodeResult = { ok: true, readings, ignored: every.ignored };
+  if (every.ignoredFields) res.ignoredFields = every.ignoredFields;
+  return res;
+}
+
+/** group_label: the group's name as a label; a metric two groups give apart by sensor. */
+function groupReadings(ex: Extractor, picked: readonly Picked[], readings: Reading[], sensor: string): void {
+  const label = ex.select.group as string;
+  let seen: Set<string> | undefined;
+  let twice: Set<string> | undefined;
+  for (const p of picked) {
+    if (p.group === undefined) continue;
+    seen ??= new Set();
+    if (seen.has(p.metric)) {
+      twice ??= new Set();
+      twice.add(p.metric);
+    }
+    seen.add(p.metric);
+  }
+  picked.forEach((p, i) => {
+    if (p.group === undefined) return;
+    const r = readings[i]!;
+    let labels = ex.groupLabels.get(p.group);
+    if (!labels) {
+      labels = Object.freeze({ ...ex.labels, [label]: p.group });
+      if (ex.groupLabels.size < 256) ex.groupLabels.set(p.group, labels);
+    }
+    r.labels = labels;
+    if (twice?.has(p.metric)) r.sensor = `${sensor}/${p.group}`;
+  });
+}
+
+/** Counts (and, explaining, names) the fields of `doc` that `values`/`value` did not take. */
+function withIgnored(
+  ex: Extractor,
+  res: DecodeResult & { ok: true },
+  doc: object | undefined,
+  fields: Fields,
+  used: number,
+  paths: readonly string[],
+): DecodeResult {
+  if (!doc) return res;
+  let reserved = 0;
+  for (const f of ex.reserved) if (fields(f) !== undefined) reserved++;
+  const ignored = Math.max(0, countLeaves(doc) - used - reserved);
+  if (ignored > 0) res.ignored = ignored;
+  if (ex.explain) {
+    const taken = new Set([...paths, ...ex.reserved]);
+    res.ignoredFields = leafNames(doc)
+      .filter((n) => !taken.has(n) && ![...taken].some((t) => n.startsWith(`${t}.`)))
+      .map((name) => ({ name, why: "not_picked" as const }));
+  }
+  return res;
 }
 
 function jsonFields(doc: unknown): Fields {
@@ -394,15 +453,23 @@ function parseJson(text: string): unknown | typeof NOT_JSON {
 }
 const NOT_JSON = Symbol("not_json");
 
-function topLevelKeys(doc: unknown): string[] {
-  return doc !== null && typeof doc === "object" && !Array.isArray(doc) ? Object.keys(doc) : [];
+/** A Map of pairs as a plain object (kv lines), for the every-field walk. */
+function pairsObject(pairs: ReadonlyMap<string, string>): Record<string, string> {
+  const o: Record<string, string> = {};
+  for (const [k, v] of pairs) o[k] = v;
+  return o;
 }
 
 // ---------------------------------------------------------------- MQTT
 
 export interface MqttDecoder {
-  readonly filter: string;
+  /** Position of the subscription in the configuration. */
+  readonly index: number;
+  readonly filters: readonly string[];
   readonly qos: 0 | 1 | 2;
+  readonly retained: "ignore" | "accept";
+  /** The wildcard captures when the topic is this subscription's (a filter matches, no ignore_topics glob does). */
+  match(topic: string): TopicMatch | undefined;
   /** Readings from one message, or why not; undefined when the topic is not this subscription's. */
   decode(topic: string, payload: Uint8Array, arrival: number, match?: TopicMatch): DecodeResult | undefined;
 }
@@ -413,29 +480,60 @@ export interface TopicMatch {
   topicParts: readonly string[];
 }
 
-export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecoder {
-  const ex = extractor(sub, source);
+export interface DecoderOptions {
+  /** Name ignored fields in results (`edgehook tap`); off in the agent (it only counts them). */
+  explain?: boolean;
+}
+
+export function mqttDecoder(
+  sub: SubscriptionConfig,
+  source = "mqtt",
+  index = 0,
+  options: DecoderOptions = {},
+): MqttDecoder {
+  const ex = extractor(sub, source, options.explain ?? false);
   const format = sub.format;
+  const filters = sub.topics;
+  const ignore: Matcher[] = (sub.ignore_topics ?? []).map(compileGlob);
+  const match = (topic: string): TopicMatch | undefined => {
+    for (const f of filters) {
+      const wildcards = matchTopic(f, topic);
+      if (!wildcards) continue;
+      if (ignore.some((m) => m(topic))) return undefined;
+      return { wildcards, topicParts: topic.split("/") };
+    }
+    return undefined;
+  };
   return {
-    filter: sub.topic,
+    index,
+    filters,
     qos: sub.qos,
-    decode(topic, payload, arrival, match) {
-      const wildcards = match?.wildcards ?? matchTopic(sub.topic, topic);
-      if (!wildcards) return undefined;
-      const topicParts = match?.topicParts ?? topic.split("/");
+    retained: sub.retained,
+    match,
+    decode(topic, payload, arrival, given) {
+      const m = given ?? match(topic);
+      if (!m) return undefined;
+      const { wildcards, topicParts } = m;
       const decoded = bytesToText(payload);
       if ("reason" in decoded) return fail(decoded.reason);
       const text = decoded.text;
       switch (format) {
         case "json": {
           const doc = parseJson(text);
-          if (doc === NOT_JSON) return fail("not_json");
+          if (doc === NOT_JSON) {
+            // A bare state that is not JSON (Shelly's `open`) is still its own value.
+            const t = text.trim();
+            if (ex.states && Object.hasOwn(ex.states, t.toLowerCase()) && !sub.value && !ex.values) {
+              return extractRaw(ex, wildcards, topicParts, arrival, t);
+            }
+            return fail(text.trim() ? "not_json" : "empty");
+          }
           // A bare JSON number/string/bool payload with no path is its own value.
           const bare = doc === null || typeof doc !== "object";
-          if (bare && !sub.value && !sub.values) {
+          if (bare && !sub.value && !ex.values) {
             return extractRaw(ex, wildcards, topicParts, arrival, doc);
           }
-          return extract(ex, jsonFields(doc), wildcards, topicParts, arrival, undefined, () => topLevelKeys(doc));
+          return extract(ex, bare ? undefined : (doc as object), jsonFields(doc), wildcards, topicParts, arrival);
         }
         case "number": {
           const t = text.trim();
@@ -451,15 +549,7 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
         case "kv": {
           const kv = parseKv(text);
           if (kv.size === 0) return fail("no_value");
-          return extract(
-            ex,
-            (k) => kv.get(k),
-            wildcards,
-            topicParts,
-            arrival,
-            undefined,
-            () => kv.keys(),
-          );
+          return extract(ex, pairsObject(kv), (k) => kv.get(k), wildcards, topicParts, arrival);
         }
       }
     },
@@ -467,8 +557,10 @@ export function mqttDecoder(sub: SubscriptionConfig, source = "mqtt"): MqttDecod
 }
 
 /**
- * Routes messages to the first subscription (in config order) whose filter matches,
- * remembering the match per topic: sensors publish on a small, stable set of topics.
+ * Routes messages to the first subscription (in config order) whose filters match and
+ * whose ignore_topics do not, remembering the match per topic: sensors publish on a
+ * small, stable set of topics. Later subscriptions never see a message an earlier one
+ * took; `check` warns when that hides one (load.ts).
  */
 export class MqttRouter {
   readonly #decoders: readonly MqttDecoder[];
@@ -480,14 +572,15 @@ export class MqttRouter {
     this.#maxPayload = maxPayload;
   }
 
-  decode(topic: string, payload: Uint8Array, arrival: number): DecodeResult | undefined {
+  /** The subscription a topic goes to, if any. */
+  route(topic: string): { decoder: MqttDecoder; match: TopicMatch } | undefined {
     let hit = this.#cache.get(topic);
     if (hit === undefined) {
       hit = null;
       for (const decoder of this.#decoders) {
-        const wildcards = matchTopic(decoder.filter, topic);
-        if (wildcards) {
-          hit = { decoder, match: { wildcards, topicParts: topic.split("/") } };
+        const match = decoder.match(topic);
+        if (match) {
+          hit = { decoder, match };
           break;
         }
       }
@@ -495,7 +588,14 @@ export class MqttRouter {
       if (this.#cache.size >= 4096) this.#cache.clear();
       this.#cache.set(topic, hit);
     }
+    return hit ?? undefined;
+  }
+
+  /** `retain`: the message came from the broker's retained store (MQTT RETAIN flag on delivery). */
+  decode(topic: string, payload: Uint8Array, arrival: number, retain = false): DecodeResult | undefined {
+    const hit = this.route(topic);
     if (!hit) return undefined;
+    if (retain && hit.decoder.retained === "ignore") return { ok: true, readings: [], retained: "ignored" };
     if (payload.length > this.#maxPayload) return fail("too_large");
     return hit.decoder.decode(topic, payload, arrival, hit.match);
   }
@@ -520,10 +620,15 @@ export type LineDecoderConfig = Pick<
   | "timestamp"
   | "states"
   | "labels"
->;
+> &
+  Partial<Pick<SerialPortConfig, "include" | "exclude" | "rename" | "timezone">>;
 
-export function serialDecoder(cfg: LineDecoderConfig, source = `serial:${cfg.name}`): LineDecoder {
-  const ex = extractor({ ...cfg, sensor: cfg.sensor ?? cfg.name }, source);
+export function serialDecoder(
+  cfg: LineDecoderConfig,
+  source = `serial:${cfg.name}`,
+  options: DecoderOptions = {},
+): LineDecoder {
+  const ex = extractor({ ...cfg, sensor: cfg.sensor ?? cfg.name }, source, options.explain ?? false);
   const none: readonly string[] = [];
   const pattern = cfg.format === "regex" && cfg.pattern ? new RegExp(cfg.pattern) : undefined;
   const columns = cfg.columns ?? [];
@@ -537,10 +642,11 @@ export function serialDecoder(cfg: LineDecoderConfig, source = `serial:${cfg.nam
       case "json": {
         const doc = parseJson(text);
         if (doc === NOT_JSON) return fail("not_json");
-        if ((doc === null || typeof doc !== "object") && !cfg.value && !cfg.values) {
+        const bare = doc === null || typeof doc !== "object";
+        if (bare && !cfg.value && !ex.values) {
           return extractRaw(ex, none, none, arrival, doc);
         }
-        return extract(ex, jsonFields(doc), none, none, arrival, undefined, () => topLevelKeys(doc));
+        return extract(ex, bare ? undefined : (doc as object), jsonFields(doc), none, none, arrival);
       }
       case "number":
         if (toNumber(text) === undefined && !ex.states) return fail("bad_number");
@@ -548,29 +654,16 @@ export function serialDecoder(cfg: LineDecoderConfig, source = `serial:${cfg.nam
       case "kv": {
         const kv = parseKv(text);
         if (kv.size === 0) return fail("no_value");
-        return extract(
-          ex,
-          (k) => kv.get(k),
-          none,
-          none,
-          arrival,
-          undefined,
-          () => kv.keys(),
-        );
+        return extract(ex, pairsObject(kv), (k) => kv.get(k), none, none, arrival);
       }
       case "csv": {
         const cells = text.split(",").map((c) => c.trim());
         if (cells.length !== columns.length) return fail("columns");
-        const row = new Map(columns.map((c, i) => [c, cells[i]!] as const));
-        return extract(
-          ex,
-          (k) => row.get(k),
-          none,
-          none,
-          arrival,
-          undefined,
-          () => columns,
-        );
+        const row: Record<string, string> = {};
+        columns.forEach((c, i) => {
+          row[c] = cells[i]!;
+        });
+        return extract(ex, row, (k) => (Object.hasOwn(row, k) ? row[k] : undefined), none, none, arrival);
       }
       case "regex": {
         const m = pattern?.exec(text);
@@ -585,12 +678,14 @@ export function serialDecoder(cfg: LineDecoderConfig, source = `serial:${cfg.nam
           timestamp: ex.timestamp ?? (groups.ts !== undefined ? "ts" : undefined),
         };
         // A pattern with a `value` group and no other instruction gives one reading.
-        if (!cfg.value && !cfg.values && groups.value !== undefined) {
-          return extract(regexEx, get, none, none, arrival, { raw: groups.value }, () => []);
+        if (!cfg.value && !ex.values && groups.value !== undefined) {
+          return extract(regexEx, undefined, get, none, none, arrival, { raw: groups.value });
         }
-        return extract(regexEx, get, none, none, arrival, undefined, () =>
-          Object.keys(groups).filter((k) => !["sensor", "metric", "ts"].includes(k)),
-        );
+        const rest: Record<string, string> = {};
+        for (const [k, v] of Object.entries(groups)) {
+          if (v !== undefined && !["sensor", "metric", "ts"].includes(k)) rest[k] = v;
+        }
+        return extract(regexEx, rest, get, none, none, arrival);
       }
     }
   };

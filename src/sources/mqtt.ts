@@ -114,9 +114,19 @@ interface Batch {
   messages: number;
   /** The QoS 1/2 messages in the batch whose keys are committed with it (see SinkOrigin). */
   keys: ReceivedMessage[];
+  /** Payload fields that gave no reading, and retained messages skipped (counted per batch). */
+  ignoredFields: number;
+  retainedIgnored: number;
 }
 
-const emptyBatch = (): Batch => ({ readings: [], acks: [], messages: 0, keys: [] });
+const emptyBatch = (): Batch => ({
+  readings: [],
+  acks: [],
+  messages: 0,
+  keys: [],
+  ignoredFields: 0,
+  retainedIgnored: 0,
+});
 
 /**
  * Session, packet id, topic and payload hash: what identifies a redelivery of the same
@@ -237,7 +247,7 @@ export class MqttSource implements Source {
     const cfg = this.#config;
     this.#stopping = false;
     this.#router = new MqttRouter(
-      cfg.subscriptions.map((s) => mqttDecoder(s, "mqtt")),
+      cfg.subscriptions.map((s, i) => mqttDecoder(s, "mqtt", i)),
       cfg.max_payload,
     );
     let url = cfg.url;
@@ -420,7 +430,11 @@ export class MqttSource implements Source {
     for (const s of subs) {
       // MQTT 5 retain handling 1: retained messages only for a new subscription,
       // so a reconnect does not replay them as fresh readings.
-      map[s.topic] = this.#config.protocol_version === 5 ? { qos: s.qos, rh: 1 } : { qos: s.qos };
+      for (const topic of s.topics) {
+        // The highest QoS when two subscriptions name the same filter.
+        const qos = Math.max(s.qos, map[topic]?.qos ?? 0) as 0 | 1 | 2;
+        map[topic] = this.#config.protocol_version === 5 ? { qos, rh: 1 } : { qos };
+      }
     }
     client.subscribe(map, (err, granted) => {
       if (err) {
@@ -584,7 +598,7 @@ export class MqttSource implements Source {
         connection: this.#tracker.connection,
       });
     }
-    const res = this.#router?.decode(packet.topic, payload, this.#clock.now());
+    const res = this.#router?.decode(packet.topic, payload, this.#clock.now(), packet.retain);
     if (res === undefined) {
       this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
       return key;
@@ -601,6 +615,11 @@ export class MqttSource implements Source {
       return key;
     }
     for (const r of res.readings) this.#pending.readings.push(r);
+    if (res.ignored) this.#pending.ignoredFields += res.ignored;
+    if (res.retained) {
+      this.#pending.retainedIgnored++;
+      this.#log.debug({ topic: packet.topic }, "retained message ignored (retained: ignore)");
+    }
     return key;
   }
 
@@ -727,6 +746,8 @@ export class MqttSource implements Source {
     this.#pending = emptyBatch();
     // Counted per batch, not per message: a labelled counter costs a hash lookup per call.
     if (batch.readings.length > 0) this.#metrics.readings.inc({ source: "mqtt" }, batch.readings.length);
+    if (batch.ignoredFields > 0) this.#metrics.decodeIgnoredFields.inc({ source: "mqtt" }, batch.ignoredFields);
+    if (batch.retainedIgnored > 0) this.#metrics.mqttRetainedIgnored.inc(batch.retainedIgnored);
     const held = this.#held;
     this.#held = undefined;
     held?.();

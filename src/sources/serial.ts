@@ -255,11 +255,13 @@ export class SerialSource implements Source {
     const decode = this.#decode;
     if (!splitter || !decode) return;
     const now = this.#clock.now();
+    let ignored = 0;
     for (const item of splitter.push(chunk)) {
       const res = "line" in item ? decode(item.line, now) : ({ ok: false, reason: item.error } as const);
       if (res.ok) {
         for (const r of res.readings) this.#pending.push(r);
         this.#metrics.readings.inc({ source: this.name }, res.readings.length);
+        if (res.ignored) ignored += res.ignored;
         continue;
       }
       // Blank lines are keep-alives of many devices, not errors.
@@ -271,6 +273,7 @@ export class SerialSource implements Source {
         this.#log.warn({ reason: res.reason, line: sample, suppressed }, "skipped a line that could not be decoded");
       }
     }
+    if (ignored > 0) this.#metrics.decodeIgnoredFields.inc({ source: this.name }, ignored);
     if (this.#holding) this.#trimHeld();
     else if (this.#pending.length >= MAX_PENDING) this.#port?.pause();
     this.#scheduleFlush();

@@ -37,7 +37,7 @@ agent: { id: limit-pi, data_dir: ./data, require_clock_sync: never, max_series: 
 mqtt:
   url: ${broker.url}
   subscriptions:
-    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
+    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, retained: accept }
 destinations:
   ops: { url: "${receiver.url}", secret: ${SECRET} }
 rules:
@@ -48,7 +48,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
     agent = new AgentProcess(file);
     await agent.start();
     const client = await mqtt.connectAsync(broker.url, { clientId: "limit-pub" });
-    // Retained: it reaches the agent whether or not its subscription is already in place.
+    // Retained (and taken: retained: accept): it reaches the agent whether or not its subscription is already in place.
     await client.publishAsync("t/a", "31", { qos: 1, retain: true });
     await receiver.waitFor(() => receiver.accepted.length === 1, "a firing");
     await client.publishAsync("t/b", "32", { qos: 1 });

@@ -32,7 +32,7 @@ agent: { id: reload-pi, data_dir: ./data, require_clock_sync: never }
 mqtt:
   url: ${broker.url}
   subscriptions:
-    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
+    - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, retained: accept }
 destinations:
   ops: { url: "${receiver.url}", secret: ${SECRET} }
 rules:
@@ -43,7 +43,7 @@ http: { listen: false }
     agent = new AgentProcess(file);
     await agent.start();
     const client = await mqtt.connectAsync(broker.url, { clientId: "reload-pub" });
-    // Retained: it reaches the agent whether or not its subscription is already in place.
+    // Retained (and taken: retained: accept): it reaches the agent whether or not its subscription is already in place.
     await client.publishAsync("t/gh1", "35", { qos: 1, retain: true });
     await receiver.waitFor(() => receiver.accepted.length === 1, "alert.firing");
 

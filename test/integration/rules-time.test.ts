@@ -61,11 +61,11 @@ http: { listen: "127.0.0.1:${httpPort}" }
   it("a reading stamped in 2100 does not silence its series: the next readings still fire and resolve", async () => {
     const httpPort = await freePort();
     await startAgent(
-      `    - { topic: "plug/+", sensor: "{1}", metric: power, format: json, value: p, timestamp: ts }`,
+      `    - { topic: "plug/+", sensor: "{1}", metric: power, format: json, value: p, timestamp: ts, retained: accept }`,
       httpPort,
     );
     const before = receiver.accepted.length;
-    // Retained: it reaches the agent whether or not its subscription is already in place.
+    // Retained (and taken: retained: accept): it reaches the agent whether or not its subscription is already in place.
     const y2100 = JSON.stringify({ p: 100, ts: Date.parse("2100-01-01T00:00:00Z") });
     await client!.publishAsync("plug/a", y2100, { qos: 1, retain: true });
     const warned = await agent!.waitForLog((l) => /stamped ahead/.test(l.msg), "the re-stamp warning");
@@ -95,7 +95,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
 
   it("a zoneless Tasmota Time is read in the subscription's timezone", async () => {
     await startAgent(
-      `    - { topic: "tele/+/SENSOR", sensor: "{1}", metric: power, format: json, value: ENERGY.Power, timestamp: Time, timezone: Asia/Kolkata }`,
+      `    - { topic: "tele/+/SENSOR", sensor: "{1}", metric: power, format: json, value: ENERGY.Power, timestamp: Time, timezone: Asia/Kolkata, retained: accept }`,
       await freePort(),
     );
     const before = receiver.accepted.length;
@@ -104,7 +104,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
     const local = new Date(at + 5.5 * 3_600_000).toISOString().slice(0, 19);
     await client!.publishAsync("tele/plug-in/SENSOR", JSON.stringify({ Time: local, ENERGY: { Power: 2500 } }), {
       qos: 1,
-      retain: true, // reaches the agent whether or not its subscription is already in place
+      retain: true, // taken (retained: accept): reaches the agent whether or not its subscription is already in place
     });
     await receiver.waitFor(() => receiver.accepted.length === before + 1, "alert.firing");
     const [e] = events().slice(before);
