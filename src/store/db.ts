@@ -11,6 +11,7 @@ import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import type { Logger } from "../ops/logger.js";
+import { damageKind } from "./damage.js";
 import { type SalvageCounts, salvageInto } from "./salvage.js";
 
 export type { Database } from "better-sqlite3";
@@ -317,7 +318,7 @@ class CorruptDatabaseError extends Error {
 /** SQLite's answers for a damaged file or one that is not a database at all. */
 function isCorruption(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
-  return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_NOTADB"));
+  return typeof code === "string" && damageKind(code) === "corrupt";
 }
 
 /** Renames the file and its -wal/-shm so they stay a matching set (`x.corrupt-T`, `x.corrupt-T-wal`). */

@@ -96,16 +96,8 @@ export interface DestinationFlag {
 }
 
 /** One delivery as `queue list` shows it (no body). */
-export interface DeliveryListing {
-  id: number;
-  eventId: string;
-  destination: string;
-  series: string;
-  type: string;
-  priority: number;
+export interface DeliveryListing extends Omit<Delivery, "body"> {
   state: DeliveryState;
-  attempts: number;
-  createdAt: number;
   /** When the next attempt is due (pending only); 0 when due at once (never tried, or replayed). */
   nextAt: number | null;
   settledAt: number | null;

@@ -1,0 +1,71 @@
+/**
+ * One open outbox database as its parts share it: the handle, the counter mirror, the
+ * stored message keys, and the one way to write. Every write of the outbox goes through
+ * write(): one IMMEDIATE transaction that also writes the counter changes and the released
+ * message keys, after which the mirror follows, or, when it failed, nothing does and damage
+ * is noted. Each part prepares its own statements on `db` once, when the outbox opens.
+ */
+import type { Database } from "better-sqlite3";
+import type { Logger } from "../ops/logger.js";
+import { Counters, Delta } from "./counters.js";
+import type { DamageWatch } from "./damage.js";
+import { MessageKeyStore } from "./message-keys.js";
+
+export class OutboxConnection {
+  readonly db: Database;
+  readonly counters: Counters;
+  /** Keys of committed MQTT messages the broker may still redeliver (message-keys.ts). */
+  readonly messageKeys: MessageKeyStore;
+  readonly #damage: DamageWatch;
+  readonly #tx: (fn: () => unknown) => unknown;
+  readonly #committed: (delta: Delta) => void;
+
+  /** `committed` hears of every transaction that committed, with what it changed. */
+  constructor(db: Database, damage: DamageWatch, committed: (delta: Delta) => void) {
+    this.db = db;
+    this.#damage = damage;
+    this.#committed = committed;
+    this.counters = new Counters(db, (fn) => damage.guard(fn));
+    this.messageKeys = new MessageKeyStore(db);
+    const tx = db.transaction((fn: () => unknown) => fn());
+    // IMMEDIATE takes the write lock up front, so busy_timeout applies instead of a
+    // deferred read turning into SQLITE_BUSY when another process writes.
+    this.#tx = (fn) => tx.immediate(fn);
+  }
+
+  /** Recounts the counters from the rows (`check`), then loads the mirror. */
+  start(check: boolean, log: Logger): void {
+    if (check) this.#tx(() => this.counters.recount(log));
+    this.counters.load();
+  }
+
+  /** Runs fn; a database error that means damage is recorded before it is rethrown. */
+  guard<T>(fn: () => T): T {
+    return this.#damage.guard(fn);
+  }
+
+  /** Runs fn in one IMMEDIATE transaction; counters follow only if it committed. */
+  write<T>(fn: (delta: Delta) => T): T {
+    this.counters.sync();
+    const delta = new Delta();
+    const keys = this.messageKeys;
+    let result: T;
+    try {
+      result = this.#tx(() => {
+        // Released message keys ride on whatever this transaction is for.
+        keys.writeReleases();
+        const r = fn(delta);
+        this.counters.persist(delta);
+        return r;
+      }) as T;
+    } catch (err) {
+      keys.rolledBack();
+      this.#damage.note(err);
+      throw err;
+    }
+    keys.committed();
+    this.counters.apply(delta);
+    this.#committed(delta);
+    return result;
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * Series heads and the dispatcher's side of the outbox (OutboxReader).
+ *
+ * Order (invariant 5): within one (destination, series) the delivery with the lowest id
+ * that is still pending is the series "head" (is_head = 1, at most one, enforced by a
+ * unique partial index). Only heads are handed out; a head in backoff blocks its series,
+ * other series go on. Heads are maintained on enqueue (enqueue.ts marks a series' first
+ * pending row) and, through fix(), on settle, drop and expiry (limits.ts) and replay
+ * (operator.ts), so next() reads a small index instead of scanning the backlog.
+ */
+import type { Clock } from "../clock.js";
+import type { OutboxConnection } from "./connection.js";
+import { appendHistory, clip, DEAD, DELIVERED, PENDING, type SeriesSet } from "./rows.js";
+import type { Delivery, OutboxReader, Settlement } from "./types.js";
+
+interface NextRow {
+  id: number;
+  event_seq: number;
+  destination: string;
+  series: string;
+  priority: number;
+  attempts: number;
+  created_at: number;
+  next_at: number;
+}
+
+export class SeriesHeads implements OutboxReader {
+  readonly #conn: OutboxConnection;
+  readonly #clock: Clock;
+  readonly #s;
+
+  constructor(conn: OutboxConnection, clock: Clock) {
+    this.#conn = conn;
+    this.#clock = clock;
+    const db = conn.db;
+    this.#s = {
+      firstPending: db
+        .prepare("SELECT id FROM deliveries WHERE destination = ? AND series = ? AND state = 0 ORDER BY id LIMIT 1")
+        .pluck(),
+      headOf: db.prepare("SELECT id FROM deliveries WHERE destination = ? AND series = ? AND is_head = 1").pluck(),
+      setHead: db.prepare("UPDATE deliveries SET is_head = ? WHERE id = ?"),
+      // Walks the heads in priority/id order and stops after LIMIT due ones; without the
+      // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
+      // Bodies are read only for the heads handed out (eventOf): most heads a busy lane sees
+      // are in flight and skipped.
+      next: db.prepare(
+        `SELECT d.id, d.event_seq, d.destination, d.series, d.priority, d.attempts, d.created_at, d.next_at
+         FROM deliveries d INDEXED BY deliveries_next_heads
+         WHERE d.destination = ? AND d.is_head = 1 AND d.next_at <= ?
+         ORDER BY d.priority DESC, d.id LIMIT ?`,
+      ),
+      eventOf: db.prepare("SELECT id, type, body FROM events WHERE seq = ?"),
+      nextDueAt: db.prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
+      // The pending delivery of a series after a given one (deliveries_pending_by_series).
+      nextInSeries: db.prepare(
+        `SELECT id, event_seq, destination, series, priority, attempts, created_at, next_at FROM deliveries
+         WHERE destination = ? AND series = ? AND state = 0 AND id > ? ORDER BY id LIMIT 1`,
+      ),
+      // Only heads are ever retried, so only heads can wait (deliveries_next_due).
+      retryNow: db.prepare("UPDATE deliveries SET next_at = ? WHERE destination = ? AND is_head = 1 AND next_at > ?"),
+      forSettle: db.prepare("SELECT destination, series, state, history FROM deliveries WHERE id = ?"),
+      markSettled: db.prepare(
+        `UPDATE deliveries SET state = ?, is_head = 0, settled_at = ?, attempts = attempts + ?, last_status = ?,
+           last_error = ?, reason = ?, history = ? WHERE id = ?`,
+      ),
+      markRetry: db.prepare(
+        `UPDATE deliveries SET next_at = ?, attempts = attempts + ?, last_status = ?, last_error = ?, history = ?
+         WHERE id = ?`,
+      ),
+    };
+  }
+
+  next(
+    destination: string,
+    now: number,
+    limit: number,
+    exclude: ReadonlySet<string>,
+    after?: ReadonlyMap<string, number>,
+  ): Delivery[] {
+    if (limit <= 0) return [];
+    // Reads bodies from the file: where damage met while running shows first (guard).
+    return this.#conn.guard(() => {
+      const s = this.#s;
+      // In-flight rows are at most one per series and are heads, so limit + |exclude| is
+      // enough; a series in `after` is replaced by its successor or skipped.
+      const rows = s.next.all(destination, now, limit + exclude.size + (after?.size ?? 0)) as NextRow[];
+      const out: Delivery[] = [];
+      for (const head of rows) {
+        if (exclude.has(String(head.id)) || exclude.has(head.series)) continue;
+        let r: NextRow | undefined = head;
+        const settled = after?.get(head.series);
+        if (settled !== undefined && head.id <= settled) {
+          // The head's outcome is known to the caller but not written yet: the series goes
+          // on with the first pending delivery after it, if that one is due.
+          const succ = s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined;
+          r = succ !== undefined && succ.next_at <= now ? succ : undefined;
+        }
+        if (r === undefined) continue;
+        const e = s.eventOf.get(r.event_seq) as { id: string; type: string; body: Buffer } | undefined;
+        if (e === undefined) continue;
+        out.push({
+          id: r.id,
+          eventId: e.id,
+          destination: r.destination,
+          series: r.series,
+          type: e.type,
+          priority: r.priority,
+          attempts: r.attempts,
+          createdAt: r.created_at,
+          body: e.body,
+        });
+        if (out.length >= limit) break;
+      }
+      return out;
+    });
+  }
+
+  nextDueAt(destination: string): number | undefined {
+    const at = this.#conn.guard(() => this.#s.nextDueAt.get(destination) as number | null);
+    return at ?? undefined;
+  }
+
+  retryNow(destination: string, now: number): number {
+    return this.#s.retryNow.run(now, destination, now).changes;
+  }
+
+  pendingCount(destination: string): number {
+    this.#conn.counters.sync();
+    return this.#conn.counters.pending(destination);
+  }
+
+  settle(settlements: Settlement[]): void {
+    if (settlements.length === 0) return;
+    const s = this.#s;
+    const now = this.#clock.now();
+    this.#conn.write((delta) => {
+      for (const st of settlements) {
+        const row = s.forSettle.get(st.id) as
+          | { destination: string; series: string; state: number; history: string | null }
+          | undefined;
+        // Already settled, dropped or purged meanwhile: nothing to record.
+        if (!row || row.state !== PENDING) continue;
+        const history = appendHistory(row.history, st.attempt);
+        const error = st.attempt.error === undefined ? null : clip(st.attempt.error);
+        const status = st.attempt.status ?? null;
+        if (st.outcome === "retry") {
+          s.markRetry.run(st.nextAt, st.counted ? 1 : 0, status, error, history, st.id);
+          continue;
+        }
+        const state = st.outcome === "delivered" ? DELIVERED : DEAD;
+        const reason = st.outcome === "dead" ? clip(st.reason) : null;
+        s.markSettled.run(state, now, 1, status, error, reason, history, st.id);
+        delta.move(row.destination, PENDING, state, 1);
+        this.fix(row.destination, row.series);
+      }
+    });
+  }
+
+  /** Inside a write: makes the earliest pending row of (destination, series) its only head. */
+  fix(destination: string, series: string): void {
+    const s = this.#s;
+    const first = s.firstPending.get(destination, series) as number | undefined;
+    const current = s.headOf.get(destination, series) as number | undefined;
+    if (first === current) return;
+    if (current !== undefined) s.setHead.run(0, current);
+    if (first !== undefined) s.setHead.run(1, first);
+  }
+
+  /** fix() for every pair of the set. */
+  fixAll(pairs: SeriesSet): void {
+    for (const [destination, series] of pairs) this.fix(destination, series);
+  }
+}
