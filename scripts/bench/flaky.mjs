@@ -130,8 +130,12 @@ async function workload(brokerPort, label, fail, runNo, outageS = 0) {
     req.on("end", () => {
       requests++;
       let data;
+      let eventAt;
       try {
-        data = JSON.parse(Buffer.concat(chunks).toString("utf8")).data;
+        const body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+        data = body.data;
+        // The event's time: when the agent took the reading in (it carries no time of its own).
+        eventAt = Date.parse(body.timestamp);
       } catch {
         res.writeHead(400).end();
         return;
@@ -155,6 +159,7 @@ async function workload(brokerPort, label, fail, runNo, outageS = 0) {
         return;
       }
       r.arrivedAt = now;
+      r.eventAt = eventAt;
       lastArrival = now;
       outstanding--;
       const list = firstArrivals.get(data.sensor) ?? [];
@@ -255,6 +260,11 @@ http: { listen: false }
     const lat = [...readings.values()]
       .map((r) => (r.arrivedAt === undefined ? Number.POSITIVE_INFINITY : r.arrivedAt - r.publishedAt))
       .sort((a, b) => a - b);
+    // Where the time went: publish → agent (MQTT, broker) and agent → receiver (rule, outbox,
+    // delivery), for the events that arrived.
+    const arrived = [...readings.values()].filter((r) => r.arrivedAt !== undefined && Number.isFinite(r.eventAt));
+    const ingest = arrived.map((r) => r.eventAt - r.publishedAt).sort((a, b) => a - b);
+    const delivery = arrived.map((r) => r.arrivedAt - r.eventAt).sort((a, b) => a - b);
     let resumeMs = Number.NaN;
     let afterReturn = [];
     if (returnedAt !== undefined) {
@@ -281,6 +291,9 @@ http: { listen: false }
       duplicates,
       requests,
       failed,
+      ingestP50: pct(ingest, 0.5),
+      deliveryP50: pct(delivery, 0.5),
+      deliveryP99: pct(delivery, 0.99),
       resumeMs,
       afterP50: pct(afterReturn, 0.5),
       afterP99: pct(afterReturn, 0.99),
@@ -300,7 +313,7 @@ function line(r) {
   const outage = Number.isNaN(r.resumeMs)
     ? ""
     : `  first arrival ${ms(r.resumeMs)} after the receiver's return; readings published after it: p50 ${ms(r.afterP50)} p99 ${ms(r.afterP99)}`;
-  return `${r.label.padEnd(8)} p50 ${ms(r.p50).padStart(9)}  p99 ${ms(r.p99).padStart(9)}  max ${ms(r.max).padStart(9)}  pending at stream end ${String(r.pendingAtEnd).padStart(5)}  left after ${WAIT_S} s ${String(r.left).padStart(5)}  last arrival ${ms(r.tail).padStart(9)} after the last reading  order violations ${r.outOfOrder}  duplicates ${r.duplicates}  (${r.requests} requests, ${r.failed} answered 500)${outage}`;
+  return `${r.label.padEnd(8)} p50 ${ms(r.p50).padStart(9)}  p99 ${ms(r.p99).padStart(9)}  max ${ms(r.max).padStart(9)}  pending at stream end ${String(r.pendingAtEnd).padStart(5)}  left after ${WAIT_S} s ${String(r.left).padStart(5)}  last arrival ${ms(r.tail).padStart(9)} after the last reading  order violations ${r.outOfOrder}  duplicates ${r.duplicates}  (${r.requests} requests, ${r.failed} answered 500)  [publish→agent p50 ${ms(r.ingestP50)}; agent→receiver p50 ${ms(r.deliveryP50)} p99 ${ms(r.deliveryP99)}]${outage}`;
 }
 
 const brokerPort = await freePort();
@@ -350,7 +363,8 @@ try {
       "requests",
       "failed",
     ];
-    const med = Object.fromEntries([...keys, "resumeMs", "afterP50", "afterP99"].map((k) => [k, m(k)]));
+    const more = ["ingestP50", "deliveryP50", "deliveryP99", "resumeMs", "afterP50", "afterP99"];
+    const med = Object.fromEntries([...keys, ...more].map((k) => [k, m(k)]));
     console.log(`median of ${rs.length}: ${line({ label, ...med })}`);
   }
 } finally {

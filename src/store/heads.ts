@@ -84,18 +84,29 @@ export class SeriesHeads implements OutboxReader {
       // In-flight rows are at most one per series and are heads, so limit + |exclude| is
       // enough; a series in `after` is replaced by its successor or skipped.
       const rows = s.next.all(destination, now, limit + exclude.size + (after?.size ?? 0)) as NextRow[];
-      const out: Delivery[] = [];
+      const picked: NextRow[] = [];
+      let successors = false;
       for (const head of rows) {
         if (exclude.has(String(head.id)) || exclude.has(head.series)) continue;
-        let r: NextRow | undefined = head;
         const settled = after?.get(head.series);
         if (settled !== undefined && head.id <= settled) {
           // The head's outcome is known to the caller but not written yet: the series goes
           // on with the first pending delivery after it, if that one is due.
           const succ = s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined;
-          r = succ !== undefined && succ.next_at <= now ? succ : undefined;
+          if (succ !== undefined && succ.next_at <= now) {
+            picked.push(succ);
+            successors = true;
+          }
+          continue;
         }
-        if (r === undefined) continue;
+        picked.push(head);
+        if (!successors && picked.length >= limit) break;
+      }
+      // A successor is younger than the head it replaces: in queue order (priority, then age)
+      // it goes after older events of other series, so a busy series does not jump the queue.
+      if (successors) picked.sort((a, b) => b.priority - a.priority || a.id - b.id);
+      const out: Delivery[] = [];
+      for (const r of picked) {
         const e = s.eventOf.get(r.event_seq) as { id: string; type: string; body: Buffer } | undefined;
         if (e === undefined) continue;
         out.push({

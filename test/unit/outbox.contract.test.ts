@@ -339,6 +339,41 @@ describe("order, heads, priority, exclude", () => {
     // limit still honoured after exclusions
     expect(o.next("ops", clock.now(), 1, new Set([idOfA]))).toHaveLength(1);
   });
+
+  it("after: a series whose head is settled but not yet written goes on with the delivery after it, in queue order", async () => {
+    const o = makeOutbox();
+    const [a1, b1, a2, a3, c1] = [ev("a:s:m"), ev("b:s:m"), ev("a:s:m"), ev("a:s:m"), ev("c:s:m", { priority: 20 })];
+    await commit(o, [a1!, b1!, a2!, a3!, c1!]);
+    const heads = o.next("ops", clock.now(), 10, new Set());
+    expect(heads.map((d) => d.eventId)).toEqual([c1!.id, a1!.id, b1!.id]);
+    const id = (eventId: string) => (o.show(eventId)?.deliveries[0]?.id ?? 0) as number;
+    // a1 delivered (not written): a2 stands in for series a, behind the older b1.
+    expect(o.next("ops", clock.now(), 10, new Set(), new Map([["a:s:m", id(a1!.id)]])).map((d) => d.eventId)).toEqual([
+      c1!.id,
+      b1!.id,
+      a2!.id,
+    ]);
+    expect(o.next("ops", clock.now(), 2, new Set(), new Map([["a:s:m", id(a1!.id)]])).map((d) => d.eventId)).toEqual([
+      c1!.id,
+      b1!.id,
+    ]);
+    // a1 and a2 delivered, a3 in flight: nothing of series a.
+    expect(
+      o.next("ops", clock.now(), 10, new Set(["a:s:m"]), new Map([["a:s:m", id(a2!.id)]])).map((d) => d.eventId),
+    ).toEqual([c1!.id, b1!.id]);
+    // The last one of a series settled: nothing after it.
+    expect(o.next("ops", clock.now(), 10, new Set(), new Map([["a:s:m", id(a3!.id)]])).map((d) => d.eventId)).toEqual([
+      c1!.id,
+      b1!.id,
+    ]);
+    // Once the outcomes are written, the same answer without `after`.
+    o.settle([{ id: id(a1!.id), outcome: "delivered", attempt: { at: clock.now(), durationMs: 1, status: 200 } }]);
+    expect(o.next("ops", clock.now(), 10, new Set(), new Map([["a:s:m", id(a1!.id)]])).map((d) => d.eventId)).toEqual([
+      c1!.id,
+      b1!.id,
+      a2!.id,
+    ]);
+  });
 });
 
 describe("durability and reopening", () => {
