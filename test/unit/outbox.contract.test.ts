@@ -1,7 +1,12 @@
 /**
- * Contract of the SQLite outbox, on real database files in a temp directory with a
- * FakeClock. What a user would notice: nothing committed is lost, order per series,
- * priorities after an outage, limits that drop what the policy says and count it.
+ * Contract of the outbox, on real database files in a temp directory with a FakeClock.
+ * What a user would notice: nothing committed is lost, order per series, priorities after
+ * an outage, limits that drop what the policy says and count it.
+ *
+ * The OutboxReader part (what the dispatcher sees: next, nextDueAt, retryNow, pendingCount,
+ * settle) runs against every implementation of it: the SQLite outbox and the memory outbox
+ * of test/support, which dispatcher unit tests may use instead of a database. The rest is
+ * the SQLite outbox's own: storage, group commit, limits, operator queries.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,8 +19,10 @@ import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import type { OutboxLimits } from "../../src/store/outbox.js";
 import { Outbox } from "../../src/store/outbox.js";
-import type { AttemptRecord } from "../../src/store/types.js";
+import type { AttemptRecord, OutboxReader, Settlement } from "../../src/store/types.js";
 import { FakeClock } from "../support/fake-clock.js";
+import { MemoryOutbox } from "../support/memory-outbox.js";
+import { seededRandom } from "../support/random.js";
 
 const DEFAULT_LIMITS: OutboxLimits = {
   max_events: 1_000_000,
@@ -100,7 +107,7 @@ const attempt = (status?: number, error?: string): AttemptRecord => ({
 });
 
 /** Drains a destination to the end, delivering everything; returns event ids in delivery order. */
-function drain(o: Outbox, destination = "ops"): string[] {
+function drain(o: OutboxReader, destination = "ops"): string[] {
   const order: string[] = [];
   for (;;) {
     const batchOut = o.next(destination, clock.now(), 50, new Set());
@@ -109,6 +116,8 @@ function drain(o: Outbox, destination = "ops"): string[] {
     o.settle(batchOut.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: attempt(200) })));
   }
 }
+
+const ids = (ds: { eventId: string }[]) => ds.map((d) => d.eventId);
 
 /** Counts straight from the file through a second connection, to check the kept counters. */
 function realCounts(): Record<string, number> {
@@ -125,6 +134,26 @@ function realCounts(): Record<string, number> {
     out.events = (db.prepare("SELECT COUNT(*) FROM events").pluck().get() as number) ?? 0;
     out.heads = db.prepare("SELECT COUNT(*) FROM deliveries WHERE is_head = 1").pluck().get() as number;
     return out;
+  } finally {
+    db.close();
+  }
+}
+
+/** The head column in the file marks exactly the earliest pending row of each (destination, series). */
+function assertHeads(): void {
+  const db = new Database(file(), { readonly: true });
+  try {
+    const count = (sql: string) => db.prepare(sql).pluck().get() as number;
+    expect({
+      heads: count("SELECT COUNT(*) FROM deliveries WHERE is_head = 1"),
+      wrong: count(
+        `SELECT COUNT(*) FROM deliveries d WHERE is_head = 1 AND id <> (SELECT MIN(id) FROM deliveries x
+         WHERE x.destination = d.destination AND x.series = d.series AND x.state = 0)`,
+      ),
+    }).toEqual({
+      heads: count("SELECT COUNT(*) FROM (SELECT DISTINCT destination, series FROM deliveries WHERE state = 0)"),
+      wrong: 0,
+    });
   } finally {
     db.close();
   }
@@ -148,22 +177,292 @@ async function dropCount(reason: string, destination?: string): Promise<number> 
     .reduce((n, v) => n + v.value, 0);
 }
 
-describe("enqueue and next", () => {
-  it("stores the body bytes once and hands out one delivery per destination", async () => {
-    const o = makeOutbox();
-    const e = ev("r1:s1:t", { destinations: ["ops", "backup"] });
-    const res = await commit(o, [e]);
-    expect(res).toEqual({ accepted: 1, dropped: {} });
+// ---------------------------------------------------------------- the OutboxReader contract
 
-    const [a] = o.next("ops", clock.now(), 10, new Set());
-    const [b] = o.next("backup", clock.now(), 10, new Set());
+/** An OutboxReader under test, and how to put events into it as one committed batch. */
+interface ReaderUnderTest {
+  reader: OutboxReader;
+  enqueue(events: NewEvent[]): Promise<void>;
+  /** What only this implementation can check of itself (the SQLite head column). */
+  check(): void;
+}
+
+/** Every implementation of OutboxReader: the contract below runs against each. */
+const READERS: [string, () => ReaderUnderTest][] = [
+  [
+    "SQLite outbox",
+    () => {
+      const o = makeOutbox();
+      return {
+        reader: o,
+        enqueue: async (events) => {
+          await commit(o, events);
+        },
+        check: assertHeads,
+      };
+    },
+  ],
+  [
+    "memory outbox (test/support)",
+    () => {
+      const m = new MemoryOutbox(() => clock.now());
+      return { reader: m, enqueue: async (events) => m.enqueue(events), check: () => {} };
+    },
+  ],
+];
+
+describe.each(READERS)("OutboxReader contract: %s", (_name, make) => {
+  it("hands out one delivery per destination with the event's id, type, series, priority and exact body", async () => {
+    const { reader, enqueue } = make();
+    const e = ev("r1:s1:t", { destinations: ["ops", "backup"] });
+    await enqueue([e]);
+    const [a] = reader.next("ops", clock.now(), 10, new Set());
+    const [b] = reader.next("backup", clock.now(), 10, new Set());
     expect(a?.eventId).toBe(e.id);
     expect(b?.eventId).toBe(e.id);
     expect(a?.body.equals(Buffer.from(JSON.stringify(e.body)))).toBe(true);
     expect(JSON.parse(a!.body.toString("utf8"))).toEqual(e.body);
-    expect(a).toMatchObject({ destination: "ops", series: "r1:s1:t", type: "alert.firing", priority: 10, attempts: 0 });
+    expect(a).toMatchObject({
+      destination: "ops",
+      series: "r1:s1:t",
+      type: "alert.firing",
+      priority: 10,
+      attempts: 0,
+      createdAt: e.createdAt,
+    });
     expect(a?.id).not.toBe(b?.id);
-    expect(o.next("nobody", clock.now(), 10, new Set())).toEqual([]);
+    expect(reader.next("nobody", clock.now(), 10, new Set())).toEqual([]);
+    expect(reader.next("ops", clock.now(), 0, new Set())).toEqual([]);
+    expect([reader.pendingCount("ops"), reader.pendingCount("backup"), reader.pendingCount("nobody")]).toEqual([
+      1, 1, 0,
+    ]);
+  });
+
+  it("delivered and dead leave the queue; the next delivery of the series becomes head; late duplicates change nothing", async () => {
+    const { reader, enqueue, check } = make();
+    const [e1, e2, e3] = [ev("r:s:m"), ev("r:s:m"), ev("r:s:m")];
+    await enqueue([e1!, e2!, e3!]);
+    const [d1] = reader.next("ops", clock.now(), 10, new Set());
+    expect(d1?.eventId).toBe(e1!.id);
+    reader.settle([{ id: d1!.id, outcome: "delivered", attempt: attempt(204) }]);
+    const [d2] = reader.next("ops", clock.now(), 10, new Set());
+    expect(d2?.eventId).toBe(e2!.id);
+    reader.settle([{ id: d2!.id, outcome: "dead", attempt: attempt(400, "http 400"), reason: "http 400" }]);
+    const [d3] = reader.next("ops", clock.now(), 10, new Set());
+    expect(d3?.eventId).toBe(e3!.id);
+    expect(reader.pendingCount("ops")).toBe(1);
+    check();
+    // A late duplicate of a settled outcome, or an empty batch, changes nothing.
+    reader.settle([{ id: d1!.id, outcome: "retry", attempt: attempt(503), nextAt: clock.now() + 1000, counted: true }]);
+    reader.settle([]);
+    expect(reader.next("ops", clock.now(), 10, new Set())).toMatchObject([{ id: d3!.id, attempts: 0 }]);
+    reader.settle([{ id: d3!.id, outcome: "delivered", attempt: attempt(200) }]);
+    reader.settle([{ id: d3!.id, outcome: "retry", attempt: attempt(500), nextAt: clock.now(), counted: true }]);
+    expect(reader.next("ops", clock.now(), 10, new Set())).toEqual([]);
+    expect(reader.pendingCount("ops")).toBe(0);
+    expect(reader.nextDueAt("ops")).toBeUndefined();
+    check();
+  });
+
+  it("retry waits until nextAt, keeps the series blocked, and counts attempts only when told", async () => {
+    const { reader, enqueue } = make();
+    const [e1, e2] = [ev("r:s:m"), ev("r:s:m")];
+    await enqueue([e1!, e2!, ev("other:s:m")]);
+    const [d] = reader.next("ops", clock.now(), 1, new Set());
+    expect(d?.eventId).toBe(e1!.id);
+    const retryAt = clock.now() + 60_000;
+    reader.settle([{ id: d!.id, outcome: "retry", attempt: attempt(503), nextAt: retryAt, counted: true }]);
+    // Only the other series is due; e2 waits behind its head (order per series).
+    expect(reader.next("ops", clock.now(), 10, new Set()).map((x) => x.series)).toEqual(["other:s:m"]);
+    expect(reader.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
+    drain(reader); // delivers other:s:m
+    expect(reader.nextDueAt("ops")).toBe(retryAt);
+    expect(reader.pendingCount("ops")).toBe(2);
+    clock.advance(59_999);
+    expect(reader.next("ops", clock.now(), 10, new Set())).toEqual([]);
+    clock.advance(1);
+    const [again] = reader.next("ops", clock.now(), 10, new Set());
+    expect(again).toMatchObject({ id: d!.id, eventId: e1!.id, attempts: 1 });
+    // An offline outcome does not spend an attempt.
+    reader.settle([
+      { id: d!.id, outcome: "retry", attempt: attempt(undefined, "ECONNREFUSED"), nextAt: clock.now(), counted: false },
+    ]);
+    expect(reader.next("ops", clock.now(), 10, new Set())[0]?.attempts).toBe(1);
+    expect(drain(reader)).toEqual([e1!.id, e2!.id]);
+    expect(reader.nextDueAt("ops")).toBeUndefined();
+  });
+
+  it("new events are due at once even after the wall clock stepped backwards", async () => {
+    const { reader, enqueue } = make();
+    clock.jumpWall(clock.now() + 3_600_000); // clock was an hour ahead...
+    const e = ev("r:s:m");
+    await enqueue([e]);
+    clock.jumpWall(clock.now() - 3_600_000); // ...until NTP corrected it
+    expect(ids(reader.next("ops", clock.now(), 10, new Set()))).toEqual([e.id]);
+    expect(reader.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
+  });
+
+  it("retryNow makes every waiting head of the destination due now, keeping its attempts", async () => {
+    const { reader, enqueue } = make();
+    const [a1, a2, b1, c1] = [ev("a:s:m"), ev("a:s:m"), ev("b:s:m"), ev("c:s:m")];
+    await enqueue([a1!, a2!, b1!, c1!, ev("d:s:m", { destinations: ["lake"] })]);
+    const byEvent = new Map(reader.next("ops", clock.now(), 10, new Set()).map((d) => [d.eventId, d.id]));
+    const now = clock.now();
+    reader.settle([
+      { id: byEvent.get(a1!.id)!, outcome: "retry", attempt: attempt(503), nextAt: now + 60_000, counted: true },
+      { id: byEvent.get(b1!.id)!, outcome: "retry", attempt: attempt(), nextAt: now + 30_000, counted: false },
+      { id: byEvent.get(c1!.id)!, outcome: "delivered", attempt: attempt(200) },
+    ]);
+    expect(reader.next("ops", now, 10, new Set())).toEqual([]);
+    expect(reader.nextDueAt("ops")).toBe(now + 30_000);
+    expect(reader.pendingCount("ops")).toBe(3);
+    expect(reader.retryNow("lake", now)).toBe(0);
+    expect(reader.retryNow("ops", now)).toBe(2);
+    expect(reader.retryNow("ops", now)).toBe(0);
+    expect(reader.nextDueAt("ops")).toBe(now);
+    expect(reader.next("ops", now, 10, new Set()).map((d) => [d.eventId, d.attempts])).toEqual([
+      [a1!.id, 1],
+      [b1!.id, 0],
+    ]);
+    expect(drain(reader)).toEqual([a1!.id, b1!.id, a2!.id]);
+  });
+
+  it("delivers each series in commit order per destination while series interleave", async () => {
+    const { reader, enqueue } = make();
+    const committed: Record<string, string[]> = {};
+    for (let round = 0; round < 5; round++) {
+      const events = ["a", "b", "c"].map((s) => ev(`r:${s}:m`));
+      for (const e of events) committed[e.series] = [...(committed[e.series] ?? []), e.id];
+      await enqueue(events);
+    }
+    // one head per series: 3 in flight at most
+    expect(reader.next("ops", clock.now(), 100, new Set())).toHaveLength(3);
+    const order = drain(reader);
+    for (const [series, eventIds] of Object.entries(committed)) {
+      expect(order.filter((id) => eventIds.includes(id))).toEqual(eventIds);
+      expect(series).toBeTruthy();
+    }
+    expect(order).toHaveLength(15);
+  });
+
+  it("hands out only heads with many series, and drains them all", async () => {
+    const { reader, enqueue, check } = make();
+    const events: NewEvent[] = [];
+    for (let i = 0; i < 2000; i++) events.push(ev(`r:s${i % 1000}:m`));
+    await enqueue(events);
+    const first = reader.next("ops", clock.now(), 200, new Set());
+    expect(first).toHaveLength(200);
+    expect(new Set(first.map((d) => d.series)).size).toBe(200);
+    // every handed-out delivery is the first of its series
+    for (const d of first) expect(d.eventId).toBe(events.find((e) => e.series === d.series)?.id);
+    check();
+    expect(drain(reader)).toHaveLength(2000);
+    check();
+  });
+
+  it("after an outage sends the highest priority first, then the oldest", async () => {
+    const { reader, enqueue } = make();
+    const info = ev("i:s:m", { priority: 0 });
+    clock.advance(1000);
+    const warnOld = ev("w1:s:m", { priority: 10 });
+    clock.advance(1000);
+    const crit = ev("c:s:m", { priority: 20 });
+    clock.advance(1000);
+    const warnNew = ev("w2:s:m", { priority: 10 });
+    await enqueue([info, warnOld, crit, warnNew]);
+    expect(ids(reader.next("ops", clock.now(), 10, new Set()))).toEqual([crit.id, warnOld.id, warnNew.id, info.id]);
+  });
+
+  it("skips deliveries in flight by id and by series", async () => {
+    const { reader, enqueue } = make();
+    const [a, b, c] = [ev("a:s:m"), ev("b:s:m"), ev("c:s:m")];
+    await enqueue([a!, b!, c!]);
+    const all = reader.next("ops", clock.now(), 10, new Set());
+    const idOfA = String(all.find((d) => d.eventId === a!.id)?.id);
+    const got = reader.next("ops", clock.now(), 10, new Set([idOfA, "b:s:m"]));
+    expect(ids(got)).toEqual([c!.id]);
+    // limit still honoured after exclusions
+    expect(reader.next("ops", clock.now(), 1, new Set([idOfA]))).toHaveLength(1);
+  });
+
+  it("after: a series whose head is settled but not yet written goes on with the delivery after it, in queue order", async () => {
+    const { reader, enqueue } = make();
+    const [a1, b1, a2, a3, c1] = [ev("a:s:m"), ev("b:s:m"), ev("a:s:m"), ev("a:s:m"), ev("c:s:m", { priority: 20 })];
+    await enqueue([a1!, b1!, a2!, a3!, c1!]);
+    const next = (limit: number, exclude: string[], after?: [string, number]) =>
+      reader.next("ops", clock.now(), limit, new Set(exclude), after && new Map([after]));
+    const heads = next(10, []);
+    expect(ids(heads)).toEqual([c1!.id, a1!.id, b1!.id]);
+    const idOfA1 = heads[1]!.id;
+    // a1 delivered (not written): a2 stands in for series a, behind the older b1.
+    const withA2 = next(10, [], ["a:s:m", idOfA1]);
+    expect(ids(withA2)).toEqual([c1!.id, b1!.id, a2!.id]);
+    expect(ids(next(2, [], ["a:s:m", idOfA1]))).toEqual([c1!.id, b1!.id]);
+    const idOfA2 = withA2[2]!.id;
+    const idOfA3 = next(10, [], ["a:s:m", idOfA2])[2]!.id;
+    expect(ids(next(10, [], ["a:s:m", idOfA2]))).toEqual([c1!.id, b1!.id, a3!.id]);
+    // a1 and a2 delivered, a3 in flight: nothing of series a.
+    expect(ids(next(10, ["a:s:m"], ["a:s:m", idOfA2]))).toEqual([c1!.id, b1!.id]);
+    // The last one of a series settled: nothing after it.
+    expect(ids(next(10, [], ["a:s:m", idOfA3]))).toEqual([c1!.id, b1!.id]);
+    // Once the outcomes are written, the same answer without `after`.
+    reader.settle([{ id: idOfA1, outcome: "delivered", attempt: attempt(200) }]);
+    expect(ids(next(10, [], ["a:s:m", idOfA1]))).toEqual([c1!.id, b1!.id, a2!.id]);
+  });
+});
+
+describe("the memory outbox keeps the SQLite outbox's semantics", () => {
+  it("hands out the same deliveries step by step through a random mix of enqueues, retries and settles", async () => {
+    const sqlite = makeOutbox();
+    const memory = new MemoryOutbox(() => clock.now());
+    const rand = seededRandom(7);
+    for (let round = 0; round < 40; round++) {
+      const events = Array.from({ length: rand(8) }, () =>
+        ev(`r:s${rand(5)}:m`, { priority: rand(3) * 10, destinations: rand(3) === 0 ? ["ops", "lake"] : ["ops"] }),
+      );
+      await commit(sqlite, events);
+      memory.enqueue(events);
+      for (const dest of ["ops", "lake"]) {
+        const now = clock.now();
+        const exclude = new Set(rand(3) === 0 ? [`r:s${rand(5)}:m`] : []);
+        const limit = rand(6);
+        const handed = sqlite.next(dest, now, limit, exclude);
+        expect(memory.next(dest, now, limit, exclude)).toEqual(handed);
+        expect([memory.nextDueAt(dest), memory.pendingCount(dest)]).toEqual([
+          sqlite.nextDueAt(dest),
+          sqlite.pendingCount(dest),
+        ]);
+        // As the dispatcher asks while the outcomes of the handed-out ones wait to be written.
+        const unwritten = new Map(handed.map((d) => [d.series, d.id]));
+        expect(memory.next(dest, now, 10, new Set(), unwritten)).toEqual(
+          sqlite.next(dest, now, 10, new Set(), unwritten),
+        );
+        const settlements: Settlement[] = handed.map((d) => {
+          const r = rand(4);
+          if (r === 0) return { id: d.id, outcome: "delivered", attempt: attempt(200) };
+          if (r === 1) return { id: d.id, outcome: "dead", attempt: attempt(400), reason: "x" };
+          return { id: d.id, outcome: "retry", attempt: attempt(500), nextAt: now + rand(20), counted: r === 2 };
+        });
+        sqlite.settle(settlements);
+        memory.settle(settlements);
+        if (rand(6) === 0) expect(memory.retryNow(dest, now)).toBe(sqlite.retryNow(dest, now));
+      }
+      clock.advance(rand(10));
+    }
+    for (const dest of ["ops", "lake"]) {
+      clock.advance(100);
+      expect(drain(memory, dest)).toEqual(drain(sqlite, dest));
+    }
+  });
+});
+
+// ---------------------------------------------------------------- the SQLite outbox beyond OutboxReader
+
+describe("enqueue", () => {
+  it("stores the body bytes once for all destinations", async () => {
+    const o = makeOutbox();
+    const res = await commit(o, [ev("r1:s1:t", { destinations: ["ops", "backup"] })]);
+    expect(res).toEqual({ accepted: 1, dropped: {} });
     expect(realCounts()).toMatchObject({ events: 1, "ops/pending": 1, "backup/pending": 1 });
   });
 
@@ -198,18 +497,15 @@ describe("enqueue and next", () => {
 });
 
 describe("settle", () => {
-  it("delivered and dead leave the queue; the next event of the series becomes head", async () => {
+  it("settled deliveries show in stats and queue show with reason, status and history; a late duplicate changes nothing", async () => {
     const o = makeOutbox();
     const [e1, e2, e3] = [ev("r:s:m"), ev("r:s:m"), ev("r:s:m")];
     await commit(o, [e1!, e2!, e3!]);
     let [d] = o.next("ops", clock.now(), 10, new Set());
-    expect(d?.eventId).toBe(e1!.id);
     o.settle([{ id: d!.id, outcome: "delivered", attempt: attempt(204) }]);
     [d] = o.next("ops", clock.now(), 10, new Set());
-    expect(d?.eventId).toBe(e2!.id);
     o.settle([{ id: d!.id, outcome: "dead", attempt: attempt(400, "http 400"), reason: "http 400" }]);
     [d] = o.next("ops", clock.now(), 10, new Set());
-    expect(d?.eventId).toBe(e3!.id);
     expect(statsCounts(o)).toEqual({ "ops/pending": 1, "ops/delivered": 1, "ops/dead": 1 });
 
     const shown = o.show(e2!.id);
@@ -221,45 +517,8 @@ describe("settle", () => {
     o.settle([{ id: d!.id, outcome: "delivered", attempt: attempt(200) }]);
     o.settle([{ id: d!.id, outcome: "dead", attempt: attempt(500), reason: "x" }]);
     expect(statsCounts(o)).toEqual({ "ops/delivered": 2, "ops/dead": 1 });
+    expect(o.show(e3!.id)?.deliveries[0]).toMatchObject({ state: "delivered", reason: null, lastStatus: 200 });
   });
-
-  it("retry waits until nextAt, keeps the series blocked, and counts attempts only when told", async () => {
-    const o = makeOutbox();
-    const [e1, e2] = [ev("r:s:m"), ev("r:s:m")];
-    await commit(o, [e1!, e2!, ev("other:s:m")]);
-    const [d] = o.next("ops", clock.now(), 1, new Set());
-    expect(d?.eventId).toBe(e1!.id);
-    const retryAt = clock.now() + 60_000;
-    o.settle([{ id: d!.id, outcome: "retry", attempt: attempt(503), nextAt: retryAt, counted: true }]);
-    // Only the other series is due; e2 waits behind its head (order per series).
-    expect(o.next("ops", clock.now(), 10, new Set()).map((x) => x.series)).toEqual(["other:s:m"]);
-    expect(o.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
-    drain(o); // delivers other:s:m
-    expect(o.nextDueAt("ops")).toBe(retryAt);
-    clock.advance(59_999);
-    expect(o.next("ops", clock.now(), 10, new Set())).toEqual([]);
-    clock.advance(1);
-    const [again] = o.next("ops", clock.now(), 10, new Set());
-    expect(again).toMatchObject({ id: d!.id, eventId: e1!.id, attempts: 1 });
-    // An offline outcome does not spend an attempt.
-    o.settle([
-      { id: d!.id, outcome: "retry", attempt: attempt(undefined, "ECONNREFUSED"), nextAt: clock.now(), counted: false },
-    ]);
-    expect(o.next("ops", clock.now(), 10, new Set())[0]?.attempts).toBe(1);
-    expect(drain(o)).toEqual([e1!.id, e2!.id]);
-    expect(o.nextDueAt("ops")).toBeUndefined();
-  });
-
-  it("new events are due at once even after the wall clock stepped backwards", async () => {
-    const o = makeOutbox();
-    clock.jumpWall(clock.now() + 3_600_000); // clock was an hour ahead...
-    const e = ev("r:s:m");
-    await commit(o, [e]);
-    clock.jumpWall(clock.now() - 3_600_000); // ...until NTP corrected it
-    expect(o.next("ops", clock.now(), 10, new Set()).map((d) => d.eventId)).toEqual([e.id]);
-    expect(o.nextDueAt("ops")).toBeLessThanOrEqual(clock.now());
-  });
-
   it("keeps the last 10 attempts per delivery", async () => {
     const o = makeOutbox();
     const e = ev("r:s:m");
@@ -273,106 +532,6 @@ describe("settle", () => {
     expect(h?.attempts).toBe(13);
     expect(h?.history.map((a) => a.status)).toEqual([503, 504, 505, 506, 507, 508, 509, 510, 511, 512]);
     expect(h?.lastStatus).toBe(512);
-  });
-});
-
-describe("order, heads, priority, exclude", () => {
-  it("delivers each series in commit order per destination while series interleave", async () => {
-    const o = makeOutbox();
-    const committed: Record<string, string[]> = {};
-    for (let round = 0; round < 5; round++) {
-      const events = ["a", "b", "c"].map((s) => ev(`r:${s}:m`));
-      for (const e of events) committed[e.series] = [...(committed[e.series] ?? []), e.id];
-      await commit(o, events);
-    }
-    // one head per series: 3 in flight at most
-    expect(o.next("ops", clock.now(), 100, new Set())).toHaveLength(3);
-    const order = drain(o);
-    for (const [series, ids] of Object.entries(committed)) {
-      expect(order.filter((id) => ids.includes(id))).toEqual(ids);
-      expect(series).toBeTruthy();
-    }
-    expect(order).toHaveLength(15);
-  });
-
-  it("hands out only heads with many series, and drains them all", async () => {
-    const o = makeOutbox();
-    const events: NewEvent[] = [];
-    for (let i = 0; i < 2000; i++) events.push(ev(`r:s${i % 1000}:m`));
-    await commit(o, events);
-    const first = o.next("ops", clock.now(), 200, new Set());
-    expect(first).toHaveLength(200);
-    expect(new Set(first.map((d) => d.series)).size).toBe(200);
-    // every handed-out delivery is the first of its series
-    for (const d of first) expect(d.eventId).toBe(events.find((e) => e.series === d.series)?.id);
-    expect(realCounts().heads).toBe(1000);
-    expect(drain(o)).toHaveLength(2000);
-    expect(realCounts().heads).toBe(0);
-  });
-
-  it("after an outage sends the highest priority first, then the oldest", async () => {
-    const o = makeOutbox();
-    const info = ev("i:s:m", { priority: 0 });
-    clock.advance(1000);
-    const warnOld = ev("w1:s:m", { priority: 10 });
-    clock.advance(1000);
-    const crit = ev("c:s:m", { priority: 20 });
-    clock.advance(1000);
-    const warnNew = ev("w2:s:m", { priority: 10 });
-    await commit(o, [info, warnOld, crit, warnNew]);
-    expect(o.next("ops", clock.now(), 10, new Set()).map((d) => d.eventId)).toEqual([
-      crit.id,
-      warnOld.id,
-      warnNew.id,
-      info.id,
-    ]);
-  });
-
-  it("skips deliveries in flight by id and by series", async () => {
-    const o = makeOutbox();
-    const [a, b, c] = [ev("a:s:m"), ev("b:s:m"), ev("c:s:m")];
-    await commit(o, [a!, b!, c!]);
-    const all = o.next("ops", clock.now(), 10, new Set());
-    const idOfA = String(all.find((d) => d.eventId === a!.id)?.id);
-    const got = o.next("ops", clock.now(), 10, new Set([idOfA, "b:s:m"]));
-    expect(got.map((d) => d.eventId)).toEqual([c!.id]);
-    // limit still honoured after exclusions
-    expect(o.next("ops", clock.now(), 1, new Set([idOfA]))).toHaveLength(1);
-  });
-
-  it("after: a series whose head is settled but not yet written goes on with the delivery after it, in queue order", async () => {
-    const o = makeOutbox();
-    const [a1, b1, a2, a3, c1] = [ev("a:s:m"), ev("b:s:m"), ev("a:s:m"), ev("a:s:m"), ev("c:s:m", { priority: 20 })];
-    await commit(o, [a1!, b1!, a2!, a3!, c1!]);
-    const heads = o.next("ops", clock.now(), 10, new Set());
-    expect(heads.map((d) => d.eventId)).toEqual([c1!.id, a1!.id, b1!.id]);
-    const id = (eventId: string) => (o.show(eventId)?.deliveries[0]?.id ?? 0) as number;
-    // a1 delivered (not written): a2 stands in for series a, behind the older b1.
-    expect(o.next("ops", clock.now(), 10, new Set(), new Map([["a:s:m", id(a1!.id)]])).map((d) => d.eventId)).toEqual([
-      c1!.id,
-      b1!.id,
-      a2!.id,
-    ]);
-    expect(o.next("ops", clock.now(), 2, new Set(), new Map([["a:s:m", id(a1!.id)]])).map((d) => d.eventId)).toEqual([
-      c1!.id,
-      b1!.id,
-    ]);
-    // a1 and a2 delivered, a3 in flight: nothing of series a.
-    expect(
-      o.next("ops", clock.now(), 10, new Set(["a:s:m"]), new Map([["a:s:m", id(a2!.id)]])).map((d) => d.eventId),
-    ).toEqual([c1!.id, b1!.id]);
-    // The last one of a series settled: nothing after it.
-    expect(o.next("ops", clock.now(), 10, new Set(), new Map([["a:s:m", id(a3!.id)]])).map((d) => d.eventId)).toEqual([
-      c1!.id,
-      b1!.id,
-    ]);
-    // Once the outcomes are written, the same answer without `after`.
-    o.settle([{ id: id(a1!.id), outcome: "delivered", attempt: { at: clock.now(), durationMs: 1, status: 200 } }]);
-    expect(o.next("ops", clock.now(), 10, new Set(), new Map([["a:s:m", id(a1!.id)]])).map((d) => d.eventId)).toEqual([
-      c1!.id,
-      b1!.id,
-      a2!.id,
-    ]);
   });
 });
 
@@ -734,11 +893,7 @@ describe("operator queries", () => {
 describe("counters stay in step with the rows", () => {
   it("after a random mix of operations", async () => {
     const o = makeOutbox({ max_events: 150 });
-    let rnd = 42;
-    const rand = (n: number) => {
-      rnd = (rnd * 1103515245 + 12345) % 2 ** 31;
-      return rnd % n;
-    };
+    const rand = seededRandom(42);
     for (let round = 0; round < 30; round++) {
       const events = Array.from({ length: rand(12) }, () =>
         ev(`r:s${rand(6)}:m`, { priority: rand(3) * 10, destinations: rand(3) === 0 ? ["ops", "lake"] : ["ops"] }),
@@ -757,26 +912,11 @@ describe("counters stay in step with the rows", () => {
       clock.advance(rand(10));
       if (rand(4) === 0) o.maintain();
     }
-    const real = realCounts();
-    const { heads, events, ...byState } = real;
+    const { heads: _, events, ...byState } = realCounts();
     expect(statsCounts(o)).toEqual(byState);
     expect(o.totals().events).toBe(events);
     expect(events).toBeLessThanOrEqual(150);
     // one head per (destination, series) that has pending rows
-    const db = new Database(file(), { readonly: true });
-    const expectedHeads = db
-      .prepare("SELECT COUNT(*) FROM (SELECT DISTINCT destination, series FROM deliveries WHERE state = 0)")
-      .pluck()
-      .get();
-    const wrongHeads = db
-      .prepare(
-        `SELECT COUNT(*) FROM deliveries d WHERE is_head = 1 AND id <> (SELECT MIN(id) FROM deliveries x
-         WHERE x.destination = d.destination AND x.series = d.series AND x.state = 0)`,
-      )
-      .pluck()
-      .get();
-    db.close();
-    expect(heads).toBe(expectedHeads);
-    expect(wrongHeads).toBe(0);
+    assertHeads();
   });
 });
