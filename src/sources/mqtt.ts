@@ -441,9 +441,14 @@ export class MqttSource implements Source {
         this.#rateLog("subscribe", err, "subscribe failed");
         return;
       }
+      let refused = 0;
       for (const g of granted ?? []) {
-        if (g.qos === 128) this.#log.error({ topic: g.topic }, "broker refused the subscription");
+        if (g.qos === 128) {
+          refused++;
+          this.#log.error({ topic: g.topic }, "broker refused the subscription");
+        }
       }
+      this.#log.info({ topics: Object.keys(map).length - refused }, "subscribed to MQTT topics");
     });
   }
 
