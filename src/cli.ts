@@ -93,6 +93,17 @@ async function dispatch(spec: CommandSpec, args: string[], io: CliIO): Promise<n
       const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
       return await statusCommand(restArgs, loaded, io);
     }
+    case "tap": {
+      const { tapCommand } = await import("./cli/tap.js");
+      const { loaded, args: restArgs } = loadFromArgs(args, io, spec.config);
+      const abort = new AbortController();
+      const offs = [io.onSignal("SIGINT", () => abort.abort()), io.onSignal("SIGTERM", () => abort.abort())];
+      try {
+        return await tapCommand(restArgs, loaded, { out: io.out, err: io.err, signal: abort.signal, pid: io.pid });
+      } finally {
+        for (const off of offs) off();
+      }
+    }
     case "demo": {
       const { demoCommand } = await import("./demo.js");
       return await demoCommand(args, io);

@@ -77,6 +77,25 @@ export const COMMANDS: readonly CommandSpec[] = [
       "Asks the running agent (http.listen); when it does not answer, reads the outbox and says the agent is down.",
   },
   {
+    name: "tap",
+    summary: "show live input and what edgehook makes of it: readings, decode errors, matching rules",
+    options: {
+      config: CONFIG,
+      topic: { value: "FILTER", help: "only this MQTT topic filter (no serial ports)" },
+      serial: { value: "NAME", help: "only this serial port (no MQTT)" },
+      count: { value: "N", help: "stop after N messages or lines (default: until Ctrl-C)" },
+      json: { help: "one JSON object per message or line" },
+      "password-file": { value: "FILE", help: "the MQTT broker password (tap reads no secret from the configuration)" },
+    },
+    example: "edgehook tap --config /etc/edgehook/agent.yaml --topic 'zigbee2mqtt/#' --count 5",
+    config: "operator",
+    details: [
+      "Read-only beside a running agent: its own MQTT client id, a clean session and QoS 0, so the",
+      "agent's session and outbox are untouched. A serial port has one reader: while the agent holds",
+      "it, tap says so (stop the agent to tap the port). Modbus, 1-Wire and files are not tapped.",
+    ].join("\n"),
+  },
+  {
     name: "demo",
     summary: "a self-contained demo: broker, sensors, receiver",
     options: { duration: { value: "DURATION", help: "how long to run (default 40s)" } },

@@ -164,3 +164,67 @@ export class AgentProcess {
     return r;
   }
 }
+
+/**
+ * An edgehook command that runs until it exits or is stopped (`edgehook tap`), with its
+ * output awaited as it arrives.
+ */
+export class CommandProcess {
+  stdout = "";
+  stderr = "";
+  readonly exited: Promise<number | null>;
+  readonly #proc: ChildProcess;
+  #waiters: (() => void)[] = [];
+
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
+    const proc = spawnTracked(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.#proc = proc;
+    const poke = () => {
+      for (const w of [...this.#waiters]) w();
+    };
+    proc.stdout?.on("data", (d: Buffer) => {
+      this.stdout += d.toString("utf8");
+      poke();
+    });
+    proc.stderr?.on("data", (d: Buffer) => {
+      this.stderr += d.toString("utf8");
+      poke();
+    });
+    this.exited = new Promise((r) =>
+      proc.once("close", (code) => {
+        r(code);
+        poke();
+      }),
+    );
+  }
+
+  /** Resolves when `pred` holds, checked at each output chunk; rejects after `timeoutMs` or at exit. */
+  waitFor(pred: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+    if (pred()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (pred()) finish();
+        else if (this.#proc.exitCode !== null || this.#proc.signalCode !== null) fail("it exited");
+      };
+      const timer = setTimeout(() => fail(`${timeoutMs} ms passed`), timeoutMs);
+      const finish = () => {
+        clearTimeout(timer);
+        this.#waiters = this.#waiters.filter((w) => w !== check);
+        resolve();
+      };
+      const fail = (why: string) => {
+        clearTimeout(timer);
+        this.#waiters = this.#waiters.filter((w) => w !== check);
+        reject(new Error(`waiting for ${what}: ${why}\nstdout:\n${this.stdout}\nstderr:\n${this.stderr}`));
+      };
+      this.#waiters.push(check);
+    });
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    this.#proc.kill(signal);
+  }
+}

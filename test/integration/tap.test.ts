@@ -1,0 +1,156 @@
+/**
+ * `edgehook tap` against real parts: a running agent with a persistent session beside it
+ * (the agent still gets every message; tap writes nothing to its outbox and takes nothing
+ * from its session), a socat pty standing in for an Arduino, and a port the agent holds.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import mqtt from "mqtt";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AgentProcess, CommandProcess, tempDir, writeConfig } from "../support/agent-process.js";
+import { Mosquitto } from "../support/mosquitto.js";
+import { Receiver } from "../support/receiver.js";
+import { SocatPty } from "../support/socat.js";
+import { TERMINAL_CONTROL } from "../support/terminal.js";
+
+const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/** A digest of every file of the data directory (outbox, WAL, shm): equal means untouched. */
+function digest(dataDir: string): string {
+  const h = createHash("sha256");
+  for (const f of readdirSync(dataDir).sort()) h.update(f).update(readFileSync(join(dataDir, f)));
+  return h.digest("hex");
+}
+
+describe("edgehook tap (real mosquitto, real agent, socat pty)", () => {
+  const broker = new Mosquitto();
+  const receiver = new Receiver(SECRET);
+  const dir = tempDir();
+  const pty = new SocatPty();
+  let agent: AgentProcess | undefined;
+  let tap: CommandProcess | undefined;
+
+  beforeAll(async () => {
+    await broker.start();
+    await receiver.start();
+    await pty.start();
+  });
+  afterAll(async () => {
+    tap?.kill("SIGKILL");
+    await agent?.stop();
+    await pty.stop();
+    await receiver.stop();
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(pty.dir, { recursive: true, force: true });
+  });
+
+  const config = (serial = "") =>
+    writeConfig(
+      dir,
+      `version: 1
+agent: { id: tap-pi, data_dir: ./data, require_clock_sync: never }
+mqtt:
+  url: ${broker.url}
+  subscriptions:
+    - { topic: "greenhouse/+/env", values: { temperature: t }, qos: 1 }
+${serial}destinations:
+  ops: { url: "${receiver.url}", secret: ${SECRET} }
+rules:
+  - { name: readings, match: { metric: temperature }, forward: true, notify: [ops] }
+  - { name: hot, match: { sensor: gh*, metric: temperature }, above: 30, notify: [ops] }
+http: { listen: false }
+`,
+    );
+
+  it("prints readings, rules and decode errors beside a live agent, which still gets every message", async () => {
+    const file = config();
+    agent = new AgentProcess(file);
+    await agent.start();
+    await agent.waitForLog((l) => l.msg === "subscribed to MQTT topics", "the agent's subscription");
+    tap = new CommandProcess(["tap", "--config", file, "--count", "3"]);
+    await tap.waitFor(() => tap!.stderr.includes("mqtt: tapping"), "tap's subscription");
+    const pub = await mqtt.connectAsync(broker.url, { clientId: "tap-pub" });
+    await pub.publishAsync("greenhouse/gh1/env", '{"t":31.5,"battery":90}', { qos: 1 });
+    await pub.publishAsync("greenhouse/gh2/env", "{oops", { qos: 1 });
+    // A field name that would clear the screen is printed escaped (mosquitto refuses such topics).
+    await pub.publishAsync("greenhouse/gh3/env", '{"t":20,"\\u001b[2J":1}', { qos: 1 });
+    expect(await tap.exited).toBe(0);
+    const out = tap.stdout;
+    expect(out).toMatch(
+      /mqtt greenhouse\/gh1\/env \(subscriptions\.0\) 23 bytes\n {2}\{"t":31\.5,"battery":90\}\n {2}→ gh1 temperature = 31\.5 {3}rules: readings, hot\n {2}ignored: battery \(not in values\)/,
+    );
+    expect(out).toMatch(
+      /mqtt greenhouse\/gh2\/env .*\n {2}\{oops\n {2}✗ not_json: the payload is not JSON \(format json\)/,
+    );
+    expect(out).toMatch(/→ gh3 temperature = 20 {3}rules: readings, hot\n {2}ignored: \\e\[2J \(not in values\)/);
+    expect(out).not.toMatch(TERMINAL_CONTROL);
+    expect(tap.stderr).toMatch(/as edgehook-tap-tap-pi-\d+ \(clean session, QoS 0/);
+    // The agent got every message: two readings forwarded, one firing.
+    await receiver.waitFor(() => receiver.accepted.length === 3, "the agent's webhooks");
+
+    // The agent stops; what is published meanwhile waits in its persistent session.
+    expect((await agent.stop()).code).toBe(0);
+    agent = undefined;
+    const dataDir = join(dir, "data");
+    const before = digest(dataDir);
+    tap = new CommandProcess(["tap", "--config", file, "--count", "2", "--json"]);
+    await tap.waitFor(() => tap!.stderr.includes("mqtt: tapping"), "tap's subscription");
+    await pub.publishAsync("greenhouse/gh4/env", '{"t":21}', { qos: 1 });
+    await pub.publishAsync("greenhouse/gh5/env", '{"t":22}', { qos: 1 });
+    expect(await tap.exited).toBe(0);
+    const lines = tap.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { readings: { sensor: string; rules: string[] }[] });
+    expect(lines.map((l) => l.readings.map((r) => `${r.sensor} ${r.rules.join("+")}`))).toEqual([
+      ["gh4 readings+hot"],
+      ["gh5 readings+hot"],
+    ]);
+    await pub.endAsync();
+    // Tap wrote nothing next to the outbox and took nothing from the agent's session:
+    expect(digest(dataDir)).toBe(before);
+    agent = new AgentProcess(file);
+    await agent.start();
+    await receiver.waitFor(() => receiver.accepted.length === 5, "the readings published while the agent was down");
+    const sensors = receiver.accepted.slice(3).map((r) => (r.json as { data: { sensor: string } }).data.sensor);
+    expect(sensors.sort()).toEqual(["gh4", "gh5"]);
+    expect((await agent.stop()).code).toBe(0);
+    agent = undefined;
+  }, 90_000);
+
+  it("taps a serial port: an Arduino's loose Key: value line, garbage with its reason; a port the agent holds is named", async () => {
+    const file = config(`serial:
+  - name: arduino
+    path: ${pty.devPath}
+    format: kv
+    rename: { Temperature: temperature, "Heat index": heat_index }
+`);
+    tap = new CommandProcess(["tap", "--config", file, "--serial", "arduino", "--count", "2"]);
+    await tap.waitFor(() => tap!.stderr.includes("serial:arduino: tapping"), "the port open");
+    await pty.write("Humidity: 40.00%  Temperature: 22.50°C 72.50°F  Heat index: 22.15°C 71.87°F\r\n");
+    await pty.write(Buffer.from([0x01, 0xfe, 0x0a]));
+    expect(await tap.exited).toBe(0);
+    expect(tap.stdout).toMatch(
+      /serial:arduino \d+ bytes\n {2}Humidity: 40\.00% {2}Temperature: 22\.50°C 72\.50°F {2}Heat index: 22\.15°C 71\.87°F\n {2}→ arduino Humidity = 40 {3}rules: \(none\)\n {2}→ arduino temperature = 22\.5 {3}rules: readings\n {2}→ arduino heat_index = 22\.15 {3}rules: \(none\)/,
+    );
+    expect(tap.stdout).toMatch(/✗ binary: control characters/);
+
+    agent = new AgentProcess(file);
+    await agent.start();
+    await agent.waitForLog((l) => l.msg === "serial port open", "the agent's port");
+    tap = new CommandProcess(["tap", "--config", file, "--serial", "arduino", "--count", "1"]);
+    expect(await tap.exited).toBe(1);
+    expect(tap.stderr).toMatch(/serial:arduino: .* is in use \(the agent, or another program, holds it/);
+    // The agent's reading of the port goes on.
+    await pty.write("Temperature: 35.1 C\n");
+    await receiver.waitFor(
+      () => receiver.accepted.some((r) => (r.json as { data: { value: unknown } }).data.value === 35.1),
+      "the agent's reading",
+    );
+    expect((await agent.stop()).code).toBe(0);
+    agent = undefined;
+    expect(existsSync(pty.devPath)).toBe(true);
+  }, 90_000);
+});
