@@ -12,6 +12,15 @@ import type { Database } from "better-sqlite3";
 import type { Logger } from "../ops/logger.js";
 import { DEAD, DELIVERED, PENDING } from "./rows.js";
 
+/** Rewrites the `counts`/`totals` tables from the rows (at open, and into a salvaged file). */
+export const RECOUNT_SQL = `
+  DELETE FROM counts;
+  INSERT INTO counts (destination, state, n)
+    SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state;
+  UPDATE totals SET value = (SELECT COUNT(*) FROM events) WHERE key = 'events';
+  UPDATE totals SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes';
+`;
+
 /** Changes made by one transaction, applied to the counters when it committed. */
 export class Delta {
   readonly counts = new Map<string, { destination: string; state: number; n: number }>();
@@ -139,13 +148,7 @@ export class Counters {
         this.#s.totals.all(),
       ]);
     const before = snapshot();
-    db.exec(`
-      DELETE FROM counts;
-      INSERT INTO counts (destination, state, n)
-        SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state;
-      UPDATE totals SET value = (SELECT COUNT(*) FROM events) WHERE key = 'events';
-      UPDATE totals SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes';
-    `);
+    db.exec(RECOUNT_SQL);
     const after = snapshot();
     if (before !== after) {
       log.warn({ before, after }, "outbox counters did not match the stored rows; recounted");

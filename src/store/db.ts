@@ -255,8 +255,11 @@ function salvage(file: string, out: string, logger: Logger): SalvageCounts {
   }
 }
 
+/** A database file is a set: the file and its -wal and -shm (WAL mode). */
+const SET_SUFFIXES = ["", "-wal", "-shm"] as const;
+
 function removeSet(file: string): void {
-  for (const ext of ["", "-wal", "-shm"]) rmSync(file + ext, { force: true });
+  for (const ext of SET_SUFFIXES) rmSync(file + ext, { force: true });
 }
 
 function openChecked(file: string, check: boolean, logger: Logger): Database.Database {
@@ -324,7 +327,7 @@ function isCorruption(err: unknown): boolean {
 /** Renames the file and its -wal/-shm so they stay a matching set (`x.corrupt-T`, `x.corrupt-T-wal`). */
 function moveAside(file: string, suffix: string): string[] {
   const moved: string[] = [];
-  for (const ext of ["", "-wal", "-shm"]) {
+  for (const ext of SET_SUFFIXES) {
     if (existsSync(file + ext)) {
       renameSync(file + ext, `${file}${suffix}${ext}`);
       moved.push(file + ext);

@@ -12,6 +12,7 @@
  * JSON bodies and states): a garbage page that happens to parse is not sent to anyone.
  */
 import type Database from "better-sqlite3";
+import { RECOUNT_SQL } from "./counters.js";
 
 /** Point lookups spent on the gap between two damaged regions of an integer key. */
 const PROBE_BUDGET = 2_000_000;
@@ -185,29 +186,19 @@ export function salvageInto(from: Database.Database, to: Database.Database): Sal
   const insert = (table: string, columns: string[]) =>
     to.prepare(`INSERT OR IGNORE INTO ${table} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`);
   to.transaction(() => {
-    const ev = insert("events", (TABLES[0] as TableSpec).columns);
-    for (const e of keptEvents) ev.run(...(TABLES[0] as TableSpec).columns.map((c) => e[c]));
-    const dv = insert("deliveries", (TABLES[1] as TableSpec).columns);
-    for (const d of keptDeliveries) dv.run(...(TABLES[1] as TableSpec).columns.map((c) => d[c]));
-    for (const [spec, rows] of [
-      [TABLES[2], states],
-      [TABLES[3], messages],
-      [TABLES[4], sessions],
-      [TABLES[5], flags],
-    ] as const) {
-      const st = insert((spec as TableSpec).name, (spec as TableSpec).columns);
-      for (const r of rows) st.run(...(spec as TableSpec).columns.map((c) => r[c]));
+    // In TABLES order: events before the deliveries that refer to them.
+    for (const [i, rows] of [keptEvents, keptDeliveries, states, messages, sessions, flags].entries()) {
+      const spec = TABLES[i] as TableSpec;
+      const st = insert(spec.name, spec.columns);
+      for (const r of rows) st.run(...spec.columns.map((c) => r[c]));
     }
     // Heads (the earliest pending row of each series and destination) and the counters
     // are derived, so they are rebuilt rather than trusted.
     to.exec(`
       UPDATE deliveries SET is_head = 1 WHERE id IN
         (SELECT MIN(id) FROM deliveries WHERE state = 0 GROUP BY destination, series);
-      DELETE FROM counts;
-      INSERT INTO counts (destination, state, n) SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state;
-      UPDATE totals SET value = (SELECT COUNT(*) FROM events) WHERE key = 'events';
-      UPDATE totals SET value = (SELECT COALESCE(SUM(size), 0) FROM events) WHERE key = 'bytes';
     `);
+    to.exec(RECOUNT_SQL);
   }).immediate();
 
   const pending = keptDeliveries.filter((d) => d.state === 0).length;
