@@ -3,6 +3,7 @@
  * payloads their documentation shows, loose kv lines, retained messages, and what `check`
  * says about subscriptions that hide one another.
  */
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/load.js";
 import { configSchema, type SerialPortConfig, type SubscriptionConfig } from "../../src/config/schema.js";
@@ -344,5 +345,38 @@ describe("overlapping subscriptions", () => {
         "    - { preset: zigbee2mqtt }\n    - { topic: zigbee2mqtt/bridge/state, sensor: z2m, format: text, metric: s, states: { online: 1 } }\n",
       ),
     ).toEqual([]);
+  });
+});
+
+describe("README and docs/devices.md examples", () => {
+  const readme = readFileSync("README.md", "utf8");
+  const block = (text: string, after: string, lang: string) => {
+    const start = text.indexOf(after);
+    const m = new RegExp(`\`\`\`${lang}\\n([\\s\\S]*?)\`\`\``).exec(text.slice(start));
+    if (start < 0 || !m) throw new Error(`no ${lang} block after '${after}'`);
+    return m[1] as string;
+  };
+  it("the README's presets load and the DHTtester line gives the readings it promises", () => {
+    const presets = block(readme, "**Firmware presets.**", "yaml");
+    expect(
+      parseConfig(`version: 1\nagent: { id: a }\n${presets}`, "agent.yaml").config.mqtt?.subscriptions,
+    ).toHaveLength(4);
+    const line = block(readme, "DHTtester example prints", "").trim();
+    const serial = block(readme, "heat_index 24.47):", "yaml");
+    const cfg = parseConfig(`version: 1\nagent: { id: a }\n${serial}`, "agent.yaml").config.serial[0]!;
+    const r = serialDecoder(cfg)(Buffer.from(line), ARRIVAL);
+    expect(r.ok && r.readings.map((x) => `${x.metric}=${x.value}`)).toEqual([
+      "humidity=56",
+      "temperature=24.5",
+      "heat_index=24.47",
+    ]);
+  });
+  it("docs/devices.md's four-line configuration loads", () => {
+    const doc = readFileSync("docs/devices.md", "utf8");
+    const yaml = block(doc, "four lines that matter", "yaml").replace(
+      "secret_file: ops-secret",
+      `secret: ${"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}`,
+    );
+    expect(parseConfig(yaml, "agent.yaml").config.mqtt?.subscriptions[0]?.preset).toBe("zigbee2mqtt");
   });
 });
