@@ -10,7 +10,9 @@ import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, CommandProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
+import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
+import { scrapeMetrics, sumOf } from "../support/scrape.js";
 import { SocatPty } from "../support/socat.js";
 import { TERMINAL_CONTROL } from "../support/terminal.js";
 
@@ -30,8 +32,10 @@ describe("edgehook tap (real mosquitto, real agent, socat pty)", () => {
   const pty = new SocatPty();
   let agent: AgentProcess | undefined;
   let tap: CommandProcess | undefined;
+  let httpPort = 0;
 
   beforeAll(async () => {
+    httpPort = await freePort();
     await broker.start();
     await receiver.start();
     await pty.start();
@@ -60,7 +64,7 @@ ${serial}destinations:
 rules:
   - { name: readings, match: { metric: temperature }, forward: true, notify: [ops] }
   - { name: hot, match: { sensor: gh*, metric: temperature }, above: 30, notify: [ops] }
-http: { listen: false }
+http: { listen: "127.0.0.1:${httpPort}" }
 `,
     );
 
@@ -89,6 +93,10 @@ http: { listen: false }
     expect(tap.stderr).toMatch(/as edgehook-tap-tap-pi-\d+ \(clean session, QoS 0/);
     // The agent got every message: two readings forwarded, one firing.
     await receiver.waitFor(() => receiver.accepted.length === 3, "the agent's webhooks");
+    // The fields tap showed as ignored are counted by the agent too, not dropped unseen.
+    const samples = await scrapeMetrics(httpPort);
+    expect(sumOf(samples, "edgehook_decode_ignored_fields_total", { source: "mqtt" })).toBe(2);
+    expect(sumOf(samples, "edgehook_decode_errors_total", { source: "mqtt", reason: "not_json" })).toBe(1);
 
     // The agent stops; what is published meanwhile waits in its persistent session.
     expect((await agent.stop()).code).toBe(0);

@@ -115,6 +115,79 @@ describe('values: "*"', () => {
   });
 });
 
+describe('values: "*" alike for MQTT json, serial json and serial kv', () => {
+  const JSON_LINE =
+    '{"temperature":21.5,"humidity":"40","linkquality":120,"name":"porch","env":{"co2":612,"ok":true},"history":[1,2],"error":null}';
+  /** Readings as metric=value, and the ignored fields, from one decoder result. */
+  const seen = (r: ReturnType<ReturnType<typeof serialDecoder>> | undefined) =>
+    r?.ok
+      ? {
+          readings: r.readings.map((x) => `${x.sensor}/${x.metric}=${String(x.value)}`),
+          ignored: r.ignored ?? 0,
+          fields: (r.ignoredFields ?? []).map((f) => `${f.name}:${f.why}`),
+        }
+      : r;
+  const viaMqtt = (extra: Record<string, unknown>, payload: string) =>
+    seen(
+      mqttDecoder(sub({ topic: "dev/+", sensor: "dev", values: "*", ...extra }), "mqtt", 0, { explain: true }).decode(
+        "dev/x",
+        Buffer.from(payload),
+        ARRIVAL,
+      ),
+    );
+  const viaSerial = (extra: Record<string, unknown>, line: string) =>
+    seen(
+      serialDecoder(port({ sensor: "dev", values: "*", ...extra }), "serial:dev", { explain: true })(
+        Buffer.from(line),
+        ARRIVAL,
+      ),
+    );
+
+  it("the same JSON gives the same readings and the same ignored fields (text, lists, nulls) over MQTT and serial", () => {
+    const expected = {
+      readings: ["dev/temperature=21.5", "dev/humidity=40", "dev/env.co2=612", "dev/env.ok=true"],
+      ignored: 3,
+      fields: ["name:text", "history:list", "error:null"],
+    };
+    const select = { exclude: ["linkquality"] };
+    expect(viaMqtt(select, JSON_LINE)).toEqual(expected);
+    expect(viaSerial({ format: "json", ...select }, JSON_LINE)).toEqual(expected);
+    // Serial json without values is the same as values: "*" (and so is MQTT json).
+    expect(
+      seen(
+        serialDecoder(port({ sensor: "dev", format: "json", exclude: ["linkquality"] }), "serial:dev", {
+          explain: true,
+        })(Buffer.from(JSON_LINE), ARRIVAL),
+      ),
+    ).toEqual(expected);
+  });
+
+  it("include and exclude globs pick the same fields from a kv line as from the same JSON", () => {
+    const select = { include: ["t*", "h*", "env.*"], exclude: ["*_raw"] };
+    const fromJson = viaMqtt(
+      select,
+      '{"temp":21.5,"hum":40,"temp_raw":2150,"rssi":-60,"status":"OK","env":{"co2":612}}',
+    );
+    expect(fromJson).toEqual({ readings: ["dev/temp=21.5", "dev/hum=40", "dev/env.co2=612"], ignored: 0, fields: [] });
+    // kv has no nesting: the same names, flat; text is ignored and counted, as in JSON.
+    expect(viaSerial({ format: "kv", ...select }, "temp=21.5 hum=40 temp_raw=2150 rssi=-60 status=OK")).toEqual({
+      readings: ["dev/temp=21.5", "dev/hum=40"],
+      ignored: 0,
+      fields: [],
+    });
+    expect(viaSerial({ format: "kv" }, "temp=21.5 status=OK")).toEqual({
+      readings: ["dev/temp=21.5"],
+      ignored: 1,
+      fields: ["status:text"],
+    });
+    expect(viaMqtt({}, '{"temp":21.5,"status":"OK"}')).toEqual({
+      readings: ["dev/temp=21.5"],
+      ignored: 1,
+      fields: ["status:text"],
+    });
+  });
+});
+
 describe("group_label and metric_case (Tasmota's sensor objects)", () => {
   const cfg = { topic: "tele/+/SENSOR", values: "*", group_label: "model", metric_case: "snake" };
   it("names metrics by the quantity, keeps the object name as a label", () => {
