@@ -177,13 +177,25 @@ export function renderStatus(s: StatusSnapshot, why: string | undefined, loaded:
     if (s.sources.length === 0) out.push("  none configured");
     else
       table(out, [
-        ["NAME", "STATE", "SINCE", "READINGS/MIN", "DECODE ERRORS"],
-        ...s.sources.map((x) => [
-          safe(x.name),
-          `${x.status === "up" ? (x.kind === "mqtt" ? "connected" : x.kind === "serial" ? "open" : "up") : safe(x.status)}${x.detail ? ` (${safe(x.detail)})` : ""}`,
-          localTime(x.since, now),
-          x.readings_1m === null ? "-" : String(x.readings_1m),
-          String(x.decode_errors),
+        ["NAME", "STATE", "SINCE", "READINGS/MIN", "DECODE ERRORS", "READ ERRORS"],
+        ...s.sources.flatMap((x) => [
+          [
+            safe(x.name),
+            `${sourceState(x)}${x.detail ? ` (${safe(x.detail)})` : ""}`,
+            localTime(x.since, now),
+            x.readings_1m === null ? "-" : String(x.readings_1m),
+            String(x.decode_errors),
+            x.read_errors === null || x.read_errors === undefined ? "-" : String(x.read_errors),
+          ],
+          // Modbus units and 1-Wire probes under their source.
+          ...(x.devices ?? []).map((d) => [
+            `  ${safe(x.kind === "modbus" ? `unit ${d.id}` : d.id)} (${safe(d.sensor)})`,
+            `${d.status}${d.detail ? ` (${safe(d.detail)})` : ""}`,
+            localTime(d.since, now),
+            "",
+            "",
+            "",
+          ]),
         ]),
       ]);
   }
@@ -228,6 +240,20 @@ export function renderStatus(s: StatusSnapshot, why: string | undefined, loaded:
       ]),
     ]);
   return out;
+}
+
+/** What "up" means for each kind of source (the status page says the same). */
+const UP: Record<string, string> = {
+  mqtt: "connected",
+  serial: "open",
+  modbus: "bus open",
+  onewire: "bus present",
+  file: "reading",
+};
+
+/** `connected`, `open`, `bus open`, ... or the status when not up (the detail says more). */
+export function sourceState(x: StatusSnapshot["sources"][number]): string {
+  return x.status === "up" ? (UP[x.kind] ?? "up") : safe(x.status);
 }
 
 /** `up`, `down (since 10:02:11)`, `disabled (since …)` or `unknown (agent down)`. */

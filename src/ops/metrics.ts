@@ -215,6 +215,19 @@ export class Metrics {
     labelNames: ["source", "reason"] as const,
     registers: [this.registry],
   });
+  /** edgehook_source_errors_total summed per source, readable at once (for the sources' state()). */
+  readonly #sourceErrorTotals = new Map<string, number>();
+
+  /** A polled source's failed read or skipped poll: edgehook_source_errors_total and the status views. */
+  sourceError(source: string, reason: string): void {
+    this.sourceErrors.inc({ source, reason });
+    this.#sourceErrorTotals.set(source, (this.#sourceErrorTotals.get(source) ?? 0) + 1);
+  }
+
+  /** What sourceError counted for this source since the agent started, all reasons. */
+  sourceErrorCount(source: string): number {
+    return this.#sourceErrorTotals.get(source) ?? 0;
+  }
   readonly pollDuration = new Histogram({
     name: "edgehook_source_poll_duration_seconds",
     help: "Time one poll of a polled source took, all its devices together",

@@ -57,18 +57,42 @@ export function view(s: StatusSnapshot, now: number): string {
     a.problems.length ? `<ul class="problems">${a.problems.map((p) => `<li>${esc(p)}</li>`).join("")}</ul>` : ""
   }</header>`;
 
+  // What "up" means depends on the kind: a broker connection, an open port, a Modbus bus
+  // open, a 1-Wire bus present, a polled file read. Devices (Modbus units, 1-Wire probes)
+  // are listed under their source, each up or down.
+  const UP: Record<string, string> = {
+    mqtt: "connected",
+    serial: "open",
+    modbus: "bus open",
+    onewire: "bus present",
+    file: "reading",
+  };
   const sources = table(
-    ["Source", "State", "Since", "Readings/min", "Decode errors"],
-    s.sources.map((x) => [
-      esc(x.name),
-      badge(
-        x.status === "up" ? (x.kind === "mqtt" ? "connected" : x.kind === "serial" ? "open" : "up") : x.status,
-        x.status === "up" ? "ok" : "bad",
-      ) + (x.detail ? ` <small>${esc(x.detail)}</small>` : ""),
-      esc(time(x.since)),
-      esc(x.readings_1m ?? "–"),
-      esc(x.decode_errors),
-    ]),
+    ["Source", "State", "Since", "Readings/min", "Decode errors", "Read errors"],
+    s.sources.map((x) => {
+      const devs = x.devices ?? [];
+      const down = devs.some((d) => d.status !== "up");
+      // A bus that works with a unit or probe down: its detail says how many, the list which.
+      const state = x.status === "up" ? badge(UP[x.kind] ?? "up", down ? "warn" : "ok") : badge(x.status, "bad");
+      const list = devs.length
+        ? `<ul class="devs">${devs
+            .map(
+              (d) =>
+                `<li data-device="${esc(`${x.name}/${d.id}`)}">${badge(d.status, d.status === "up" ? "ok" : "bad")} ${esc(
+                  x.kind === "modbus" ? `unit ${d.id}` : d.id,
+                )} · ${esc(d.sensor)}${d.detail ? ` <small>${esc(d.detail)}</small>` : ""}</li>`,
+            )
+            .join("")}</ul>`
+        : "";
+      return [
+        esc(x.name),
+        state + (x.detail ? ` <small>${esc(x.detail)}</small>` : "") + list,
+        esc(time(x.since)),
+        esc(x.readings_1m ?? "–"),
+        esc(x.decode_errors),
+        esc(x.read_errors ?? "–"),
+      ];
+    }),
     a.running ? "No sources configured." : "Sources are unknown while the agent is down.",
   );
 
@@ -165,6 +189,7 @@ td small{white-space:normal;color:var(--mut)}.num{font-variant-numeric:tabular-n
 .b{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-size:.8rem;font-weight:600;color:#fff}.b.ok{background:var(--ok)}.b.warn{background:var(--warn)}.b.bad{background:var(--bad)}
 .empty,footer{color:var(--mut)}.problems{color:var(--bad);margin:.3rem 0;padding-left:1.2rem}
 .chart{width:100%;max-width:40rem;height:auto;display:block}.chart .axis{stroke:var(--line)}.chart .line{fill:none;stroke:var(--warn);stroke-width:2}.chart .area{fill:var(--warn);opacity:.15}.chart text{fill:var(--mut);font-size:13px}.chart .grid{stroke:var(--line);stroke-dasharray:3 3}small.err{color:var(--bad)}small.wide{display:inline-block;min-width:14rem}
+.devs{list-style:none;margin:.2rem 0 0;padding:0;white-space:normal}.devs li{margin:.1rem 0}
 footer{margin-top:1.5rem;font-size:.8rem}`;
 
 /** The whole page for a snapshot. */

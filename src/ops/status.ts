@@ -9,6 +9,7 @@
 import type { Clock, TimerHandle } from "../clock.js";
 import type { SeriesStateRow } from "../events.js";
 import { parseSeriesKey, seriesLabel } from "../series-key.js";
+import type { SourceState } from "../sources/reading.js";
 import type { DeliveryListing, DeliveryState, DestinationFlag, DestinationStats } from "../store/types.js";
 
 export interface StatusSnapshot {
@@ -49,8 +50,21 @@ export interface SourceStatus {
   detail?: string;
   /** Readings taken in the last minute (null until a minute of samples exists). */
   readings_1m: number | null;
-  /** Payloads or lines that could not be decoded, since start. */
+  /** Payloads, lines or values that could not be decoded, since start. */
   decode_errors: number;
+  /** Polled sources (modbus, onewire, file): reads that failed and polls skipped, since start; null for others. */
+  read_errors: number | null;
+  /** Modbus units and 1-Wire probes, each up or down (its last poll gave a reading or not). */
+  devices?: DeviceStatus[];
+}
+
+export interface DeviceStatus {
+  /** Modbus unit id or 1-Wire probe id. */
+  id: string;
+  sensor: string;
+  status: "up" | "down";
+  since: number;
+  detail?: string;
 }
 
 export interface DestinationStatusRow {
@@ -286,7 +300,7 @@ export interface AgentStatusInput {
   health: {
     status: string;
     problems: string[];
-    sources: { name: string; kind: string; status: string; since: number; detail?: string }[];
+    sources: SourceState[];
   };
   configured: readonly string[];
   live: Readonly<Record<string, LiveDestination>>;
@@ -318,14 +332,33 @@ export function buildStatus(input: AgentStatusInput): StatusSnapshot {
       health: input.health.status,
       problems: input.health.problems,
     },
-    sources: input.health.sources.map((s) => ({
-      ...s,
-      readings_1m: input.history.readingsLastMinute(s.name, input.readings[s.name] ?? 0),
-      decode_errors: input.decodeErrors[s.name] ?? 0,
-    })),
+    sources: input.health.sources.map((s) => sourceStatus(s, input)),
     ...part,
     history: input.history.depth(),
   };
+}
+
+function sourceStatus(s: SourceState, input: AgentStatusInput): SourceStatus {
+  const out: SourceStatus = {
+    name: s.name,
+    kind: s.kind,
+    status: s.status,
+    since: s.since,
+    readings_1m: input.history.readingsLastMinute(s.name, input.readings[s.name] ?? 0),
+    decode_errors: input.decodeErrors[s.name] ?? 0,
+    read_errors: s.errors ?? null,
+  };
+  if (s.detail) out.detail = s.detail;
+  if (s.devices) {
+    out.devices = s.devices.map((d) => ({
+      id: d.id,
+      sensor: d.sensor,
+      status: d.status,
+      since: d.since,
+      ...(d.detail ? { detail: d.detail } : {}),
+    }));
+  }
+  return out;
 }
 
 /** Sums a prom-client counter's values by one label. */

@@ -91,6 +91,7 @@ export class FileSource implements Source {
     const s: SourceState = { name: this.name, kind: "file", status: this.#status.status, since: this.#status.since };
     if (this.#status.detail) s.detail = this.#status.detail;
     if (this.#lastReading !== undefined) s.last_reading = this.#lastReading;
+    s.errors = this.#metrics.sourceErrorCount(this.name);
     return s;
   }
 
@@ -106,7 +107,7 @@ export class FileSource implements Source {
   }
 
   #skipped(reason: "overrun" | "backpressure", msg: string): void {
-    this.#metrics.sourceErrors.inc({ source: this.name, reason });
+    this.#metrics.sourceError(this.name, reason);
     const s = this.#rateLog.shouldLog(reason);
     if (s !== undefined) this.#log.warn({ every: this.#config.every, suppressed: s }, msg);
   }
@@ -123,7 +124,7 @@ export class FileSource implements Source {
       ({ bytes, truncated } = await readBounded(this.#path, this.#config.max_size));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? String(err);
-      this.#metrics.sourceErrors.inc({ source: this.name, reason: "io" });
+      this.#metrics.sourceError(this.name, "io");
       this.#status.set("down", code);
       if (!this.#announcedDown) {
         this.#announcedDown = true;

@@ -175,6 +175,7 @@ export class ModbusSource implements Source {
     };
     if (this.#status.detail) s.detail = this.#status.detail;
     if (this.#lastReading !== undefined) s.last_reading = this.#lastReading;
+    s.errors = this.#metrics.sourceErrorCount(this.name);
     return s;
   }
 
@@ -301,7 +302,7 @@ export class ModbusSource implements Source {
   // ---------------------------------------------------------------- polling
 
   #skipped(reason: "overrun" | "backpressure", msg: string): void {
-    this.#metrics.sourceErrors.inc({ source: this.name, reason });
+    this.#metrics.sourceError(this.name, reason);
     const s = this.#rateLog.shouldLog(reason);
     if (s !== undefined) this.#log.warn({ every: this.#config.every, suppressed: s }, msg);
   }
@@ -362,7 +363,7 @@ export class ModbusSource implements Source {
           if (this.#conn === conn) this.#lose(conn, err instanceof Error ? err : new Disconnected(c.detail));
           return;
         }
-        this.#metrics.sourceErrors.inc({ source: this.name, reason: c.reason });
+        this.#metrics.sourceError(this.name, c.reason);
         failure = c.detail;
         if (c.reason === "exception" && c.code === ILLEGAL_DATA_ADDRESS && req.specs.length > 1) {
           // Some devices refuse a read that spans registers they do not have: read those one by one from now on.

@@ -89,6 +89,7 @@ export class OnewireSource implements Source {
     };
     if (this.#status.detail) s.detail = this.#status.detail;
     if (this.#lastReading !== undefined) s.last_reading = this.#lastReading;
+    s.errors = this.#metrics.sourceErrorCount(this.name);
     return s;
   }
 
@@ -108,7 +109,7 @@ export class OnewireSource implements Source {
   }
 
   #skipped(reason: "overrun" | "backpressure", msg: string): void {
-    this.#metrics.sourceErrors.inc({ source: this.name, reason });
+    this.#metrics.sourceError(this.name, reason);
     const s = this.#rateLog.shouldLog(reason);
     if (s !== undefined) this.#log.warn({ every: this.#config.every, suppressed: s }, msg);
   }
@@ -197,14 +198,14 @@ export class OnewireSource implements Source {
       text = bytes.toString("latin1");
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? String(err);
-      this.#metrics.sourceErrors.inc({ source: this.name, reason: "io" });
+      this.#metrics.sourceError(this.name, "io");
       this.#failed(id, sensor, "io", code);
       return undefined;
     }
     const r = parseW1Slave(text);
     if (!r.ok) {
       // A failed read (CRC) is an error of the bus; a value the probe should not give is bad data.
-      if (r.reason === "crc") this.#metrics.sourceErrors.inc({ source: this.name, reason: "crc" });
+      if (r.reason === "crc") this.#metrics.sourceError(this.name, "crc");
       else this.#metrics.decodeErrors.inc({ source: this.name, reason: r.reason });
       this.#failed(id, sensor, r.reason, r.reason);
       return undefined;

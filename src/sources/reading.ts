@@ -79,6 +79,12 @@ export interface SourceState {
   devices?: DeviceState[];
   /** Polled sources: epoch ms of the last reading. */
   last_reading?: number;
+  /**
+   * Polled sources: reads that failed and polls skipped since the agent started, every
+   * reason (edgehook_source_errors_total of this source). Values read but rejected are
+   * decode errors (edgehook_decode_errors_total).
+   */
+  errors?: number;
 }
 
 /** One device behind a source. `down`: its last poll gave no reading (detail says why). */

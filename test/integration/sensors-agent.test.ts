@@ -2,7 +2,8 @@
  * End to end with the polled sources: a real agent process reads a register from a
  * Modbus TCP server process, a 1-Wire probe from a sysfs tree and a polled file; a rule
  * on the register fires and a real receiver gets the webhook, verified with the
- * standardwebhooks package. /healthz and /metrics know the new sources.
+ * standardwebhooks package. /healthz, /metrics, /api/status and `edgehook status` know the
+ * new sources and their devices.
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
@@ -11,10 +12,12 @@ import { afterEach, describe, expect, it } from "vitest";
 import { Agent } from "../../src/agent.js";
 import { loadConfig } from "../../src/config/load.js";
 import { createLogger } from "../../src/ops/logger.js";
-import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
+import type { StatusSnapshot } from "../../src/ops/status.js";
+import { AgentProcess, edgehookAsync, tempDir, writeConfig } from "../support/agent-process.js";
 import { ModbusSlave, words } from "../support/modbus.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
+import { scrapeMetrics, sumOf } from "../support/scrape.js";
 import { waitUntil } from "../support/wait.js";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -42,7 +45,9 @@ describe("agent with Modbus, 1-Wire and polled files", () => {
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const slave = await ModbusSlave.tcp();
     cleanups.push(() => slave.stop());
+    await slave.units([1, 2]);
     await slave.set(1, "holding", 0, words("int16", 650)); // 65.0 °C
+    await slave.set(2, "holding", 0, words("int16", 42));
     const receiver = new Receiver(SECRET);
     await receiver.start();
     cleanups.push(() => receiver.stop());
@@ -68,6 +73,10 @@ modbus:
         sensor: boiler
         registers:
           - { metric: temperature, address: 0, type: int16, scale: 0.1 }
+      - unit_id: 2
+        sensor: tank
+        registers:
+          - { metric: level, address: 0, type: int16 }
 onewire: { root: ./w1, every: 1s, names: { 28-0316a2795fff: cellar } }
 files:
   - { path: ./soc_temp, every: 200ms, sensor: pi, metric: soc_temperature, scale: 0.001 }
@@ -92,7 +101,10 @@ http: { listen: "127.0.0.1:${httpPort}" }
       ["onewire", "onewire", "up"],
       ["file:./soc_temp", "file", "up"],
     ]);
-    expect(h.sources[0]!.devices).toEqual([expect.objectContaining({ id: "1", sensor: "boiler", status: "up" })]);
+    expect(h.sources[0]!.devices).toEqual([
+      expect.objectContaining({ id: "1", sensor: "boiler", status: "up" }),
+      expect.objectContaining({ id: "2", sensor: "tank", status: "up" }),
+    ]);
     expect(h.sources[1]!.devices).toEqual([
       expect.objectContaining({ id: "28-0316a2795fff", sensor: "cellar", status: "up" }),
     ]);
@@ -128,7 +140,52 @@ http: { listen: "127.0.0.1:${httpPort}" }
     await waitUntil(async () => (await health()).status === "degraded", "degraded");
     expect((await health()).problems).toEqual([expect.stringMatching(/^source modbus:plant is down/)]);
     await slave.start();
+    await slave.units([1, 2]);
     await waitUntil(async () => (await health()).status === "ok", "ok again");
+
+    // The status views know the polled sources: what up means for each, their devices,
+    // and the failed reads (the timeouts and refused connections above), as /metrics counts them.
+    const base = `http://127.0.0.1:${httpPort}`;
+    const api = async () => (await (await fetch(`${base}/api/status`)).json()) as StatusSnapshot;
+    const readErrors = async () =>
+      sumOf(await scrapeMetrics(httpPort), "edgehook_source_errors_total", { source: "modbus:plant" });
+    await slave.behave(2, { mode: "silent" });
+    await waitUntil(
+      async () => (await api()).sources[0]?.devices?.find((d) => d.id === "2")?.status === "down",
+      "unit 2 down in /api/status",
+    );
+    const before = await readErrors();
+    const snap = await api();
+    const after = await readErrors();
+    expect(before).toBeGreaterThanOrEqual(1);
+    expect(snap.sources.map((x) => [x.name, x.kind, x.status])).toEqual([
+      ["modbus:plant", "modbus", "up"],
+      ["onewire", "onewire", "up"],
+      ["file:./soc_temp", "file", "up"],
+    ]);
+    expect(snap.sources[0]).toMatchObject({
+      detail: "1 of 2 devices not answering",
+      devices: [
+        { id: "1", sensor: "boiler", status: "up" },
+        { id: "2", sensor: "tank", status: "down", detail: "timeout" },
+      ],
+    });
+    expect(snap.sources[0]?.read_errors).toBeGreaterThanOrEqual(before);
+    expect(snap.sources[0]?.read_errors).toBeLessThanOrEqual(after);
+    expect(snap.sources[0]?.readings_1m).toBeGreaterThan(0);
+    expect(snap.sources[1]).toMatchObject({ devices: [{ id: "28-0316a2795fff", sensor: "cellar", status: "up" }] });
+    expect((await health()).problems).toEqual([
+      expect.stringMatching(/^device 2 \(tank\) of modbus:plant is down: timeout/),
+    ]);
+    const text = (await edgehookAsync(["status", "--config", file])).stdout;
+    expect(text).toMatch(/READ ERRORS/);
+    expect(text).toMatch(/^ {2}modbus:plant +bus open \(1 of 2 devices not answering\) +\S+ +\d+ +\d+ +[1-9]\d*$/m);
+    expect(text).toMatch(/^ {4}unit 1 \(boiler\) +up +\S+ *$/m);
+    expect(text).toMatch(/^ {4}unit 2 \(tank\) +down \(timeout\) +\S+ *$/m);
+    expect(text).toMatch(/^ {2}onewire +bus present +\S+ +\d+ +0 +\d+$/m);
+    expect(text).toMatch(/^ {4}28-0316a2795fff \(cellar\) +up +\S+ *$/m);
+    // (On a loaded machine a 200 ms poll may overrun and be skipped: a read error too.)
+    expect(text).toMatch(/^ {2}file:\.\/soc_temp +reading +\S+ +\d+ +0 +\d+$/m);
     const stopped = await agent.stop();
     expect(stopped.code).toBe(0);
     expect(agent.logs.filter((l) => l.level === "error" || l.level === "fatal")).toEqual([]);

@@ -8,6 +8,7 @@ import { evaluateHealth, type HealthInput, type HealthReport } from "../../src/o
 import { accessOf, HttpServer, isLoopback, localUrl, parseListen, sha256 } from "../../src/ops/http.js";
 import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
+import { view } from "../../src/ops/page.js";
 import type { StatusSnapshot } from "../../src/ops/status.js";
 
 function input(over: Partial<HealthInput> = {}): HealthInput {
@@ -294,7 +295,17 @@ describe("the status page and /api/status", () => {
       health: "degraded",
       problems: ["destination ops is down"],
     },
-    sources: [{ name: "mqtt", kind: "mqtt", status: "up", since: Date.now(), readings_1m: 12, decode_errors: 1 }],
+    sources: [
+      {
+        name: "mqtt",
+        kind: "mqtt",
+        status: "up",
+        since: Date.now(),
+        readings_1m: 12,
+        decode_errors: 1,
+        read_errors: null,
+      },
+    ],
     destinations: [
       {
         name: "ops",
@@ -360,6 +371,78 @@ describe("the status page and /api/status", () => {
       await server?.stop();
       server = undefined;
     }
+  });
+
+  it("names what up means per kind of source and lists Modbus units and 1-Wire probes, each up or down", () => {
+    const now = Date.now();
+    const html = view(
+      {
+        ...snapshot,
+        sources: [
+          {
+            name: "mqtt",
+            kind: "mqtt",
+            status: "up",
+            since: now,
+            readings_1m: 12,
+            decode_errors: 1,
+            read_errors: null,
+          },
+          {
+            name: "modbus:plant",
+            kind: "modbus",
+            status: "up",
+            since: now,
+            detail: "1 of 2 devices not answering",
+            readings_1m: 30,
+            decode_errors: 2,
+            read_errors: 7,
+            devices: [
+              { id: "1", sensor: "boiler", status: "up", since: now },
+              { id: "2", sensor: "tank", status: "down", since: now, detail: "timeout" },
+            ],
+          },
+          {
+            name: "onewire",
+            kind: "onewire",
+            status: "up",
+            since: now,
+            readings_1m: 2,
+            decode_errors: 0,
+            read_errors: 0,
+            devices: [{ id: "28-0316a2795fff", sensor: "cellar", status: "up", since: now }],
+          },
+          {
+            name: "file:/sys/class/thermal/thermal_zone0/temp",
+            kind: "file",
+            status: "down",
+            since: now,
+            detail: "ENOENT",
+            readings_1m: 0,
+            decode_errors: 0,
+            read_errors: 3,
+          },
+        ],
+      },
+      now,
+    );
+    const section = html.slice(html.indexOf("<h2>Sources</h2>"), html.indexOf("<h2>Last "));
+    const rows = section.split("<tr>").slice(2);
+    const text = (r: string | undefined) =>
+      (r ?? "")
+        .replace(/<[^>]+>/g, " ")
+        .replace(/\s+/g, " ")
+        .trim();
+    expect(section).toContain("<th>Read errors</th>");
+    expect(text(rows[0])).toMatch(/^mqtt connected .* 12 1 –$/);
+    // A bus that works with one unit silent: a warning badge, the detail, and which unit.
+    expect(rows[1]).toContain('class="b warn">bus open<');
+    expect(text(rows[1])).toMatch(
+      /^modbus:plant bus open 1 of 2 devices not answering up unit 1 · boiler down unit 2 · tank timeout .* 30 2 7$/,
+    );
+    expect(rows[1]).toContain('data-device="modbus:plant/2"><span class="b bad">down</span>');
+    expect(text(rows[2])).toMatch(/^onewire bus present up 28-0316a2795fff · cellar .* 2 0 0$/);
+    expect(text(rows[3])).toMatch(/^file:\/sys\/class\/thermal\/thermal_zone0\/temp down ENOENT .* 0 0 3$/);
   });
 
   it("?token= moves the token into a cookie and out of the address bar", async () => {
