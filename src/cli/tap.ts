@@ -25,6 +25,7 @@ import type { IClientOptions, MqttClient } from "mqtt";
 import type { LoadedConfig } from "../config/load.js";
 import { UNREAD_SECRET } from "../config/load.js";
 import type { Config, RuleConfig, SerialPortConfig } from "../config/schema.js";
+import { errnoCode, readTlsFiles } from "../config/tls-files.js";
 import { ExitCode } from "../errors.js";
 import { compileGlob, type Matcher } from "../rules/glob.js";
 import {
@@ -237,11 +238,10 @@ async function tapMqttSource(
   if (password !== undefined) options.password = password;
   const base = loaded.file ? resolve(loaded.file, "..") : process.cwd();
   try {
-    if (m.tls?.ca_file) options.ca = readFileSync(resolve(base, m.tls.ca_file));
-    if (m.tls?.cert_file) options.cert = readFileSync(resolve(base, m.tls.cert_file));
-    if (m.tls?.key_file) options.key = readFileSync(resolve(base, m.tls.key_file));
+    Object.assign(options, readTlsFiles(m.tls, { baseDir: base, label: "mqtt.tls" }));
   } catch (err) {
-    io.err(`mqtt: cannot read a TLS file (${(err as NodeJS.ErrnoException).code ?? err})`);
+    const cause = err instanceof Error ? err.cause : err;
+    io.err(`mqtt: cannot read a TLS file (${errnoCode(cause) ?? cause})`);
     return undefined;
   }
   if (m.tls) options.rejectUnauthorized = m.tls.reject_unauthorized;

@@ -35,16 +35,12 @@
  * freezes the logical clock.
  */
 import { setMaxListeners } from "node:events";
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
-import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
 import { EdgehookError, type ErrorCode } from "../errors.js";
 import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
-import { failedToConnect, watchConnectErrors } from "./connect-errors.js";
 import {
   type Decision,
   decide,
@@ -55,9 +51,11 @@ import {
   type Outcome,
   PROBE_INTERVAL_MS,
   TokenBucket,
+  unsendableReason,
 } from "./policy.js";
-import { batchId, RenderError } from "./render.js";
-import { type BuiltRequest, buildBatchRequest, buildRequest } from "./request.js";
+import { batchId } from "./render.js";
+import type { Attempt, Transport } from "./transport.js";
+import { TRANSPORTS, type TransportRegistry, transportFor } from "./transports.js";
 
 export type DestinationState = "up" | "down" | "disabled";
 
@@ -102,6 +100,8 @@ export interface DispatcherOptions {
   env?: Readonly<Record<string, string | undefined>>;
   /** Relative tls.*_file paths are resolved against this (the config file's directory). */
   baseDir?: string;
+  /** Transports by URL scheme (transports.ts); tests may pass their own. */
+  transports?: TransportRegistry;
   /**
    * Longest wait before outcomes are written (default 20 ms). Delivered ones do not hold
    * their series back meanwhile (pipelining), so a longer wait costs nothing but more
@@ -156,9 +156,7 @@ interface Flight {
 interface Lane {
   name: string;
   config: DestinationConfig;
-  http: HttpDispatcher;
-  origin: string;
-  path: string;
+  transport: Transport;
   state: DestinationState;
   since: number;
   detail: string | undefined;
@@ -224,6 +222,7 @@ export class Dispatcher {
   readonly #env: Readonly<Record<string, string | undefined>>;
   readonly #settleDelayMs: number;
   readonly #baseDir: string | undefined;
+  readonly #transports: TransportRegistry;
   readonly #lanes = new Map<string, Lane>();
   #quiet!: RateLimitedLog;
   #started = false;
@@ -250,25 +249,27 @@ export class Dispatcher {
     this.#env = options.env ?? process.env;
     this.#settleDelayMs = options.settleDelayMs ?? SETTLE_DELAY_MS;
     this.#baseDir = options.baseDir;
+    this.#transports = options.transports ?? TRANSPORTS;
   }
 
   start(): void {
     if (this.#started) return;
     // Every TLS file is read before anything starts, so a bad one leaves nothing half-open.
-    const transports = new Map<string, HttpDispatcher>();
+    const transports = new Map<string, Transport>();
     try {
       for (const [name, config] of Object.entries(this.#destinations)) transports.set(name, this.#transport(config));
     } catch (err) {
-      for (const t of transports.values()) void t.destroy().catch(() => undefined);
+      for (const t of transports.values()) void t.destroy();
       throw err;
     }
-    watchConnectErrors();
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
     const disabled = this.#disabledFlags();
     for (const [name, config] of Object.entries(this.#destinations)) {
-      const lane = this.#newLane(name, config, transports.get(name) as HttpDispatcher);
+      const transport = transports.get(name);
+      if (transport === undefined) continue; // every destination got one above
+      const lane = this.#newLane(name, config, transport);
       const flag = disabled.get(name);
       if (flag) {
         lane.state = "disabled";
@@ -336,7 +337,7 @@ export class Dispatcher {
       await Promise.all(left.map((f) => f.done));
     }
     this.#flush();
-    await Promise.all([...this.#lanes.values()].map((l) => l.http.destroy().catch(() => undefined)));
+    await Promise.all([...this.#lanes.values()].map((l) => l.transport.destroy()));
     this.#lanes.clear();
     this.#started = false;
     this.#resolveIdle();
@@ -351,16 +352,16 @@ export class Dispatcher {
       this.#destinations = destinations;
       return;
     }
-    const transports = new Map<string, HttpDispatcher>();
+    const transports = new Map<string, Transport>();
     try {
       for (const [name, config] of Object.entries(destinations)) {
         const lane = this.#lanes.get(name);
-        if (!lane || transportKey(lane.config) !== transportKey(config)) {
+        if (!lane || this.#connectionKey(lane.config) !== this.#connectionKey(config)) {
           transports.set(name, this.#transport(config));
         }
       }
     } catch (err) {
-      for (const t of transports.values()) void t.destroy().catch(() => undefined);
+      for (const t of transports.values()) void t.destroy();
       throw err;
     }
     this.#destinations = destinations;
@@ -371,14 +372,15 @@ export class Dispatcher {
       this.#lanes.delete(name);
       for (const s of STATES) this.#metrics.destinationUp.remove({ destination: name, state: s });
       // close() lets the requests in flight finish; their outcomes are still written.
-      void lane.http.close().catch(() => undefined);
+      void lane.transport.close();
       this.#log.info({ destination: name }, "destination removed from the configuration");
     }
     for (const [name, config] of Object.entries(destinations)) {
       const lane = this.#lanes.get(name);
       const transport = transports.get(name);
       if (!lane) {
-        const fresh = this.#newLane(name, config, transport as HttpDispatcher);
+        if (transport === undefined) continue; // every new destination got one above
+        const fresh = this.#newLane(name, config, transport);
         this.#lanes.set(name, fresh);
         this.#gauge(fresh);
         this.#toPump.add(fresh);
@@ -386,15 +388,13 @@ export class Dispatcher {
       }
       const oldRate = lane.config.rate_limit;
       const moved = transport !== undefined || lane.config.url !== config.url;
+      // The path may change on the same origin (same connections): requests go to the new
+      // one, since every attempt is prepared with the lane's current config.
       lane.config = config;
-      // The path may change on the same origin (same connections): requests go to the new one.
-      const url = new URL(config.url);
-      lane.origin = url.origin;
-      lane.path = `${url.pathname}${url.search}`;
       if (transport) {
-        const old = lane.http;
-        lane.http = transport;
-        void old.close().catch(() => undefined);
+        const old = lane.transport;
+        lane.transport = transport;
+        void old.close();
       }
       if (oldRate !== config.rate_limit) {
         lane.bucket = config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined;
@@ -473,14 +473,11 @@ export class Dispatcher {
 
   // ------------------------------------------------------------ lanes
 
-  #newLane(name: string, config: DestinationConfig, http: HttpDispatcher): Lane {
-    const url = new URL(config.url);
+  #newLane(name: string, config: DestinationConfig, transport: Transport): Lane {
     return {
       name,
       config,
-      http,
-      origin: url.origin,
-      path: `${url.pathname}${url.search}`,
+      transport,
       state: "up",
       since: this.#clock.now(),
       detail: undefined,
@@ -505,54 +502,15 @@ export class Dispatcher {
     };
   }
 
-  /** The HTTP client of one destination. Reads the TLS files now (start or reload). */
-  #transport(config: DestinationConfig): HttpDispatcher {
-    const tls: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean } = {
-      // Certificate verification stays on unless the config explicitly turns it off.
-      rejectUnauthorized: config.tls?.reject_unauthorized ?? true,
-    };
-    const read = (file: string | undefined, key: string): Buffer | undefined => {
-      if (file === undefined) return undefined;
-      try {
-        return readFileSync(this.#baseDir ? resolve(this.#baseDir, file) : file);
-      } catch (err) {
-        throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `destination tls.${key}: cannot read ${file}`, {
-          cause: err,
-        });
-      }
-    };
-    const ca = read(config.tls?.ca_file, "ca_file");
-    const cert = read(config.tls?.cert_file, "cert_file");
-    const key = read(config.tls?.key_file, "key_file");
-    if (ca) tls.ca = ca;
-    if (cert) tls.cert = cert;
-    if (key) tls.key = key;
-    const common = {
-      connections: config.concurrency,
-      headersTimeout: config.response_timeout,
-      bodyTimeout: config.response_timeout,
-      // undici 7 never follows redirects unless the redirect interceptor is composed in,
-      // which we do not do: maxRedirections is effectively 0 (a 3xx is a failure, see policy.ts).
-    };
-    const env = this.#env;
-    const httpProxy = env.http_proxy ?? env.HTTP_PROXY;
-    const httpsProxy = env.https_proxy ?? env.HTTPS_PROXY;
-    if (httpProxy || httpsProxy) {
-      const opts: EnvHttpProxyAgent.Options = {
-        ...common,
-        connect: { timeout: config.connect_timeout, ...tls },
-        requestTls: { ...tls, timeout: config.connect_timeout },
-      };
-      if (httpProxy) opts.httpProxy = httpProxy;
-      if (httpsProxy) opts.httpsProxy = httpsProxy;
-      const noProxy = env.no_proxy ?? env.NO_PROXY;
-      if (noProxy !== undefined) opts.noProxy = noProxy;
-      return new EnvHttpProxyAgent(opts);
-    }
-    return new Pool(new URL(config.url).origin, {
-      ...common,
-      connect: { timeout: config.connect_timeout, ...tls },
-    });
+  /** The transport of one destination. Reads its files now (start or reload). */
+  #transport(config: DestinationConfig): Transport {
+    return transportFor(config.url, this.#transports).create(config, { baseDir: this.#baseDir, env: this.#env });
+  }
+
+  /** Changes when a reload needs a new transport for the destination. */
+  #connectionKey(config: DestinationConfig): string {
+    const factory = transportFor(config.url, this.#transports);
+    return JSON.stringify([factory.schemes, factory.connectionKey(config)]);
   }
 
   /** Disabled destinations with their reason and since (epoch ms). */
@@ -824,30 +782,20 @@ export class Dispatcher {
 
   // ------------------------------------------------------------ attempts
 
-  /** The request for `deliveries` (a batch on a batch lane, even of one event). */
-  #build(lane: Lane, deliveries: Delivery[], nowSec: number): BuiltRequest & { path: string } {
-    const built =
-      lane.config.batch !== undefined
-        ? buildBatchRequest(deliveries, lane.config, nowSec)
-        : buildRequest(deliveries[0] as Delivery, lane.config, nowSec);
-    if (built.url === lane.config.url) return { ...built, path: lane.path };
-    // A preset chose another URL (ntfy posts to the server root). The lane's connection
-    // pool belongs to the destination's origin, so only the path may differ.
-    const url = new URL(built.url);
-    if (url.origin !== lane.origin) {
-      throw new RenderError(`rendered URL has origin ${url.origin}, not the destination's ${lane.origin}`);
-    }
-    return { ...built, path: `${url.pathname}${url.search}` };
-  }
-
+  /**
+   * One attempt of `deliveries` (a batch on a batch lane, even of one event): prepared
+   * (rendered and signed for this attempt's time) by the lane's transport and sent. Anything
+   * that cannot be prepared is unsendable; a batch is split so that only its bad members die.
+   */
   #send(lane: Lane, deliveries: Delivery[], probe: boolean): void {
     const at = this.#clock.now();
     const started = this.#clock.monotonic();
     const first = deliveries[0] as Delivery;
-    let built: (BuiltRequest & { path: string }) | undefined;
+    const nowSec = Math.floor(at / 1000);
+    let attempt: Attempt | undefined;
     let unsendable: unknown;
     try {
-      built = this.#build(lane, deliveries, Math.floor(at / 1000));
+      attempt = lane.transport.prepare(deliveries, lane.config, nowSec);
     } catch (error) {
       if (deliveries.length > 1) {
         // Find the member(s) that cannot be rendered: they die alone, the others go on.
@@ -855,7 +803,7 @@ export class Dispatcher {
         const good: Delivery[] = [];
         for (const d of deliveries) {
           try {
-            this.#build(lane, [d], Math.floor(at / 1000));
+            lane.transport.prepare([d], lane.config, nowSec);
             good.push(d);
           } catch {
             bad.push(d);
@@ -874,68 +822,17 @@ export class Dispatcher {
     for (const d of deliveries) lane.exclude.add(d.series);
     const flight: Flight = { deliveries, probe, generation: lane.generation, aborted: false, done: Promise.resolve() };
     lane.flights.set(first.id, flight);
-    const webhookId =
-      built?.headers["webhook-id"] ??
-      (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
-    let outcome: Promise<Outcome>;
-    if (built === undefined) {
-      this.#onAttempt?.({ eventId: webhookId, destination: lane.name, ...unsendableInfo(unsendable) });
-      outcome = Promise.resolve({ kind: "unsendable", error: unsendable });
-    } else {
-      try {
-        outcome = lane.http
-          .request({
-            origin: lane.origin,
-            path: built.path,
-            method: "POST",
-            headers: built.headers,
-            body: built.body,
-            signal: lane.abort.signal,
-            headersTimeout: lane.config.response_timeout,
-            bodyTimeout: lane.config.response_timeout,
-          })
-          .then(
-            async (res): Promise<Outcome> => {
-              const ra = res.headers["retry-after"];
-              if (this.#onAttempt) {
-                const chunks: Buffer[] = [];
-                let n = 0;
-                for await (const chunk of res.body) {
-                  if (n < 4096) chunks.push(chunk as Buffer);
-                  n += (chunk as Buffer).length;
-                }
-                this.#onAttempt({
-                  eventId: webhookId,
-                  destination: lane.name,
-                  status: res.statusCode,
-                  headers: res.headers,
-                  body: Buffer.concat(chunks).subarray(0, 4096),
-                });
-              } else {
-                // Read and discard the answer so the keep-alive connection can be reused.
-                await res.body.dump({ limit: 65_536 }).catch(() => undefined);
-              }
-              return { kind: "response", status: res.statusCode, retryAfter: Array.isArray(ra) ? ra[0] : ra };
-            },
-            (error: unknown): Outcome => {
-              if (isInvalidRequest(error)) {
-                // undici rejected the request itself (e.g. a header value with a newline):
-                // nothing was sent and no retry can send it.
-                this.#onAttempt?.({ eventId: webhookId, destination: lane.name, ...unsendableInfo(error) });
-                return { kind: "unsendable", error };
-              }
-              this.#onAttempt?.({ eventId: webhookId, destination: lane.name, error: describeError(error) });
-              return { kind: "error", error, stage: failedToConnect(error) ? "connect" : "request" };
-            },
-          );
-      } catch (error) {
-        // undici refused the request synchronously (e.g. an invalid header value).
-        this.#onAttempt?.({ eventId: webhookId, destination: lane.name, ...unsendableInfo(error) });
-        outcome = Promise.resolve({ kind: "unsendable", error });
-      }
-    }
+    const attemptId =
+      attempt?.id ?? (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
+    const outcome: Promise<Outcome> =
+      attempt === undefined
+        ? Promise.resolve({ kind: "unsendable", error: unsendable })
+        : lane.transport.send(attempt, { signal: lane.abort.signal, keepAnswer: this.#onAttempt !== undefined });
     flight.done = outcome
-      .then((o) => this.#onOutcome(lane, flight, o, at, started))
+      .then((o) => {
+        this.#onAttempt?.(attemptInfo(attemptId, lane.name, o));
+        this.#onOutcome(lane, flight, o, at, started);
+      })
       .catch((err: unknown) => {
         // A bug here must not become an unhandled rejection that kills the agent; the
         // deliveries stay pending and are sent again.
@@ -1276,20 +1173,28 @@ export class Dispatcher {
   }
 }
 
-/** undici's argument validation failed: the request is malformed, not the network down. */
-function isInvalidRequest(err: unknown): boolean {
-  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "UND_ERR_INVALID_ARG";
-}
-
 function describeStale(d: Decision): string {
   const why = d.action === "dead" ? d.reason : d.action === "delivered" ? "" : d.error;
   return `sent before a reload changed the destination (${why})`;
 }
 
-/** What onAttempt reports when the request could not be built: a code to branch on, and the reason. */
-function unsendableInfo(err: unknown): Pick<AttemptInfo, "code" | "error"> {
-  const why = err instanceof Error ? err.message : String(err);
-  return { code: "EDGEHOOK_REQUEST_UNSENDABLE", error: `cannot build the request: ${why.slice(0, 200)}` };
+/** What onAttempt reports for one attempt's outcome. */
+function attemptInfo(eventId: string, destination: string, outcome: Outcome): AttemptInfo {
+  switch (outcome.kind) {
+    case "response": {
+      const info: AttemptInfo = { eventId, destination, status: outcome.status };
+      if (outcome.answer) {
+        info.headers = outcome.answer.headers;
+        info.body = outcome.answer.body;
+      }
+      return info;
+    }
+    case "error":
+      return { eventId, destination, error: describeError(outcome.error) };
+    case "unsendable":
+      // A code to branch on, and the reason.
+      return { eventId, destination, code: "EDGEHOOK_REQUEST_UNSENDABLE", error: unsendableReason(outcome.error) };
+  }
 }
 
 function laneAbort(): AbortController {
@@ -1297,11 +1202,6 @@ function laneAbort(): AbortController {
   // Up to `concurrency` (64) requests listen on it at once; that is not a leak.
   setMaxListeners(0, ac.signal);
   return ac;
-}
-
-/** Keys that need a new HTTP client when they change on reload. */
-function transportKey(c: DestinationConfig): string {
-  return JSON.stringify([new URL(c.url).origin, c.tls, c.connect_timeout, c.response_timeout, c.concurrency]);
 }
 
 /** A duration for a log line: 0.4 s, 12 s, 5 min, 3.2 h. */

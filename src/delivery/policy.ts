@@ -75,7 +75,13 @@ export const JITTER = 0.2;
 
 /** The outcome of one attempt as the transport saw it. */
 export type Outcome =
-  | { kind: "response"; status: number; retryAfter?: string | undefined }
+  | {
+      kind: "response";
+      status: number;
+      retryAfter?: string | undefined;
+      /** What the receiver answered, when the caller asked the transport to keep it (send-test). */
+      answer?: Answer | undefined;
+    }
   /**
    * No HTTP answer. `stage` is "connect" when no connection could be made (TCP, TLS
    * handshake, proxy tunnel), "request" when the connection was made and the request failed.
@@ -83,6 +89,19 @@ export type Outcome =
   | { kind: "error"; error: unknown; stage: "connect" | "request" }
   /** The request could not be built (render or sign threw); nothing went on the wire. */
   | { kind: "unsendable"; error: unknown };
+
+/** A receiver's answer as `edgehook send-test` prints it. */
+export interface Answer {
+  headers: Record<string, string | string[] | undefined>;
+  /** Up to the first 4 KiB. */
+  body: Buffer;
+}
+
+/** Why an attempt is unsendable, as the dead reason, the log and send-test say it. */
+export function unsendableReason(error: unknown): string {
+  const why = error instanceof Error ? error.message : String(error);
+  return `cannot build the request: ${why.slice(0, 200)}`;
+}
 
 /** Label for `edgehook_deliveries_total{class}`. */
 export type OutcomeClass = "2xx" | "3xx" | "4xx" | "5xx" | "offline" | "no_response" | "unsendable";
@@ -125,13 +144,7 @@ export function statusClass(status: number): OutcomeClass {
 
 export function decide(outcome: Outcome, ctx: DecideContext): Decision {
   if (outcome.kind === "unsendable") {
-    const why = outcome.error instanceof Error ? outcome.error.message : String(outcome.error);
-    return {
-      action: "dead",
-      class: "unsendable",
-      reason: `cannot build the request: ${why.slice(0, 200)}`,
-      disable: false,
-    };
+    return { action: "dead", class: "unsendable", reason: unsendableReason(outcome.error), disable: false };
   }
   if (outcome.kind === "error") {
     const error = describeError(outcome.error);

@@ -34,6 +34,8 @@ export const VERSION = readVersion();
 export const USER_AGENT = `edgehook/${VERSION}`;
 
 export interface BuiltRequest {
+  /** The `webhook-id`: the event id, or `batchId` of a batch's members. */
+  id: string;
   /** Where to POST: the destination URL, or the one the preset chose (ntfy's server root). */
   url: string;
   /** Lower-case names. */
@@ -90,5 +92,5 @@ function finish(r: Rendered, id: string, dest: DestinationConfig, nowSec: number
   // Signatures cover the uncompressed body (see compressBody).
   const wire = compressBody(r.body, dest);
   Object.assign(headers, wire.headers);
-  return { url: r.url ?? dest.url, headers, body: wire.body };
+  return { id, url: r.url ?? dest.url, headers, body: wire.body };
 }

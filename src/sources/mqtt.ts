@@ -44,12 +44,10 @@
  * `edgehook_mqtt_broker_dropped_total`.
  */
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { MqttConfig } from "../config/schema.js";
-import { EdgehookError } from "../errors.js";
+import { readTlsFiles } from "../config/tls-files.js";
 import type { Logger } from "../ops/logger.js";
 import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
@@ -288,9 +286,7 @@ export class MqttSource implements Source {
       options.properties = { sessionExpiryInterval: 0xffffffff };
     }
     if (cfg.tls) {
-      if (cfg.tls.ca_file) options.ca = this.#readTlsFile("ca_file", cfg.tls.ca_file);
-      if (cfg.tls.cert_file) options.cert = this.#readTlsFile("cert_file", cfg.tls.cert_file);
-      if (cfg.tls.key_file) options.key = this.#readTlsFile("key_file", cfg.tls.key_file);
+      Object.assign(options, readTlsFiles(cfg.tls, { baseDir: this.#baseDir, label: "mqtt.tls", detailed: true }));
       options.rejectUnauthorized = cfg.tls.reject_unauthorized;
     }
     this.#setStatus("starting");
@@ -352,19 +348,6 @@ export class MqttSource implements Source {
     if (this.#broker) {
       await this.#broker.stop();
       this.#broker = undefined;
-    }
-  }
-
-  #readTlsFile(key: string, p: string): Buffer {
-    const file = this.#baseDir ? resolve(this.#baseDir, p) : resolve(p);
-    try {
-      return readFileSync(file);
-    } catch (err) {
-      throw new EdgehookError(
-        "EDGEHOOK_CONFIG_UNREADABLE",
-        `mqtt.tls.${key}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
-        { cause: err },
-      );
     }
   }
 
