@@ -18,7 +18,9 @@
  * the reading's publish time: p50, p99, max), how many events were still undelivered
  * when the last reading was published and when the run gave up waiting (`--wait`
  * seconds after it), the time from the last reading to the last arrival, and whether
- * the first arrivals of every series came in publish order. Medians over `--runs`.
+ * the first arrivals of every series came in publish order, and the agent's CPU time per
+ * event (stream and drain; with the load average printed at start and end, this says
+ * whether a slow figure is the agent's or the machine's). Medians over `--runs`.
  *
  *   npm run build && node scripts/bench/flaky.mjs [--rate 200] [--series 100] [--seconds 30]
  *        [--fail 0.1] [--runs 3] [--wait 60] [--concurrency 4] [--outage 10] [--root DIR]
@@ -29,10 +31,10 @@
  * Loopback only; bounded in count and time; stops mosquitto, the agent and the receiver itself.
  */
 import { spawn } from "node:child_process";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { connect } from "node:net";
-import { tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
@@ -84,6 +86,20 @@ async function waitForPort(port, timeoutMs = 10_000) {
     if (ok) return;
     if (Date.now() > deadline) throw new Error(`port ${port} did not open`);
     await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/**
+ * CPU time (user + system, ms) a process has used so far, from /proc/PID/stat (Linux; NaN
+ * elsewhere). utime and stime are fields 14 and 15, counted after the ")" closing the name.
+ */
+function cpuMs(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return Number.NaN;
   }
 }
 
@@ -210,6 +226,7 @@ http: { listen: false }
     // transition: firing, resolved, firing, ...).
     const total = Math.round(RATE * SECONDS);
     const t0 = Date.now() + 50;
+    const cpuAtStart = cpuMs(agent.pid);
     let k = 0;
     let returnedAt;
     if (outageS > 0) {
@@ -254,6 +271,8 @@ http: { listen: false }
       if (outstanding === 0) waiter();
     });
     const left = outstanding;
+    // The agent's CPU for the stream and its drain, per event: what it needs of a core at RATE.
+    const agentCpuPerEvent = (cpuMs(agent.pid) - cpuAtStart) / total;
 
     // An event that never arrived counts as infinitely late (p99 says "never" when more
     // than 1 % did not arrive).
@@ -297,6 +316,7 @@ http: { listen: false }
       resumeMs,
       afterP50: pct(afterReturn, 0.5),
       afterP99: pct(afterReturn, 0.99),
+      agentCpuPerEvent,
     };
   } finally {
     clearTimeout(killer);
@@ -313,7 +333,7 @@ function line(r) {
   const outage = Number.isNaN(r.resumeMs)
     ? ""
     : `  first arrival ${ms(r.resumeMs)} after the receiver's return; readings published after it: p50 ${ms(r.afterP50)} p99 ${ms(r.afterP99)}`;
-  return `${r.label.padEnd(8)} p50 ${ms(r.p50).padStart(9)}  p99 ${ms(r.p99).padStart(9)}  max ${ms(r.max).padStart(9)}  pending at stream end ${String(r.pendingAtEnd).padStart(5)}  left after ${WAIT_S} s ${String(r.left).padStart(5)}  last arrival ${ms(r.tail).padStart(9)} after the last reading  order violations ${r.outOfOrder}  duplicates ${r.duplicates}  (${r.requests} requests, ${r.failed} answered 500)  [publish→agent p50 ${ms(r.ingestP50)}; agent→receiver p50 ${ms(r.deliveryP50)} p99 ${ms(r.deliveryP99)}]${outage}`;
+  return `${r.label.padEnd(8)} p50 ${ms(r.p50).padStart(9)}  p99 ${ms(r.p99).padStart(9)}  max ${ms(r.max).padStart(9)}  pending at stream end ${String(r.pendingAtEnd).padStart(5)}  left after ${WAIT_S} s ${String(r.left).padStart(5)}  last arrival ${ms(r.tail).padStart(9)} after the last reading  order violations ${r.outOfOrder}  duplicates ${r.duplicates}  (${r.requests} requests, ${r.failed} answered 500)  [publish→agent p50 ${ms(r.ingestP50)}; agent→receiver p50 ${ms(r.deliveryP50)} p99 ${ms(r.deliveryP99)}; agent CPU ${r.agentCpuPerEvent.toFixed(2)} ms/event]${outage}`;
 }
 
 const brokerPort = await freePort();
@@ -331,6 +351,11 @@ const broker = spawn("mosquitto", ["-c", join(dir, "mosquitto.conf")], { stdio: 
 const results = { healthy: [], flaky: [], outage: [] };
 try {
   await waitForPort(brokerPort);
+  console.log(
+    `load average at start: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")} (${cpus().length} CPUs)`,
+  );
   console.log(
     `flaky receiver bench: ${RATE} readings/s over ${SERIES} series for ${SECONDS} s (every reading an event), ${FAIL * 100} % answered 500, concurrency ${CONCURRENCY}; agent ${BIN}`,
   );
@@ -363,10 +388,15 @@ try {
       "requests",
       "failed",
     ];
-    const more = ["ingestP50", "deliveryP50", "deliveryP99", "resumeMs", "afterP50", "afterP99"];
+    const more = ["ingestP50", "deliveryP50", "deliveryP99", "resumeMs", "afterP50", "afterP99", "agentCpuPerEvent"];
     const med = Object.fromEntries([...keys, ...more].map((k) => [k, m(k)]));
     console.log(`median of ${rs.length}: ${line({ label, ...med })}`);
   }
+  console.log(
+    `load average at end: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}`,
+  );
 } finally {
   broker.kill("SIGTERM");
   await new Promise((r) => broker.once("exit", r));
