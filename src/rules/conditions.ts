@@ -1,7 +1,7 @@
 /**
- * Turns a validated RuleConfig into what the engine runs: matchers, one condition
- * with `active`/`clear` tests, timings in ms, and a version hash of the parts that
- * define the series state machine.
+ * The condition of an alert rule (`active`/`clear` tests, compiled from the rule's
+ * threshold keys), the numeric view of a reading value, and the version hash of the
+ * parts of a rule that define its series state machine. compile.ts puts them together.
  *
  * Boundaries follow the Prometheus / Home Assistant convention: `above: 30` is active
  * for values strictly greater than 30 (30 itself is not), `below: 10` strictly less.
@@ -11,55 +11,31 @@
  */
 import { createHash } from "node:crypto";
 import type { RuleConfig } from "../config/schema.js";
-import { SEVERITY_PRIORITY } from "../events.js";
+import type { ConditionName, Threshold } from "../event-data.js";
 import type { ReadingValue } from "../sources/reading.js";
-import { compileGlob, hasWildcard, type Matcher } from "./glob.js";
-import type { AggregateFn } from "./windows.js";
 
-export type ConditionName = "above" | "below" | "between" | "outside" | "equals" | "rate_above" | "rate_below";
+export type { ConditionName, Threshold } from "../event-data.js";
 
 export interface Condition {
-  name: ConditionName;
+  readonly name: ConditionName;
   /** What the body reports as `threshold`. */
-  threshold: number | string | boolean | readonly [number, number];
+  readonly threshold: Threshold;
   /** False for `equals`, which compares text states. */
-  numeric: boolean;
+  readonly numeric: boolean;
   /** The alert condition holds (pending/firing). */
-  active: (v: number | string) => boolean;
+  readonly active: (v: number | string) => boolean;
   /** A firing alert may clear (hysteresis); by default `!active`. */
-  clear: (v: number | string) => boolean;
+  readonly clear: (v: number | string) => boolean;
 }
 
-export type RuleKind = "alert" | "absent" | "forward";
+export const RATE_FACTOR = { s: 1, m: 60, h: 3600 } as const;
 
-export interface CompiledRule {
-  readonly cfg: RuleConfig;
-  readonly name: string;
-  /** Hash of the state-defining part of the rule; stored with each series state. */
-  readonly version: string;
-  readonly kind: RuleKind;
-  readonly sensor: Matcher;
-  readonly metric: Matcher;
-  readonly labels: readonly (readonly [string, string])[] | undefined;
-  readonly priority: number;
-  readonly condition: Condition | undefined;
-  readonly aggregate: { fn: AggregateFn; overMs: number } | undefined;
-  /** Rate window and the factor from per-second to the rule's `rate_per`. */
-  readonly rate: { windowMs: number; factor: number } | undefined;
-  readonly forMs: number;
-  readonly clearForMs: number;
-  readonly repeatMs: number | undefined;
-  readonly cooldownMs: number | undefined;
-  readonly absentMs: number | undefined;
-  /** absent_for with `match.metric: "*"` watches whole sensors (any metric keeps it alive). */
-  readonly perSensor: boolean;
-  /** Literal sensor (and metric) names an absent rule can watch before the first reading. */
-  readonly knownSensor: string | undefined;
-  readonly knownMetric: string | undefined;
-  readonly batchMs: number | undefined;
-}
-
-const RATE_FACTOR = { s: 1, m: 60, h: 3600 } as const;
+/**
+ * The value a numeric condition compares. The engine hands numeric conditions numbers
+ * only (text is counted as non-numeric before); NaN makes every comparison false, as
+ * comparing such text with a number did.
+ */
+const n = (v: number | string): number => (typeof v === "number" ? v : Number.NaN);
 
 /** Numeric view of a reading value: booleans are 1/0, numeric text is parsed; NaN otherwise. */
 export function toNumber(v: ReadingValue): number {
@@ -99,11 +75,14 @@ export function ruleVersion(r: RuleConfig): string {
 
 function sortKeys(o: Readonly<Record<string, string>>): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const k of Object.keys(o).sort()) out[k] = o[k] as string;
+  for (const k of Object.keys(o).sort()) {
+    const v = o[k];
+    if (v !== undefined) out[k] = v;
+  }
   return out;
 }
 
-function condition(r: RuleConfig): Condition | undefined {
+export function compileCondition(r: RuleConfig): Condition | undefined {
   if (r.above !== undefined) {
     const t = r.above;
     const c = r.clear_below;
@@ -111,8 +90,8 @@ function condition(r: RuleConfig): Condition | undefined {
       name: "above",
       threshold: t,
       numeric: true,
-      active: (v) => (v as number) > t,
-      clear: c === undefined ? (v) => !((v as number) > t) : (v) => (v as number) < c,
+      active: (v) => n(v) > t,
+      clear: c === undefined ? (v) => !(n(v) > t) : (v) => n(v) < c,
     };
   }
   if (r.below !== undefined) {
@@ -122,13 +101,13 @@ function condition(r: RuleConfig): Condition | undefined {
       name: "below",
       threshold: t,
       numeric: true,
-      active: (v) => (v as number) < t,
-      clear: c === undefined ? (v) => !((v as number) < t) : (v) => (v as number) > c,
+      active: (v) => n(v) < t,
+      clear: c === undefined ? (v) => !(n(v) < t) : (v) => n(v) > c,
     };
   }
   if (r.between !== undefined) {
     const [lo, hi] = r.between;
-    const active = (v: number | string) => (v as number) >= lo && (v as number) <= hi;
+    const active = (v: number | string) => n(v) >= lo && n(v) <= hi;
     return { name: "between", threshold: r.between, numeric: true, active, clear: (v) => !active(v) };
   }
   if (r.outside !== undefined) {
@@ -140,10 +119,8 @@ function condition(r: RuleConfig): Condition | undefined {
       name: "outside",
       threshold: r.outside,
       numeric: true,
-      active: (v) => (v as number) < lo || (v as number) > hi,
-      clear: (v) =>
-        (cLo === undefined ? (v as number) >= lo : (v as number) > cLo) &&
-        (cHi === undefined ? (v as number) <= hi : (v as number) < cHi),
+      active: (v) => n(v) < lo || n(v) > hi,
+      clear: (v) => (cLo === undefined ? n(v) >= lo : n(v) > cLo) && (cHi === undefined ? n(v) <= hi : n(v) < cHi),
     };
   }
   if (r.equals !== undefined) {
@@ -164,8 +141,8 @@ function condition(r: RuleConfig): Condition | undefined {
       name: "rate_above",
       threshold: t,
       numeric: true,
-      active: (v) => (v as number) > t,
-      clear: (v) => !((v as number) > t),
+      active: (v) => n(v) > t,
+      clear: (v) => !(n(v) > t),
     };
   }
   if (r.rate_below !== undefined) {
@@ -174,39 +151,9 @@ function condition(r: RuleConfig): Condition | undefined {
       name: "rate_below",
       threshold: t,
       numeric: true,
-      active: (v) => (v as number) < t,
-      clear: (v) => !((v as number) < t),
+      active: (v) => n(v) < t,
+      clear: (v) => !(n(v) < t),
     };
   }
   return undefined;
-}
-
-export function compileRule(r: RuleConfig): CompiledRule {
-  const cond = condition(r);
-  const isRate = r.rate_above !== undefined || r.rate_below !== undefined;
-  const kind: RuleKind = cond ? "alert" : r.absent_for !== undefined ? "absent" : "forward";
-  const labelPairs = r.match.labels ? Object.entries(r.match.labels) : [];
-  const perSensor = kind === "absent" && /^\*+$/.test(r.match.metric);
-  return {
-    cfg: r,
-    name: r.name,
-    version: ruleVersion(r),
-    kind,
-    sensor: compileGlob(r.match.sensor),
-    metric: compileGlob(r.match.metric),
-    labels: labelPairs.length > 0 ? labelPairs : undefined,
-    priority: r.priority ?? SEVERITY_PRIORITY[r.severity],
-    condition: cond,
-    aggregate: r.aggregate && cond && !isRate ? { fn: r.aggregate.fn, overMs: r.aggregate.over } : undefined,
-    rate: isRate ? { windowMs: r.rate_window, factor: RATE_FACTOR[r.rate_per] } : undefined,
-    forMs: r.for ?? 0,
-    clearForMs: r.clear_for ?? 0,
-    repeatMs: r.repeat_every || undefined,
-    cooldownMs: r.cooldown || undefined,
-    absentMs: kind === "absent" ? r.absent_for : undefined,
-    perSensor,
-    knownSensor: kind === "absent" && !hasWildcard(r.match.sensor) ? r.match.sensor : undefined,
-    knownMetric: kind === "absent" && !perSensor && !hasWildcard(r.match.metric) ? r.match.metric : undefined,
-    batchMs: typeof r.forward === "object" ? r.forward.batch_every : undefined,
-  };
 }

@@ -75,8 +75,8 @@ export class DueQueue<T extends Schedulable> {
     let i = h.length - 1;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      const pe = h[p] as Entry<T>;
-      if (pe.at <= e.at) break;
+      const pe = h[p];
+      if (pe === undefined || pe.at <= e.at) break;
       h[i] = pe;
       i = p;
     }
@@ -85,17 +85,24 @@ export class DueQueue<T extends Schedulable> {
 
   #pop(): void {
     const h = this.#heap;
-    const last = h.pop() as Entry<T>;
-    if (h.length === 0) return;
+    const last = h.pop();
+    if (last === undefined || h.length === 0) return;
     let i = 0;
     const n = h.length;
     for (;;) {
       const l = 2 * i + 1;
       if (l >= n) break;
-      const r = l + 1;
-      const c = r < n && (h[r] as Entry<T>).at < (h[l] as Entry<T>).at ? r : l;
-      if ((h[c] as Entry<T>).at >= last.at) break;
-      h[i] = h[c] as Entry<T>;
+      const left = h[l];
+      if (left === undefined) break;
+      let c = l;
+      let child = left;
+      const right = l + 1 < n ? h[l + 1] : undefined;
+      if (right !== undefined && right.at < left.at) {
+        c = l + 1;
+        child = right;
+      }
+      if (child.at >= last.at) break;
+      h[i] = child;
       i = c;
     }
     h[i] = last;

@@ -43,12 +43,13 @@ export function checkRule(r: RuleConfig, given: (key: string) => boolean): RuleP
     add([], `give one kind of condition per rule, not ${groups.join(" and ")}; write one rule for each`);
     return problems;
   }
-  if (thresholds.length > 1) {
+  const second = thresholds[1];
+  if (second !== undefined) {
     const hint =
       thresholds.length === 2 && thresholds.includes("above") && thresholds.includes("below")
         ? "; for 'above or below' write outside: [low, high]"
         : "";
-    add([thresholds[1] as string], `give one of ${thresholds.join(", ")}, not several${hint}`);
+    add([second], `give one of ${thresholds.join(", ")}, not several${hint}`);
   }
   if (rates.length > 1) add(["rate_below"], "give either rate_above or rate_below; write one rule for each");
 

@@ -22,11 +22,12 @@ class Fifo {
   push(v: number): void {
     this.items.push(v);
   }
+  // Callers look at an end only when the FIFO is not empty; NaN would be a bug showing.
   first(): number {
-    return this.items[this.head] as number;
+    return this.items[this.head] ?? Number.NaN;
   }
   last(): number {
-    return this.items[this.items.length - 1] as number;
+    return this.items[this.items.length - 1] ?? Number.NaN;
   }
   shift(): void {
     this.head++;

@@ -1,0 +1,104 @@
+/**
+ * Turns a validated RuleConfig into what the engine runs: a CompiledRule, one member per
+ * kind of rule, so the code of each kind reads only fields that kind has. A new kind of
+ * rule is a new member here, built by compileRule, and a series machine for it
+ * (series.ts lists the machines).
+ *
+ * - `alert`: a threshold or rate condition over one metric (above, below, between,
+ *   outside, equals, rate_above, rate_below), optionally over an aggregate window; the
+ *   pending → firing → clearing → ok state machine of alert.ts.
+ * - `absent`: `absent_for`, the silence watch of absent.ts.
+ * - `forward`: `forward`, readings sent on as telemetry, one by one or in batches
+ *   (forward.ts). Forward rules keep no series state.
+ */
+import type { RuleConfig } from "../config/schema.js";
+import { SEVERITY_PRIORITY } from "../events.js";
+import { type Condition, compileCondition, RATE_FACTOR, ruleVersion } from "./conditions.js";
+import { compileGlob, hasWildcard, type Matcher } from "./glob.js";
+import type { AggregateFn } from "./windows.js";
+
+/** What every kind of rule has: its name, what it matches and how its events rank. */
+interface RuleBase {
+  readonly cfg: RuleConfig;
+  readonly name: string;
+  /** Hash of the state-defining part of the rule; stored with each series state. */
+  readonly version: string;
+  readonly sensor: Matcher;
+  readonly metric: Matcher;
+  readonly labels: readonly (readonly [string, string])[] | undefined;
+  readonly priority: number;
+}
+
+export interface AlertRule extends RuleBase {
+  readonly kind: "alert";
+  readonly condition: Condition;
+  /** Compare the aggregate of a window instead of each reading (not with rates). */
+  readonly aggregate: { readonly fn: AggregateFn; readonly overMs: number } | undefined;
+  /** Rate window and the factor from per-second to the rule's `rate_per`. */
+  readonly rate: { readonly windowMs: number; readonly factor: number } | undefined;
+  readonly forMs: number;
+  readonly clearForMs: number;
+  readonly repeatMs: number | undefined;
+  readonly cooldownMs: number | undefined;
+}
+
+export interface AbsentRule extends RuleBase {
+  readonly kind: "absent";
+  readonly absentMs: number;
+  /** absent_for with `match.metric: "*"` watches whole sensors (any metric keeps it alive). */
+  readonly perSensor: boolean;
+  /** Literal sensor (and metric) names the rule can watch before the first reading. */
+  readonly knownSensor: string | undefined;
+  readonly knownMetric: string | undefined;
+}
+
+export interface ForwardRule extends RuleBase {
+  readonly kind: "forward";
+  /** `forward.batch_every`; undefined sends each reading as it comes. */
+  readonly batchMs: number | undefined;
+}
+
+export type CompiledRule = AlertRule | AbsentRule | ForwardRule;
+export type RuleKind = CompiledRule["kind"];
+/** The kinds of rule that keep state per series (each has a machine in series.ts). */
+export type SeriesRule = Exclude<CompiledRule, ForwardRule>;
+
+export function compileRule(r: RuleConfig): CompiledRule {
+  const labelPairs = r.match.labels ? Object.entries(r.match.labels) : [];
+  const base: RuleBase = {
+    cfg: r,
+    name: r.name,
+    version: ruleVersion(r),
+    sensor: compileGlob(r.match.sensor),
+    metric: compileGlob(r.match.metric),
+    labels: labelPairs.length > 0 ? labelPairs : undefined,
+    priority: r.priority ?? SEVERITY_PRIORITY[r.severity],
+  };
+  const condition = compileCondition(r);
+  if (condition !== undefined) {
+    const isRate = r.rate_above !== undefined || r.rate_below !== undefined;
+    return {
+      ...base,
+      kind: "alert",
+      condition,
+      aggregate: r.aggregate && !isRate ? { fn: r.aggregate.fn, overMs: r.aggregate.over } : undefined,
+      rate: isRate ? { windowMs: r.rate_window, factor: RATE_FACTOR[r.rate_per] } : undefined,
+      forMs: r.for ?? 0,
+      clearForMs: r.clear_for ?? 0,
+      repeatMs: r.repeat_every || undefined,
+      cooldownMs: r.cooldown || undefined,
+    };
+  }
+  if (r.absent_for !== undefined) {
+    const perSensor = /^\*+$/.test(r.match.metric);
+    return {
+      ...base,
+      kind: "absent",
+      absentMs: r.absent_for,
+      perSensor,
+      knownSensor: hasWildcard(r.match.sensor) ? undefined : r.match.sensor,
+      knownMetric: !perSensor && !hasWildcard(r.match.metric) ? r.match.metric : undefined,
+    };
+  }
+  return { ...base, kind: "forward", batchMs: typeof r.forward === "object" ? r.forward.batch_every : undefined };
+}
