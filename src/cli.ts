@@ -16,6 +16,7 @@ import {
   usageLine,
   wantsHelp,
 } from "./cli/commands.js";
+import type { CliIO } from "./cli/io.js";
 import { ConfigError, type LoadedConfig, loadConfig } from "./config/load.js";
 import { EdgehookError, ExitCode } from "./errors.js";
 import type { LogFormat } from "./ops/logger.js";
@@ -23,21 +24,6 @@ import { describePolledSources } from "./sources/polled.js";
 import { version } from "./version.js";
 
 export { version };
-
-export interface CliIO {
-  env: NodeJS.ProcessEnv;
-  pid: number;
-  out: (line: string) => void;
-  err: (line: string) => void;
-  /** Subscribes to a process signal; returns an unsubscribe function. */
-  onSignal: (signal: NodeJS.Signals, handler: () => void) => () => void;
-  /** Exits at once (second SIGTERM). */
-  exitNow: (code: number) => void;
-  /** Whether stdout is a terminal (readable logs, colour). */
-  isTTY?: boolean;
-  /** Writes text as it is (pretty log lines carry their own newline). */
-  write?: (text: string) => void;
-}
 
 export async function runCli(argv: string[], io: CliIO): Promise<number> {
   const [command, ...rest] = argv;

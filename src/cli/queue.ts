@@ -7,18 +7,17 @@
  * Exit codes: 0 ok, 64 usage (with a usage line), 1 not found.
  */
 import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { type ParseArgsConfig, parseArgs } from "node:util";
-import { systemClock } from "../clock.js";
 import type { LoadedConfig } from "../config/load.js";
 import { parseDuration } from "../config/units.js";
 import { ExitCode } from "../errors.js";
-import { silentLogger } from "../ops/logger.js";
-import { Metrics } from "../ops/metrics.js";
 import { seriesLabel } from "../series-key.js";
-import { Outbox } from "../store/outbox.js";
+import type { Outbox } from "../store/outbox.js";
 import type { DeliveryListing, DeliveryState } from "../store/types.js";
+import { outboxFile, withOutbox } from "./outbox-file.js";
 import { safe, safeLines } from "./safe-text.js";
+import { destinationState, fetchStatus } from "./status.js";
+import { formatAge, printTable } from "./table.js";
 
 type Out = (line: string) => void;
 
@@ -31,39 +30,6 @@ const USAGE = {
   queue: "usage: edgehook queue stats|list|show|replay|purge [options] --config FILE",
   destination: "usage: edgehook destination enable NAME --config FILE",
 };
-
-export function outboxFile(loaded: LoadedConfig): string {
-  return join(loaded.dataDir, "outbox.db");
-}
-
-function openOutbox(loaded: LoadedConfig): Outbox {
-  const maxAge: Record<string, number> = {};
-  for (const [name, d] of Object.entries(loaded.config.destinations)) {
-    if (d.max_age !== undefined) maxAge[name] = d.max_age;
-  }
-  const outbox = new Outbox({
-    file: outboxFile(loaded),
-    limits: loaded.config.outbox,
-    clock: systemClock,
-    logger: silentLogger(),
-    metrics: new Metrics(),
-    destinationMaxAge: maxAge,
-    check: false,
-  });
-  outbox.open();
-  return outbox;
-}
-
-/** Runs fn on the outbox, or returns `ifMissing` when the agent never created one. */
-export function withOutbox<T>(loaded: LoadedConfig, ifMissing: () => T, fn: (o: Outbox) => T): T {
-  if (!existsSync(outboxFile(loaded))) return ifMissing();
-  const outbox = openOutbox(loaded);
-  try {
-    return fn(outbox);
-  } finally {
-    outbox.close();
-  }
-}
 
 function usage(out: Out, line: string, problem?: string): number {
   if (problem) out(`edgehook: ${problem}`);
@@ -110,7 +76,6 @@ async function stats(args: string[], loaded: LoadedConfig, out: Out): Promise<nu
     (o) => ({ stats: o.stats(), flags: o.destinationFlags() }),
   );
   // Up or down is known only to the running agent; only "disabled" is stored.
-  const { fetchStatus, destinationState } = await import("./status.js");
   const live = await fetchStatus(loaded);
   const liveDest = "snapshot" in live ? live.snapshot.destinations : undefined;
   const names = new Set([...Object.keys(loaded.config.destinations), ...rows.stats.map((s) => s.destination)]);
@@ -389,34 +354,4 @@ function lastOutcome(r: DeliveryListing): string {
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
-}
-
-/** 75_000 → "1m15s"; two largest units. */
-export function formatAge(ms: number): string {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  const parts: [number, string][] = [
-    [Math.floor(s / 86_400), "d"],
-    [Math.floor((s % 86_400) / 3600), "h"],
-    [Math.floor((s % 3600) / 60), "m"],
-    [s % 60, "s"],
-  ];
-  const first = parts.findIndex(([n]) => n > 0);
-  if (first === -1) return "0s";
-  return parts
-    .slice(first, first + 2)
-    .filter(([n]) => n > 0)
-    .map(([n, u]) => `${n}${u}`)
-    .join("");
-}
-
-export function printTable(out: Out, rows: string[][]): void {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length))) ?? [];
-  for (const r of rows) {
-    out(
-      r
-        .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
-        .join("  ")
-        .trimEnd(),
-    );
-  }
 }

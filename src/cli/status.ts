@@ -6,14 +6,15 @@
 import { existsSync } from "node:fs";
 import { get as httpGet } from "node:http";
 import { parseArgs } from "node:util";
-import type { CliIO } from "../cli.js";
 import type { LoadedConfig } from "../config/load.js";
 import { ExitCode } from "../errors.js";
 import { localUrl } from "../ops/http.js";
 import { outboxPart, type StatusSnapshot } from "../ops/status.js";
 import { version } from "../version.js";
-import { formatAge, outboxFile, printTable, withOutbox } from "./queue.js";
+import type { CliIO } from "./io.js";
+import { outboxFile, withOutbox } from "./outbox-file.js";
 import { safe } from "./safe-text.js";
+import { formatAge, printTable } from "./table.js";
 
 const WATCH_MS = 2_000;
 

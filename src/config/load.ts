@@ -11,7 +11,7 @@ import { readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
 import type { z } from "zod";
-import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-schema.js";
+import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-check.js";
 import { EdgehookError } from "../errors.js";
 import { isLoopback, parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";

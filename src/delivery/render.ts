@@ -19,7 +19,7 @@ import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import type { DestinationConfig, Severity } from "../config/schema.js";
 import type { NewEvent } from "../events.js";
-import { formatOf } from "./format-schema.js";
+import { formatOf } from "./format-check.js";
 import { renderPreset } from "./presets.js";
 import { signV1a } from "./sign-v1a.js";
 import { type CompiledTemplate, compileTemplate } from "./template.js";
@@ -93,7 +93,7 @@ export function render(body: Buffer, dest: DestinationConfig): Rendered {
 /**
  * Which signatures `signature: standard` adds: v1 (HMAC) for each `secret`, v1a
  * (Ed25519) for each `ed25519.secret`. A preset destination without secrets is
- * sent unsigned (see needsHmacSecret in format-schema.ts).
+ * sent unsigned (see needsHmacSecret in format-check.ts).
  */
 export function signingPlan(dest: DestinationConfig): { hmac: string[]; ed25519: string[] } {
   if (dest.signature === "none") return { hmac: [], ed25519: [] };

@@ -4,7 +4,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { COMMANDS, checkOptions, resolveCommand } from "../../src/cli/commands.js";
-import { type CliIO, runCli } from "../../src/cli.js";
+import type { CliIO } from "../../src/cli/io.js";
+import { runCli } from "../../src/cli.js";
 import { parseConfig } from "../../src/config/load.js";
 import { closest } from "../../src/suggest.js";
 
