@@ -23,6 +23,8 @@ import type { LogFormat } from "./ops/logger.js";
 import { describePolledSources } from "./sources/polled.js";
 import { version } from "./version.js";
 
+// For callers outside src/cli (main.ts, tests); modules under src/cli import ./cli/io.js, since cli.ts imports them.
+export type { CliIO };
 export { version };
 
 export async function runCli(argv: string[], io: CliIO): Promise<number> {
