@@ -3,10 +3,13 @@
  * from any read or write of the open outbox is recorded once (`damage`, logged fatal with
  * what to do); from then on the outbox refuses new events (refusal.ts) and the agent's
  * /healthz fails, so systemd restarts it and openDatabase() salvages the readable rows into
- * a fresh file (db.ts, salvage.ts).
+ * a fresh file (db.ts, salvage.ts). An event body that fails its checksum (body-check.ts)
+ * is damage too; it also leaves a marker so that the restart salvages although SQLite's
+ * own check finds nothing wrong.
  */
 import type { Clock } from "../clock.js";
 import type { Logger } from "../ops/logger.js";
+import { DamagedBodyError, damageMarker, writeDamageMarker } from "./body-check.js";
 
 /** The database failed while running: SQLITE_CORRUPT/NOTADB (`corrupt`) or SQLITE_IOERR (`io_error`). */
 export interface Damage {
@@ -38,6 +41,7 @@ export class DamageWatch {
   readonly #clock: Clock;
   readonly #log: Logger;
   #damage: Damage | undefined;
+  #marked = false;
 
   constructor(file: string, clock: Clock, log: Logger) {
     this.#file = file;
@@ -61,6 +65,15 @@ export class DamageWatch {
   }
 
   note(err: unknown): void {
+    if (err instanceof DamagedBodyError && !this.#marked) {
+      this.#marked = true;
+      if (!writeDamageMarker(this.#file, err.message)) {
+        this.#log.error(
+          { file: this.#file, marker: damageMarker(this.#file) },
+          `could not write ${damageMarker(this.#file)}: the next start may not notice that an event body is damaged`,
+        );
+      }
+    }
     const code = (err as { code?: unknown } | undefined)?.code;
     if (typeof code !== "string" || this.#damage) return;
     const kind = damageKind(code);

@@ -7,10 +7,11 @@
  * Durability: WAL with synchronous=FULL. Every commit fsyncs the WAL, so a commit that
  * returned survives power loss; group commit in outbox.ts keeps that affordable.
  */
-import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import type { Logger } from "../ops/logger.js";
+import { damageMarker, removeDamageMarker } from "./body-check.js";
 import { damageKind } from "./damage.js";
 import { type SalvageCounts, salvageInto } from "./salvage.js";
 
@@ -124,6 +125,12 @@ const MIGRATIONS: readonly string[] = [
     broker_dropped INTEGER            -- the broker's dropped-message count when last seen
   ) WITHOUT ROWID;
   `,
+  // 3 → 4: the CRC-32 of each event body (body-check.ts). SQLite does not notice damage
+  // inside a row's bytes, so a garbled body was signed and sent as valid. Rows stored
+  // before have none (NULL) and are taken as before.
+  `
+  ALTER TABLE events ADD COLUMN body_crc INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -145,12 +152,15 @@ export interface OpenOptions {
  * with their deliveries, rule states, message keys, destination flags) go into a fresh
  * file, the damaged one is renamed to `<file>.corrupt-<ISO time>` (with its -wal and
  * -shm) and the fresh one takes its place; one error line says how many rows were saved
- * and lost. Throws only when no fresh database can be created.
+ * and lost. Throws only when no fresh database can be created. A file found damaged while
+ * running in a way the check cannot see (an event body that failed its checksum, which
+ * left a marker: body-check.ts) is salvaged the same way.
  */
 export function openDatabase(file: string, opts: OpenOptions): Database.Database {
   const check = opts.check ?? true;
   mkdirSync(dirname(file), { recursive: true });
   try {
+    if (check) damagedWhileRunning(file);
     return openChecked(file, check, opts.logger);
   } catch (err) {
     if (!check || !isCorruption(err)) throw err;
@@ -167,6 +177,7 @@ export function openDatabase(file: string, opts: OpenOptions): Database.Database
       removeSet(salvageFile);
     }
     const moved = moveAside(file, suffix);
+    removeDamageMarker(file);
     if (counts) renameSync(salvageFile, file);
     const ms = Math.round(performance.now() - started);
     const movedTo = `${file}${suffix}`;
@@ -208,13 +219,24 @@ export function openDatabase(file: string, opts: OpenOptions): Database.Database
           messageKeys: counts.messageKeys,
           flags: counts.flags,
         },
-        lost: { pending: lostPending, rejectedRows: counts.rejected },
+        lost: { pending: lostPending, rejectedRows: counts.rejected, damagedBodies: counts.damagedBodies },
         damagedTables: counts.damagedTables,
       },
-      `outbox database ${file} is damaged (${(err as Error).message}); salvaged ${counts.events} pending events (${counts.pending} deliveries) and ${states} into a fresh outbox; lost ${lost}${counts.rejected > 0 ? ` and ${counts.rejected} unreadable rows` : ""}. The damaged file is kept at ${movedTo}; check the storage (dmesg, SD card health).`,
+      `outbox database ${file} is damaged (${(err as Error).message}); salvaged ${counts.events} pending events (${counts.pending} deliveries) and ${states} into a fresh outbox; lost ${lost}${rejectedRows(counts)}. The damaged file is kept at ${movedTo}; check the storage (dmesg, SD card health).`,
     );
     return openChecked(file, true, log);
   }
+}
+
+/** The rows left out, for the salvage line: " and 3 unreadable rows (2 event bodies failed their checksum)". */
+function rejectedRows(counts: SalvageCounts): string {
+  if (counts.rejected === 0) return "";
+  const bodies = counts.damagedBodies;
+  const why =
+    bodies === 0
+      ? ""
+      : ` (${bodies} event ${bodies === 1 ? "body" : "bodies"} failed ${bodies === 1 ? "its" : "their"} checksum)`;
+  return ` and ${counts.rejected} unreadable rows${why}`;
 }
 
 /** Copies what is readable in `file` into a fresh outbox at `out`. */
@@ -243,6 +265,7 @@ function salvage(file: string, out: string, logger: Logger): SalvageCounts {
           expectedEvents: null,
           expectedPending: null,
           rejected: 0,
+          damagedBodies: 0,
           damagedTables: ["all"],
         };
       }
@@ -316,6 +339,18 @@ function migrate(db: Database.Database): void {
 
 class CorruptDatabaseError extends Error {
   readonly code = "SQLITE_CORRUPT";
+}
+
+/** Throws CorruptDatabaseError when a marker says the file was found damaged while running. */
+function damagedWhileRunning(file: string): void {
+  const marker = damageMarker(file);
+  let reason: string;
+  try {
+    reason = readFileSync(marker, "utf8").trim();
+  } catch {
+    return; // no marker (the usual case)
+  }
+  throw new CorruptDatabaseError(`found while running, ${marker}: ${reason || "no reason recorded"}`);
 }
 
 /** SQLite's answers for a damaged file or one that is not a database at all. */

@@ -7,6 +7,7 @@
  * against the counter mirror (limits.ts).
  */
 import type { CommitBatch } from "../events.js";
+import { bodyCrc } from "./body-check.js";
 import type { OutboxConnection } from "./connection.js";
 import type { Delta } from "./counters.js";
 import { DELIVERY_OVERHEAD, EVENT_OVERHEAD, type Retention } from "./limits.js";
@@ -27,8 +28,8 @@ export class Enqueue {
     const db = conn.db;
     this.#s = {
       insertEvent: db.prepare(
-        `INSERT INTO events (id, type, rule, series, severity, priority, created_at, size, body)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO events (id, type, rule, series, severity, priority, created_at, size, body, body_crc)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       insertDelivery: db.prepare(
         `INSERT INTO deliveries (event_seq, destination, series, priority, created_at, is_head, next_at)
@@ -69,6 +70,7 @@ export class Enqueue {
         e.createdAt,
         size,
         body,
+        bodyCrc(body),
       ).lastInsertRowid;
       for (const d of destinations) {
         const key = seriesKey(d, e.series);

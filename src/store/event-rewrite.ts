@@ -4,13 +4,16 @@
  * used the body (signatures cover the stored bytes). The stored size follows the new
  * body, so the max_bytes counter stays true.
  */
+import { bodyCrc, checkBody } from "./body-check.js";
 import type { OutboxConnection } from "./connection.js";
 
 interface UnsentRow {
   seq: number;
+  id: string;
   size: number;
   len: number;
   body: Buffer;
+  body_crc: number | null;
 }
 
 export class EventRewrite {
@@ -22,16 +25,20 @@ export class EventRewrite {
     const db = conn.db;
     this.#s = {
       unsentEvent: db.prepare(
-        `SELECT seq, size, length(body) AS len, body FROM events e WHERE id = ?
+        `SELECT seq, id, size, length(body) AS len, body, body_crc FROM events e WHERE id = ?
            AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.history IS NOT NULL)`,
       ),
-      replaceBody: db.prepare("UPDATE events SET body = ?, size = ? WHERE seq = ?"),
+      replaceBody: db.prepare("UPDATE events SET body = ?, body_crc = ?, size = ? WHERE seq = ?"),
     };
   }
 
-  /** The stored body of an event that no attempt has used yet, or undefined. */
+  /** The stored body of an event that no attempt has used yet, or undefined; a damaged one is damage (guard). */
   unsentBody(eventId: string): Buffer | undefined {
-    return (this.#s.unsentEvent.get(eventId) as UnsentRow | undefined)?.body;
+    return this.#conn.guard(() => {
+      const row = this.#s.unsentEvent.get(eventId) as UnsentRow | undefined;
+      if (row) checkBody(row.id, row.body, row.body_crc);
+      return row?.body;
+    });
   }
 
   /** Replaces the stored bodies of events no attempt has used yet, in one transaction. Returns how many. */
@@ -42,7 +49,7 @@ export class EventRewrite {
         const row = this.#s.unsentEvent.get(id) as UnsentRow | undefined;
         if (!row) continue;
         const size = row.size - row.len + body.length;
-        this.#s.replaceBody.run(body, size, row.seq);
+        this.#s.replaceBody.run(body, bodyCrc(body), size, row.seq);
         delta.bytes += size - row.size;
         n++;
       }

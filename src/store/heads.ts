@@ -9,6 +9,7 @@
  * (operator.ts), so next() reads a small index instead of scanning the backlog.
  */
 import type { Clock } from "../clock.js";
+import { checkBody } from "./body-check.js";
 import type { OutboxConnection } from "./connection.js";
 import { appendHistory, clip, DEAD, DELIVERED, PENDING, type SeriesSet } from "./rows.js";
 import type { Delivery, OutboxReader, Settlement } from "./types.js";
@@ -22,6 +23,13 @@ interface NextRow {
   attempts: number;
   created_at: number;
   next_at: number;
+}
+
+interface EventRow {
+  id: string;
+  type: string;
+  body: Buffer;
+  body_crc: number | null;
 }
 
 export class SeriesHeads implements OutboxReader {
@@ -42,14 +50,14 @@ export class SeriesHeads implements OutboxReader {
       // Walks the heads in priority/id order and stops after LIMIT due ones; without the
       // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
       // Bodies are read only for the heads handed out (eventOf): most heads a busy lane sees
-      // are in flight and skipped.
+      // are in flight and skipped. Each is checked against its checksum (body-check.ts).
       next: db.prepare(
         `SELECT d.id, d.event_seq, d.destination, d.series, d.priority, d.attempts, d.created_at, d.next_at
          FROM deliveries d INDEXED BY deliveries_next_heads
          WHERE d.destination = ? AND d.is_head = 1 AND d.next_at <= ?
          ORDER BY d.priority DESC, d.id LIMIT ?`,
       ),
-      eventOf: db.prepare("SELECT id, type, body FROM events WHERE seq = ?"),
+      eventOf: db.prepare("SELECT id, type, body, body_crc FROM events WHERE seq = ?"),
       nextDueAt: db.prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
       // The pending delivery of a series after a given one (deliveries_pending_by_series).
       nextInSeries: db.prepare(
@@ -78,7 +86,8 @@ export class SeriesHeads implements OutboxReader {
     after?: ReadonlyMap<string, number>,
   ): Delivery[] {
     if (limit <= 0) return [];
-    // Reads bodies from the file: where damage met while running shows first (guard).
+    // Reads bodies from the file: where damage met while running shows first (guard), be it
+    // SQLITE_CORRUPT or a body that fails its checksum; then nothing of the call is handed out.
     return this.#conn.guard(() => {
       const s = this.#s;
       // In-flight rows are at most one per series and are heads, so limit + |exclude| is
@@ -107,8 +116,9 @@ export class SeriesHeads implements OutboxReader {
       if (successors) picked.sort((a, b) => b.priority - a.priority || a.id - b.id);
       const out: Delivery[] = [];
       for (const r of picked) {
-        const e = s.eventOf.get(r.event_seq) as { id: string; type: string; body: Buffer } | undefined;
+        const e = s.eventOf.get(r.event_seq) as EventRow | undefined;
         if (e === undefined) continue;
+        checkBody(e.id, e.body, e.body_crc);
         out.push({
           id: r.id,
           eventId: e.id,

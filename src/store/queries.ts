@@ -6,6 +6,7 @@
 import { statSync } from "node:fs";
 import type { Clock } from "../clock.js";
 import type { Metrics } from "../ops/metrics.js";
+import { checkBody } from "./body-check.js";
 import type { OutboxConnection } from "./connection.js";
 import { PENDING, parseHistory, STATE_CODES, STATE_NAMES } from "./rows.js";
 import type { DeliveryListing, DeliveryState, DestinationStats, EventDetail } from "./types.js";
@@ -37,6 +38,7 @@ interface EventRow {
   priority: number;
   created_at: number;
   body: Buffer;
+  body_crc: number | null;
 }
 
 const LISTING_COLUMNS = `d.id, e.id AS event_id, d.destination, d.series, e.type, d.priority, d.state, d.attempts,
@@ -71,7 +73,7 @@ export class Queries {
          ORDER BY d.state DESC, d.settled_at DESC LIMIT @limit`,
       ),
       eventById: db.prepare(
-        "SELECT seq, id, type, rule, series, severity, priority, created_at, body FROM events WHERE id = ?",
+        "SELECT seq, id, type, rule, series, severity, priority, created_at, body, body_crc FROM events WHERE id = ?",
       ),
       deliveriesOfEvent: db.prepare(
         `SELECT ${LISTING_COLUMNS}, d.history FROM deliveries d JOIN events e ON e.seq = d.event_seq
@@ -118,9 +120,11 @@ export class Queries {
     return rows.map(toListing);
   }
 
+  /** Throws DamagedBodyError for a body that fails its checksum (and so `queue replay ID` refuses it too). */
   show(eventId: string): EventDetail | undefined {
     const e = this.#s.eventById.get(eventId) as EventRow | undefined;
     if (!e) return undefined;
+    checkBody(e.id, e.body, e.body_crc);
     const deliveries = (this.#s.deliveriesOfEvent.all(e.seq) as (DeliveryRow & { history: string | null })[]).map(
       (r) => ({ ...toListing(r), history: parseHistory(r.history) }),
     );

@@ -8,10 +8,15 @@
  * walked in key order, keeping every row until the damage; then from the other end
  * (descending); for integer keys the gap between the two is probed key by key (a point
  * lookup goes down the tree and may avoid the damaged page), walking on from each row
- * found; rule states are also looked up by the series their events name. Rows are checked before they are kept (types,
- * JSON bodies and states): a garbage page that happens to parse is not sent to anyone.
+ * found; rule states are also looked up by the series their events name.
+ *
+ * Rows are checked before they are kept (types, JSON bodies and states): a garbage page
+ * that happens to parse is not sent to anyone. Each event body is also checked against
+ * its checksum (body-check.ts): bytes damaged where SQLite does not look (inside a row)
+ * are not sent either; that event's deliveries count as lost.
  */
 import type Database from "better-sqlite3";
+import { bodyIntact } from "./body-check.js";
 import { RECOUNT_SQL } from "./counters.js";
 
 /** Point lookups spent on the gap between two damaged regions of an integer key. */
@@ -29,8 +34,10 @@ export interface SalvageCounts {
   /** What the damaged file's own counters said it held, when they could be read. */
   expectedEvents: number | null;
   expectedPending: number | null;
-  /** Rows read but rejected (wrong types, a body or state that is not JSON). */
+  /** Rows read but rejected (wrong types, a body or state that is not JSON, a body that fails its checksum). */
   rejected: number;
+  /** Of the rejected rows, events whose body failed its checksum. */
+  damagedBodies: number;
   /** Tables whose scan met a damaged page (some of their rows may be lost). */
   damagedTables: string[];
 }
@@ -40,10 +47,14 @@ type Row = Record<string, unknown>;
 interface TableSpec {
   name: string;
   columns: string[];
+  /** Columns added by a later migration: a file of an older schema version reads them as NULL. */
+  optional?: string[];
   /** Key columns, in the table's own order (a rowid alias, or the WITHOUT ROWID primary key). */
   key: string[];
   integerKey: boolean;
   valid: (r: Row) => boolean;
+  /** For a valid row: are its contents what was stored (a checksum matches)? */
+  intact?: (r: Row) => boolean;
 }
 
 const isInt = (v: unknown) => typeof v === "number" && Number.isInteger(v);
@@ -63,7 +74,8 @@ const isJson = (v: unknown) => {
 const TABLES: TableSpec[] = [
   {
     name: "events",
-    columns: ["seq", "id", "type", "rule", "series", "severity", "priority", "created_at", "size", "body"],
+    columns: ["seq", "id", "type", "rule", "series", "severity", "priority", "created_at", "size", "body", "body_crc"],
+    optional: ["body_crc"],
     key: ["seq"],
     integerKey: true,
     valid: (r) =>
@@ -77,8 +89,10 @@ const TABLES: TableSpec[] = [
       isInt(r.priority) &&
       isInt(r.created_at) &&
       isInt(r.size) &&
+      isIntOrNull(r.body_crc) &&
       Buffer.isBuffer(r.body) &&
       isJson(r.body),
+    intact: (r) => Buffer.isBuffer(r.body) && bodyIntact(r.body, typeof r.body_crc === "number" ? r.body_crc : null),
   },
   {
     name: "deliveries",
@@ -154,11 +168,14 @@ const TABLES: TableSpec[] = [
 export function salvageInto(from: Database.Database, to: Database.Database): SalvageCounts {
   const damaged = new Set<string>();
   let rejected = 0;
+  let damagedBodies = 0;
   const read = (spec: TableSpec, candidates?: unknown[][]): Row[] => {
     const { rows, hitDamage } = readTable(from, spec, candidates);
     if (hitDamage) damaged.add(spec.name);
-    const ok = rows.filter(spec.valid);
+    const valid = rows.filter(spec.valid);
+    const ok = spec.intact ? valid.filter(spec.intact) : valid;
     rejected += rows.length - ok.length;
+    if (spec.name === "events") damagedBodies += valid.length - ok.length;
     return ok;
   };
   const events = read(TABLES[0] as TableSpec);
@@ -212,6 +229,7 @@ export function salvageInto(from: Database.Database, to: Database.Database): Sal
     expectedEvents: tryNumber(from, "SELECT value FROM totals WHERE key = 'events'"),
     expectedPending: tryNumber(from, "SELECT SUM(n) FROM counts WHERE state = 0"),
     rejected,
+    damagedBodies,
     damagedTables: [...damaged],
   };
 }
@@ -231,20 +249,28 @@ function readTable(
   spec: TableSpec,
   candidates: readonly unknown[][] = [],
 ): { rows: Row[]; hitDamage: boolean } {
-  const cols = spec.columns.join(", ");
   const key = spec.key.join(", ");
   const tuple = `(${key})`;
   const params = `(${spec.key.map(() => "?").join(", ")})`;
   const descKey = spec.key.map((k) => `${k} DESC`).join(", ");
-  let stmts: Record<"asc" | "ascFrom" | "desc" | "descFrom" | "point", Database.Statement>;
+  type Stmts = Record<"asc" | "ascFrom" | "desc" | "descFrom" | "point", Database.Statement>;
+  const prepare = (cols: string): Stmts => ({
+    asc: db.prepare(`SELECT ${cols} FROM ${spec.name} ORDER BY ${key}`),
+    ascFrom: db.prepare(`SELECT ${cols} FROM ${spec.name} WHERE ${tuple} > ${params} ORDER BY ${key}`),
+    desc: db.prepare(`SELECT ${cols} FROM ${spec.name} ORDER BY ${descKey}`),
+    descFrom: db.prepare(`SELECT ${cols} FROM ${spec.name} WHERE ${tuple} < ${params} ORDER BY ${descKey}`),
+    point: db.prepare(`SELECT ${cols} FROM ${spec.name} WHERE ${tuple} = ${params}`),
+  });
+  let stmts: Stmts;
   try {
-    stmts = {
-      asc: db.prepare(`SELECT ${cols} FROM ${spec.name} ORDER BY ${key}`),
-      ascFrom: db.prepare(`SELECT ${cols} FROM ${spec.name} WHERE ${tuple} > ${params} ORDER BY ${key}`),
-      desc: db.prepare(`SELECT ${cols} FROM ${spec.name} ORDER BY ${descKey}`),
-      descFrom: db.prepare(`SELECT ${cols} FROM ${spec.name} WHERE ${tuple} < ${params} ORDER BY ${descKey}`),
-      point: db.prepare(`SELECT ${cols} FROM ${spec.name} WHERE ${tuple} = ${params}`),
-    };
+    try {
+      stmts = prepare(spec.columns.join(", "));
+    } catch (err) {
+      // A file of an older schema version: its rows without the columns added since.
+      if (!spec.optional || !/no such column/.test((err as Error).message)) throw err;
+      const optional = new Set(spec.optional);
+      stmts = prepare(spec.columns.map((c) => (optional.has(c) ? `NULL AS ${c}` : c)).join(", "));
+    }
   } catch (err) {
     // A file of an older schema version may lack a table or column: nothing to save there.
     const absent = /no such (table|column)/.test((err as Error).message);

@@ -11,6 +11,7 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
+  readFileSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -26,6 +27,7 @@ import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { openDatabase } from "../../src/store/db.js";
 import { damageKind, Outbox } from "../../src/store/outbox.js";
+import { salvageInto } from "../../src/store/salvage.js";
 import { FakeClock } from "../support/fake-clock.js";
 
 let dir: string;
@@ -262,6 +264,163 @@ describe("corrupt outbox file", () => {
     writeFileSync(join(dir, "other.db"), "not a database at all, and long enough to have a header.........");
     expect(() => openDatabase(join(dir, "other.db"), { logger: silentLogger(), check: false })).toThrow();
     expect(existsSync(join(dir, "other.db"))).toBe(true);
+  });
+});
+
+/**
+ * `n` events of about 5 KB on their own series (bodies that size live on SQLite overflow
+ * pages); event `marked` carries a run of "Q" no other body has. Returns the event ids.
+ */
+async function fillLarge(file: string, clock: FakeClock, n: number, marked: number): Promise<string[]> {
+  const o = new Outbox({ file, limits: bigLimits, clock, logger: silentLogger(), metrics: new Metrics() });
+  o.open();
+  const events = Array.from({ length: n }, (_, i) => ({
+    id: newEventId(),
+    type: "test" as const,
+    rule: "r",
+    series: `r:s${i}:m`,
+    severity: "info" as const,
+    priority: 0,
+    destinations: ["ops"],
+    createdAt: clock.now(),
+    body: {
+      type: "test" as const,
+      timestamp: "2026-01-01T00:00:00Z",
+      data: { i, pad: (i === marked ? "Q" : "x").repeat(5000) },
+    },
+  }));
+  await o.commit({ events, states: [], removedStates: [] });
+  o.close(); // checkpoints: every body is in the main file
+  return events.map((e) => e.id);
+}
+
+/**
+ * Overwrites 64 bytes inside the marked body with "Z": what a bad sector does to the bytes
+ * of a row. The body stays valid JSON and SQLite's page structure stays intact, so neither
+ * quick_check nor a JSON parse can tell; only the body's checksum can.
+ */
+function damageMarkedBody(file: string): void {
+  const at = readFileSync(file).indexOf("Q".repeat(1000));
+  expect(at).toBeGreaterThan(0);
+  const fd = openSync(file, "r+");
+  writeSync(fd, Buffer.alloc(64, "Z"), 0, 64, at + 100);
+  closeSync(fd);
+}
+
+const intact = (body: Buffer) => {
+  const pad = (JSON.parse(body.toString("utf8")) as { data: { pad: string } }).data.pad;
+  return pad === "x".repeat(5000) || pad === "Q".repeat(5000);
+};
+
+describe("event bodies are checksummed", () => {
+  it("never hands out a body damaged inside its bytes: the outbox fails as for SQLITE_CORRUPT, and the restart salvages without it", async () => {
+    const file = join(dir, "outbox.db");
+    const clock = new FakeClock();
+    const ids = await fillLarge(file, clock, 20, 7);
+    damageMarkedBody(file);
+
+    const { logger, lines } = capture();
+    let o = new Outbox({ file, limits: bigLimits, clock, logger, metrics: new Metrics() });
+    o.open(); // quick_check cannot see damage inside a row: the file opens
+    expect(readdirSync(dir).some((f) => f.includes("corrupt"))).toBe(false);
+    expect(() => o.show(ids[7] as string)).toThrow(/body of event .* does not match its checksum/);
+
+    // Drained five at a time: 0-4 go out; the call that reaches event 7 fails whole.
+    const handedOut: Buffer[] = [];
+    let thrown: unknown;
+    try {
+      for (;;) {
+        const batch = o.next("ops", clock.now(), 5, new Set());
+        if (batch.length === 0) break;
+        handedOut.push(...batch.map((d) => d.body));
+        o.settle(batch.map((d) => ({ id: d.id, outcome: "delivered" as const, attempt: { at: 0, durationMs: 1 } })));
+      }
+    } catch (err) {
+      thrown = err;
+    }
+    expect(handedOut.filter((b) => !intact(b))).toEqual([]);
+    expect(handedOut).toHaveLength(5);
+    expect(thrown).toMatchObject({ code: "SQLITE_CORRUPT" });
+    expect(o.damage).toMatchObject({ kind: "corrupt", sqliteCode: "SQLITE_CORRUPT" });
+    expect(o.refusal()).toMatchObject({ reason: "damaged" });
+    await expect(
+      o.commit({ events: [], states: [{ rule: "r", series: "x", version: "1", state: 1 }], removedStates: [] }),
+    ).rejects.toMatchObject({ code: "EDGEHOOK_DB_CORRUPT" });
+    o.close();
+    await new Promise((r) => setTimeout(r, 50));
+    const fatal = lines.filter((l) => l.level === "fatal");
+    expect(fatal).toHaveLength(1);
+    expect(fatal[0]).toMatchObject({ code: "EDGEHOOK_DB_CORRUPT", sqliteCode: "SQLITE_CORRUPT" });
+    expect(String(fatal[0]?.msg)).toMatch(new RegExp(`body of event ${ids[7]} does not match its checksum`));
+
+    // The restart salvages (although quick_check still finds nothing): the damaged event
+    // is left out and counted lost, the 14 others still pending are kept.
+    lines.length = 0;
+    o = new Outbox({ file, limits: bigLimits, clock, logger, metrics: new Metrics() });
+    o.open();
+    await new Promise((r) => setTimeout(r, 50));
+    const salvage = lines.find((l) => l.code === "EDGEHOOK_DB_CORRUPT") as {
+      saved: { pending: number };
+      lost: { pending: number; damagedBodies: number };
+      msg: string;
+    };
+    expect(salvage).toMatchObject({ saved: { pending: 14 }, lost: { pending: 1, damagedBodies: 1 } });
+    expect(salvage.msg).toMatch(
+      /found while running.*lost 1 pending deliveries and 1 unreadable rows \(1 event body failed its checksum\)/,
+    );
+    expect(readdirSync(dir).some((f) => f.startsWith("outbox.db.corrupt-"))).toBe(true);
+    expect(existsSync(`${file}-damaged`)).toBe(false);
+    const rest = o.next("ops", clock.now(), 50, new Set());
+    expect(rest.map((d) => d.eventId).sort()).toEqual(
+      ids
+        .slice(5)
+        .filter((_, i) => i !== 2)
+        .sort(),
+    );
+    expect(rest.every((d) => intact(d.body))).toBe(true);
+    expect(o.damage).toBeUndefined();
+    o.close();
+  });
+
+  it("salvage leaves out a body that fails its checksum and counts it lost", async () => {
+    const file = join(dir, "outbox.db");
+    const clock = new FakeClock();
+    const ids = await fillLarge(file, clock, 20, 12);
+    damageMarkedBody(file);
+    const from = new Database(file, { readonly: true });
+    const to = openDatabase(join(dir, "fresh.db"), { logger: silentLogger() });
+    const counts = salvageInto(from, to);
+    from.close();
+    expect(counts).toMatchObject({ events: 19, pending: 19, expectedPending: 20, rejected: 1, damagedBodies: 1 });
+    const kept = to.prepare("SELECT id FROM events").pluck().all();
+    to.close();
+    expect(kept).not.toContain(ids[12]);
+    expect(kept).toHaveLength(19);
+  });
+
+  it("rows stored before bodies had checksums are taken as before, and salvaged from a file of that schema", async () => {
+    const file = join(dir, "outbox.db");
+    const clock = new FakeClock();
+    const ids = await fillLarge(file, clock, 5, -1);
+    // The file as schema 3 left it: no body_crc column.
+    const old = new Database(file);
+    old.exec("ALTER TABLE events DROP COLUMN body_crc");
+    old.pragma("user_version = 3");
+    old.close();
+
+    const to = openDatabase(join(dir, "fresh.db"), { logger: silentLogger() });
+    const from = new Database(file, { readonly: true });
+    expect(salvageInto(from, to)).toMatchObject({ events: 5, pending: 5, rejected: 0 });
+    from.close();
+    to.close();
+
+    const o = new Outbox({ file, limits: bigLimits, clock, logger: silentLogger(), metrics: new Metrics() });
+    o.open(); // migrates: the old rows have no checksum
+    const got = o.next("ops", clock.now(), 50, new Set());
+    expect(got.map((d) => d.eventId).sort()).toEqual([...ids].sort());
+    expect(o.show(ids[0] as string)?.body).toContain('"pad":"xxx');
+    expect(o.damage).toBeUndefined();
+    o.close();
   });
 });
 
