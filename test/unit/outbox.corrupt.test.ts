@@ -323,7 +323,6 @@ describe("event bodies are checksummed", () => {
     let o = new Outbox({ file, limits: bigLimits, clock, logger, metrics: new Metrics() });
     o.open(); // quick_check cannot see damage inside a row: the file opens
     expect(readdirSync(dir).some((f) => f.includes("corrupt"))).toBe(false);
-    expect(() => o.show(ids[7] as string)).toThrow(/body of event .* does not match its checksum/);
 
     // Drained five at a time: 0-4 go out; the call that reaches event 7 fails whole.
     const handedOut: Buffer[] = [];
@@ -340,6 +339,8 @@ describe("event bodies are checksummed", () => {
     }
     expect(handedOut.filter((b) => !intact(b))).toEqual([]);
     expect(handedOut).toHaveLength(5);
+    // `queue show` (and so `queue replay ID`) refuses it too.
+    expect(() => o.show(ids[7] as string)).toThrow(/body of event .* does not match its checksum/);
     expect(thrown).toMatchObject({ code: "SQLITE_CORRUPT" });
     expect(o.damage).toMatchObject({ kind: "corrupt", sqliteCode: "SQLITE_CORRUPT" });
     expect(o.refusal()).toMatchObject({ reason: "damaged" });
