@@ -11,7 +11,10 @@
  * running a marker file beside the database (`<file>-damaged`) tells the next start to
  * salvage anyway (db.ts).
  *
- * Rows stored before checksums existed have none (NULL) and are taken as before.
+ * Rows stored before checksums existed have none (NULL) and are taken as before. The
+ * column comes after the body in the row (ALTER TABLE appends), so damage to a large
+ * body's last page may garble the stored checksum too: any mismatch is damage, whichever
+ * of the two was hit.
  */
 import { rmSync, writeFileSync } from "node:fs";
 import { crc32 } from "node:zlib";
