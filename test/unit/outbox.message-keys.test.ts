@@ -137,10 +137,10 @@ describe("outbox message keys", () => {
   });
 
   it("drops the keys an older edgehook kept (up to 100,000, outliving their packet ids) when it upgrades the file", () => {
-    // A file as schema 2 left it: the current schema with the old key table.
+    // A file as schema 2 left it: the current schema with the old key table and no body checksums.
     outbox().close();
     const old = new Database(file);
-    old.exec(`DROP TABLE source_messages; DROP TABLE source_sessions;
+    old.exec(`ALTER TABLE events DROP COLUMN body_crc; DROP TABLE source_messages; DROP TABLE source_sessions;
               CREATE TABLE source_messages (key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
               CREATE INDEX source_messages_by_age ON source_messages (at);
               INSERT INTO source_messages VALUES ('mqtt:7:t/a:hash', 1), ('mqtt:8:t/a:hash', 2);`);
