@@ -86,7 +86,7 @@ destinations:
   ops: { url: "${receiver.url}", secret: ${SECRET} }
 rules:
   - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
-  - { name: damp, match: { metric: humidity }, above: 80, for: 2s, notify: [ops] }
+  - { name: damp, match: { metric: humidity }, above: 80, for: 6s, notify: [ops] }
   - { name: telemetry, match: { metric: temperature }, forward: true, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }
 outbox: { min_free_disk: 6MB }
@@ -99,12 +99,14 @@ outbox: { min_free_disk: 6MB }
 
     await pub.publishAsync("t/s1", "20", { qos: 1 });
     await receiver.waitFor(() => ofType(receiver, "reading").length === 1, "the first telemetry event");
-    // damp starts pending on s3; its `for: 2s` comes due while the disk is full.
+    // damp starts pending on s3; its `for: 6s` comes due while the disk is full. (The disk
+    // must be full before then: on a loaded machine, seeing the reading counted in /metrics
+    // has taken 2 s, and with `for: 2s` damp fired, rightly, before the disk was filled.)
     const readings = async () => sumOf(await scrapeMetrics(httpPort), "edgehook_readings_total");
     const seen = await readings();
     await pub.publishAsync("h/s3", "90", { qos: 1 });
     await waitUntil(async () => (await readings()) > seen, "the humidity reading processed");
-    const dampDue = Date.now() + 2_000;
+    const dampDue = Date.now() + 6_000;
 
     const filler = disk.fill(2 * MiB);
     fillers.push(filler);
@@ -115,7 +117,7 @@ outbox: { min_free_disk: 6MB }
     await pub.publishAsync("t/s1", "35", { qos: 1 });
     for (let v = 31; v <= 80; v++) await pub.publishAsync("t/s2", String(v), { qos: 1 });
     await agent.waitForLog((l) => l.code === "EDGEHOOK_DISK_FLOOR", "the disk floor noticed");
-    await waitUntil(() => Date.now() > dampDue + 1_500, "damp's for: 2s to pass while the disk is full", 10_000);
+    await waitUntil(() => Date.now() > dampDue + 1_500, "damp's for: 6s to pass while the disk is full", 15_000);
 
     // Nothing was half done: no event went out, and none was dropped.
     expect(receiver.accepted).toHaveLength(1);
