@@ -166,5 +166,10 @@ http:
     expect(await rowOf("ops").textContent()).toContain("up");
     expect(await page.locator("#conn").textContent()).toBe("");
     expect(receiver.received.length).toBe(6);
+    // Back up, the views agree again: `queue stats` and `status` say up, as /metrics does.
+    expect((await edgehookAsync(["queue", "stats", "--config", file])).stdout).toMatch(/ops\s+up\s+0\s+0\s+6\b/);
+    expect((await edgehookAsync(["status", "--config", file])).stdout).toMatch(/ops\s+up\s+0\s/);
+    expect(await metric(base, "edgehook_destination_state", 'destination="ops",state="up"')).toBe(1);
+    expect(await metric(base, "edgehook_outbox_deliveries", 'destination="ops",state="pending"')).toBe(0);
   });
 });
