@@ -83,8 +83,9 @@ export const COMMANDS: readonly CommandSpec[] = [
       config: CONFIG,
       topic: { value: "FILTER", help: "only this MQTT topic filter (no serial ports)" },
       serial: { value: "NAME", help: "only this serial port (no MQTT)" },
-      count: { value: "N", help: "stop after N messages or lines (default: until Ctrl-C)" },
+      count: { value: "N", help: "stop after N messages, lines or polls (default: until Ctrl-C)" },
       json: { help: "one JSON object per message or line" },
+      polled: { help: "also poll the Modbus buses, 1-Wire probes and files, and print each poll's readings" },
       "password-file": { value: "FILE", help: "the MQTT broker password (tap reads no secret from the configuration)" },
     },
     example: "edgehook tap --config /etc/edgehook/agent.yaml --topic 'zigbee2mqtt/#' --count 5",
@@ -92,7 +93,9 @@ export const COMMANDS: readonly CommandSpec[] = [
     details: [
       "Read-only beside a running agent: its own MQTT client id, a clean session and QoS 0, so the",
       "agent's session and outbox are untouched. A serial port has one reader: while the agent holds",
-      "it, tap says so (stop the agent to tap the port). Modbus, 1-Wire and files are not tapped.",
+      "it, tap says so (stop the agent to tap the port). Modbus, 1-Wire and files are polled only",
+      "with --polled: a Modbus device then answers a second client, and an RTU bus, like a serial",
+      "port, has one reader (stop the agent to tap it).",
     ].join("\n"),
   },
   {

@@ -14,7 +14,11 @@
  *   says so and taps the rest.
  * - Nothing is written: no outbox, no ledger, no rule state. The configuration is read
  *   without secrets (operator mode); an MQTT password comes from --password-file.
- * - Polled sources (Modbus, 1-Wire, files) are not tapped; tap names them.
+ * - Polled sources (Modbus, 1-Wire, files) are polled only with --polled, at their own
+ *   `every`: reading a file or a 1-Wire probe disturbs nothing, but a Modbus device then
+ *   answers a second client (some take only one TCP connection) and an RTU bus has one
+ *   reader. Each poll's readings are printed with their rules; bad data and devices that
+ *   do not answer are the sources' own warnings (once a minute per reason), on stderr.
  *
  * Payload text is printed escaped (safe-text.ts): a topic or a line cannot move the cursor.
  */
@@ -94,6 +98,7 @@ export async function tapCommand(args: string[], loaded: LoadedConfig, io: TapIO
       serial: { type: "string" },
       count: { type: "string" },
       json: { type: "boolean" },
+      polled: { type: "boolean" },
       "password-file": { type: "string" },
     },
   });
@@ -113,15 +118,21 @@ export async function tapCommand(args: string[], loaded: LoadedConfig, io: TapIO
     io.err("edgehook: --topic: the configuration has no mqtt section");
     return ExitCode.USAGE;
   }
-  const notTapped = [
+  const polledNames = [
     ...config.modbus.map((b) => `modbus:${b.name}`),
     ...(config.onewire ? ["onewire"] : []),
     ...config.files.map((f) => `file:${f.name ?? f.path}`),
   ];
-  if (notTapped.length > 0) {
-    io.err(`not tapped (tap reads MQTT and serial ports; polled sources are not polled): ${notTapped.join(", ")}`);
+  // --topic and --serial narrow tap to one source; --polled adds the polled ones.
+  const tapPolled = values.polled === true && values.topic === undefined && values.serial === undefined;
+  if (polledNames.length > 0 && !tapPolled) {
+    io.err(`not tapped (polled sources are polled with --polled): ${polledNames.join(", ")}`);
   }
-  if (!tapMqtt && ports.length === 0) {
+  if (values.polled === true && polledNames.length === 0) {
+    io.err("edgehook: --polled: the configuration has no Modbus bus, 1-Wire section or polled file");
+    return ExitCode.USAGE;
+  }
+  if (!tapMqtt && ports.length === 0 && !tapPolled) {
     io.err("edgehook: nothing to tap: the configuration has no MQTT subscriptions or serial ports");
     return ExitCode.USAGE;
   }
@@ -159,10 +170,16 @@ export async function tapCommand(args: string[], loaded: LoadedConfig, io: TapIO
         started++;
       } else failures++;
     }
+    if (tapPolled && !done.signal.aborted) {
+      closers.push(await tapPolledSources(config, loaded, io, printer, counted));
+      started++;
+    }
     if (started === 0) return ExitCode.FAILURE;
     if (!done.signal.aborted) {
       io.err(
-        count === undefined ? "tapping; Ctrl-C stops" : `tapping until ${count} message(s) or line(s); Ctrl-C stops`,
+        count === undefined
+          ? "tapping; Ctrl-C stops"
+          : `tapping until ${count} message(s), line(s) or poll(s); Ctrl-C stops`,
       );
       await new Promise<void>((r) => done.signal.addEventListener("abort", () => r(), { once: true }));
     }
@@ -171,6 +188,42 @@ export async function tapCommand(args: string[], loaded: LoadedConfig, io: TapIO
     for (const c of closers) await c().catch(() => {});
   }
   return failures > 0 && seen === 0 ? ExitCode.FAILURE : ExitCode.OK;
+}
+
+/**
+ * Runs the configuration's polled sources with a sink that prints each poll's readings
+ * (nothing is stored) and a logger that writes their warnings to stderr.
+ */
+async function tapPolledSources(
+  config: Config,
+  loaded: LoadedConfig,
+  io: TapIO,
+  printer: Printer,
+  counted: () => void,
+): Promise<() => Promise<void>> {
+  const [{ polledSources }, { Metrics }, { createPrettyLogger }, { systemClock }] = await Promise.all([
+    import("../sources/polled.js"),
+    import("../ops/metrics.js"),
+    import("../ops/logger.js"),
+    import("../clock.js"),
+  ]);
+  const sources = await polledSources(config, {
+    sink: async (readings) => {
+      printer.polled(readings);
+      counted();
+    },
+    logger: createPrettyLogger("info", (l) => io.err(l.trimEnd()), false),
+    metrics: new Metrics(),
+    clock: systemClock,
+    baseDir: loaded.file ? resolve(loaded.file, "..") : process.cwd(),
+  });
+  for (const s of sources) {
+    await s.start();
+    io.err(`${safe(s.name)}: polling`);
+  }
+  return async () => {
+    for (const s of sources) await s.stop().catch(() => {});
+  };
 }
 
 function pickPorts(config: Config, name: string | undefined, topicOnly: boolean): SerialPortConfig[] | string {
@@ -362,6 +415,16 @@ class Printer {
       subscription: hit?.decoder.index,
     };
     this.#print(at, head, payload, res, hit === undefined ? "no subscription matches this topic" : undefined);
+  }
+
+  /** One poll's readings of a polled source (the sink gathers them per source). */
+  polled(readings: Reading[]): void {
+    const bySource = new Map<string, Reading[]>();
+    for (const r of readings) bySource.set(r.source, [...(bySource.get(r.source) ?? []), r]);
+    // Stamped with the poll's time (a reading's own), not when it is printed.
+    for (const [source, rs] of bySource) {
+      this.#print(rs[0]?.ts ?? this.#now(), { source }, undefined, { ok: true, readings: rs });
+    }
   }
 
   line(source: string, item: { line: Buffer } | { error: "too_long" }, decode: LineDecoder): void {

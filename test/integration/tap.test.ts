@@ -4,11 +4,12 @@
  * from its session), a socat pty standing in for an Arduino, and a port the agent holds.
  */
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AgentProcess, CommandProcess, tempDir, writeConfig } from "../support/agent-process.js";
+import { AgentProcess, CommandProcess, edgehookAsync, tempDir, writeConfig } from "../support/agent-process.js";
+import { ModbusSlave, words } from "../support/modbus.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
@@ -160,5 +161,67 @@ http: { listen: "127.0.0.1:${httpPort}" }
     expect((await agent.stop()).code).toBe(0);
     agent = undefined;
     expect(existsSync(pty.devPath)).toBe(true);
+  }, 90_000);
+
+  it("--polled polls Modbus, 1-Wire and files: each poll's readings with their rules, bad data and a dead unit on stderr", async () => {
+    const slave = await ModbusSlave.tcp(); // answers unit 1 only: unit 2 is a dead device on the bus
+    try {
+      await slave.set(1, "holding", 0, words("int16", 655));
+      const w1 = join(dir, "w1");
+      for (const [id, t] of [
+        ["28-0316a2795fff", 23125],
+        ["22-000000a1b2c3", 85000], // the power-on value: no reading
+      ] as const) {
+        mkdirSync(join(w1, id), { recursive: true });
+        writeFileSync(
+          join(w1, id, "w1_slave"),
+          `72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=${t}\n`,
+        );
+      }
+      writeFileSync(join(dir, "soc_temp"), "48500\n");
+      const file = writeConfig(
+        dir,
+        `version: 1
+agent: { id: tap-pi, data_dir: ./data-polled, require_clock_sync: never }
+modbus:
+  - name: plant
+    url: ${slave.url}
+    every: 400ms
+    timeout: 150ms
+    devices:
+      - { unit_id: 1, sensor: boiler, registers: [{ metric: temperature, address: 0, type: int16, scale: 0.1 }] }
+      - { unit_id: 2, sensor: tank, registers: [{ metric: level, address: 0 }] }
+onewire: { root: ./w1, every: 1s, names: { 28-0316a2795fff: cellar } }
+files:
+  - { path: ./soc_temp, every: 400ms, sensor: pi, metric: soc_temperature, scale: 0.001 }
+destinations:
+  ops: { url: "${receiver.url}", secret: ${SECRET} }
+rules:
+  - { name: hot, match: { metric: "*temperature" }, above: 30, notify: [ops] }
+http: { listen: false }
+`,
+      );
+      // Without --polled they are named, not polled.
+      const plain = await edgehookAsync(["tap", "--config", file, "--count", "1"]);
+      expect(plain.code).toBe(64);
+      expect(plain.stderr).toContain(
+        "not tapped (polled sources are polled with --polled): modbus:plant, onewire, file:./soc_temp",
+      );
+
+      tap = new CommandProcess(["tap", "--config", file, "--polled", "--count", "9"]);
+      expect(await tap.exited).toBe(0);
+      const out = tap.stdout;
+      expect(out).toMatch(/ modbus:plant\n {2}→ boiler temperature = 65\.5 {3}rules: hot\n/);
+      expect(out).toMatch(/ onewire\n {2}→ cellar temperature = 23\.125 {3}rules: hot\n/);
+      expect(out).toMatch(/ file:\.\/soc_temp\n {2}→ pi soc_temperature = 48\.5 {3}rules: hot\n/);
+      expect(out).not.toContain("tank");
+      // The sources' own warnings say what gave no reading and why.
+      expect(tap.stderr).toMatch(/WARN .*modbus device not answering .*unit=2 .*reason=timeout/);
+      expect(tap.stderr).toMatch(/WARN .*skipped a 1-Wire reading .*id=22-000000a1b2c3 .*reason=power_on_value/);
+      // Nothing stored: tap opens no outbox.
+      expect(existsSync(join(dir, "data-polled"))).toBe(false);
+    } finally {
+      await slave.stop();
+    }
   }, 90_000);
 });
