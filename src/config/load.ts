@@ -12,6 +12,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
 import type { z } from "zod";
 import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-check.js";
+import { checkDestinationKinds } from "../delivery/transport-check.js";
 import { EdgehookError } from "../errors.js";
 import { isLoopback, parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";
@@ -426,6 +427,7 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
     });
   }
   checkDestinationFormats(config, add);
+  checkDestinationKinds(config.destinations, add);
 }
 
 function noSuchDestination(names: readonly string[]): string {

@@ -10,6 +10,7 @@
 import { z } from "zod";
 import { formatKeys } from "../delivery/format-schema.js";
 import { DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_SCHEDULE } from "../delivery/policy.js";
+import { DESTINATION_SCHEMES, transportKeys } from "../delivery/transport-schema.js";
 import { isTimeZone } from "../sources/zoned-time.js";
 import { duration, rate, size } from "./fields.js";
 import { filesSection, modbusSection, onewireSection } from "./sensor-schema.js";
@@ -160,7 +161,11 @@ export function defaultSerialName(path: string): string {
 // ---------------------------------------------------------------- destinations
 
 const destination = z.strictObject({
-  url: z.url({ protocol: /^https?$/, error: "must be an http:// or https:// URL" }),
+  /** The scheme decides the kind: http(s):// webhook, mqtt(s):// MQTT broker, nats:// NATS JetStream. */
+  url: z.url({
+    protocol: DESTINATION_SCHEMES,
+    error: "must be an http://, https://, mqtt://, mqtts:// or nats:// URL",
+  }),
   /** Standard Webhooks secret(s) `whsec_...`; a list signs with each while rotating keys. */
   secret: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
   /** Also send `x-hub-signature-256` (GitHub style) with this secret. */
@@ -188,6 +193,8 @@ const destination = z.strictObject({
   match_labels: labels.optional(),
   /** Body format, presets, auth, v1a signing, batching, gzip: src/delivery/format-schema.ts. */
   ...formatKeys,
+  /** Keys of MQTT and NATS destinations (topic, subject, stream, ...): src/delivery/transport-schema.ts. */
+  ...transportKeys,
 });
 export type DestinationConfig = z.output<typeof destination>;
 

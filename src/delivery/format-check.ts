@@ -6,6 +6,7 @@
 import type { DestinationConfig, RuleConfig } from "../config/schema.js";
 import { checkSigningKey } from "./sign-v1a.js";
 import { type ConfigPath, compileTemplate } from "./template.js";
+import { carriesSignature } from "./transport-check.js";
 
 /** The format a destination uses once defaults are applied. */
 export function formatOf(d: Pick<DestinationConfig, "format" | "preset" | "template">): "standard" | "template" {
@@ -18,7 +19,7 @@ export function formatOf(d: Pick<DestinationConfig, "format" | "preset" | "templ
  * their URL or token is the credential), and an `ed25519` key alone signs with v1a.
  */
 export function needsHmacSecret(d: DestinationConfig): boolean {
-  return d.signature === "standard" && d.preset === undefined && d.ed25519 === undefined;
+  return d.signature === "standard" && carriesSignature(d) && d.preset === undefined && d.ed25519 === undefined;
 }
 
 function secretsOf(v: string | readonly string[] | undefined): string[] {

@@ -20,6 +20,10 @@ export interface MosquittoOptions {
   maxInflight?: number;
   /** Seconds between $SYS updates (mosquitto's default is 10). */
   sysInterval?: number;
+  /** Serve mqtts with this server certificate, and require a client certificate signed by `ca`. */
+  tls?: { ca: string; cert: string; key: string };
+  /** More mosquitto.conf lines (e.g. `acl_file ...`). */
+  extra?: string[];
 }
 
 export class Mosquitto {
@@ -30,7 +34,7 @@ export class Mosquitto {
   constructor(readonly options: MosquittoOptions = {}) {}
 
   get url(): string {
-    return `mqtt://127.0.0.1:${this.port}`;
+    return `${this.options.tls ? "mqtts" : "mqtt"}://127.0.0.1:${this.port}`;
   }
 
   async start(): Promise<void> {
@@ -49,6 +53,15 @@ export class Mosquitto {
         `max_queued_messages ${this.options.maxQueued ?? 1_000_000}`,
         `max_inflight_messages ${this.options.maxInflight ?? 0}`,
         ...(this.options.sysInterval === undefined ? [] : [`sys_interval ${this.options.sysInterval}`]),
+        ...(this.options.tls
+          ? [
+              `cafile ${this.options.tls.ca}`,
+              `certfile ${this.options.tls.cert}`,
+              `keyfile ${this.options.tls.key}`,
+              "require_certificate true",
+            ]
+          : []),
+        ...(this.options.extra ?? []),
         "",
       ].join("\n"),
     );
@@ -67,6 +80,16 @@ export class Mosquitto {
     if (!proc || proc.exitCode !== null) return;
     const exited = new Promise((r) => proc.once("exit", r));
     proc.kill("SIGTERM");
+    await exited;
+    this.#proc = undefined;
+  }
+
+  /** SIGKILL: no persistence file is written, open connections just drop. */
+  async kill(): Promise<void> {
+    const proc = this.#proc;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((r) => proc.once("exit", r));
+    proc.kill("SIGKILL");
     await exited;
     this.#proc = undefined;
   }
