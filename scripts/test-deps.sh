@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Makes sure the programs the integration tests run are present: a real mosquitto
-# broker, socat for pseudo-terminals, systemd-analyze to verify the unit, and Debian's
+# broker, nats-server (JetStream, for the nats:// destination), socat for pseudo-terminals, systemd-analyze to verify the unit, and Debian's
 # headless-capable Chromium (with a font) for the status page test; playwright-core
 # drives it and never downloads a browser.
 # Installs them with apt-get when run as root on Debian; otherwise says what to install.
 set -euo pipefail
 
-declare -A pkg_of=([mosquitto]=mosquitto [socat]=socat [systemd-analyze]=systemd [python3]=python3)
+declare -A pkg_of=([mosquitto]=mosquitto [nats-server]=nats-server [socat]=socat [systemd-analyze]=systemd [python3]=python3)
 missing=()
 for cmd in "${!pkg_of[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || missing+=("${pkg_of[$cmd]}")

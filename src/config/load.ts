@@ -12,7 +12,7 @@ import { dirname, isAbsolute, resolve } from "node:path";
 import { isMap, isPair, isScalar, isSeq, LineCounter, type Node, parseDocument, type YAMLMap } from "yaml";
 import type { z } from "zod";
 import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-check.js";
-import { checkDestinationKinds } from "../delivery/transport-check.js";
+import { checkDestinationKinds, fillBrokerDefaults } from "../delivery/transport-check.js";
 import { EdgehookError } from "../errors.js";
 import { isLoopback, parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";
@@ -218,6 +218,7 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
     throw new ConfigError(problems);
   }
   const config = parsed.data as Config;
+  fillBrokerDefaults(config);
   warnings.push(...riskWarnings(config, doc.contents as Node, lineCounter, file));
 
   if (plaintextSecret) {

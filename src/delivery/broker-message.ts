@@ -17,12 +17,11 @@ export interface BrokerMessage {
   /** The MQTT topic or NATS subject. */
   name: string;
   body: Buffer;
-  contentType: string;
-  /** webhook-id, webhook-timestamp, webhook-signature (when signing). */
+  /** content-type, webhook-id, webhook-timestamp, webhook-signature (when signing). */
   headers: Record<string, string>;
 }
 
-const NOT_CARRIED = new Set(["user-agent", "authorization", "content-type", "content-encoding"]);
+const NOT_CARRIED = new Set(["user-agent", "authorization", "content-encoding"]);
 
 const compiled = new Map<string, CompiledTopic>();
 
@@ -56,7 +55,6 @@ export function brokerMessage(
   return {
     name: topicOf(template, kind).render(envelope, delivery.eventId),
     body: built.body,
-    contentType: built.headers["content-type"] ?? "application/json",
     headers,
   };
 }

@@ -26,9 +26,55 @@
  * so nothing is left for the client library to resend behind the dispatcher's back. A lost
  * connection fails what was in flight on it, and the next publish connects again.
  */
-import { readFileSync } from "node:fs";
-import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import mqtt, { type MqttClient } from "mqtt";
+import type { DestinationConfig } from "../config/schema.js";
+import { readTlsFiles, type TlsMaterial } from "../config/tls-files.js";
+import type { Delivery } from "../store/types.js";
+import { brokerMessage } from "./broker-message.js";
 import type { Outcome } from "./policy.js";
+import { RenderError } from "./render.js";
+import type { Attempt, SendOptions, Transport, TransportContext, TransportFactory } from "./transport.js";
+
+export const mqttTransport: TransportFactory = {
+  schemes: ["mqtt:", "mqtts:"],
+  connectionKey(c: DestinationConfig): string {
+    return JSON.stringify([
+      new URL(c.url).host,
+      c.url.split(":")[0],
+      c.client_id,
+      c.username,
+      c.password,
+      c.tls,
+      c.protocol_version,
+      c.keepalive,
+      c.qos,
+      c.retain,
+      c.connect_timeout,
+      c.response_timeout,
+    ]);
+  },
+  create(config: DestinationConfig, context: TransportContext): Transport {
+    const tls = config.url.startsWith("mqtts:")
+      ? {
+          ...readTlsFiles(config.tls, { baseDir: context.baseDir, label: "destination tls" }),
+          rejectUnauthorized: config.tls?.reject_unauthorized ?? true,
+        }
+      : undefined;
+    return new MqttTransport({
+      url: config.url,
+      clientId: config.client_id ?? `edgehook-${new URL(config.url).host}`,
+      username: config.username,
+      password: config.password,
+      tls,
+      protocolVersion: config.protocol_version ?? 5,
+      keepaliveMs: config.keepalive ?? 30_000,
+      connectTimeoutMs: config.connect_timeout,
+      ackTimeoutMs: config.response_timeout,
+      qos: config.qos ?? 1,
+      retain: config.retain ?? false,
+    });
+  },
+};
 
 export interface MqttTransportOptions {
   /** mqtt://host:port or mqtts://host:port. */
@@ -36,14 +82,8 @@ export interface MqttTransportOptions {
   clientId: string;
   username?: string | undefined;
   password?: string | undefined;
-  tls?:
-    | {
-        ca_file?: string | undefined;
-        cert_file?: string | undefined;
-        key_file?: string | undefined;
-        reject_unauthorized: boolean;
-      }
-    | undefined;
+  /** mqtts://: the file contents (read at start or reload) and whether to verify the broker. */
+  tls?: (TlsMaterial & { rejectUnauthorized: boolean }) | undefined;
   protocolVersion: 4 | 5;
   keepaliveMs: number;
   connectTimeoutMs: number;
@@ -94,9 +134,11 @@ export function ackStatus(reasonCode: number): number {
 
 interface Pending {
   settle(outcome: Outcome): void;
+  /** Resolves once settled. */
+  done: Promise<void>;
 }
 
-export class MqttTransport {
+export class MqttTransport implements Transport {
   readonly #options: MqttTransportOptions;
   #client: MqttClient | undefined;
   #connecting: Promise<MqttClient> | undefined;
@@ -110,6 +152,20 @@ export class MqttTransport {
   /** True while a connection is up. */
   get connected(): boolean {
     return this.#client?.connected === true;
+  }
+
+  prepare(deliveries: readonly Delivery[], config: DestinationConfig, nowSec: number): Attempt {
+    const [d] = deliveries;
+    if (d === undefined || deliveries.length !== 1) {
+      throw new RenderError(`one event per MQTT message (got ${deliveries.length})`);
+    }
+    const m = brokerMessage(d, config, "mqtt", nowSec);
+    return { id: d.eventId, timestamp: nowSec, deliveries, body: m.body, headers: m.headers, target: m.name };
+  }
+
+  send(attempt: Attempt, options: SendOptions): Promise<Outcome> {
+    const { "content-type": contentType = "application/json", ...userProperties } = attempt.headers;
+    return this.publish({ topic: attempt.target, body: attempt.body, userProperties, contentType }, options.signal);
   }
 
   /** Publishes one message and resolves when the broker acknowledged it, or why not. Never rejects. */
@@ -134,11 +190,16 @@ export class MqttTransport {
         this.#pending.set(client, set);
       }
       const pendingSet = set;
+      let settled: () => void = () => undefined;
       const entry: Pending = {
+        done: new Promise<void>((r) => {
+          settled = r;
+        }),
         settle: (outcome) => {
           if (!pendingSet.delete(entry)) return;
           clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
+          settled();
           resolve(outcome);
         },
       };
@@ -205,21 +266,6 @@ export class MqttTransport {
 
   #open(): Promise<MqttClient> {
     const o = this.#options;
-    let tlsOptions: Pick<IClientOptions, "ca" | "cert" | "key" | "rejectUnauthorized"> = {};
-    try {
-      if (o.tls) {
-        tlsOptions = {
-          rejectUnauthorized: o.tls.reject_unauthorized,
-          ...(o.tls.ca_file ? { ca: readFileSync(o.tls.ca_file) } : {}),
-          ...(o.tls.cert_file ? { cert: readFileSync(o.tls.cert_file) } : {}),
-          ...(o.tls.key_file ? { key: readFileSync(o.tls.key_file) } : {}),
-        };
-      }
-    } catch (error) {
-      return Promise.reject(
-        new MqttDeliveryError(`cannot read a TLS file: ${describe(error)}`, "ERR_TLS_FILE", { cause: error }),
-      );
-    }
     return new Promise<MqttClient>((resolve, reject) => {
       const client = mqtt.connect(o.url, {
         clientId: o.clientId,
@@ -230,7 +276,7 @@ export class MqttTransport {
         clean: true,
         ...(o.username !== undefined ? { username: o.username } : {}),
         ...(o.password !== undefined ? { password: o.password } : {}),
-        ...tlsOptions,
+        ...(o.tls ?? {}),
       });
       let done = false;
       const timer = setTimeout(
@@ -278,15 +324,23 @@ export class MqttTransport {
     if (!client.disconnecting) client.end(true);
   }
 
-  /** Closes the connection; publishes still waiting resolve as failed requests. */
+  /** Stops taking attempts, lets those in flight get their ack (or time out), then disconnects. */
   async close(): Promise<void> {
     this.#closed = true;
+    await this.#connecting?.catch(() => undefined);
+    const client = this.#client;
+    const inFlight = [...(this.#pending.get(client ?? ({} as MqttClient))?.values() ?? [])].map((p) => p.done);
+    await Promise.all(inFlight);
+    await this.destroy();
+  }
+
+  /** Disconnects now; publishes still waiting resolve as failed requests. */
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    await this.#connecting?.catch(() => undefined);
     const client = this.#client;
     this.#client = undefined;
-    await this.#connecting?.catch(() => undefined);
     if (client) {
-      // Whatever is still in flight resolves as a failed request (it stays pending in the
-      // outbox); then the connection closes without waiting for acks that may never come.
       this.#lost(client);
       await new Promise<void>((r) => client.end(true, {}, () => r()));
     }
@@ -301,8 +355,4 @@ function v5Properties(message: MqttMessage): { contentType: string; userProperti
   return Object.keys(message.userProperties).length > 0
     ? { contentType: message.contentType, userProperties: message.userProperties }
     : { contentType: message.contentType };
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

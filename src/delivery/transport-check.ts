@@ -94,3 +94,19 @@ export function checkDestinationKinds(destinations: Record<string, DestinationCo
 export function carriesSignature(d: Pick<DestinationConfig, "url" | "protocol_version">): boolean {
   return !(destinationKind(d.url) === "mqtt" && d.protocol_version === 4);
 }
+
+/**
+ * Fills what a broker destination's defaults depend on beyond its own keys: an MQTT
+ * destination's client id is edgehook-<agent.id>-<destination name>, so each device and
+ * each destination has its own session, apart from the sensor-side source's
+ * (edgehook-<agent.id>). Runs on the parsed config before it is frozen.
+ */
+export function fillBrokerDefaults(config: {
+  agent: { id: string };
+  destinations: Record<string, DestinationConfig>;
+}): void {
+  for (const [name, d] of Object.entries(config.destinations)) {
+    if (destinationKind(d.url) === "mqtt" && d.client_id === undefined)
+      d.client_id = `edgehook-${config.agent.id}-${name}`;
+  }
+}

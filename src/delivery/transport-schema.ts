@@ -54,4 +54,3 @@ export function destinationKind(url: string): DestinationKind {
   if (scheme === "nats") return "nats";
   return "webhook";
 }
-

@@ -5,6 +5,8 @@
  */
 import { EdgehookError } from "../errors.js";
 import { httpTransport } from "./http-transport.js";
+import { mqttTransport } from "./mqtt-transport.js";
+import { natsTransport } from "./nats-transport.js";
 import type { TransportFactory } from "./transport.js";
 
 /** Factories by `URL.protocol` (`https:`). */
@@ -17,7 +19,7 @@ function registry(factories: readonly TransportFactory[]): TransportRegistry {
 }
 
 /** The transports edgehook ships. */
-export const TRANSPORTS: TransportRegistry = registry([httpTransport]);
+export const TRANSPORTS: TransportRegistry = registry([httpTransport, mqttTransport, natsTransport]);
 
 /** The factory for a destination url; throws EDGEHOOK_CONFIG_INVALID for a scheme nothing serves. */
 export function transportFor(url: string, transports: TransportRegistry = TRANSPORTS): TransportFactory {

@@ -10,7 +10,6 @@ import mqtt, { type MqttClient } from "mqtt";
 import { Webhook } from "standardwebhooks";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { configSchema } from "../../src/config/schema.js";
-import { brokerMessage } from "../../src/delivery/broker-message.js";
 import { MqttTransport, type MqttTransportOptions } from "../../src/delivery/mqtt-transport.js";
 import { decide } from "../../src/delivery/policy.js";
 import type { Delivery } from "../../src/store/types.js";
@@ -51,7 +50,12 @@ function transport(over: Partial<MqttTransportOptions> = {}): MqttTransport {
   const t = new MqttTransport({
     url: broker.url,
     clientId: `edgehook-test-${transports.length}-${Date.now()}`,
-    tls: { ca_file: certs.ca, cert_file: certs.clientCert, key_file: certs.clientKey, reject_unauthorized: true },
+    tls: {
+      ca: readFileSync(certs.ca),
+      cert: readFileSync(certs.clientCert),
+      key: readFileSync(certs.clientKey),
+      rejectUnauthorized: true,
+    },
     protocolVersion: 5,
     keepaliveMs: 30_000,
     connectTimeoutMs: 2_000,
@@ -111,13 +115,8 @@ describe("MqttTransport (mqtts with client certificates)", () => {
     const got = await subscribe("edgehook/#");
     const t = transport();
     const d = delivery(1, "hall/left+1");
-    const msg = brokerMessage(d, dest, "mqtt", Math.floor(Date.now() / 1000));
-    const outcome = await t.publish({
-      topic: msg.name,
-      body: msg.body,
-      userProperties: msg.headers,
-      contentType: msg.contentType,
-    });
+    const attempt = t.prepare([d], dest, Math.floor(Date.now() / 1000));
+    const outcome = await t.send(attempt, { signal: new AbortController().signal });
     expect(outcome).toEqual({ kind: "response", status: 200 });
     await waitUntil(() => got.length === 1, "the message at the subscriber");
     const m = got[0]!;
@@ -184,7 +183,7 @@ describe("MqttTransport (mqtts with client certificates)", () => {
   });
 
   it("without a client certificate the broker refuses the handshake: offline, not a spent attempt", async () => {
-    const t = transport({ tls: { ca_file: certs.ca, reject_unauthorized: true } });
+    const t = transport({ tls: { ca: readFileSync(certs.ca), rejectUnauthorized: true } });
     const outcome = await t.publish({
       topic: "x",
       body: Buffer.from("{}"),
@@ -195,7 +194,9 @@ describe("MqttTransport (mqtts with client certificates)", () => {
   });
 
   it("a broker we do not trust (no ca_file): offline", async () => {
-    const t = transport({ tls: { cert_file: certs.clientCert, key_file: certs.clientKey, reject_unauthorized: true } });
+    const t = transport({
+      tls: { cert: readFileSync(certs.clientCert), key: readFileSync(certs.clientKey), rejectUnauthorized: true },
+    });
     const outcome = await t.publish({
       topic: "x",
       body: Buffer.from("{}"),

@@ -1,0 +1,415 @@
+/**
+ * The NATS JetStream destination's wire: one connection per destination, publish one
+ * message with `Nats-Msg-Id` = the event id and wait for the stream's PubAck, and say what
+ * happened as the `Outcome` policy.ts decides on. JetStream drops a message whose id it has
+ * seen within the stream's duplicate window (default 2 minutes), so a resend after a lost
+ * PubAck lands once.
+ *
+ *   what happened                                     outcome
+ *   ------------------------------------------------  -----------------------------------------
+ *   PubAck (also `duplicate: true`: stored before)    response 200 (delivered)
+ *   no connection: refused, DNS, TLS, bad             error, stage "connect" (offline: pending,
+ *     credentials, connect timeout, a credentials       no attempt spent)
+ *     file that cannot be read
+ *   `stream:` does not exist (and create_stream is    error, stage "connect": nothing can be
+ *     false), JetStream not enabled, or no stream       stored until someone creates the stream;
+ *     captures the subject (no responders)              events wait, as for an unreachable server
+ *   published, the connection closed before the ack   error, stage "request", ECONNRESET
+ *   published, no PubAck within response_timeout     error, stage "request", ETIMEDOUT
+ *   the stream refused the message (API error):       response 413 (dead) for a message larger
+ *     10054 message size exceeds maximum                than the stream takes, 503 (retry) else
+ *
+ * Why offline for a missing stream: the event is fine and the server is up, but nothing
+ * will store it until the stream exists; spending attempts would kill events over an
+ * operator's setup step. The log says which stream is missing (EDGEHOOK_NATS_STREAM_MISSING).
+ *
+ * No automatic reconnect (the outbox is the queue, as for MQTT): a lost connection fails
+ * what was in flight on it and the next publish connects again.
+ */
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { JetStreamApiError, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import {
+  type Authenticator,
+  connect,
+  credsAuthenticator,
+  errors,
+  type NatsConnection,
+  type NodeConnectionOptions,
+  headers as natsHeaders,
+  nkeyAuthenticator,
+} from "@nats-io/transport-node";
+import type { DestinationConfig } from "../config/schema.js";
+import { readTlsFiles, type TlsMaterial } from "../config/tls-files.js";
+import { EdgehookError } from "../errors.js";
+import type { Delivery } from "../store/types.js";
+import { brokerMessage } from "./broker-message.js";
+import type { Outcome } from "./policy.js";
+import { RenderError } from "./render.js";
+import { compileTopic } from "./topic.js";
+import type { Attempt, SendOptions, Transport, TransportContext, TransportFactory } from "./transport.js";
+
+export const natsTransport: TransportFactory = {
+  schemes: ["nats:"],
+  connectionKey(c: DestinationConfig): string {
+    return JSON.stringify([
+      new URL(c.url).host,
+      c.token,
+      c.username,
+      c.password,
+      c.credentials_file,
+      c.nkey_file,
+      c.tls,
+      c.stream,
+      c.create_stream,
+      c.subject,
+      c.connect_timeout,
+      c.response_timeout,
+    ]);
+  },
+  create(config: DestinationConfig, context: TransportContext): Transport {
+    const read = (file: string | undefined, key: string): string | undefined => {
+      if (file === undefined) return undefined;
+      const path = context.baseDir ? resolve(context.baseDir, file) : resolve(file);
+      try {
+        return readFileSync(path, "utf8");
+      } catch (err) {
+        throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `destination ${key}: cannot read ${file}`, {
+          cause: err,
+        });
+      }
+    };
+    const prefix = config.subject !== undefined ? compileTopic(config.subject, "nats") : undefined;
+    return new NatsTransport({
+      url: config.url,
+      name: `edgehook ${new URL(config.url).host}`,
+      token: config.token,
+      username: config.username,
+      password: config.password,
+      credentials: read(config.credentials_file, "credentials_file"),
+      nkeySeed: read(config.nkey_file, "nkey_file")?.trim(),
+      tls:
+        config.tls !== undefined
+          ? {
+              ...readTlsFiles(config.tls, { baseDir: context.baseDir, label: "destination tls" }),
+              rejectUnauthorized: config.tls.reject_unauthorized,
+            }
+          : undefined,
+      connectTimeoutMs: config.connect_timeout,
+      ackTimeoutMs: config.response_timeout,
+      stream: config.stream,
+      createStream: config.create_stream,
+      streamSubjects: prefix?.ok ? [`${prefix.topic.prefix.replace(/\.$/, "")}.>`] : undefined,
+    });
+  },
+};
+
+export interface NatsTransportOptions {
+  /** nats://host:port */
+  url: string;
+  /** Connection name the server shows (`nats server report connections`). */
+  name: string;
+  token?: string | undefined;
+  username?: string | undefined;
+  password?: string | undefined;
+  /** The contents of a .creds file (JWT and nkey seed). */
+  credentials?: string | undefined;
+  /** An nkey seed (SU...). */
+  nkeySeed?: string | undefined;
+  /** The file contents (read at start or reload) and whether to verify the server. */
+  tls?: (TlsMaterial & { rejectUnauthorized: boolean }) | undefined;
+  connectTimeoutMs: number;
+  ackTimeoutMs: number;
+  /** The stream that must exist; checked on every connect. */
+  stream?: string | undefined;
+  /** Create `stream` with `streamSubjects` when it does not exist. */
+  createStream?: boolean | undefined;
+  streamSubjects?: string[] | undefined;
+}
+
+export interface NatsMessage {
+  subject: string;
+  body: Buffer;
+  /** Event id: the Nats-Msg-Id. */
+  id: string;
+  /** webhook-id, webhook-timestamp, webhook-signature, content-type. */
+  headers: Record<string, string>;
+}
+
+/** An error with a code policy.ts classifies, and words that say what to do. */
+export class NatsDeliveryError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = "NatsDeliveryError";
+  }
+}
+
+/** JetStream API error code: "message size exceeds maximum allowed". */
+const MESSAGE_TOO_LARGE = 10054;
+
+interface Pending {
+  settle(outcome: Outcome): void;
+  /** Resolves once settled. */
+  done: Promise<void>;
+}
+
+interface Connected {
+  nc: NatsConnection;
+  js: JetStreamClient;
+}
+
+export class NatsTransport implements Transport {
+  readonly #options: NatsTransportOptions;
+  #conn: Connected | undefined;
+  #connecting: Promise<Connected> | undefined;
+  readonly #pending = new Map<NatsConnection, Set<Pending>>();
+  #closed = false;
+
+  constructor(options: NatsTransportOptions) {
+    this.#options = options;
+  }
+
+  get connected(): boolean {
+    return this.#conn !== undefined && !this.#conn.nc.isClosed();
+  }
+
+  prepare(deliveries: readonly Delivery[], config: DestinationConfig, nowSec: number): Attempt {
+    const [d] = deliveries;
+    if (d === undefined || deliveries.length !== 1) {
+      throw new RenderError(`one event per NATS message (got ${deliveries.length})`);
+    }
+    const m = brokerMessage(d, config, "nats", nowSec);
+    return { id: d.eventId, timestamp: nowSec, deliveries, body: m.body, headers: m.headers, target: m.name };
+  }
+
+  send(attempt: Attempt, options: SendOptions): Promise<Outcome> {
+    return this.publish(
+      { subject: attempt.target, body: attempt.body, id: attempt.id, headers: attempt.headers },
+      options.signal,
+    );
+  }
+
+  /** Publishes one message and resolves when the stream stored it, or why not. Never rejects. */
+  async publish(message: NatsMessage, signal?: AbortSignal): Promise<Outcome> {
+    if (this.#closed)
+      return { kind: "error", error: new NatsDeliveryError("transport closed", "ECONNREFUSED"), stage: "connect" };
+    let conn: Connected;
+    try {
+      conn = await this.#connect();
+    } catch (error) {
+      return { kind: "error", error, stage: "connect" };
+    }
+    return this.#publishOn(conn, message, signal);
+  }
+
+  #publishOn(conn: Connected, message: NatsMessage, signal: AbortSignal | undefined): Promise<Outcome> {
+    const o = this.#options;
+    return new Promise<Outcome>((resolve) => {
+      let set = this.#pending.get(conn.nc);
+      if (set === undefined) {
+        set = new Set();
+        this.#pending.set(conn.nc, set);
+      }
+      const pendingSet = set;
+      let settled: () => void = () => undefined;
+      const entry: Pending = {
+        done: new Promise<void>((r) => {
+          settled = r;
+        }),
+        settle: (outcome) => {
+          if (!pendingSet.delete(entry)) return;
+          signal?.removeEventListener("abort", onAbort);
+          settled();
+          resolve(outcome);
+        },
+      };
+      const onAbort = () =>
+        entry.settle({
+          kind: "error",
+          error: new NatsDeliveryError("aborted while waiting for the PubAck", "ABORT_ERR", { cause: signal?.reason }),
+          stage: "request",
+        });
+      pendingSet.add(entry);
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const h = natsHeaders();
+      for (const [k, v] of Object.entries(message.headers)) h.set(k, v);
+      conn.js
+        .publish(message.subject, message.body, {
+          msgID: message.id,
+          headers: h,
+          timeout: o.ackTimeoutMs,
+          ...(o.stream !== undefined ? { expect: { streamName: o.stream } } : {}),
+        })
+        .then(
+          () => entry.settle({ kind: "response", status: 200 }),
+          (error: unknown) => entry.settle(this.#failed(error, message.subject)),
+        );
+    });
+  }
+
+  #failed(error: unknown, subject: string): Outcome {
+    if (error instanceof Error && error.name === "JetStreamNotEnabled") {
+      // No responders on the subject: no stream listens there (or JetStream is off).
+      return {
+        kind: "error",
+        error: new NatsDeliveryError(
+          `no JetStream stream captures subject ${subject} (or JetStream is not enabled on the server); create a stream for it`,
+          "EDGEHOOK_NATS_NO_STREAM",
+          { cause: error },
+        ),
+        stage: "connect",
+      };
+    }
+    if (error instanceof JetStreamApiError) {
+      if (error.code === MESSAGE_TOO_LARGE) return { kind: "response", status: 413 };
+      return { kind: "response", status: 503 };
+    }
+    if (error instanceof errors.TimeoutError) {
+      return {
+        kind: "error",
+        error: new NatsDeliveryError(`no PubAck within ${this.#options.ackTimeoutMs} ms`, "ETIMEDOUT", {
+          cause: error,
+        }),
+        stage: "request",
+      };
+    }
+    return {
+      kind: "error",
+      error: new NatsDeliveryError(`publish failed: ${describe(error)}`, "ECONNRESET", { cause: error }),
+      stage: "request",
+    };
+  }
+
+  #connect(): Promise<Connected> {
+    const current = this.#conn;
+    if (current && !current.nc.isClosed()) return Promise.resolve(current);
+    if (this.#connecting) return this.#connecting;
+    const attempt = this.#open().finally(() => {
+      if (this.#connecting === attempt) this.#connecting = undefined;
+    });
+    this.#connecting = attempt;
+    return attempt;
+  }
+
+  async #open(): Promise<Connected> {
+    const o = this.#options;
+    const options: NodeConnectionOptions = {
+      servers: o.url.replace(/^nats:\/\//, ""),
+      name: o.name,
+      timeout: o.connectTimeoutMs,
+      reconnect: false,
+      // A publish waits for its PubAck at most ackTimeoutMs anyway.
+      pingInterval: Math.max(5_000, o.ackTimeoutMs),
+      ...(o.token !== undefined ? { token: o.token } : {}),
+      ...(o.username !== undefined ? { user: o.username, pass: o.password ?? "" } : {}),
+    };
+    const encoder = new TextEncoder();
+    const auth: Authenticator[] = [];
+    if (o.credentials !== undefined) auth.push(credsAuthenticator(encoder.encode(o.credentials)));
+    if (o.nkeySeed !== undefined) auth.push(nkeyAuthenticator(encoder.encode(o.nkeySeed)));
+    if (auth.length > 0) options.authenticator = auth;
+    if (o.tls) {
+      options.tls = {
+        rejectUnauthorized: o.tls.rejectUnauthorized,
+        ...(o.tls.ca ? { ca: o.tls.ca.toString("utf8") } : {}),
+        ...(o.tls.cert ? { cert: o.tls.cert.toString("utf8") } : {}),
+        ...(o.tls.key ? { key: o.tls.key.toString("utf8") } : {}),
+      };
+    }
+    const nc = await connect(options);
+    try {
+      if (o.stream !== undefined) await this.#checkStream(nc, o.stream);
+    } catch (error) {
+      await nc.close().catch(() => undefined);
+      throw error;
+    }
+    if (this.#closed) {
+      await nc.close().catch(() => undefined);
+      throw new NatsDeliveryError("transport closed", "ECONNREFUSED");
+    }
+    const conn: Connected = { nc, js: jetstream(nc, { timeout: o.ackTimeoutMs }) };
+    this.#conn = conn;
+    void nc.closed().then(() => this.#lost(nc));
+    return conn;
+  }
+
+  async #checkStream(nc: NatsConnection, stream: string): Promise<void> {
+    const o = this.#options;
+    let jsm: Awaited<ReturnType<typeof jetstreamManager>>;
+    try {
+      jsm = await jetstreamManager(nc, { timeout: o.ackTimeoutMs });
+    } catch (error) {
+      throw new NatsDeliveryError(
+        `JetStream is not available on ${o.url}: ${describe(error)}`,
+        "EDGEHOOK_NATS_NO_JETSTREAM",
+        {
+          cause: error,
+        },
+      );
+    }
+    try {
+      await jsm.streams.info(stream);
+      return;
+    } catch (error) {
+      if (!isStreamNotFound(error)) throw error;
+    }
+    if (!o.createStream) {
+      throw new NatsDeliveryError(
+        `stream ${stream} does not exist on ${o.url}; create it (nats stream add ${stream} --subjects '${(o.streamSubjects ?? []).join(",")}') or set create_stream: true`,
+        "EDGEHOOK_NATS_STREAM_MISSING",
+      );
+    }
+    await jsm.streams.add({ name: stream, subjects: o.streamSubjects ?? [] });
+  }
+
+  #lost(nc: NatsConnection): void {
+    if (this.#conn?.nc === nc) this.#conn = undefined;
+    const set = this.#pending.get(nc);
+    this.#pending.delete(nc);
+    for (const p of [...(set ?? [])]) {
+      p.settle({
+        kind: "error",
+        error: new NatsDeliveryError("connection to the server closed before the PubAck", "ECONNRESET"),
+        stage: "request",
+      });
+    }
+  }
+
+  /** Stops taking attempts, lets those in flight get their PubAck (or time out), then disconnects. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#connecting?.catch(() => undefined);
+    const nc = this.#conn?.nc;
+    const inFlight = nc ? [...(this.#pending.get(nc) ?? [])].map((p) => p.done) : [];
+    await Promise.all(inFlight);
+    await this.destroy();
+  }
+
+  /** Disconnects now; publishes still waiting resolve as failed requests. */
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    await this.#connecting?.catch(() => undefined);
+    const conn = this.#conn;
+    this.#conn = undefined;
+    if (conn) {
+      this.#lost(conn.nc);
+      await conn.nc.close().catch(() => undefined);
+    }
+  }
+}
+
+function isStreamNotFound(error: unknown): boolean {
+  return error instanceof JetStreamApiError && error.code === 10059;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
