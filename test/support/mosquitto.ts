@@ -94,6 +94,11 @@ export class Mosquitto {
     this.#proc = undefined;
   }
 
+  /** Sends a signal to the running server: SIGSTOP freezes it (connections stay open, nothing is answered), SIGCONT thaws it. */
+  signal(signal: "SIGSTOP" | "SIGCONT"): void {
+    this.#proc?.kill(signal);
+  }
+
   async restart(): Promise<void> {
     await this.stop();
     await this.start();

@@ -68,6 +68,11 @@ export class NatsServer {
     this.#proc = undefined;
   }
 
+  /** Sends a signal to the running server: SIGSTOP freezes it (connections stay open, nothing is answered), SIGCONT thaws it. */
+  signal(signal: "SIGSTOP" | "SIGCONT"): void {
+    this.#proc?.kill(signal);
+  }
+
   async restart(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
     await this.stop(signal);
     await this.start();
