@@ -4,12 +4,14 @@
  * then prints what the receiver answered. It uses a throwaway outbox, so a running
  * agent's queue is not touched. Exit 0 only when the receiver accepted it (2xx).
  */
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { systemClock } from "../clock.js";
 import type { LoadedConfig } from "../config/load.js";
 import { type AttemptInfo, Dispatcher } from "../delivery/dispatcher.js";
+import { destinationKind } from "../delivery/transport-schema.js";
 import { ExitCode } from "../errors.js";
 import { newEvent } from "../events.js";
 import { silentLogger } from "../ops/logger.js";
@@ -97,6 +99,20 @@ export async function sendTestCommand(
       attempted,
       new Promise<undefined>((r) => setTimeout(() => r(undefined), timeoutMs).unref()),
     ]);
+    const kind = destinationKind(dest.url);
+    if (answer?.status !== undefined && kind !== "webhook") {
+      // A broker's acknowledgement has no headers or body to show.
+      const ack = kind === "mqtt" ? "PUBACK" : "PubAck";
+      if (answer.status >= 200 && answer.status < 300) {
+        out(`${ack} from ${name}`);
+        out(`accepted by ${name}`);
+        return ExitCode.OK;
+      }
+      err(
+        `edgehook send-test: ${name} refused the message (its ${ack} reads as HTTP ${answer.status}; see docs/destinations.md)`,
+      );
+      return ExitCode.FAILURE;
+    }
     if (answer?.status !== undefined) {
       out(`HTTP ${answer.status}`);
       for (const [k, v] of Object.entries(answer.headers ?? {})) out(`${k}: ${Array.isArray(v) ? v.join(", ") : v}`);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sendTestCommand } from "../../src/cli/send-test.js";
 import { loadConfig } from "../../src/config/load.js";
 import { tempDir, writeConfig } from "../support/agent-process.js";
+import { NatsServer } from "../support/nats-server.js";
 import { Receiver } from "../support/receiver.js";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -94,5 +95,33 @@ destinations:
     expect(code).toBe(1);
     expect(err).toEqual([expect.stringMatching(/^edgehook send-test: ops: cannot build the request: /)]);
     expect(receiver.accepted.length).toBe(before);
+  });
+
+  it("sends to a nats:// destination and says the stream acknowledged it", async () => {
+    const nats = new NatsServer();
+    await nats.start();
+    try {
+      const file = writeConfig(
+        tempDir(),
+        `version: 1
+agent: { id: fleet-pi, data_dir: ./data }
+destinations:
+  stream: { url: "${nats.url}", subject: "edgehook.{agent}.{type}", stream: EH, create_stream: true, secret: ${SECRET} }
+`,
+      );
+      const out: string[] = [];
+      const err: string[] = [];
+      const code = await sendTestCommand(
+        ["stream"],
+        loadConfig(file, { env: {} }),
+        (l) => out.push(l),
+        (l) => err.push(l),
+      );
+      expect(err).toEqual([]);
+      expect(code).toBe(0);
+      expect(out.slice(1)).toEqual(["PubAck from stream", "accepted by stream"]);
+    } finally {
+      await nats.stop();
+    }
   });
 });
