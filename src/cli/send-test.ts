@@ -77,7 +77,14 @@ export async function sendTestCommand(
   // One attempt only: a 5xx is reported, not retried for hours. A batching destination
   // gets the batch body it always gets, sent at once rather than after batch.max_wait
   // (longer than we wait for an answer).
-  const once = { ...dest, max_attempts: 1, ...(dest.batch ? { batch: { ...dest.batch, max_wait: 0 } } : {}) };
+  // An MQTT destination gets its own client id here: the broker would otherwise drop the
+  // running agent's connection (same id) for this one message.
+  const once = {
+    ...dest,
+    max_attempts: 1,
+    ...(dest.batch ? { batch: { ...dest.batch, max_wait: 0 } } : {}),
+    ...(dest.client_id !== undefined ? { client_id: `${dest.client_id}-send-test` } : {}),
+  };
   const dispatcher = new Dispatcher({
     outbox,
     destinations: { [name]: once },
