@@ -11,6 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, openSync, readFileSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, type LogLine, tempDir, writeConfig } from "../support/agent-process.js";
@@ -27,11 +28,24 @@ interface Salvage {
   lost: { pending: number; damagedBodies: number };
 }
 
-/** Writes 8 KiB of random bytes in the middle of the file, on a page boundary. */
+/**
+ * Writes 8 KiB of random bytes in the middle of the file, from the first b-tree page (a
+ * table's or an index's, 1 KiB pages) at or after the middle: damage SQLite's own checks
+ * see. Bytes that land only on free pages or on the last page of an overflow chain (rule
+ * states and large bodies have those) are not seen by SQLite: then nothing would be
+ * salvaged at start. Bodies have a checksum for that (the last test).
+ */
 function damageMiddle(file: string): void {
-  const size = statSync(file).size;
+  const middle = Math.floor(statSync(file).size / 2 / 1024) + 1;
+  const db = new Database(file, { readonly: true });
+  const page = db
+    .prepare("SELECT MIN(pageno) FROM dbstat WHERE pageno >= ? AND pagetype IN ('leaf', 'internal')")
+    .pluck()
+    .get(middle);
+  db.close();
+  if (typeof page !== "number") throw new Error(`no b-tree page after page ${middle} of ${file}`);
   const fd = openSync(file, "r+");
-  writeSync(fd, randomBytes(8192), 0, 8192, Math.floor(size / 2 / 1024) * 1024);
+  writeSync(fd, randomBytes(8192), 0, 8192, (page - 1) * 1024);
   closeSync(fd);
 }
 
