@@ -221,7 +221,8 @@ export const iso = (ms: number): string => new Date(ms).toISOString();
 export const safeIso = (ms: number): string => (ms > -MAX_DATE && ms < MAX_DATE ? iso(ms) : String(ms));
 
 export function labelsMatch(want: readonly (readonly [string, string])[], have: Labels): boolean {
-  for (const [k, v] of want) if (have[k] !== v) return false;
+  // No destructuring: this runs per reading and rule, and a destructured pair is an iterator.
+  for (const w of want) if (have[w[0]] !== w[1]) return false;
   return true;
 }
 

@@ -29,7 +29,7 @@ import { seriesKey } from "../series-key.js";
 import type { Reading } from "../sources/reading.js";
 import { watchKnownSensors } from "./absent.js";
 import { DEFAULT_MAX_SERIES, SeriesLimit } from "./admission.js";
-import { type CompiledRule, compileRule } from "./compile.js";
+import { type CompiledRule, compileRule, type ForwardRule, type SeriesRule } from "./compile.js";
 import { EngineCore, labelsMatch, MAX_DATE, type RuleEngineStats, type SeriesMachine } from "./core.js";
 import { Forwarder } from "./forward.js";
 import { badTime, isLate, restamp } from "./reading-time.js";
@@ -66,12 +66,21 @@ export interface RuleEngineOptions {
   logger?: Logger;
 }
 
-/** A rule whose globs match a (sensor, metric) pair, with the key and series it feeds. */
-interface Target {
-  rule: CompiledRule;
-  key: string;
+/**
+ * A rule whose globs match a (sensor, metric) pair, with the key and series it feeds.
+ * Both members have the same fields in the same order, and `labels` is copied from the
+ * rule, so the loop over targets (once per reading and rule) reads one object shape
+ * whatever the kind of rule.
+ */
+type Target = TargetOf<"series", SeriesRule> | TargetOf<"forward", ForwardRule>;
+
+interface TargetOf<K extends string, R extends CompiledRule> {
+  readonly kind: K;
+  readonly rule: R;
+  readonly labels: R["labels"];
+  readonly key: string;
   /** The series' metric: the reading's, or "*" for a whole-sensor absent_for watch. */
-  metric: string;
+  readonly metric: string;
   series: SeriesMachine | undefined;
 }
 
@@ -125,12 +134,12 @@ export class RuleEngine {
       const restamped = r.ts > horizon;
       if (restamped) r = restamp(core, r, now);
       for (const t of this.#targets(r.sensor, r.metric)) {
-        const rule = t.rule;
-        if (rule.labels !== undefined && !labelsMatch(rule.labels, r.labels)) continue;
-        if (rule.kind === "forward") {
-          this.#forwarder.reading(core, rule, r, now);
+        if (t.labels !== undefined && !labelsMatch(t.labels, r.labels)) continue;
+        if (t.kind === "forward") {
+          this.#forwarder.reading(core, t.rule, r, now);
           continue;
         }
+        const rule = t.rule;
         let s = t.series;
         if (s === undefined || s.gone) {
           s = core.series.get(t.key);
@@ -222,9 +231,14 @@ export class RuleEngine {
     for (const rule of this.#rules) {
       if (!rule.sensor(sensor) || !rule.metric(metric)) continue;
       if (targets === NO_TARGETS) targets = [];
+      if (rule.kind === "forward") {
+        targets.push({ kind: "forward", rule, labels: rule.labels, key: "", metric, series: undefined });
+        continue;
+      }
       const seriesMetric = rule.kind === "absent" && rule.perSensor ? "*" : metric;
       const key = seriesKey(rule.name, sensor, seriesMetric);
-      targets.push({ rule, key, metric: seriesMetric, series: this.#core.series.get(key) });
+      const series = this.#core.series.get(key);
+      targets.push({ kind: "series", rule, labels: rule.labels, key, metric: seriesMetric, series });
     }
     if (this.#cacheSize >= MATCH_CACHE_LIMIT) {
       this.#clearCache();
