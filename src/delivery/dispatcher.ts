@@ -1,90 +1,32 @@
-/**
- * Drains the outbox to the destinations (design invariants 2-5).
- *
- * One "lane" per destination: an undici Pool (keep-alive) or, behind an HTTP(S) proxy, an
- * EnvHttpProxyAgent; at most `concurrency` requests in flight; an optional token bucket for
- * `rate_limit`; and a state: up, down (no connection can be made: probed one request at a
- * time, every second, sooner when new events come) or disabled (a 410, until `edgehook
- * destination enable NAME`). Only a failure to connect takes a destination down (policy.ts);
- * a request that was sent and then failed spends an attempt of its own delivery and holds
- * back only its series. A reload that changes the url or transport ends an outage and makes
- * waiting retries due (the fix is usually in the config).
- *
- * Order per series: the outbox returns only the head (earliest pending delivery) of each
- * series, and every series with a request in flight OR a failed outcome not yet written
- * (the retry time is not on disk yet) is passed in `exclude`, so a later event of a series
- * is never sent while an earlier one is in flight or waiting for a retry. Different series
- * go out concurrently.
- *
- * Pipelining after a final outcome: once a delivery is delivered (or dead) the next event of
- * its series may go while that outcome still waits to be written (`after`: the outbox then
- * returns the pending delivery after it). Nothing is lost by it: after a crash in between,
- * the earlier one is still pending and is sent again with the same webhook-id, after the
- * later one; the receiver's first arrivals are in order. It is what lets a few busy series
- * use the whole connection instead of waiting for a write per event.
- *
- * Throughput: outcomes are collected and written with one `outbox.settle` call at most
- * every 20 ms (one SQLite transaction instead of one per webhook; at once when the lane has
- * nothing else to do), and passes over a lane
- * are coalesced into one per event-loop turn. When nothing is due the lane sleeps until
- * `outbox.nextDueAt` or a `wake()`; there is no polling loop.
- *
- * Time: retry, probe and rate-limit waits run on the injected Clock, so tests can simulate
- * an hour of downtime. The settle batching delay and the pass coalescing use the event loop
- * directly (setTimeout/setImmediate): they group I/O and must keep running even when a test
- * freezes the logical clock.
- */
-import { setMaxListeners } from "node:events";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
 import { EdgehookError, type ErrorCode } from "../errors.js";
 import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
-import type { AttemptRecord, Delivery, OutboxReader, Settlement } from "../store/types.js";
+import type { AttemptRecord, Delivery } from "../store/types.js";
 import {
-  type Decision,
-  decide,
-  describeError,
-  type FlapSummary,
-  OfflineProbe,
-  OutageLog,
-  type Outcome,
-  PROBE_INTERVAL_MS,
-  TokenBucket,
-  unsendableReason,
-} from "./policy.js";
+  type DestinationStatus,
+  type DispatcherOutbox,
+  type FlagLike,
+  type Flight,
+  Lane,
+  type LaneContext,
+  PIN_MAX,
+  STATES,
+} from "./lane.js";
+import { type Decision, decide, describeError, type Outcome, TokenBucket, unsendableReason } from "./policy.js";
 import { batchId } from "./render.js";
+import { SETTLE_DELAY_MS, SettleWriter, settlementFor } from "./settle-writer.js";
 import type { Attempt, Transport } from "./transport.js";
 import { TRANSPORTS, type TransportRegistry, transportFor } from "./transports.js";
 
-export type DestinationState = "up" | "down" | "disabled";
-
-export interface DestinationStatus {
-  state: DestinationState;
-  /** Epoch ms of the last state change. */
-  since: number;
-  detail?: string;
-  inFlight: number;
-}
-
-/** The destination switches the outbox persists (a 410 survives a restart). */
-export interface DestinationSwitches {
-  setDestinationDisabled(name: string, reason: string): void;
-  enableDestination(name: string): void;
-  /** Persisted flags per destination (the store's DestinationFlag). */
-  destinationFlags(): ReadonlyMap<string, FlagLike> | Readonly<Record<string, FlagLike>>;
-  /** Changes when another process wrote to the outbox (e.g. `edgehook queue replay`). */
-  dataVersion?(): number;
-}
-
-/** Structurally the store's `DestinationFlag`. */
-export interface FlagLike {
-  disabled: boolean;
-  reason?: string | undefined;
-  since?: number | undefined;
-}
-
-export type DispatcherOutbox = OutboxReader & DestinationSwitches;
+export type {
+  DestinationState,
+  DestinationStatus,
+  DestinationSwitches,
+  DispatcherOutbox,
+  FlagLike,
+} from "./lane.js";
 
 export interface DispatcherOptions {
   outbox: DispatcherOutbox;
@@ -128,87 +70,8 @@ export interface AttemptInfo {
 }
 
 const CLOCK_DETAIL = "clock not synchronised";
-const SETTLE_BATCH_MAX = 512;
-const SETTLE_DELAY_MS = 20;
 /** How often a held lane (clock) or a disabled one (enabled from the CLI) is looked at again. */
 const RECHECK_MS = 5_000;
-const STATES: readonly DestinationState[] = ["up", "down", "disabled"];
-/** Most remembered batch memberships per lane; beyond it they are forgotten (ids may change). */
-const PIN_MAX = 10_000;
-/**
- * Outcomes waiting to be written beyond which a series no longer goes on before its last
- * outcome is written (the outbox cannot keep up, or writes fail: do not run ahead of it).
- */
-const PIPELINE_MAX = 4 * SETTLE_BATCH_MAX;
-/** While a destination is down, its offline outcomes are written at most this often. */
-const OFFLINE_RECORD_MS = 60_000;
-
-interface Flight {
-  /** One delivery, or the members of a batch in the order they are in the body. */
-  deliveries: Delivery[];
-  probe: boolean;
-  /** The lane's transport generation when sent; an outcome from an older one says nothing about the current url. */
-  generation: number;
-  aborted: boolean;
-  done: Promise<void>;
-}
-
-interface Lane {
-  name: string;
-  config: DestinationConfig;
-  transport: Transport;
-  state: DestinationState;
-  since: number;
-  detail: string | undefined;
-  flights: Map<number, Flight>;
-  /** One signal per lane aborts every request of it at shutdown (one per request costs at 5k/s). */
-  abort: AbortController;
-  /** Outcomes of this lane collected but not yet written. */
-  unwritten: number;
-  /** Series with a delivery in flight or a failed outcome not yet written. */
-  exclude: Set<string>;
-  /**
-   * Series whose last delivery is delivered or dead but not written yet → its id. The
-   * series goes on with the delivery after it (outbox.next), not waiting for the write.
-   */
-  after: Map<string, number>;
-  probe: OfflineProbe;
-  /** Events were committed since the last probe: while down, one may probe early. */
-  newWork: boolean;
-  outages: OutageLog;
-  /** Incremented when a reload changes the url or transport. */
-  generation: number;
-  /** Monotonic time an offline outcome was last written (they are written at most once a minute). */
-  offlineWrittenAt: number;
-  /** Deliveries that had their free resend after a connection closed before answering (in memory, bounded). */
-  resent: Set<number>;
-  bucket: TokenBucket | undefined;
-  timer: TimerHandle | undefined;
-  timerAt: number;
-  removed: boolean;
-  /** Batching: monotonic time since which the lane waits for a partial batch to fill. */
-  fillSince: number | undefined;
-  /**
-   * Batching: delivery id → webhook-id of the batch it failed in. A retry sends the same
-   * members together again (same webhook-id) even when other events are waiting by then.
-   * In memory only (bounded by PIN_MAX); after a restart batches are formed again in queue order.
-   */
-  pins: Map<number, string>;
-  /**
-   * Batching: the earliest retry this lane scheduled (epoch ms). While a partial batch waits
-   * to fill, the lane sleeps until the earlier of the two; the outbox's nextDueAt cannot tell
-   * (the waiting events are due already).
-   */
-  retryAt: number | undefined;
-}
-
-interface PendingSettle {
-  lane: Lane;
-  settlement: Settlement;
-  series: string;
-  /** Delivered or dead: the series went on before this was written (Lane.after). */
-  released?: boolean;
-}
 
 export class Dispatcher {
   readonly #outbox: DispatcherOutbox;
@@ -220,17 +83,16 @@ export class Dispatcher {
   readonly #random: () => number;
   readonly #onAttempt: ((info: AttemptInfo) => void) | undefined;
   readonly #env: Readonly<Record<string, string | undefined>>;
-  readonly #settleDelayMs: number;
   readonly #baseDir: string | undefined;
   readonly #transports: TransportRegistry;
+  readonly #laneContext: LaneContext;
   readonly #lanes = new Map<string, Lane>();
   #quiet!: RateLimitedLog;
   #started = false;
   #stopping = false;
   #toPump = new Set<Lane>();
   #pumpImmediate: NodeJS.Immediate | undefined;
-  #pending: PendingSettle[] = [];
-  #settleTimer: NodeJS.Timeout | undefined;
+  readonly #settler: SettleWriter;
   #clockHeld = false;
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
@@ -247,9 +109,30 @@ export class Dispatcher {
     this.#random = options.random ?? Math.random;
     this.#onAttempt = options.onAttempt;
     this.#env = options.env ?? process.env;
-    this.#settleDelayMs = options.settleDelayMs ?? SETTLE_DELAY_MS;
     this.#baseDir = options.baseDir;
     this.#transports = options.transports ?? TRANSPORTS;
+    this.#laneContext = {
+      clock: this.#clock,
+      log: this.#log,
+      metrics: this.#metrics,
+      outbox: this.#outbox,
+      random: this.#random,
+      quiet: () => this.#quiet,
+      clockHeld: () => this.#clockHeld,
+      pump: (lane) => this.#pump(lane),
+    };
+    this.#settler = new SettleWriter({
+      outbox: this.#outbox,
+      log: this.#log,
+      quiet: () => this.#quiet,
+      delayMs: options.settleDelayMs ?? SETTLE_DELAY_MS,
+      stopping: () => this.#stopping,
+      written: (batch) => {
+        for (const p of batch) if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
+        this.#schedulePumps();
+        this.#resolveIdle();
+      },
+    });
   }
 
   start(): void {
@@ -269,7 +152,7 @@ export class Dispatcher {
     for (const [name, config] of Object.entries(this.#destinations)) {
       const transport = transports.get(name);
       if (transport === undefined) continue; // every destination got one above
-      const lane = this.#newLane(name, config, transport);
+      const lane = new Lane(name, config, transport, this.#laneContext);
       const flag = disabled.get(name);
       if (flag) {
         lane.state = "disabled";
@@ -281,7 +164,7 @@ export class Dispatcher {
         );
       }
       this.#lanes.set(name, lane);
-      this.#gauge(lane);
+      lane.gauge();
     }
     this.#dataVersion = this.#outbox.dataVersion?.();
     this.#scheduleRecheck();
@@ -318,7 +201,7 @@ export class Dispatcher {
     this.#toPump.clear();
     if (this.#recheck) this.#clock.clearTimeout(this.#recheck);
     this.#recheck = undefined;
-    for (const lane of this.#lanes.values()) this.#clearTimer(lane);
+    for (const lane of this.#lanes.values()) lane.clearTimer();
 
     const flights = [...this.#lanes.values()].flatMap((l) => [...l.flights.values()]);
     if (flights.length > 0) {
@@ -336,7 +219,7 @@ export class Dispatcher {
       }
       await Promise.all(left.map((f) => f.done));
     }
-    this.#flush();
+    this.#settler.flush();
     await Promise.all([...this.#lanes.values()].map((l) => l.transport.destroy()));
     this.#lanes.clear();
     this.#started = false;
@@ -368,7 +251,7 @@ export class Dispatcher {
     for (const [name, lane] of this.#lanes) {
       if (destinations[name] !== undefined) continue;
       lane.removed = true;
-      this.#clearTimer(lane);
+      lane.clearTimer();
       this.#lanes.delete(name);
       for (const s of STATES) this.#metrics.destinationUp.remove({ destination: name, state: s });
       // close() lets the requests in flight finish; their outcomes are still written.
@@ -380,9 +263,9 @@ export class Dispatcher {
       const transport = transports.get(name);
       if (!lane) {
         if (transport === undefined) continue; // every new destination got one above
-        const fresh = this.#newLane(name, config, transport);
+        const fresh = new Lane(name, config, transport, this.#laneContext);
         this.#lanes.set(name, fresh);
-        this.#gauge(fresh);
+        fresh.gauge();
         this.#toPump.add(fresh);
         continue;
       }
@@ -422,8 +305,8 @@ export class Dispatcher {
     lane.retryAt = undefined;
     const wasDown = lane.state === "down";
     if (wasDown) {
-      this.#clearTimer(lane);
-      this.#setState(lane, "up", undefined);
+      lane.clearTimer();
+      lane.setState("up", undefined);
     }
     if (wasDown || due > 0) {
       this.#log.info(
@@ -455,7 +338,7 @@ export class Dispatcher {
     if (!lane) throw new EdgehookError("EDGEHOOK_NOT_FOUND", `no destination named ${name}`);
     this.#outbox.enableDestination(name);
     if (lane.state === "disabled") {
-      this.#setState(lane, "up", undefined);
+      lane.setState("up", undefined);
       this.#log.info({ destination: name }, `destination ${name} enabled; delivering its pending webhooks`);
     }
     this.#toPump.add(lane);
@@ -472,35 +355,6 @@ export class Dispatcher {
   }
 
   // ------------------------------------------------------------ lanes
-
-  #newLane(name: string, config: DestinationConfig, transport: Transport): Lane {
-    return {
-      name,
-      config,
-      transport,
-      state: "up",
-      since: this.#clock.now(),
-      detail: undefined,
-      flights: new Map(),
-      abort: laneAbort(),
-      unwritten: 0,
-      exclude: new Set(),
-      after: new Map(),
-      probe: new OfflineProbe(this.#clock, this.#random),
-      newWork: false,
-      outages: new OutageLog(this.#clock),
-      generation: 0,
-      offlineWrittenAt: Number.NEGATIVE_INFINITY,
-      resent: new Set(),
-      bucket: config.rate_limit ? new TokenBucket(config.rate_limit, this.#clock) : undefined,
-      timer: undefined,
-      timerAt: 0,
-      removed: false,
-      fillSince: undefined,
-      pins: new Map(),
-      retryAt: undefined,
-    };
-  }
 
   /** The transport of one destination. Reads its files now (start or reload). */
   #transport(config: DestinationConfig): Transport {
@@ -524,19 +378,6 @@ export class Dispatcher {
     return out;
   }
 
-  #setState(lane: Lane, state: DestinationState, detail: string | undefined): void {
-    lane.state = state;
-    lane.since = this.#clock.now();
-    lane.detail = detail;
-    this.#gauge(lane);
-  }
-
-  #gauge(lane: Lane): void {
-    const current = this.#clockHeld && lane.state !== "disabled" ? "down" : lane.state;
-    for (const s of STATES)
-      this.#metrics.destinationUp.set({ destination: lane.name, state: s }, s === current ? 1 : 0);
-  }
-
   // ------------------------------------------------------------ passes
 
   #schedulePumps(): void {
@@ -548,22 +389,6 @@ export class Dispatcher {
       for (const lane of lanes) this.#pump(lane);
       this.#resolveIdle();
     });
-  }
-
-  #arm(lane: Lane, ms: number): void {
-    const at = this.#clock.monotonic() + ms;
-    if (lane.timer && lane.timerAt <= at) return;
-    this.#clearTimer(lane);
-    lane.timerAt = at;
-    lane.timer = this.#clock.setTimeout(() => {
-      lane.timer = undefined;
-      this.#pump(lane);
-    }, ms);
-  }
-
-  #clearTimer(lane: Lane): void {
-    if (lane.timer) this.#clock.clearTimeout(lane.timer);
-    lane.timer = undefined;
   }
 
   #held(): boolean {
@@ -578,7 +403,7 @@ export class Dispatcher {
       } else {
         this.#log.info("system clock synchronised: delivering webhooks");
       }
-      for (const lane of this.#lanes.values()) this.#gauge(lane);
+      for (const lane of this.#lanes.values()) lane.gauge();
     }
     return held;
   }
@@ -597,7 +422,7 @@ export class Dispatcher {
   #recheckNow(): void {
     for (const lane of this.#lanes.values()) {
       const flaps = lane.outages.due(lane.state === "down");
-      if (flaps) this.#logFlaps(lane, flaps);
+      if (flaps) lane.logFlaps(flaps);
     }
     const wasHeld = this.#clockHeld;
     if (!this.#held() && wasHeld) this.wake();
@@ -623,7 +448,7 @@ export class Dispatcher {
     }
     for (const lane of disabledLanes) {
       if (flags.has(lane.name)) continue;
-      this.#setState(lane, "up", undefined);
+      lane.setState("up", undefined);
       this.#log.info({ destination: lane.name }, `destination ${lane.name} enabled; delivering its pending webhooks`);
       this.#toPump.add(lane);
     }
@@ -643,7 +468,7 @@ export class Dispatcher {
         const wait = lane.probe.waitMs(lane.newWork);
         if (wait === undefined) return; // the one probe is in flight
         if (wait > 0) {
-          this.#arm(lane, wait);
+          lane.arm(wait);
           return;
         }
         // A batch lane probes with a whole batch: the backlog is old, there is nothing to wait for.
@@ -652,7 +477,7 @@ export class Dispatcher {
           this.#sleepUntilDue(lane, now);
           return;
         }
-        const { ready, rest } = this.#group(lane, heads, perRequest);
+        const { ready, rest } = lane.group(heads, perRequest);
         lane.probe.begin(lane.newWork);
         lane.newWork = false;
         lane.fillSince = undefined;
@@ -665,13 +490,13 @@ export class Dispatcher {
       if (lane.bucket) {
         const tokens = lane.bucket.available();
         if (tokens <= 0) {
-          this.#arm(lane, lane.bucket.waitMs());
+          lane.arm(lane.bucket.waitMs());
           return;
         }
         limit = Math.min(limit, tokens);
       }
       const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude, lane.after);
-      const { ready, rest } = this.#group(lane, rows, perRequest);
+      const { ready, rest } = lane.group(rows, perRequest);
       let sent = 0;
       // Full requests go at once (one delivery each, max_events per batch, or a retried batch).
       for (const group of ready) {
@@ -687,7 +512,7 @@ export class Dispatcher {
       } else if (sent < limit) {
         // A partial batch: wait up to max_wait for it to fill (a wake() on new deliveries or
         // this timer looks again), then send what there is.
-        const wait = this.#fillWait(lane, rest, now);
+        const wait = lane.fillWait(rest, now);
         if (wait <= 0) {
           lane.fillSince = undefined;
           lane.bucket?.take(1);
@@ -695,7 +520,7 @@ export class Dispatcher {
           sent++;
         } else {
           if (lane.retryAt !== undefined && lane.retryAt <= now) lane.retryAt = undefined;
-          this.#arm(lane, lane.retryAt === undefined ? wait : Math.min(wait, lane.retryAt - now));
+          lane.arm(lane.retryAt === undefined ? wait : Math.min(wait, lane.retryAt - now));
           return;
         }
       }
@@ -705,66 +530,16 @@ export class Dispatcher {
           // the last request is back, write now instead of after the batching delay (this is
           // what limits a few busy series); otherwise the next completion or the delay does.
           // Either way the write schedules the next pass.
-          if (lane.flights.size === 0) this.#flush();
+          if (lane.flights.size === 0) this.#settler.flush();
           return;
         }
         this.#sleepUntilDue(lane, now);
-      } else if (limit < free && lane.bucket) this.#arm(lane, lane.bucket.waitMs());
+      } else if (limit < free && lane.bucket) lane.arm(lane.bucket.waitMs());
     } catch (err) {
       const n = this.#quiet.shouldLog(`${lane.name}:outbox`);
       if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
-      this.#arm(lane, 1_000);
+      lane.arm(1_000);
     }
-  }
-
-  /**
-   * Splits due heads (in queue order) into requests. Without batching, one per delivery.
-   * With batching: the members of a batch that failed go together again, at once; the
-   * others fill batches of `perRequest` in queue order, and a last partial one is `rest`.
-   */
-  #group(lane: Lane, rows: Delivery[], perRequest: number): { ready: Delivery[][]; rest: Delivery[] } {
-    if (lane.config.batch === undefined) return { ready: rows.map((r) => [r]), rest: [] };
-    const ready: Delivery[][] = [];
-    const fresh: Delivery[] = [];
-    const pinned = new Map<string, Delivery[]>();
-    for (const r of rows) {
-      const key = lane.pins.get(r.id);
-      if (key === undefined) {
-        fresh.push(r);
-        continue;
-      }
-      let group = pinned.get(key);
-      if (group && group.length >= perRequest) {
-        // max_events was lowered by a reload: the rest of the old batch goes as new events.
-        fresh.push(r);
-        continue;
-      }
-      if (!group) {
-        group = [];
-        pinned.set(key, group);
-        ready.push(group);
-      }
-      group.push(r);
-    }
-    let i = 0;
-    for (; fresh.length - i >= perRequest; i += perRequest) ready.push(fresh.slice(i, i + perRequest));
-    return { ready, rest: fresh.slice(i) };
-  }
-
-  /**
-   * Ms a partial batch may still wait to fill: until its oldest event is `max_wait` old, or
-   * the lane has waited `max_wait` (so a wall clock set back cannot hold it longer). 0 = send.
-   */
-  #fillWait(lane: Lane, rows: readonly Delivery[], now: number): number {
-    const maxWait = lane.config.batch?.max_wait ?? 0;
-    if (maxWait <= 0) return 0;
-    // A retry goes on its schedule: its batch was formed when it was first sent.
-    if (rows.some((r) => r.attempts > 0)) return 0;
-    const mono = this.#clock.monotonic();
-    lane.fillSince ??= mono;
-    let oldest = now;
-    for (const r of rows) oldest = Math.min(oldest, r.createdAt);
-    return Math.max(0, Math.min(oldest + maxWait - now, lane.fillSince + maxWait - mono));
   }
 
   /** Nothing more is due now: sleep until the next head is due (or a wake/completion). */
@@ -772,11 +547,11 @@ export class Dispatcher {
     const due = this.#outbox.nextDueAt(lane.name);
     if (due === undefined) return;
     if (due > now) {
-      this.#arm(lane, due - now);
+      lane.arm(due - now);
     } else if (lane.flights.size === 0 && lane.exclude.size === 0) {
       // Due but not returned (e.g. written by another process between the two reads):
       // look again shortly rather than spin or stall.
-      this.#arm(lane, 1_000);
+      lane.arm(1_000);
     }
   }
 
@@ -893,53 +668,21 @@ export class Dispatcher {
       if (decision.action !== "delivered") {
         attempt.error = decision.action === "dead" ? decision.reason : decision.error;
       }
-      let settlement: Settlement;
-      switch (decision.action) {
-        case "delivered":
-          settlement = { id: delivery.id, outcome: "delivered", attempt };
-          break;
-        case "offline":
-          settlement = { id: delivery.id, outcome: "retry", attempt, nextAt: now, counted: false };
-          break;
-        case "retry":
-          settlement = {
-            id: delivery.id,
-            outcome: "retry",
-            attempt,
-            nextAt: decision.nextAt,
-            counted: decision.counted,
-          };
-          if (lane.config.batch !== undefined)
-            lane.retryAt = Math.min(lane.retryAt ?? decision.nextAt, decision.nextAt);
-          break;
-        case "dead":
-          settlement = { id: delivery.id, outcome: "dead", attempt, reason: decision.reason };
-          break;
-      }
-      if (pinKey !== undefined && (decision.action === "retry" || decision.action === "offline")) {
-        lane.pins.set(delivery.id, pinKey);
-      } else {
-        lane.pins.delete(delivery.id);
-      }
-      if (current && decision.action === "retry" && !decision.counted) {
-        if (lane.resent.size >= PIN_MAX) lane.resent.clear();
-        lane.resent.add(delivery.id);
-      } else if (decision.action !== "retry" && decision.action !== "offline") {
-        lane.resent.delete(delivery.id);
-      }
+      const settlement = settlementFor(delivery.id, decision, attempt, now);
+      lane.remember(delivery.id, decision, pinKey, current);
       // State changes and logs once per kind of decision, not once per batch member. An
       // outcome from before a reload moved the destination says nothing about it now.
       if (current && !actions.has(decision.action)) {
         actions.add(decision.action);
-        this.#transition(lane, flight, decision);
+        lane.transition(flight, decision);
       }
-      if (decision.action === "offline" && !this.#recordOffline(lane, actions)) {
+      if (decision.action === "offline" && !lane.recordOffline(actions)) {
         // Nothing durable changes (no attempt spent, still due): while a destination is
         // down its probes are recorded at most once a minute, not once a second.
         lane.exclude.delete(delivery.series);
         continue;
       }
-      this.#queueSettle({ lane, settlement, series: delivery.series });
+      this.#settler.queue({ lane, settlement, series: delivery.series });
     }
     // Other series can go out while this outcome waits to be written.
     if (this.#worthAPass(lane)) {
@@ -949,206 +692,7 @@ export class Dispatcher {
     this.#resolveIdle();
   }
 
-  /**
-   * Whether to write an offline outcome: the first of a request (all members of a batch), then
-   * at most one a minute per destination, so `edgehook queue show` tells why a delivery
-   * waits without a write a second to the SD card.
-   */
-  #recordOffline(lane: Lane, actions: Set<string>): boolean {
-    if (actions.has("offline-recorded")) return true;
-    const mono = this.#clock.monotonic();
-    if (mono - lane.offlineWrittenAt < OFFLINE_RECORD_MS) return false;
-    lane.offlineWrittenAt = mono;
-    actions.add("offline-recorded");
-    return true;
-  }
-
-  /** Destination state and logging after one outcome. */
-  #transition(lane: Lane, flight: Flight, decision: Decision): void {
-    const name = lane.name;
-    if (decision.class === "unsendable") {
-      // Nothing went on the wire: says nothing about the receiver; a probe may go again now.
-      if (flight.probe) lane.probe.released();
-      const n = this.#quiet.shouldLog(`${name}:unsendable`);
-      if (n !== undefined) {
-        this.#log.error(
-          { destination: name, reason: decision.action === "dead" ? decision.reason : undefined, suppressed: n },
-          `destination ${name}: a webhook cannot be built and is dead (${decision.action === "dead" ? decision.reason : ""}); see edgehook queue list`,
-        );
-      }
-      return;
-    }
-    if (decision.action === "offline") {
-      if (lane.state === "up") {
-        this.#wentDown(lane, decision.error);
-      } else if (flight.probe) {
-        lane.probe.failed();
-        lane.detail = decision.error;
-        const n = this.#quiet.shouldLog(`${name}:down`);
-        if (n !== undefined) {
-          const downMs = this.#clock.now() - lane.since;
-          this.#log.warn(
-            {
-              destination: name,
-              error: decision.error,
-              downSince: new Date(lane.since).toISOString(),
-              downSeconds: Math.round(downMs / 1000),
-              probes: n + 1,
-              backlog: this.#backlog(name),
-            },
-            `destination ${name} still unreachable after ${span(downMs)} (${decision.error}); ${this.#backlog(name)} webhook(s) waiting, probing every second`,
-          );
-        }
-        this.#arm(lane, lane.probe.waitMs(lane.newWork) ?? PROBE_INTERVAL_MS);
-      }
-      return;
-    }
-    // Any HTTP answer, or a connection made, means the receiver is reachable.
-    if (flight.probe) lane.probe.released();
-    if (lane.state === "down") this.#cameBack(lane);
-    if (decision.action === "dead") {
-      if (decision.disable && lane.state !== "disabled") {
-        this.#setState(lane, "disabled", decision.reason);
-        try {
-          this.#outbox.setDestinationDisabled(name, decision.reason);
-        } catch (err) {
-          this.#log.error({ err, destination: name }, "could not persist the disabled flag");
-        }
-        this.#clearTimer(lane);
-        this.#log.error(
-          { destination: name, code: "EDGEHOOK_DESTINATION_DISABLED" },
-          `destination ${name} answered 410 Gone and is disabled; its webhooks stay queued. Fix the receiver or the url, then run: edgehook destination enable ${name}`,
-        );
-        return;
-      }
-      const n = this.#quiet.shouldLog(`${name}:dead`);
-      if (n !== undefined) {
-        this.#log.warn(
-          { destination: name, reason: decision.reason, suppressed: n },
-          `destination ${name} rejected a webhook for good (${decision.reason}); see edgehook queue list --state dead`,
-        );
-      }
-    } else if (decision.action === "retry") {
-      const n = this.#quiet.shouldLog(`${name}:retry`);
-      if (n !== undefined) {
-        this.#log.warn(
-          { destination: name, error: decision.error, suppressed: n },
-          decision.counted
-            ? `destination ${name} failed a webhook (${decision.error}); retrying it on the schedule, its series waits, other series go on`
-            : `destination ${name} closed the connection before answering (${decision.error}); sending the webhook again at once`,
-        );
-      }
-    }
-  }
-
-  #wentDown(lane: Lane, error: string): void {
-    const name = lane.name;
-    this.#setState(lane, "down", error);
-    lane.probe.reset();
-    lane.newWork = false;
-    this.#quiet.reset(`${name}:down`);
-    this.#quiet.shouldLog(`${name}:down`);
-    const { log, summary } = lane.outages.down();
-    if (summary) this.#logFlaps(lane, summary);
-    if (log) {
-      const backlog = this.#backlog(name);
-      this.#log.warn(
-        { destination: name, error, backlog },
-        `destination ${name} unreachable (${error}); ${backlog} webhook(s) wait in the outbox, probing every second`,
-      );
-    }
-    this.#arm(lane, lane.probe.waitMs() ?? PROBE_INTERVAL_MS);
-  }
-
-  #cameBack(lane: Lane): void {
-    const downMs = this.#clock.now() - lane.since;
-    this.#setState(lane, "up", undefined);
-    if (!lane.outages.up(downMs)) return;
-    const backlog = this.#backlog(lane.name);
-    this.#log.info(
-      { destination: lane.name, downSeconds: Math.round(downMs / 100) / 10, backlog },
-      `destination ${lane.name} reachable again after ${span(downMs)}; sending the ${backlog} webhook(s) that waited`,
-    );
-  }
-
-  #logFlaps(lane: Lane, f: FlapSummary): void {
-    this.#log.warn(
-      {
-        destination: lane.name,
-        outages: f.outages,
-        downSeconds: Math.round(f.downMs / 100) / 10,
-        windowSeconds: Math.round(f.windowMs / 1000),
-        state: lane.state,
-        backlog: this.#backlog(lane.name),
-      },
-      `destination ${lane.name} flapping: unreachable ${f.outages} more time(s) in the last ${span(f.windowMs)} (${span(f.downMs)} down in all); now ${lane.state}, ${this.#backlog(lane.name)} webhook(s) waiting`,
-    );
-  }
-
-  /** Pending deliveries of a destination (0 when the outbox cannot say). */
-  #backlog(name: string): number {
-    try {
-      return this.#outbox.pendingCount(name);
-    } catch {
-      return 0;
-    }
-  }
-
   // ------------------------------------------------------------ settling
-
-  #queueSettle(p: PendingSettle): void {
-    const { settlement, lane } = p;
-    if (settlement.outcome !== "retry" && this.#pending.length < PIPELINE_MAX && lane.state !== "disabled") {
-      // Delivered or dead: nothing about it changes any more, so the next event of the
-      // series may go while this waits to be written. After a crash in between, this one
-      // is sent again (same webhook-id) after the later one; first arrivals stay in order.
-      lane.after.set(p.series, settlement.id);
-      lane.exclude.delete(p.series);
-      p.released = true;
-    }
-    this.#pending.push(p);
-    lane.unwritten++;
-    if (this.#pending.length >= SETTLE_BATCH_MAX || this.#stopping) {
-      this.#flush();
-    } else if (!this.#settleTimer) {
-      this.#settleTimer = setTimeout(() => {
-        this.#settleTimer = undefined;
-        this.#flush();
-      }, this.#settleDelayMs);
-    }
-  }
-
-  #flush(): void {
-    if (this.#settleTimer) clearTimeout(this.#settleTimer);
-    this.#settleTimer = undefined;
-    if (this.#pending.length === 0) return;
-    const batch = this.#pending;
-    this.#pending = [];
-    try {
-      this.#outbox.settle(batch.map((p) => p.settlement));
-    } catch (err) {
-      // Keep the series excluded (or, delivered ones, in `after`) and try again: releasing
-      // them would resend deliveries whose outcome is known but not yet written.
-      const n = this.#quiet.shouldLog("settle");
-      if (n !== undefined) this.#log.error({ err, suppressed: n }, "writing delivery outcomes failed; retrying");
-      this.#pending = batch.concat(this.#pending);
-      if (!this.#stopping) {
-        this.#settleTimer = setTimeout(() => {
-          this.#settleTimer = undefined;
-          this.#flush();
-        }, 1_000);
-      }
-      return;
-    }
-    for (const p of batch) {
-      p.lane.unwritten--;
-      if (!p.released) p.lane.exclude.delete(p.series);
-      else if (p.lane.after.get(p.series) === p.settlement.id) p.lane.after.delete(p.series);
-      if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);
-    }
-    this.#schedulePumps();
-    this.#resolveIdle();
-  }
 
   /**
    * Refill in chunks (a quarter of the lane) so one outbox read serves several requests; a
@@ -1160,7 +704,7 @@ export class Dispatcher {
   }
 
   #isIdle(): boolean {
-    if (this.#pending.length > 0 || this.#pumpImmediate !== undefined) return false;
+    if (this.#settler.size > 0 || this.#pumpImmediate !== undefined) return false;
     for (const lane of this.#lanes.values()) if (lane.flights.size > 0) return false;
     return true;
   }
@@ -1195,19 +739,4 @@ function attemptInfo(eventId: string, destination: string, outcome: Outcome): At
       // A code to branch on, and the reason.
       return { eventId, destination, code: "EDGEHOOK_REQUEST_UNSENDABLE", error: unsendableReason(outcome.error) };
   }
-}
-
-function laneAbort(): AbortController {
-  const ac = new AbortController();
-  // Up to `concurrency` (64) requests listen on it at once; that is not a leak.
-  setMaxListeners(0, ac.signal);
-  return ac;
-}
-
-/** A duration for a log line: 0.4 s, 12 s, 5 min, 3.2 h. */
-function span(ms: number): string {
-  if (ms < 10_000) return `${(Math.max(0, ms) / 1000).toFixed(1)} s`;
-  if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
-  if (ms < 7_200_000) return `${Math.round(ms / 60_000)} min`;
-  return `${(ms / 3_600_000).toFixed(1)} h`;
 }

@@ -1,0 +1,134 @@
+/**
+ * Collects delivery outcomes and writes them with one `outbox.settle` call (one SQLite
+ * transaction, one fsync on the SD card) at most every `delayMs` (20 ms by default), at once
+ * when 512 are waiting, when the dispatcher is stopping, or when it asks (`flush`: a lane
+ * has nothing else to do). A write that fails keeps every outcome and tries again a second
+ * later.
+ *
+ * Order per series while an outcome waits (design invariant 5): a failed outcome keeps its
+ * series in the lane's `exclude` until it is written (the retry time is not on disk yet). A
+ * delivered or dead one releases its series at once (`lane.after`: the outbox hands out the
+ * delivery after it), unless PIPELINE_MAX outcomes are already waiting. After a crash in
+ * between, the earlier one is still pending and is sent again with the same id, after the
+ * later one; the receiver's first arrivals are in order.
+ *
+ * The batching delay runs on the event loop (setTimeout), not the injected Clock: it groups
+ * I/O and must keep running when a test freezes logical time.
+ */
+import type { Logger, RateLimitedLog } from "../ops/logger.js";
+import type { AttemptRecord, OutboxReader, Settlement } from "../store/types.js";
+import type { Lane } from "./lane.js";
+import type { Decision } from "./policy.js";
+
+export const SETTLE_BATCH_MAX = 512;
+export const SETTLE_DELAY_MS = 20;
+/**
+ * Outcomes waiting to be written beyond which a series no longer goes on before its last
+ * outcome is written (the outbox cannot keep up, or writes fail: do not run ahead of it).
+ */
+const PIPELINE_MAX = 4 * SETTLE_BATCH_MAX;
+/** After a failed write, the next try. */
+const RETRY_WRITE_MS = 1_000;
+
+export interface PendingSettle {
+  lane: Lane;
+  settlement: Settlement;
+  series: string;
+  /** Delivered or dead: the series went on before this was written (Lane.after). */
+  released?: boolean;
+}
+
+export interface SettleWriterOptions {
+  outbox: Pick<OutboxReader, "settle">;
+  log: Logger;
+  /** The dispatcher's rate-limited log. */
+  quiet(): RateLimitedLog;
+  /** Longest wait before outcomes are written. */
+  delayMs: number;
+  /** The dispatcher is stopping: write at once, do not schedule retries. */
+  stopping(): boolean;
+  /** Outcomes of these (the batch written, in order) are on disk; their series are released. */
+  written(batch: readonly PendingSettle[]): void;
+}
+
+export class SettleWriter {
+  readonly #o: SettleWriterOptions;
+  #pending: PendingSettle[] = [];
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: SettleWriterOptions) {
+    this.#o = options;
+  }
+
+  /** Outcomes collected and not yet written. */
+  get size(): number {
+    return this.#pending.length;
+  }
+
+  queue(p: PendingSettle): void {
+    const { settlement, lane } = p;
+    if (settlement.outcome !== "retry" && this.#pending.length < PIPELINE_MAX && lane.state !== "disabled") {
+      // Delivered or dead: nothing about it changes any more, so the next event of the
+      // series may go while this waits to be written. After a crash in between, this one
+      // is sent again (same webhook-id) after the later one; first arrivals stay in order.
+      lane.after.set(p.series, settlement.id);
+      lane.exclude.delete(p.series);
+      p.released = true;
+    }
+    this.#pending.push(p);
+    lane.unwritten++;
+    if (this.#pending.length >= SETTLE_BATCH_MAX || this.#o.stopping()) {
+      this.flush();
+    } else if (!this.#timer) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.flush();
+      }, this.#o.delayMs);
+    }
+  }
+
+  /** Writes everything collected now. */
+  flush(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#pending.length === 0) return;
+    const batch = this.#pending;
+    this.#pending = [];
+    try {
+      this.#o.outbox.settle(batch.map((p) => p.settlement));
+    } catch (err) {
+      // Keep the series excluded (or, delivered ones, in `after`) and try again: releasing
+      // them would resend deliveries whose outcome is known but not yet written.
+      const n = this.#o.quiet().shouldLog("settle");
+      if (n !== undefined) this.#o.log.error({ err, suppressed: n }, "writing delivery outcomes failed; retrying");
+      this.#pending = batch.concat(this.#pending);
+      if (!this.#o.stopping()) {
+        this.#timer = setTimeout(() => {
+          this.#timer = undefined;
+          this.flush();
+        }, RETRY_WRITE_MS);
+      }
+      return;
+    }
+    for (const p of batch) {
+      p.lane.unwritten--;
+      if (!p.released) p.lane.exclude.delete(p.series);
+      else if (p.lane.after.get(p.series) === p.settlement.id) p.lane.after.delete(p.series);
+    }
+    this.#o.written(batch);
+  }
+}
+
+/** What is written for one delivery after `decision`. */
+export function settlementFor(id: number, decision: Decision, attempt: AttemptRecord, now: number): Settlement {
+  switch (decision.action) {
+    case "delivered":
+      return { id, outcome: "delivered", attempt };
+    case "offline":
+      return { id, outcome: "retry", attempt, nextAt: now, counted: false };
+    case "retry":
+      return { id, outcome: "retry", attempt, nextAt: decision.nextAt, counted: decision.counted };
+    case "dead":
+      return { id, outcome: "dead", attempt, reason: decision.reason };
+  }
+}
