@@ -1,23 +1,55 @@
+/**
+ * Drains the outbox to the destinations (design invariants 2-5). The dispatcher ties the
+ * delivery modules together and owns their lifecycle (start, reload, stop):
+ *
+ *   lane.ts           per destination: up / down (probed one request at a time) / disabled
+ *                     (a 410), requests in flight, series held back, outages, batch pins
+ *   pump.ts           one pass over a lane: which due heads go now (concurrency, rate
+ *                     limit, batching); sleeps until `outbox.nextDueAt`, no polling loop
+ *   send.ts           one attempt: the transport prepares (signs) and sends it; the outcome
+ *                     is decided (policy.ts), moves the lane and goes to the settle writer
+ *   settle-writer.ts  outcomes written with one `outbox.settle` every 20 ms at most
+ *   transport.ts      the seam to the wire; transports.ts picks one per url scheme
+ *
+ * Order per series: the outbox returns only the head (earliest pending delivery) of each
+ * series, and every series with a request in flight OR a failed outcome not yet written
+ * (the retry time is not on disk yet) is passed in `exclude`, so a later event of a series
+ * is never sent while an earlier one is in flight or waiting for a retry. Different series
+ * go out concurrently. Once a delivery is delivered (or dead) the next event of its series
+ * may go while that outcome still waits to be written (settle-writer.ts explains why
+ * nothing is lost by it).
+ *
+ * Only a failure to connect takes a destination down (policy.ts); a request that was sent
+ * and then failed spends an attempt of its own delivery and holds back only its series. A
+ * reload that changes the url or transport ends an outage and makes waiting retries due
+ * (the fix is usually in the config). Here too: the hold while the system clock is not
+ * synchronised, and a slow recheck for what other processes change in the outbox
+ * (`edgehook queue replay`, `edgehook destination enable`).
+ *
+ * Time: retry, probe and rate-limit waits run on the injected Clock, so tests can simulate
+ * an hour of downtime. The settle batching delay and the pass coalescing (one pass per lane
+ * per event-loop turn) use the event loop directly (setTimeout/setImmediate): they group
+ * I/O and must keep running even when a test freezes the logical clock. The outbox is seen
+ * only through `OutboxReader` and the destination switches (`DispatcherOutbox`).
+ */
 import type { Clock, TimerHandle } from "../clock.js";
 import type { DestinationConfig } from "../config/schema.js";
-import { EdgehookError, type ErrorCode } from "../errors.js";
+import { EdgehookError } from "../errors.js";
 import { type Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
-import type { AttemptRecord, Delivery } from "../store/types.js";
 import {
   type DestinationStatus,
   type DispatcherOutbox,
   type FlagLike,
-  type Flight,
   Lane,
   type LaneContext,
-  PIN_MAX,
   STATES,
 } from "./lane.js";
-import { type Decision, decide, describeError, type Outcome, TokenBucket, unsendableReason } from "./policy.js";
-import { batchId } from "./render.js";
-import { SETTLE_DELAY_MS, SettleWriter, settlementFor } from "./settle-writer.js";
-import type { Attempt, Transport } from "./transport.js";
+import { TokenBucket } from "./policy.js";
+import { type PumpContext, pass } from "./pump.js";
+import { type AttemptInfo, Sender } from "./send.js";
+import { SETTLE_DELAY_MS, SettleWriter } from "./settle-writer.js";
+import type { Transport } from "./transport.js";
 import { TRANSPORTS, type TransportRegistry, transportFor } from "./transports.js";
 
 export type {
@@ -27,6 +59,7 @@ export type {
   DispatcherOutbox,
   FlagLike,
 } from "./lane.js";
+export type { AttemptInfo } from "./send.js";
 
 export interface DispatcherOptions {
   outbox: DispatcherOutbox;
@@ -57,18 +90,6 @@ export interface DispatcherOptions {
   onAttempt?: (info: AttemptInfo) => void;
 }
 
-export interface AttemptInfo {
-  eventId: string;
-  destination: string;
-  status?: number;
-  headers?: Record<string, string | string[] | undefined>;
-  /** Up to the first 4 KiB of the answer. */
-  body?: Buffer;
-  error?: string;
-  /** Set when no request could be built (a template or URL that does not render): retrying cannot help. */
-  code?: ErrorCode;
-}
-
 const CLOCK_DETAIL = "clock not synchronised";
 /** How often a held lane (clock) or a disabled one (enabled from the CLI) is looked at again. */
 const RECHECK_MS = 5_000;
@@ -93,6 +114,8 @@ export class Dispatcher {
   #toPump = new Set<Lane>();
   #pumpImmediate: NodeJS.Immediate | undefined;
   readonly #settler: SettleWriter;
+  readonly #sender: Sender;
+  readonly #pumpContext: PumpContext;
   #clockHeld = false;
   #recheck: TimerHandle | undefined;
   #idleWaiters: (() => void)[] = [];
@@ -133,6 +156,30 @@ export class Dispatcher {
         this.#resolveIdle();
       },
     });
+    this.#sender = new Sender({
+      clock: this.#clock,
+      log: this.#log,
+      metrics: this.#metrics,
+      random: this.#random,
+      settler: this.#settler,
+      onAttempt: options.onAttempt,
+      recorded: (lane) => {
+        if (this.#worthAPass(lane)) {
+          this.#toPump.add(lane);
+          this.#schedulePumps();
+        }
+        this.#resolveIdle();
+      },
+      idle: () => this.#resolveIdle(),
+    });
+    this.#pumpContext = {
+      outbox: this.#outbox,
+      clock: this.#clock,
+      log: this.#log,
+      quiet: () => this.#quiet,
+      send: (lane, deliveries, probe) => this.#sender.send(lane, deliveries, probe),
+      flush: () => this.#settler.flush(),
+    };
   }
 
   start(): void {
@@ -458,238 +505,7 @@ export class Dispatcher {
   #pump(lane: Lane): void {
     if (this.#stopping || lane.removed || lane.state === "disabled") return;
     if (this.#held()) return; // the recheck cadence wakes every lane once synced
-    const now = this.#clock.now();
-    const perRequest = lane.config.batch?.max_events ?? 1;
-    try {
-      if (lane.state === "down") {
-        // One request at a time while down: requests sent before the outage was noticed
-        // finish (or time out) first; their completion brings us back here.
-        if (lane.flights.size > 0) return;
-        const wait = lane.probe.waitMs(lane.newWork);
-        if (wait === undefined) return; // the one probe is in flight
-        if (wait > 0) {
-          lane.arm(wait);
-          return;
-        }
-        // A batch lane probes with a whole batch: the backlog is old, there is nothing to wait for.
-        const heads = this.#outbox.next(lane.name, now, perRequest, lane.exclude, lane.after);
-        if (heads.length === 0) {
-          this.#sleepUntilDue(lane, now);
-          return;
-        }
-        const { ready, rest } = lane.group(heads, perRequest);
-        lane.probe.begin(lane.newWork);
-        lane.newWork = false;
-        lane.fillSince = undefined;
-        this.#send(lane, ready[0] ?? rest, true);
-        return;
-      }
-      const free = lane.config.concurrency - lane.flights.size;
-      if (free <= 0) return; // a completion pumps again
-      let limit = free;
-      if (lane.bucket) {
-        const tokens = lane.bucket.available();
-        if (tokens <= 0) {
-          lane.arm(lane.bucket.waitMs());
-          return;
-        }
-        limit = Math.min(limit, tokens);
-      }
-      const rows = this.#outbox.next(lane.name, now, limit * perRequest, lane.exclude, lane.after);
-      const { ready, rest } = lane.group(rows, perRequest);
-      let sent = 0;
-      // Full requests go at once (one delivery each, max_events per batch, or a retried batch).
-      for (const group of ready) {
-        if (sent >= limit) break;
-        lane.bucket?.take(1);
-        this.#send(lane, group, false);
-        sent++;
-      }
-      // A new partial batch starts waiting now (the lane-side bound of max_wait).
-      if (sent > 0) lane.fillSince = undefined;
-      if (rest.length === 0) {
-        lane.fillSince = undefined;
-      } else if (sent < limit) {
-        // A partial batch: wait up to max_wait for it to fill (a wake() on new deliveries or
-        // this timer looks again), then send what there is.
-        const wait = lane.fillWait(rest, now);
-        if (wait <= 0) {
-          lane.fillSince = undefined;
-          lane.bucket?.take(1);
-          this.#send(lane, rest, false);
-          sent++;
-        } else {
-          if (lane.retryAt !== undefined && lane.retryAt <= now) lane.retryAt = undefined;
-          lane.arm(lane.retryAt === undefined ? wait : Math.min(wait, lane.retryAt - now));
-          return;
-        }
-      }
-      if (rows.length < limit * perRequest) {
-        if (lane.unwritten > 0) {
-          // Starved: the remaining series only wait for their outcomes to be written. Once
-          // the last request is back, write now instead of after the batching delay (this is
-          // what limits a few busy series); otherwise the next completion or the delay does.
-          // Either way the write schedules the next pass.
-          if (lane.flights.size === 0) this.#settler.flush();
-          return;
-        }
-        this.#sleepUntilDue(lane, now);
-      } else if (limit < free && lane.bucket) lane.arm(lane.bucket.waitMs());
-    } catch (err) {
-      const n = this.#quiet.shouldLog(`${lane.name}:outbox`);
-      if (n !== undefined) this.#log.error({ err, destination: lane.name, suppressed: n }, "reading the outbox failed");
-      lane.arm(1_000);
-    }
-  }
-
-  /** Nothing more is due now: sleep until the next head is due (or a wake/completion). */
-  #sleepUntilDue(lane: Lane, now: number): void {
-    const due = this.#outbox.nextDueAt(lane.name);
-    if (due === undefined) return;
-    if (due > now) {
-      lane.arm(due - now);
-    } else if (lane.flights.size === 0 && lane.exclude.size === 0) {
-      // Due but not returned (e.g. written by another process between the two reads):
-      // look again shortly rather than spin or stall.
-      lane.arm(1_000);
-    }
-  }
-
-  // ------------------------------------------------------------ attempts
-
-  /**
-   * One attempt of `deliveries` (a batch on a batch lane, even of one event): prepared
-   * (rendered and signed for this attempt's time) by the lane's transport and sent. Anything
-   * that cannot be prepared is unsendable; a batch is split so that only its bad members die.
-   */
-  #send(lane: Lane, deliveries: Delivery[], probe: boolean): void {
-    const at = this.#clock.now();
-    const started = this.#clock.monotonic();
-    const first = deliveries[0] as Delivery;
-    const nowSec = Math.floor(at / 1000);
-    let attempt: Attempt | undefined;
-    let unsendable: unknown;
-    try {
-      attempt = lane.transport.prepare(deliveries, lane.config, nowSec);
-    } catch (error) {
-      if (deliveries.length > 1) {
-        // Find the member(s) that cannot be rendered: they die alone, the others go on.
-        const bad: Delivery[] = [];
-        const good: Delivery[] = [];
-        for (const d of deliveries) {
-          try {
-            lane.transport.prepare([d], lane.config, nowSec);
-            good.push(d);
-          } catch {
-            bad.push(d);
-          }
-        }
-        if (bad.length > 0 && good.length > 0) {
-          this.#send(lane, bad, false);
-          this.#send(lane, good, probe);
-          return;
-        }
-      }
-      unsendable = error;
-    }
-    // Series alone is enough: each in-flight delivery is the head of its series, and the
-    // outbox over-fetches by exclude.size, so ids would only double that.
-    for (const d of deliveries) lane.exclude.add(d.series);
-    const flight: Flight = { deliveries, probe, generation: lane.generation, aborted: false, done: Promise.resolve() };
-    lane.flights.set(first.id, flight);
-    const attemptId =
-      attempt?.id ?? (lane.config.batch !== undefined ? batchId(deliveries.map((d) => d.eventId)) : first.eventId);
-    const outcome: Promise<Outcome> =
-      attempt === undefined
-        ? Promise.resolve({ kind: "unsendable", error: unsendable })
-        : lane.transport.send(attempt, { signal: lane.abort.signal, keepAnswer: this.#onAttempt !== undefined });
-    flight.done = outcome
-      .then((o) => {
-        this.#onAttempt?.(attemptInfo(attemptId, lane.name, o));
-        this.#onOutcome(lane, flight, o, at, started);
-      })
-      .catch((err: unknown) => {
-        // A bug here must not become an unhandled rejection that kills the agent; the
-        // deliveries stay pending and are sent again.
-        lane.flights.delete(first.id);
-        for (const d of deliveries) lane.exclude.delete(d.series);
-        this.#log.error({ err, destination: lane.name }, "internal error while recording a delivery outcome");
-        this.#resolveIdle();
-      });
-  }
-
-  #onOutcome(lane: Lane, flight: Flight, outcome: Outcome, at: number, started: number): void {
-    const { deliveries } = flight;
-    lane.flights.delete((deliveries[0] as Delivery).id);
-    if (flight.aborted) {
-      // Shutdown: no outcome to record; the deliveries stay pending as they were.
-      for (const d of deliveries) lane.exclude.delete(d.series);
-      if (flight.probe) lane.probe.released();
-      this.#resolveIdle();
-      return;
-    }
-    const durationMs = Math.round(this.#clock.monotonic() - started);
-    const now = this.#clock.now();
-    if (outcome.kind === "response") {
-      this.#metrics.deliveryLatency.observe({ destination: lane.name }, durationMs / 1000);
-    }
-    // One jitter draw per request: members of a batch with the same history get the same
-    // next try, so the batch is formed again from the same heads.
-    const draw = this.#random();
-    const policy = { retry_schedule: lane.config.retry_schedule, max_attempts: lane.config.max_attempts };
-    const actions = new Set<string>();
-    const pinKey =
-      lane.config.batch !== undefined && deliveries.length > 1 ? batchId(deliveries.map((d) => d.eventId)) : undefined;
-    if (pinKey !== undefined && lane.pins.size + deliveries.length > PIN_MAX) lane.pins.clear();
-    const current = flight.generation === lane.generation;
-    if (!current && flight.probe) lane.probe.released();
-    for (const delivery of deliveries) {
-      let decision = decide(outcome, {
-        attempts: delivery.attempts,
-        policy,
-        now,
-        random: () => draw,
-        resent: lane.resent.has(delivery.id),
-      });
-      if (!current && decision.action !== "delivered") {
-        // Sent to where the destination was before a reload moved it: whatever went wrong
-        // there says nothing about the new address. Due again at once, nothing spent.
-        decision = {
-          action: "retry",
-          class: decision.class,
-          nextAt: now,
-          error: describeStale(decision),
-          counted: false,
-        };
-      }
-      this.#metrics.deliveries.inc({ destination: lane.name, class: decision.class });
-      const attempt: AttemptRecord = { at, durationMs };
-      if (outcome.kind === "response") attempt.status = outcome.status;
-      if (decision.action !== "delivered") {
-        attempt.error = decision.action === "dead" ? decision.reason : decision.error;
-      }
-      const settlement = settlementFor(delivery.id, decision, attempt, now);
-      lane.remember(delivery.id, decision, pinKey, current);
-      // State changes and logs once per kind of decision, not once per batch member. An
-      // outcome from before a reload moved the destination says nothing about it now.
-      if (current && !actions.has(decision.action)) {
-        actions.add(decision.action);
-        lane.transition(flight, decision);
-      }
-      if (decision.action === "offline" && !lane.recordOffline(actions)) {
-        // Nothing durable changes (no attempt spent, still due): while a destination is
-        // down its probes are recorded at most once a minute, not once a second.
-        lane.exclude.delete(delivery.series);
-        continue;
-      }
-      this.#settler.queue({ lane, settlement, series: delivery.series });
-    }
-    // Other series can go out while this outcome waits to be written.
-    if (this.#worthAPass(lane)) {
-      this.#toPump.add(lane);
-      this.#schedulePumps();
-    }
-    this.#resolveIdle();
+    pass(lane, this.#pumpContext);
   }
 
   // ------------------------------------------------------------ settling
@@ -714,29 +530,5 @@ export class Dispatcher {
     const waiters = this.#idleWaiters;
     this.#idleWaiters = [];
     for (const w of waiters) w();
-  }
-}
-
-function describeStale(d: Decision): string {
-  const why = d.action === "dead" ? d.reason : d.action === "delivered" ? "" : d.error;
-  return `sent before a reload changed the destination (${why})`;
-}
-
-/** What onAttempt reports for one attempt's outcome. */
-function attemptInfo(eventId: string, destination: string, outcome: Outcome): AttemptInfo {
-  switch (outcome.kind) {
-    case "response": {
-      const info: AttemptInfo = { eventId, destination, status: outcome.status };
-      if (outcome.answer) {
-        info.headers = outcome.answer.headers;
-        info.body = outcome.answer.body;
-      }
-      return info;
-    }
-    case "error":
-      return { eventId, destination, error: describeError(outcome.error) };
-    case "unsendable":
-      // A code to branch on, and the reason.
-      return { eventId, destination, code: "EDGEHOOK_REQUEST_UNSENDABLE", error: unsendableReason(outcome.error) };
   }
 }

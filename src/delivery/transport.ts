@@ -39,6 +39,10 @@
  *   - `error` with `stage: "request"`: the connection was there and the attempt was (or
  *     may have been) written, then no answer came: reset, closed, no PUBACK/PubAck or HTTP
  *     answer in time. It spends an attempt of this delivery and holds back only its series.
+ *     Give the error a `code` (policy.ts `errorKind` reads the `cause` chain): a timeout
+ *     (ETIMEDOUT) is retried on the schedule; a connection closed or reset before the
+ *     answer (ECONNRESET, or no code) first gets one free resend at once, as a keep-alive
+ *     connection the server closed just as it was reused would.
  *   - `unsendable`: the transport refused the prepared attempt before anything went on the
  *     wire, and no retry can change that (undici rejects a header value with a newline).
  * - **Answers are read only when asked.** `keepAnswer` is set only by `edgehook send-test`
