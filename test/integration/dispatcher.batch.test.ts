@@ -1,25 +1,12 @@
-/**
- * Batching, rendering and unbuildable requests in the real Dispatcher with the real SQLite
- * outbox and a real receiver (node:http on 127.0.0.1:0, verifying with `standardwebhooks`).
- * Logical time (max_wait, retries) runs on a FakeClock started at the real time, so the
- * receiver still accepts the signature timestamps.
- */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, describe, expect, it } from "vitest";
 import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
-import { Dispatcher } from "../../src/delivery/dispatcher.js";
 import { batchId } from "../../src/delivery/render.js";
-import { type NewEvent, newEventId } from "../../src/events.js";
-import { silentLogger } from "../../src/ops/logger.js";
-import { Metrics } from "../../src/ops/metrics.js";
-import { Outbox } from "../../src/store/outbox.js";
-import { FakeClock } from "../support/fake-clock.js";
+import type { NewEvent } from "../../src/events.js";
+import { dispatcherRig, TEST_SECRET, testDestination, testEvent } from "../support/dispatcher-rig.js";
 import { type Received, Receiver } from "../support/receiver.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET = TEST_SECRET;
 
 interface BatchBody {
   type: string;
@@ -32,77 +19,26 @@ afterEach(async () => {
 });
 
 async function rig(extra: Record<string, unknown>, path = "/hooks", inflate = false) {
-  const dir = mkdtempSync(join(tmpdir(), "edgehook-batch-"));
-  const file = join(dir, "outbox.db");
-  const clock = new FakeClock(Date.now());
-  const metrics = new Metrics();
-  const outbox = new Outbox({
-    file,
-    limits: configSchema.parse({ version: 1, agent: { id: "t" } }).outbox,
-    clock,
-    logger: silentLogger(),
-    metrics,
-  });
-  outbox.open();
   const receiver = new Receiver(SECRET, { inflate });
   await receiver.start();
-  const cfg = configSchema.parse({
-    version: 1,
-    agent: { id: "test" },
-    destinations: { ops: { url: `http://127.0.0.1:${receiver.port}${path}`, secret: SECRET, ...extra } },
-  });
-  const dest = cfg.destinations.ops as DestinationConfig;
-  const dispatcher = new Dispatcher({
-    outbox,
+  cleanups.push(() => receiver.stop());
+  const dest = testDestination(`http://127.0.0.1:${receiver.port}${path}`, extra);
+  const base = dispatcherRig({
     destinations: { ops: dest },
-    clock,
-    logger: silentLogger(),
-    metrics,
-    random: () => 0.5,
-    env: {},
+    cleanups,
+    prefix: "edgehook-batch-",
+    options: { random: () => 0.5 },
   });
-  cleanups.push(async () => {
-    await dispatcher.stop(0);
-    await receiver.stop();
-    outbox.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const { clock, outbox, file } = base;
   let seq = 0;
   const r = {
-    clock,
-    outbox,
+    ...base,
     receiver,
-    dispatcher,
-    metrics,
     /** One event per series named, committed together. */
     async commit(series: string[], priority = 10): Promise<NewEvent[]> {
-      const events = series.map((s): NewEvent => {
-        const createdAt = clock.now();
-        return {
-          id: newEventId(createdAt),
-          type: "alert.firing",
-          rule: "hot",
-          series: s,
-          severity: "warning",
-          priority,
-          destinations: ["ops"],
-          createdAt,
-          body: { type: "alert.firing", timestamp: new Date(createdAt).toISOString(), data: { series: s, n: seq++ } },
-        };
-      });
-      const done = outbox.commit({ events, states: [], removedStates: [] });
-      outbox.flush();
-      await done;
-      dispatcher.wake();
+      const events = series.map((s) => testEvent(clock, { series: s, priority, data: { series: s, n: seq++ } }));
+      await base.commit(events);
       return events;
-    },
-    async settle() {
-      await new Promise((res) => setImmediate(res));
-      await dispatcher.whenIdle();
-    },
-    async advance(ms: number) {
-      clock.advance(ms);
-      await r.settle();
     },
     state(eventId: string) {
       return outbox.show(eventId)?.deliveries[0];
@@ -112,14 +48,6 @@ async function rig(extra: Record<string, unknown>, path = "/hooks", inflate = fa
       const db = new Database(file);
       db.prepare("UPDATE events SET body = ? WHERE id = ?").run(bytes, eventId);
       db.close();
-    },
-    counted(cls: string): number {
-      const m = metrics.deliveries as unknown as {
-        hashMap: Record<string, { value: number; labels: { class: string } }>;
-      };
-      return Object.values(m.hashMap)
-        .filter((v) => v.labels.class === cls)
-        .reduce((a, v) => a + v.value, 0);
     },
   };
   return r;

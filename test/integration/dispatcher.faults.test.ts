@@ -1,25 +1,16 @@
-/**
- * The dispatcher against real receivers (node:http on 127.0.0.1:0) and the real SQLite
- * outbox in a temp dir. Logical time (retry schedule, probes, an hour of downtime) runs on
- * a FakeClock started at the real time, so receivers still verify the signatures with the
- * `standardwebhooks` package; transport timeouts (response_timeout) are short real ones.
- */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { Webhook } from "standardwebhooks";
 import { afterEach, describe, expect, it } from "vitest";
-import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
+import type { DestinationConfig } from "../../src/config/schema.js";
 import { Dispatcher } from "../../src/delivery/dispatcher.js";
 import type { NewEvent } from "../../src/events.js";
-import { newEventId } from "../../src/events.js";
 import { createLogger, silentLogger } from "../../src/ops/logger.js";
-import { Metrics } from "../../src/ops/metrics.js";
-import { Outbox } from "../../src/store/outbox.js";
-import { FakeClock } from "../support/fake-clock.js";
+import type { Metrics } from "../../src/ops/metrics.js";
+import type { Outbox } from "../../src/store/outbox.js";
+import { dispatcherRig, TEST_SECRET, testDestination, testEvent } from "../support/dispatcher-rig.js";
+import type { FakeClock } from "../support/fake-clock.js";
 import { Receiver } from "../support/receiver.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET = TEST_SECRET;
 
 interface Rig {
   clock: FakeClock;
@@ -41,15 +32,6 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function destination(url: string, extra: Record<string, unknown>): DestinationConfig {
-  const cfg = configSchema.parse({
-    version: 1,
-    agent: { id: "test" },
-    destinations: { ops: { url, secret: SECRET, ...extra } },
-  });
-  return cfg.destinations.ops as DestinationConfig;
-}
-
 interface RigOptions {
   startReceiver?: boolean;
   clockSynced?: () => boolean;
@@ -60,89 +42,31 @@ interface RigOptions {
 }
 
 async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): Promise<Rig> {
-  const dir = mkdtempSync(join(tmpdir(), "edgehook-disp-"));
-  const clock = new FakeClock(Date.now());
-  const metrics = new Metrics();
-  const outbox = new Outbox({
-    file: join(dir, "outbox.db"),
-    limits: configSchema.parse({ version: 1, agent: { id: "t" } }).outbox,
-    clock,
-    logger: silentLogger(),
-    metrics,
-  });
-  outbox.open();
   const receiver = new Receiver(SECRET);
   await receiver.start();
+  cleanups.push(() => receiver.stop());
   if (opts.startReceiver === false) await receiver.stop();
-  const dest = destination(receiver.url, extra);
-  const dispatcher = new Dispatcher({
-    outbox,
+  const dest = testDestination(receiver.url, extra);
+  const base = dispatcherRig({
     destinations: { ops: dest },
-    clock,
-    logger: opts.logs ? captureLogger(opts.logs) : silentLogger(),
-    metrics,
-    random: () => 0.5, // no jitter: the schedule is exact
-    env: {},
-    ...(opts.clockSynced ? { clockSynced: opts.clockSynced } : {}),
-    ...(opts.settleDelayMs !== undefined ? { settleDelayMs: opts.settleDelayMs } : {}),
-  });
-  cleanups.push(async () => {
-    await dispatcher.stop(0);
-    await receiver.stop();
-    outbox.close();
-    rmSync(dir, { recursive: true, force: true });
+    cleanups,
+    options: {
+      logger: opts.logs ? captureLogger(opts.logs) : silentLogger(),
+      random: () => 0.5, // no jitter: the schedule is exact
+      ...(opts.clockSynced ? { clockSynced: opts.clockSynced } : {}),
+      ...(opts.settleDelayMs !== undefined ? { settleDelayMs: opts.settleDelayMs } : {}),
+    },
   });
   let seq = 0;
   const r: Rig = {
-    clock,
-    outbox,
+    ...base,
     receiver,
-    dispatcher,
-    metrics,
     dest,
     async commit(series, n, priority = 10) {
       const events: NewEvent[] = [];
-      for (let i = 0; i < n; i++) {
-        const createdAt = clock.now();
-        events.push({
-          id: newEventId(createdAt),
-          type: "alert.firing",
-          rule: "hot",
-          series,
-          severity: "warning",
-          priority,
-          destinations: ["ops"],
-          createdAt,
-          body: {
-            type: "alert.firing",
-            timestamp: new Date(createdAt).toISOString(),
-            data: { series, n: seq++ },
-          },
-        });
-      }
-      // The group-commit delay runs on the (fake) clock: flush now instead.
-      const done = outbox.commit({ events, states: [], removedStates: [] });
-      outbox.flush();
-      await done;
-      dispatcher.wake();
+      for (let i = 0; i < n; i++) events.push(testEvent(base.clock, { series, priority, data: { series, n: seq++ } }));
+      await base.commit(events);
       return events;
-    },
-    async settle() {
-      // A pass may start requests whose outcome queues another pass: wait until quiet.
-      await new Promise((res) => setImmediate(res));
-      await dispatcher.whenIdle();
-    },
-    async advance(ms) {
-      clock.advance(ms);
-      await r.settle();
-    },
-    counted(cls) {
-      const m = metrics.deliveries as unknown as {
-        hashMap: Record<string, { value: number; labels: Record<string, string> }>;
-      };
-      return Object.values(m.hashMap)
-        .filter((v) => v.labels.class === cls)
-        .reduce((a, v) => a + v.value, 0);
     },
   };
   return r;

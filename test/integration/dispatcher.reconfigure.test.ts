@@ -1,84 +1,38 @@
-/**
- * Config reload while running: a moved receiver, an added and a removed destination, and a
- * bad reload (unreadable CA file) that leaves the running destinations untouched.
- */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, expect, it } from "vitest";
-import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
-import { Dispatcher } from "../../src/delivery/dispatcher.js";
-import { newEventId } from "../../src/events.js";
-import { silentLogger } from "../../src/ops/logger.js";
-import { Metrics } from "../../src/ops/metrics.js";
-import { Outbox } from "../../src/store/outbox.js";
-import { FakeClock } from "../support/fake-clock.js";
+import { dispatcherRig, TEST_SECRET, testDestinations, testEvent } from "../support/dispatcher-rig.js";
 import { Receiver } from "../support/receiver.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET = TEST_SECRET;
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function destinations(d: Record<string, Record<string, unknown>>): Record<string, DestinationConfig> {
-  const withSecret = Object.fromEntries(Object.entries(d).map(([k, v]) => [k, { secret: SECRET, ...v }]));
-  return configSchema.parse({ version: 1, agent: { id: "t" }, destinations: withSecret }).destinations;
-}
+const destinations = testDestinations;
 
 it("follows reloads: moved url, added and removed destinations; a bad reload changes nothing", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "edgehook-reload-"));
-  const clock = new FakeClock(Date.now());
-  const metrics = new Metrics();
-  const outbox = new Outbox({
-    file: join(dir, "outbox.db"),
-    limits: configSchema.parse({ version: 1, agent: { id: "t" } }).outbox,
-    clock,
-    logger: silentLogger(),
-    metrics,
-  });
-  outbox.open();
   const oldR = new Receiver(SECRET);
   const newR = new Receiver(SECRET);
   const other = new Receiver(SECRET);
   for (const r of [oldR, newR, other]) await r.start();
-  const d = new Dispatcher({
-    outbox,
-    destinations: destinations({ ops: { url: oldR.url } }),
-    clock,
-    logger: silentLogger(),
-    metrics,
-    env: {},
-  });
   cleanups.push(async () => {
-    await d.stop(0);
     for (const r of [oldR, newR, other]) await r.stop();
-    outbox.close();
-    rmSync(dir, { recursive: true, force: true });
+  });
+  const {
+    dir,
+    clock,
+    dispatcher: d,
+    ...rig
+  } = dispatcherRig({
+    destinations: destinations({ ops: { url: oldR.url } }),
+    cleanups,
+    prefix: "edgehook-reload-",
   });
   const send = async (dests: string[]) => {
-    const id = newEventId();
-    const done = outbox.commit({
-      events: [
-        {
-          id,
-          type: "test",
-          rule: "r",
-          series: "s",
-          severity: "info",
-          priority: 0,
-          destinations: dests,
-          createdAt: clock.now(),
-          body: { type: "test", timestamp: new Date().toISOString(), data: {} },
-        },
-      ],
-      states: [],
-      removedStates: [],
-    });
-    outbox.flush();
-    await done;
-    d.wake();
-    return id;
+    const event = plainEvent(clock, "s", dests, {});
+    await rig.commit([event]);
+    return event.id;
   };
   d.start();
   const first = await send(["ops"]);
@@ -114,60 +68,31 @@ it("follows reloads: moved url, added and removed destinations; a bad reload cha
 
 /** An outbox, a FakeClock dispatcher for one destination `ops` at `url`, and a commit helper. */
 async function rig(url: string, extra: Record<string, unknown> = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "edgehook-reload-"));
-  const clock = new FakeClock(Date.now());
-  const metrics = new Metrics();
-  const outbox = new Outbox({
-    file: join(dir, "outbox.db"),
-    limits: configSchema.parse({ version: 1, agent: { id: "t" } }).outbox,
-    clock,
-    logger: silentLogger(),
-    metrics,
-  });
-  outbox.open();
-  const d = new Dispatcher({
-    outbox,
+  const base = dispatcherRig({
     destinations: destinations({ ops: { url, ...extra } }),
-    clock,
-    logger: silentLogger(),
-    metrics,
-    random: () => 0.5,
-    env: {},
-  });
-  cleanups.push(async () => {
-    await d.stop(0);
-    outbox.close();
-    rmSync(dir, { recursive: true, force: true });
+    cleanups,
+    prefix: "edgehook-reload-",
+    options: { random: () => 0.5 },
   });
   const commit = async (series: string) => {
-    const id = newEventId();
-    const done = outbox.commit({
-      events: [
-        {
-          id,
-          type: "test",
-          rule: "r",
-          series,
-          severity: "info",
-          priority: 0,
-          destinations: ["ops"],
-          createdAt: clock.now(),
-          body: { type: "test", timestamp: new Date().toISOString(), data: { series } },
-        },
-      ],
-      states: [],
-      removedStates: [],
-    });
-    outbox.flush();
-    await done;
-    d.wake();
-    return id;
+    const event = plainEvent(base.clock, series, ["ops"], { series });
+    await base.commit([event]);
+    return event.id;
   };
-  const settle = async () => {
-    await new Promise((r) => setImmediate(r));
-    await d.whenIdle();
-  };
-  return { clock, outbox, d, commit, settle };
+  return { clock: base.clock, outbox: base.outbox, d: base.dispatcher, commit, settle: base.settle };
+}
+
+/** A `test` event of `series` for `dests`. */
+function plainEvent(clock: { now(): number }, series: string, dests: string[], data: Record<string, unknown>) {
+  return testEvent(clock, {
+    series,
+    type: "test",
+    rule: "r",
+    severity: "info",
+    priority: 0,
+    destinations: dests,
+    data,
+  });
 }
 
 it("a reload that fixes the url of a destination that is down sends its backlog at once", async () => {

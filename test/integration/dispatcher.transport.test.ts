@@ -14,14 +14,14 @@ import type { TLSSocket } from "node:tls";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { configSchema } from "../../src/config/schema.js";
 import { Dispatcher } from "../../src/delivery/dispatcher.js";
-import { newEventId } from "../../src/events.js";
 import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { Outbox } from "../../src/store/outbox.js";
+import { dispatcherRig, TEST_SECRET, testDestinations, testEvent } from "../support/dispatcher-rig.js";
 import { FakeClock } from "../support/fake-clock.js";
 import { Receiver } from "../support/receiver.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET = TEST_SECRET;
 const dir = mkdtempSync(join(tmpdir(), "edgehook-tls-"));
 const cleanups: (() => Promise<void> | void)[] = [];
 
@@ -70,53 +70,15 @@ async function listen(server: Server): Promise<number> {
 }
 
 async function drainOne(url: string, extra: Record<string, unknown>, env: Record<string, string> = {}) {
-  const clock = new FakeClock(Date.now());
-  const metrics = new Metrics();
-  const cfg = configSchema.parse({
-    version: 1,
-    agent: { id: "t" },
-    destinations: { ops: { url, secret: SECRET, ...extra } },
+  const { clock, outbox, dispatcher, commit } = dispatcherRig({
+    destinations: testDestinations({ ops: { url, ...extra } }),
+    cleanups,
+    prefix: "edgehook-tls-db-",
+    options: { env },
   });
-  const outbox = new Outbox({
-    file: join(mkdtempSync(join(dir, "db-")), "outbox.db"),
-    limits: cfg.outbox,
-    clock,
-    logger: silentLogger(),
-    metrics,
-  });
-  outbox.open();
-  const dispatcher = new Dispatcher({
-    outbox,
-    destinations: cfg.destinations,
-    clock,
-    logger: silentLogger(),
-    metrics,
-    env,
-  });
-  cleanups.push(async () => {
-    await dispatcher.stop(0);
-    outbox.close();
-  });
-  const id = newEventId();
-  const done = outbox.commit({
-    events: [
-      {
-        id,
-        type: "test",
-        rule: "r",
-        series: "s",
-        severity: "info",
-        priority: 0,
-        destinations: ["ops"],
-        createdAt: clock.now(),
-        body: { type: "test", timestamp: new Date().toISOString(), data: {} },
-      },
-    ],
-    states: [],
-    removedStates: [],
-  });
-  outbox.flush();
-  await done;
+  const event = testEvent(clock, { series: "s", type: "test", rule: "r", severity: "info", priority: 0, data: {} });
+  const id = event.id;
+  await commit([event]);
   dispatcher.start();
   await new Promise((r) => setImmediate(r));
   await dispatcher.whenIdle();
