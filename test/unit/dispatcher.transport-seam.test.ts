@@ -198,8 +198,10 @@ describe("the Transport seam", () => {
     expect(second.destroyed).toBe(1);
   });
 
-  it("only http and https are served; another scheme is a config error naming it", () => {
+  it("a url scheme no transport serves is a config error naming it and the schemes that are served", () => {
     expect(transportFor("https://example.org/x").schemes).toEqual(["http:", "https:"]);
-    expect(() => transportFor("mqtt://broker:1883")).toThrow(/url scheme mqtt:\/\/ is not supported/);
+    expect(() => transportFor("ftp://files.example.org/x")).toThrow(
+      /url scheme ftp:\/\/ is not supported \(use .*https:\/\//,
+    );
   });
 });
