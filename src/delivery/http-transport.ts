@@ -5,7 +5,13 @@
  * is told by connect-errors.ts (undici's connect diagnostics channel). See transport.ts for
  * the contract.
  */
-import { EnvHttpProxyAgent, type Dispatcher as HttpDispatcher, Pool } from "undici";
+import { createRequire } from "node:module";
+import type { EnvHttpProxyAgent, Dispatcher as HttpDispatcher } from "undici";
+// The parts of undici that are used, not its index (which loads fetch, WebSocket and the
+// rest and keeps them resident): see undici-parts.d.ts. Behind a proxy the whole package is
+// loaded after all (httpClient).
+import request from "undici/lib/api/api-request.js";
+import Pool from "undici/lib/dispatcher/pool.js";
 import type { DestinationConfig } from "../config/schema.js";
 import { readTlsFiles } from "../config/tls-files.js";
 import type { Delivery } from "../store/types.js";
@@ -65,7 +71,7 @@ class HttpTransport implements Transport {
   send(attempt: Attempt, options: SendOptions): Promise<Outcome> {
     let pending: Promise<HttpDispatcher.ResponseData>;
     try {
-      pending = this.#http.request({
+      pending = request.call(this.#http, {
         origin: this.#origin,
         path: attempt.target,
         method: "POST",
@@ -159,7 +165,10 @@ function httpClient(config: DestinationConfig, context: TransportContext): HttpD
     if (httpsProxy) opts.httpsProxy = httpsProxy;
     const noProxy = env.no_proxy ?? env.NO_PROXY;
     if (noProxy !== undefined) opts.noProxy = noProxy;
-    return new EnvHttpProxyAgent(opts);
+    // ProxyAgent tunnels with dispatcher.connect(), which only undici's index adds to
+    // Dispatcher.prototype: only here, and only once, is the whole package loaded.
+    const undici: typeof import("undici") = createRequire(import.meta.url)("undici");
+    return new undici.EnvHttpProxyAgent(opts);
   }
   return new Pool(new URL(config.url).origin, {
     ...common,
