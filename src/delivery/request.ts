@@ -12,25 +12,13 @@
  * Any error thrown here (a RenderError: the stored body cannot be rendered) means the
  * request can never be built; the dispatcher makes the delivery dead at once.
  */
-import { readFileSync } from "node:fs";
 import type { DestinationConfig } from "../config/schema.js";
 import type { Delivery } from "../store/types.js";
+import { version } from "../version.js";
 import { batchId, compressBody, type Rendered, render, renderBatch, signingPlan, v1aSignatures } from "./render.js";
 import { hubSignature, signV1 } from "./sign.js";
 
-function readVersion(): string {
-  try {
-    // src/delivery/ and dist/delivery/ are both two levels below package.json.
-    const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-      version?: string;
-    };
-    return pkg.version ?? "0.0.0";
-  } catch {
-    return "0.0.0";
-  }
-}
-
-export const VERSION = readVersion();
+export const VERSION = version();
 export const USER_AGENT = `edgehook/${VERSION}`;
 
 export interface BuiltRequest {
