@@ -93,7 +93,7 @@ async function dispatch(spec: CommandSpec, args: string[], io: CliIO): Promise<n
       }
     }
     case "demo": {
-      const { demoCommand } = await import("./demo.js");
+      const { demoCommand } = await import("./cli/demo.js");
       return await demoCommand(args, io);
     }
     case "queue stats":

@@ -101,7 +101,10 @@ export const COMMANDS: readonly CommandSpec[] = [
   {
     name: "demo",
     summary: "a self-contained demo: broker, sensors, receiver",
-    options: { duration: { value: "DURATION", help: "how long to run (default 40s)" } },
+    options: {
+      duration: { value: "DURATION", help: "how long to run, on the demo's timeline (default 40s)" },
+      speed: { value: "FACTOR", help: "play the timeline this many times faster, 0.1 to 20 (default 1)" },
+    },
     example: "edgehook demo --duration 60s",
     config: "none",
   },

@@ -1,6 +1,8 @@
 /**
  * `edgehook demo`, the README's main job, run as a user runs it: the receiver goes
- * offline, events wait in the outbox and arrive verified after it returns.
+ * offline, events wait in the outbox and arrive verified after it returns. The demo's
+ * timeline plays at --speed 10 (about 3 s instead of 31 s); the agent runs at its own
+ * pace, so the same events must still wait, arrive and verify.
  */
 import { spawn } from "node:child_process";
 import { describe, expect, it } from "vitest";
@@ -8,7 +10,9 @@ import { BIN } from "../support/agent-process.js";
 
 describe("edgehook demo", () => {
   it("shows events waiting while the receiver is offline, then arriving verified", async () => {
-    const proc = spawn(process.execPath, [BIN, "demo", "--duration", "31s"], { stdio: ["ignore", "pipe", "pipe"] });
+    const proc = spawn(process.execPath, [BIN, "demo", "--duration", "31s", "--speed", "10"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let out = "";
     proc.stdout.on("data", (d) => {
       out += String(d);

@@ -137,3 +137,13 @@ rules:
     expect(message).toContain("rules.0.clear_bellow: unknown key (did you mean 'clear_below'?)");
   });
 });
+
+describe("edgehook demo options", () => {
+  it("refuses a --speed it cannot play, before starting anything", async () => {
+    for (const speed of ["fast", "0", "50"]) {
+      const r = await cli("demo", "--speed", speed);
+      expect(r.code).toBe(64);
+      expect(r.err).toBe(`edgehook demo: --speed must be a number from 0.1 to 20 (is '${speed}')`);
+    }
+  });
+});

@@ -3,6 +3,10 @@
  * MQTT broker, three simulated greenhouse sensors that cross a threshold, the agent,
  * and a local receiver that verifies every webhook's signature and prints it. Midway
  * the receiver goes offline: events wait in the outbox and arrive when it returns.
+ *
+ * The script runs on its own timeline (seconds below). `--speed 10` plays it ten times
+ * faster (`--duration` is on that timeline too); the agent itself is not sped up: its
+ * retry schedule and its probing of the offline receiver keep real time.
  */
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -10,15 +14,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import mqtt from "mqtt";
-import { Agent } from "./agent.js";
-import type { CliIO } from "./cli/io.js";
-import { type ReceivedWebhook, type RunningReceiver, startReceiver } from "./cli/receive.js";
-import { loadConfig } from "./config/load.js";
-import { parseDuration } from "./config/units.js";
-import { ExitCode } from "./errors.js";
-import { createLogger } from "./ops/logger.js";
+import { Agent } from "../agent.js";
+import { loadConfig } from "../config/load.js";
+import { parseDuration } from "../config/units.js";
+import { ExitCode } from "../errors.js";
+import { createLogger } from "../ops/logger.js";
+import type { CliIO } from "./io.js";
+import { type ReceivedWebhook, type RunningReceiver, startReceiver } from "./receive.js";
 
-/** Temperature of each simulated sensor at second `t` of the script. */
+/** Temperature of each simulated sensor at second `t` of the timeline. */
 const SCRIPT: Record<string, (t: number) => number> = {
   "greenhouse-1": (t) => (t < 4 ? 24 + t : t < 12 ? 33 : t < 16 ? 33 - (t - 12) * 2 : 25),
   "greenhouse-2": () => 22 + Math.random(),
@@ -27,12 +31,24 @@ const SCRIPT: Record<string, (t: number) => number> = {
 };
 const OFFLINE_FROM_S = 18;
 const OFFLINE_UNTIL_S = 30;
+/** Sensors publish every this many milliseconds of the timeline. */
+const PUBLISH_EVERY_MS = 500;
+/** Fastest --speed: at 20 the sensors still publish every 25 ms. */
+const MAX_SPEED = 20;
 
 export async function demoCommand(args: string[], io: CliIO): Promise<number> {
-  const { values } = parseArgs({ args, options: { duration: { type: "string", default: "40s" } } });
+  const { values } = parseArgs({
+    args,
+    options: { duration: { type: "string", default: "40s" }, speed: { type: "string", default: "1" } },
+  });
   const durationMs = parseDuration(values.duration ?? "40s");
   if (durationMs === undefined) {
     io.err("edgehook demo: --duration must be like 40s");
+    return ExitCode.USAGE;
+  }
+  const speed = Number(values.speed ?? "1");
+  if (!Number.isFinite(speed) || speed < 0.1 || speed > MAX_SPEED) {
+    io.err(`edgehook demo: --speed must be a number from 0.1 to ${MAX_SPEED} (is '${values.speed}')`);
     return ExitCode.USAGE;
   }
   const dir = mkdtempSync(join(tmpdir(), "edgehook-demo-"));
@@ -91,7 +107,11 @@ http:
   const agent = new Agent({ loaded, logger: createLogger("error") });
   await agent.start();
   say(`agent started; embedded MQTT broker at ${agent.mqttUrl}; receiver at http://127.0.0.1:${receiverPort}/hooks`);
-  say("rule too-hot: fires above 30 °C, resolves under 28 °C; three greenhouse sensors publish every 500 ms");
+  const publishEveryMs = PUBLISH_EVERY_MS / speed;
+  say(
+    `rule too-hot: fires above 30 °C, resolves under 28 °C; three greenhouse sensors publish every ${Math.round(publishEveryMs)} ms` +
+      (speed === 1 ? "" : ` (the demo's timeline at ${speed}x speed)`),
+  );
 
   const client = mqtt.connect(agent.mqttUrl as string, { clientId: "demo-sensors" });
   await new Promise<void>((resolve, reject) => {
@@ -119,10 +139,10 @@ http:
     finish("signal");
   };
   const offs = [io.onSignal("SIGINT", onSignal), io.onSignal("SIGTERM", onSignal)];
-  const timer = setTimeout(() => finish("timeout"), durationMs);
+  const timer = setTimeout(() => finish("timeout"), durationMs / speed);
 
   const tick = setInterval(() => {
-    const t = (Date.now() - started) / 1000;
+    const t = ((Date.now() - started) * speed) / 1000;
     for (const [sensor, curve] of Object.entries(SCRIPT)) {
       const celsius = Math.round(curve(t) * 10) / 10;
       client.publish(`greenhouse/${sensor}/temperature`, JSON.stringify({ celsius, ts: Date.now() }), { qos: 1 });
@@ -146,7 +166,7 @@ http:
         })
         .catch((err: unknown) => say(`could not bring the receiver back: ${(err as Error).message}`));
     }
-  }, 500);
+  }, publishEveryMs);
 
   await done;
   clearTimeout(timer);
