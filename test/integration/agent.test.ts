@@ -17,9 +17,8 @@ import { tempDir, writeConfig } from "../support/agent-process.js";
 import { FakeClock } from "../support/fake-clock.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 const stops: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -40,7 +39,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, qos: 1 }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
 http: { listen: false }
@@ -149,7 +148,7 @@ http: { listen: false }
       `version: 1
 agent: { id: retry-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: quiet, match: { sensor: s1, metric: temperature }, absent_for: 10s, notify: [ops] }
 outbox: { commit_delay: 0s }
@@ -187,7 +186,7 @@ http: { listen: false }
     const yaml = (above: number, tls: string) => `version: 1
 agent: { id: tls-reload-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${WEBHOOK_SECRET} }
 mqtt:
   url: mqtt://127.0.0.1:${port}
 ${tls}  subscriptions:
@@ -217,7 +216,7 @@ http: { listen: false }
       `version: 1
 agent: { id: expire-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync: never }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${WEBHOOK_SECRET} }
 outbox: { max_age: 1h }
 http: { listen: false }
 `,
@@ -280,7 +279,7 @@ http: { listen: false }
   });
 
   it("delivers what `edgehook queue replay` put back to pending while the agent was idle", async () => {
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     receiver.answer = () => ({ kind: "status", status: 400 });
     await receiver.start();
     stops.push(() => receiver.stop());
@@ -295,7 +294,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, qos: 1 }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
 http: { listen: false }

@@ -15,11 +15,11 @@ import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { type Received, Receiver } from "../support/receiver.js";
 import { healthz, scrapeMetrics, sumOf } from "../support/scrape.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { SocatPty } from "../support/socat.js";
 import { Tmpfs } from "../support/tmpfs.js";
 import { waitUntil } from "../support/wait.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const MiB = 1024 * 1024;
 
 interface Body {
@@ -33,7 +33,7 @@ const ofType = (rx: Receiver, type: string, rule?: string) =>
 describe("backpressure", () => {
   const disk = new Tmpfs(24 * MiB);
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   const agents: AgentProcess[] = [];
   const clients: MqttClient[] = [];
   const ptys: SocatPty[] = [];
@@ -83,7 +83,7 @@ mqtt:
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, qos: 1 }
     - { topic: "h/+", sensor: "{1}", metric: humidity, format: number, qos: 1 }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
   - { name: damp, match: { metric: humidity }, above: 80, for: 6s, notify: [ops] }
@@ -178,7 +178,7 @@ agent: { id: floor-serial, data_dir: ${dataDir}, require_clock_sync: never }
 serial:
   - { name: meter, path: ${pty.devPath}, format: kv, sensor: meter }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: meter-telemetry, match: { sensor: meter }, forward: true, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }
@@ -222,7 +222,7 @@ outbox: { min_free_disk: 6MB }
   it("when_full: block: a full outbox holds readings at the broker instead of dropping, and takes them once deliveries make room", async () => {
     const dir = tempDir();
     const httpPort = await freePort();
-    const slow = new Receiver(SECRET);
+    const slow = new Receiver(WEBHOOK_SECRET);
     slow.answer = () => ({ kind: "status", status: 503 }); // not taking anything until later
     await slow.start();
     const configFile = writeConfig(
@@ -236,7 +236,7 @@ mqtt:
     - { topic: "p/+", metric: probe, format: number, qos: 1 }
     - { topic: "b/+", sensor: "{1}", metric: level, format: number, qos: 1 }
 destinations:
-  ops: { url: "${slow.url}", secret: ${SECRET}, retry_schedule: [200ms], max_attempts: 1000 }
+  ops: { url: "${slow.url}", secret: ${WEBHOOK_SECRET}, retry_schedule: [200ms], max_attempts: 1000 }
 rules:
   - { name: levels, match: { metric: level }, forward: true, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }

@@ -8,13 +8,13 @@ import { afterAll, describe, expect, it } from "vitest";
 import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const N = 600;
 
 describe("broker restart and agent restart under a steady QoS 1 stream", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   let agent: AgentProcess | undefined;
 
   afterAll(async () => {
@@ -38,7 +38,7 @@ mqtt:
   subscriptions:
     - { topic: "r/+", sensor: "{1}", metric: level, format: json, value: v }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   # Each reading alternates above 50 and below 0 per sensor: every reading is a crossing.
   - { name: crossing, match: { metric: level }, above: 50, clear_below: 0, notify: [ops] }

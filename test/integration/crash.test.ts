@@ -9,8 +9,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SENSORS = ["a", "b", "c", "d"];
 const PER_SENSOR = 300;
 const KILLS = 4;
@@ -21,7 +21,7 @@ const kOf = (value: number) => (value >= 100 ? value - 100 : -value);
 
 describe("kill -9 while readings arrive and the receiver is down", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   let agent: AgentProcess | undefined;
 
   afterAll(async () => {
@@ -46,7 +46,7 @@ mqtt:
   subscriptions:
     - { topic: "s/+/v", sensor: "{1}", metric: level, format: json, value: v, qos: 1 }
 destinations:
-  ops: { url: "http://127.0.0.1:${receiverPort}/hooks", secret: ${SECRET}, concurrency: 8 }
+  ops: { url: "http://127.0.0.1:${receiverPort}/hooks", secret: ${WEBHOOK_SECRET}, concurrency: 8 }
 rules:
   - { name: crossing, match: { metric: level }, above: 50, clear_below: 0, notify: [ops] }
 http: { listen: false }

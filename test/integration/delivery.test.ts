@@ -13,8 +13,8 @@ import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { seededRandom } from "../support/random.js";
 import { type Received, Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const THRESHOLD = 50;
 
 const broker = new Mosquitto();
@@ -45,7 +45,7 @@ const typeOf = (r: Received) => (r.json as { type: string }).type;
  * destination keys), and waits until a probe reading went all the way through.
  */
 async function rig(id: string, extra = "", opts: { metrics?: boolean } = {}): Promise<Rig> {
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   await receiver.start();
   cleanups.push(() => receiver.stop());
   const dir = tempDir();
@@ -59,7 +59,7 @@ mqtt:
   subscriptions:
     - { topic: "${id}/+/temp", qos: 1, sensor: "{1}", metric: temp, format: json, value: value }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET}${extra ? `, ${extra}` : ""} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET}${extra ? `, ${extra}` : ""} }
 rules:
   - { name: hot, match: { metric: temp }, above: ${THRESHOLD}, notify: [ops] }
 http: { listen: ${httpPort ? `"127.0.0.1:${httpPort}"` : "false"} }

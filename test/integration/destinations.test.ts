@@ -8,11 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, edgehook, edgehookAsync, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
-import { waitUntil as waitFor } from "../support/wait.js";
-
-const waitUntil = (pred: () => boolean, what: string, timeoutMs = 20_000) => waitFor(pred, what, timeoutMs, 200);
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
+import { waitUntil } from "../support/wait.js";
 
 const broker = new Mosquitto();
 beforeAll(async () => {
@@ -149,7 +146,7 @@ describe("presets and templates from a real MQTT reading", () => {
 });
 
 describe("a batched destination after a receiver outage", () => {
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   let agent: AgentProcess;
   let client: mqtt.MqttClient;
   let file: string;
@@ -163,7 +160,7 @@ describe("a batched destination after a receiver outage", () => {
       agentConfig(
         `  batched:
     url: ${receiver.url}
-    secret: ${SECRET}
+    secret: ${WEBHOOK_SECRET}
     batch: { max_events: 4, max_wait: 1s }
 `,
         `  - name: hot
@@ -192,14 +189,14 @@ describe("a batched destination after a receiver outage", () => {
       await client.publishAsync(`sensors/${s}/temperature`, JSON.stringify({ value: 35 }), { qos: 1 });
       await client.publishAsync(`sensors/${s}/temperature`, JSON.stringify({ value: 20 }), { qos: 1 });
     }
-    await waitUntil(() => pending(file) === 18, "18 events waiting in the outbox");
+    await waitUntil(() => pending(file) === 18, "18 events waiting in the outbox", 20_000, 200);
     await agent.waitForLog((l) => /unreachable/.test(l.msg), "the destination marked unreachable");
     expect(receiver.requests).toBe(0);
 
     await receiver.start();
     const ids = () => receiver.arrivals.flatMap((a) => (a.json as Batch).data.events.map((e) => e.id));
     await receiver.waitFor(() => new Set(ids()).size === 18, "all 18 events", 30_000);
-    await waitUntil(() => pending(file) === 0, "nothing pending");
+    await waitUntil(() => pending(file) === 0, "nothing pending", 20_000, 200);
 
     // Each id exactly once across every request that arrived (nothing deduplicated here).
     const all = ids();
@@ -233,7 +230,7 @@ interface Batch {
 }
 
 describe("edgehook send-test", () => {
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
 
   beforeAll(async () => {
     await receiver.start();
@@ -261,7 +258,7 @@ agent:
 destinations:
   ops:
     url: ${receiver.url}
-    secret: ${SECRET}
+    secret: ${WEBHOOK_SECRET}
 ${extra}`,
     );
   }

@@ -10,8 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 interface ReadingBody {
   type: string;
@@ -20,7 +19,7 @@ interface ReadingBody {
 
 describe("firmware presets (real agent, real mosquitto, verified webhooks)", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   const dir = tempDir();
   let agent: AgentProcess | undefined;
   let client: MqttClient | undefined;
@@ -48,7 +47,7 @@ mqtt:
   url: ${broker.url}
   subscriptions: [${subscription}]
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: everything, forward: true, notify: [ops] }
 http: { listen: false }

@@ -3,10 +3,9 @@ import { afterEach, describe, expect, it } from "vitest";
 import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
 import { batchId } from "../../src/delivery/render.js";
 import type { NewEvent } from "../../src/events.js";
-import { dispatcherRig, TEST_SECRET, testDestination, testEvent } from "../support/dispatcher-rig.js";
+import { dispatcherRig, testDestination, testEvent } from "../support/dispatcher-rig.js";
 import { type Received, Receiver } from "../support/receiver.js";
-
-const SECRET = TEST_SECRET;
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 interface BatchBody {
   type: string;
@@ -19,7 +18,7 @@ afterEach(async () => {
 });
 
 async function rig(extra: Record<string, unknown>, path = "/hooks", inflate = false) {
-  const receiver = new Receiver(SECRET, { inflate });
+  const receiver = new Receiver(WEBHOOK_SECRET, { inflate });
   await receiver.start();
   cleanups.push(() => receiver.stop());
   const dest = testDestination(`http://127.0.0.1:${receiver.port}${path}`, extra);
@@ -150,7 +149,7 @@ describe("rendered requests", () => {
     const cfg = configSchema.parse({
       version: 1,
       agent: { id: "test" },
-      destinations: { ops: { url: `http://127.0.0.1:${r.receiver.port}/new?v=2`, secret: SECRET } },
+      destinations: { ops: { url: `http://127.0.0.1:${r.receiver.port}/new?v=2`, secret: WEBHOOK_SECRET } },
     });
     r.dispatcher.reconfigure(cfg.destinations as Record<string, DestinationConfig>);
     await r.commit(["b"]);

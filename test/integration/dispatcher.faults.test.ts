@@ -6,11 +6,10 @@ import type { NewEvent } from "../../src/events.js";
 import { createLogger, silentLogger } from "../../src/ops/logger.js";
 import type { Metrics } from "../../src/ops/metrics.js";
 import type { Outbox } from "../../src/store/outbox.js";
-import { dispatcherRig, TEST_SECRET, testDestination, testEvent } from "../support/dispatcher-rig.js";
+import { dispatcherRig, testDestination, testEvent } from "../support/dispatcher-rig.js";
 import type { FakeClock } from "../support/fake-clock.js";
 import { Receiver } from "../support/receiver.js";
-
-const SECRET = TEST_SECRET;
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 interface Rig {
   clock: FakeClock;
@@ -42,7 +41,7 @@ interface RigOptions {
 }
 
 async function rig(extra: Record<string, unknown> = {}, opts: RigOptions = {}): Promise<Rig> {
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   await receiver.start();
   cleanups.push(() => receiver.stop());
   if (opts.startReceiver === false) await receiver.stop();
@@ -325,7 +324,7 @@ describe("dispatcher against real receivers", () => {
     // Signed at the time of sending (ten minutes after the events), not at commit time: the
     // receiver's "timestamp too old" check would reject the latter. Logical time is ahead of
     // the receiver's real clock here, so check the signature with the package's sign().
-    const wh = new Webhook(SECRET);
+    const wh = new Webhook(WEBHOOK_SECRET);
     const committedAt = Math.floor(committed[0]!.createdAt / 1000);
     for (const a of r.receiver.accepted) {
       expect(a.timestamp).toBeGreaterThanOrEqual(committedAt + 600);
@@ -549,7 +548,8 @@ describe("dispatcher against real receivers", () => {
     expect(String(gone?.msg)).toContain("edgehook destination enable ops");
 
     const text = JSON.stringify(logs);
-    for (const secret of [SECRET, SECRET.slice(6), "gh-hub-secret", "tok-123"]) expect(text).not.toContain(secret);
+    for (const secret of [WEBHOOK_SECRET, WEBHOOK_SECRET.slice(6), "gh-hub-secret", "tok-123"])
+      expect(text).not.toContain(secret);
     for (const a of r.receiver.arrivals) {
       expect(text).not.toContain(String(a.headers["webhook-signature"]).slice(3));
       expect(text).not.toContain(String(a.headers["x-hub-signature-256"]));

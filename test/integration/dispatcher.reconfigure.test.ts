@@ -1,9 +1,9 @@
 import { join } from "node:path";
 import { afterEach, expect, it } from "vitest";
-import { dispatcherRig, TEST_SECRET, testDestinations, testEvent } from "../support/dispatcher-rig.js";
+import { dispatcherRig, testDestinations, testEvent } from "../support/dispatcher-rig.js";
 import { Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = TEST_SECRET;
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
@@ -12,9 +12,9 @@ afterEach(async () => {
 const destinations = testDestinations;
 
 it("follows reloads: moved url, added and removed destinations; a bad reload changes nothing", async () => {
-  const oldR = new Receiver(SECRET);
-  const newR = new Receiver(SECRET);
-  const other = new Receiver(SECRET);
+  const oldR = new Receiver(WEBHOOK_SECRET);
+  const newR = new Receiver(WEBHOOK_SECRET);
+  const other = new Receiver(WEBHOOK_SECRET);
   for (const r of [oldR, newR, other]) await r.start();
   cleanups.push(async () => {
     for (const r of [oldR, newR, other]) await r.stop();
@@ -96,9 +96,9 @@ function plainEvent(clock: { now(): number }, series: string, dests: string[], d
 }
 
 it("a reload that fixes the url of a destination that is down sends its backlog at once", async () => {
-  const fixed = new Receiver(SECRET);
+  const fixed = new Receiver(WEBHOOK_SECRET);
   await fixed.start();
-  const gone = new Receiver(SECRET);
+  const gone = new Receiver(WEBHOOK_SECRET);
   await gone.start();
   await gone.stop(); // its port now refuses connections
   cleanups.push(() => fixed.stop());
@@ -121,8 +121,8 @@ it("a reload that fixes the url of a destination that is down sends its backlog 
 });
 
 it("a reload that changes the url makes deliveries waiting for a retry due at once, keeping their attempts", async () => {
-  const wrong = new Receiver(SECRET);
-  const fixed = new Receiver(SECRET);
+  const wrong = new Receiver(WEBHOOK_SECRET);
+  const fixed = new Receiver(WEBHOOK_SECRET);
   await wrong.start();
   await fixed.start();
   cleanups.push(() => wrong.stop());
@@ -150,8 +150,8 @@ it("a reload that changes the url makes deliveries waiting for a retry due at on
 });
 
 it("a request still in flight to the old url when a reload moves the destination spends nothing: it goes to the new url", async () => {
-  const old = new Receiver(SECRET);
-  const fixed = new Receiver(SECRET);
+  const old = new Receiver(WEBHOOK_SECRET);
+  const fixed = new Receiver(WEBHOOK_SECRET);
   await old.start();
   await fixed.start();
   cleanups.push(() => old.stop());

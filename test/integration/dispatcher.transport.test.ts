@@ -17,11 +17,11 @@ import { Dispatcher } from "../../src/delivery/dispatcher.js";
 import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { Outbox } from "../../src/store/outbox.js";
-import { dispatcherRig, TEST_SECRET, testDestinations, testEvent } from "../support/dispatcher-rig.js";
+import { dispatcherRig, testDestinations, testEvent } from "../support/dispatcher-rig.js";
 import { FakeClock } from "../support/fake-clock.js";
 import { Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = TEST_SECRET;
 const dir = mkdtempSync(join(tmpdir(), "edgehook-tls-"));
 const cleanups: (() => Promise<void> | void)[] = [];
 
@@ -149,7 +149,9 @@ describe("dispatcher transport", () => {
     const cfg = configSchema.parse({
       version: 1,
       agent: { id: "t" },
-      destinations: { ops: { url: "https://127.0.0.1:1/x", secret: SECRET, tls: { ca_file: join(dir, "nope.pem") } } },
+      destinations: {
+        ops: { url: "https://127.0.0.1:1/x", secret: WEBHOOK_SECRET, tls: { ca_file: join(dir, "nope.pem") } },
+      },
     });
     const outbox = new Outbox({
       file: join(mkdtempSync(join(dir, "db-")), "outbox.db"),
@@ -172,7 +174,7 @@ describe("dispatcher transport", () => {
   });
 
   it("goes through HTTP_PROXY when the environment names one", async () => {
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     await receiver.start();
     cleanups.push(() => receiver.stop());
     const tunnels: string[] = [];

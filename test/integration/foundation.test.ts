@@ -7,15 +7,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, edgehook, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
-import { waitUntil as waitFor } from "../support/wait.js";
-
-const waitUntil = (pred: () => boolean, what: string, timeoutMs = 20_000) => waitFor(pred, what, timeoutMs, 200);
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
+import { waitUntil } from "../support/wait.js";
 
 describe("foundation: MQTT reading → rule → outbox → signed webhook", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   let agent: AgentProcess;
   let client: mqtt.MqttClient;
   let configFile: string;
@@ -56,7 +53,7 @@ http:
   listen: false
 `,
     );
-    agent = new AgentProcess(configFile, { OPS_WEBHOOK_SECRET: SECRET });
+    agent = new AgentProcess(configFile, { OPS_WEBHOOK_SECRET: WEBHOOK_SECRET });
     await agent.start();
     client = await mqtt.connectAsync(broker.url, { clientId: "test-publisher" });
   });
@@ -107,14 +104,14 @@ http:
     await client.publishAsync("sensors/gh2/temperature", JSON.stringify({ value: 20 }), { qos: 1 });
 
     // The operator sees them waiting.
-    await waitUntil(() => pendingFor("ops") === 2, "2 pending in queue stats");
+    await waitUntil(() => pendingFor("ops") === 2, "2 pending in queue stats", 20_000, 200);
 
     await receiver.start();
     await receiver.waitFor(() => receiver.accepted.length >= before + 2, "the waiting events", 30_000);
     const late = receiver.accepted.slice(before);
     expect(late.map((r) => (r.json as { type: string }).type)).toEqual(["alert.firing", "alert.resolved"]);
     expect(late.every((r) => r.verified)).toBe(true);
-    await waitUntil(() => pendingFor("ops") === 0, "0 pending after delivery");
+    await waitUntil(() => pendingFor("ops") === 0, "0 pending after delivery", 20_000, 200);
   });
 
   it("counts and logs a payload that is not JSON or has no number, and keeps running", async () => {
@@ -129,7 +126,7 @@ http:
   });
 
   function pendingFor(dest: string): number {
-    const r = edgehook(["queue", "stats", "--json", "--config", configFile], { OPS_WEBHOOK_SECRET: SECRET });
+    const r = edgehook(["queue", "stats", "--json", "--config", configFile], { OPS_WEBHOOK_SECRET: WEBHOOK_SECRET });
     if (r.code !== 0) throw new Error(`queue stats failed: ${r.stderr}`);
     const stats = JSON.parse(r.stdout) as { destination: string; pending: number }[];
     return stats.find((s) => s.destination === dest)?.pending ?? 0;
@@ -139,7 +136,7 @@ http:
 describe("edgehook check", () => {
   it("exits 0 on a valid file and 78 with file:line:col on an invalid one", () => {
     const dir = tempDir();
-    const ok = edgehook(["check", "--config", "config/agent.example.yaml"], { OPS_WEBHOOK_SECRET: SECRET });
+    const ok = edgehook(["check", "--config", "config/agent.example.yaml"], { OPS_WEBHOOK_SECRET: WEBHOOK_SECRET });
     expect(ok.stderr).toBe("");
     expect(ok.code).toBe(0);
 

@@ -9,8 +9,7 @@ import { AgentProcess, edgehook, tempDir, writeConfig } from "../support/agent-p
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 const config = (brokerUrl: string, receiverUrl: string, above: number | string, extra = "") => `version: 1
 agent: { id: life-pi, data_dir: ./data, shutdown_timeout: 2s, require_clock_sync: never }
@@ -20,7 +19,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
 destinations:
-  ops: { url: "${receiverUrl}", secret: ${SECRET}, response_timeout: 30s }
+  ops: { url: "${receiverUrl}", secret: ${WEBHOOK_SECRET}, response_timeout: 30s }
 rules:
   - { name: hot, match: { metric: temperature }, above: ${above}, clear_below: 0, notify: [ops] }
 ${extra}`;
@@ -31,7 +30,7 @@ describe("agent lifecycle", () => {
   afterAll(() => broker.stop());
 
   it("SIGTERM under load exits 0 within shutdown_timeout and loses nothing", async () => {
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     receiver.answer = () => ({ kind: "hang" });
     await receiver.start();
     const file = writeConfig(tempDir(), config(broker.url, receiver.url, 50, "http: { listen: false }\n"));
@@ -59,7 +58,7 @@ describe("agent lifecycle", () => {
 
     // Start again with a receiver that accepts: every reading's event arrives.
     await receiver.stop();
-    const ok = new Receiver(SECRET);
+    const ok = new Receiver(WEBHOOK_SECRET);
     await ok.start(receiver.port);
     agent = new AgentProcess(file);
     await agent.start();
@@ -75,7 +74,7 @@ describe("agent lifecycle", () => {
   }, 90_000);
 
   it("a second SIGTERM/SIGINT exits at once, and nothing committed is lost", async () => {
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     receiver.answer = () => ({ kind: "hang" });
     await receiver.start();
     const dir = tempDir();
@@ -100,7 +99,7 @@ describe("agent lifecycle", () => {
     await receiver.stop();
 
     // The event that was in flight is still in the outbox and arrives after a restart.
-    const ok = new Receiver(SECRET);
+    const ok = new Receiver(WEBHOOK_SECRET);
     await ok.start(receiver.port);
     agent = new AgentProcess(file);
     await agent.start();
@@ -117,7 +116,7 @@ describe("agent lifecycle", () => {
       `version: 1
 agent: { id: idle-pi, data_dir: ./data }
 destinations:
-  ops: { url: "http://127.0.0.1:9/hooks", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:9/hooks", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, above: 30, notify: [ops] }
 http: { listen: false }
@@ -131,7 +130,7 @@ http: { listen: false }
   });
 
   it("SIGHUP applies a changed rule, and keeps the old config when the new file is broken", async () => {
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     await receiver.start();
     const dir = tempDir();
     const file = writeConfig(dir, config(broker.url, receiver.url, 30, "http: { listen: false }\n"));

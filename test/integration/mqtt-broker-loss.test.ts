@@ -10,9 +10,8 @@ import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js"
 import { scrapeMetric } from "../support/metrics.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -34,7 +33,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: level, format: number, qos: 1 }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: all, match: { sensor: a }, forward: true, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }

@@ -17,10 +17,10 @@ import { tempDir, writeConfig } from "../support/agent-process.js";
 import { metricValue } from "../support/metrics.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
 import { waitUntil } from "../support/wait.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /** More than one round of packet ids. */
 const FIRST = 65_535 + 200;
 /** Published while the relay holds the broker's messages, then redelivered with DUP. */
@@ -58,7 +58,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: level, format: number, qos: 1 }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hook", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: all, match: { sensor: a }, forward: true, notify: [ops] }
 http: { listen: false }

@@ -12,13 +12,12 @@ import { scrapeMetric } from "../support/metrics.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 describe("retained messages and absent_for across a restart (real agent, real mosquitto)", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   const dir = tempDir();
   let agent: AgentProcess | undefined;
 
@@ -43,7 +42,7 @@ mqtt:
   subscriptions:
     - { topic: "home/+/temperature", format: number, metric: temperature }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: probe-silent, match: { sensor: probe }, absent_for: 2s, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }

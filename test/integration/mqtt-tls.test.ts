@@ -17,9 +17,7 @@ import { MqttSource } from "../../src/sources/mqtt.js";
 import type { Reading } from "../../src/sources/reading.js";
 import { waitForPort } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
-import { waitUntil as waitFor } from "../support/wait.js";
-
-const waitUntil = (pred: () => boolean, what: string, timeoutMs = 8_000) => waitFor(pred, what, timeoutMs);
+import { waitUntil } from "../support/wait.js";
 
 const dir = mkdtempSync(join(tmpdir(), "edgehook-tls-"));
 const f = (n: string) => join(dir, n);
@@ -149,7 +147,7 @@ describe("MqttSource over TLS", () => {
   it("verifies the broker with ca_file and authenticates with a client certificate", async () => {
     const { src, readings } = start({ ca_file: f("ca.crt"), cert_file: f("client.crt"), key_file: f("client.key") });
     await src.start();
-    await waitUntil(() => src.state().status === "up", "TLS connection");
+    await waitUntil(() => src.state().status === "up", "TLS connection", 8_000);
     const pub = await mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, {
       ca: readFileSync(f("ca.crt")),
       cert: readFileSync(f("client.crt")),
@@ -170,7 +168,7 @@ describe("MqttSource over TLS", () => {
   it("reads relative certificate paths from baseDir and names an unreadable one", async () => {
     const ok = start({ ca_file: "ca.crt", cert_file: "client.crt", key_file: "client.key" }, dir);
     await ok.src.start();
-    await waitUntil(() => ok.src.state().status === "up", "TLS connection with relative paths");
+    await waitUntil(() => ok.src.state().status === "up", "TLS connection with relative paths", 8_000);
     const bad = start({ ca_file: "missing-ca.crt" }, dir);
     await expect(bad.src.start()).rejects.toMatchObject({
       code: "EDGEHOOK_CONFIG_UNREADABLE",
@@ -181,7 +179,7 @@ describe("MqttSource over TLS", () => {
   it("stays down and says why when the broker's certificate is not trusted", async () => {
     const { src, logs } = start({ cert_file: f("client.crt"), key_file: f("client.key") });
     await src.start();
-    await waitUntil(() => logs.some((l) => l.msg === "MQTT error"), "the TLS error logged");
+    await waitUntil(() => logs.some((l) => l.msg === "MQTT error"), "the TLS error logged", 8_000);
     expect(src.state().status).not.toBe("up");
     expect(JSON.stringify(logs)).toMatch(/self[- ]signed|unable to verify|certificate/i);
   });
@@ -189,6 +187,6 @@ describe("MqttSource over TLS", () => {
   it("connects to an untrusted broker when reject_unauthorized is false", async () => {
     const { src } = start({ reject_unauthorized: false, cert_file: f("client.crt"), key_file: f("client.key") });
     await src.start();
-    await waitUntil(() => src.state().status === "up", "connection without verification");
+    await waitUntil(() => src.state().status === "up", "connection without verification", 8_000);
   });
 });

@@ -11,6 +11,7 @@ import mqtt from "mqtt";
 import { afterEach, describe, expect, it } from "vitest";
 import { AgentProcess, BIN, tempDir, writeConfig } from "../support/agent-process.js";
 import { freePort } from "../support/ports.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
 
 const NOBODY = 65534;
@@ -43,7 +44,7 @@ describe("operator commands need no secrets", () => {
     const creds = join(dir, "credentials");
     mkdirSync(creds, { mode: 0o700 });
     for (const [f, v] of [
-      ["ops-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+      ["ops-secret", WEBHOOK_SECRET],
       ["lake-token", "tk_lake"],
       ["pager-password", "pw"],
       ["http-token", "page-token"],
@@ -88,7 +89,7 @@ http:
     chmodSync(file, 0o644);
 
     // The agent (root here, the service user in production) reads every secret.
-    const agent = new AgentProcess(file, { ENV_SECRET: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" });
+    const agent = new AgentProcess(file, { ENV_SECRET: WEBHOOK_SECRET });
     cleanups.push(() => agent.stop());
     await agent.start();
     const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, { clientId: "nosecret-pub" });

@@ -19,9 +19,8 @@ import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { type Received, Receiver } from "../support/receiver.js";
 import { healthz, scrapeMetrics, sumOf } from "../support/scrape.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 interface Salvage {
   saved: { events: number; pending: number; states: number };
@@ -96,7 +95,7 @@ describe("a damaged outbox file", () => {
   });
 
   async function receiver(): Promise<Receiver> {
-    const rx = new Receiver(SECRET);
+    const rx = new Receiver(WEBHOOK_SECRET);
     rx.answer = () => ({ kind: "status", status: 503 }); // nothing accepted until the test says so
     await rx.start();
     receivers.push(rx);
@@ -139,7 +138,7 @@ mqtt:
     - { topic: "p/+", metric: probe, format: number, qos: 1 }
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, qos: 1 }
 destinations:
-  ops: { url: "${rx.url}", secret: ${SECRET}, retry_schedule: [200ms], max_attempts: 100000 }
+  ops: { url: "${rx.url}", secret: ${WEBHOOK_SECRET}, retry_schedule: [200ms], max_attempts: 100000 }
 rules:
   - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }
@@ -200,7 +199,7 @@ mqtt:
     - { topic: "p/+", metric: probe, format: number, qos: 1 }
     - { topic: "f/+", sensor: "{1}", metric: level, format: number, qos: 1 }
 destinations:
-  ops: { url: "${rx.url}", secret: ${SECRET}, retry_schedule: [200ms], max_attempts: 100000 }
+  ops: { url: "${rx.url}", secret: ${WEBHOOK_SECRET}, retry_schedule: [200ms], max_attempts: 100000 }
 rules:
   - { name: levels, match: { metric: level }, forward: true, notify: [ops], extra: { pad: "${pad}" } }
 http: { listen: "127.0.0.1:${httpPort}" }
@@ -274,7 +273,7 @@ mqtt:
     - { topic: "f/+", sensor: "{1}", metric: level, format: number, qos: 1 }
     - { topic: "g/+", sensor: "{1}", metric: gauge, format: number, qos: 1 }
 destinations:
-  ops: { url: "${rx.url}", secret: ${SECRET}, retry_schedule: [200ms], max_attempts: 100000 }
+  ops: { url: "${rx.url}", secret: ${WEBHOOK_SECRET}, retry_schedule: [200ms], max_attempts: 100000 }
 rules:
   - { name: levels, match: { metric: level }, forward: true, notify: [ops], extra: { pad: "${xs}" } }
   - { name: gauges, match: { metric: gauge }, forward: true, notify: [ops], extra: { pad: "${qs}" } }

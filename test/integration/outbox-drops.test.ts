@@ -12,9 +12,9 @@ import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js"
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { scrapeMetrics, sumOf } from "../support/scrape.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const READINGS = 3000;
 
 describe("a full outbox under drop_oldest", () => {
@@ -40,7 +40,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: level, format: number, qos: 1 }
 destinations:
-  ops: { url: "http://127.0.0.1:${deadPort}/hooks", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${deadPort}/hooks", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: telemetry, match: { metric: level }, forward: true, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }

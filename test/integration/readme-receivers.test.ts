@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto, waitForPort } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const readme = readFileSync("README.md", "utf8");
 
 function block(lang: string, after: string): string {
@@ -39,7 +39,7 @@ describe("README receiver examples", () => {
       const path = join(dir, `${port}-${file}`);
       writeFileSync(path, block(lang, after).replace("8080", String(port)));
       const proc: ChildProcess = spawn(cmd, [path], {
-        env: { ...process.env, OPS_WEBHOOK_SECRET: SECRET },
+        env: { ...process.env, OPS_WEBHOOK_SECRET: WEBHOOK_SECRET },
         stdio: ["ignore", "pipe", "pipe"],
       });
       let stdout = "";
@@ -63,7 +63,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number }
 destinations:
-  ops: { url: "http://127.0.0.1:${port}/hooks", secret: ${SECRET} }
+  ops: { url: "http://127.0.0.1:${port}/hooks", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: temperature }, above: 30, notify: [ops] }
 http: { listen: false }

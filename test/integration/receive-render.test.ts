@@ -9,8 +9,9 @@ import { type RunningReceiver, startReceiver } from "../../src/cli/receive.js";
 import { parseConfig } from "../../src/config/load.js";
 import { compressBody, render, signingPlan, v1aSignatures } from "../../src/delivery/render.js";
 import { generateSigningKey } from "../../src/delivery/sign-v1a.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const secret = WEBHOOK_SECRET;
 const pair = generateSigningKey();
 const lines: string[] = [];
 let receiver: RunningReceiver;

@@ -8,12 +8,11 @@ import { afterAll, describe, expect, it } from "vitest";
 import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { Receiver } from "../support/receiver.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 describe("reload with a changed rule (real agent)", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   const dir = tempDir();
   let agent: AgentProcess | undefined;
 
@@ -34,7 +33,7 @@ mqtt:
   subscriptions:
     - { topic: "t/+", sensor: "{1}", metric: temperature, format: number, retained: accept }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: temperature }, above: ${above}, notify: [ops] }
 http: { listen: false }

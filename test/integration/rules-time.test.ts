@@ -10,12 +10,11 @@ import { AgentProcess, tempDir, writeConfig } from "../support/agent-process.js"
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 describe("reading times (real agent)", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   const dirs: string[] = [];
   let agent: AgentProcess | undefined;
   let client: mqtt.MqttClient | undefined;
@@ -44,7 +43,7 @@ mqtt:
   subscriptions:
 ${subscriptions}
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: power }, above: 2000, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }

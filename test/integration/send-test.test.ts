@@ -7,11 +7,10 @@ import { loadConfig } from "../../src/config/load.js";
 import { tempDir, writeConfig } from "../support/agent-process.js";
 import { NatsServer } from "../support/nats-server.js";
 import { Receiver } from "../support/receiver.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 describe("send-test", () => {
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   beforeAll(() => receiver.start());
   afterAll(() => receiver.stop());
 
@@ -23,7 +22,7 @@ agent: { id: batch-pi, data_dir: ./data }
 destinations:
   ops:
     url: ${receiver.url}
-    secret: ${SECRET}
+    secret: ${WEBHOOK_SECRET}
     connect_timeout: 1s
     response_timeout: 1s
     batch: { max_events: 10, max_wait: 30s }
@@ -57,7 +56,7 @@ agent: { id: tls-pi, data_dir: ./data }
 destinations:
   ops:
     url: ${receiver.url}
-    secret: ${SECRET}
+    secret: ${WEBHOOK_SECRET}
     tls: { ca_file: receiver-ca.pem }
 `,
     );
@@ -80,7 +79,7 @@ agent: { id: header-pi, data_dir: ./data }
 destinations:
   ops:
     url: ${receiver.url}
-    secret: ${SECRET}
+    secret: ${WEBHOOK_SECRET}
     headers: { x-note: "two\\nlines" }
 `,
     );

@@ -18,9 +18,8 @@ import { ModbusSlave, words } from "../support/modbus.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
 import { scrapeMetrics, sumOf } from "../support/scrape.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -48,7 +47,7 @@ describe("agent with Modbus, 1-Wire and polled files", () => {
     await slave.units([1, 2]);
     await slave.set(1, "holding", 0, words("int16", 650)); // 65.0 °C
     await slave.set(2, "holding", 0, words("int16", 42));
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     await receiver.start();
     cleanups.push(() => receiver.stop());
     mkdirSync(join(dir, "w1/28-0316a2795fff"), { recursive: true });
@@ -81,7 +80,7 @@ onewire: { root: ./w1, every: 1s, names: { 28-0316a2795fff: cellar } }
 files:
   - { path: ./soc_temp, every: 200ms, sensor: pi, metric: soc_temperature, scale: 0.001 }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: boiler-hot, match: { sensor: boiler, metric: temperature }, above: 80, severity: critical, notify: [ops] }
 http: { listen: "127.0.0.1:${httpPort}" }
@@ -239,7 +238,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
     const slave = await ModbusSlave.tcp();
     cleanups.push(() => slave.stop());
     await slave.set(1, "holding", 0, [900]);
-    const receiver = new Receiver(SECRET);
+    const receiver = new Receiver(WEBHOOK_SECRET);
     await receiver.start();
     cleanups.push(() => receiver.stop());
     const file = writeConfig(
@@ -249,7 +248,7 @@ agent: { id: full-pi, data_dir: ./data, shutdown_timeout: 1s, require_clock_sync
 modbus:
   - { name: plant, url: "${slave.url}", every: 100ms, timeout: 80ms, devices: [{ unit_id: 1, sensor: boiler, registers: [{ metric: t, address: 0 }] }] }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: t }, above: 80, notify: [ops] }
 outbox: { min_free_disk: 999999GB }
@@ -287,7 +286,7 @@ http: { listen: false }
 agent: { id: reload-pi, data_dir: ./data, require_clock_sync: never }
 files: [{ path: ./temp, every: 100ms, sensor: pi, metric: soc_temperature, scale: ${scale} }]
 rules: [{ name: hot, match: { sensor: pi }, above: 100, notify: [ops] }]
-destinations: { ops: { url: "http://127.0.0.1:9/hooks", secret: ${SECRET} } }
+destinations: { ops: { url: "http://127.0.0.1:9/hooks", secret: ${WEBHOOK_SECRET} } }
 http: { listen: false }
 `;
     const file = writeConfig(dir, yaml("0.001"));

@@ -14,10 +14,9 @@ import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { Receiver } from "../support/receiver.js";
 import { scrapeMetrics, sumOf } from "../support/scrape.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { SocatPty } from "../support/socat.js";
 import { TERMINAL_CONTROL } from "../support/terminal.js";
-
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /** A digest of every file of the data directory (outbox, WAL, shm): equal means untouched. */
 function digest(dataDir: string): string {
@@ -28,7 +27,7 @@ function digest(dataDir: string): string {
 
 describe("edgehook tap (real mosquitto, real agent, socat pty)", () => {
   const broker = new Mosquitto();
-  const receiver = new Receiver(SECRET);
+  const receiver = new Receiver(WEBHOOK_SECRET);
   const dir = tempDir();
   const pty = new SocatPty();
   let agent: AgentProcess | undefined;
@@ -61,7 +60,7 @@ mqtt:
   subscriptions:
     - { topic: "greenhouse/+/env", values: { temperature: t }, qos: 1 }
 ${serial}destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: readings, match: { metric: temperature }, forward: true, notify: [ops] }
   - { name: hot, match: { sensor: gh*, metric: temperature }, above: 30, notify: [ops] }
@@ -195,7 +194,7 @@ onewire: { root: ./w1, every: 1s, names: { 28-0316a2795fff: cellar } }
 files:
   - { path: ./soc_temp, every: 400ms, sensor: pi, metric: soc_temperature, scale: 0.001 }
 destinations:
-  ops: { url: "${receiver.url}", secret: ${SECRET} }
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
 rules:
   - { name: hot, match: { metric: "*temperature" }, above: 30, notify: [ops] }
 http: { listen: false }

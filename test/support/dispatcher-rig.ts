@@ -14,15 +14,13 @@ import { silentLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { Outbox } from "../../src/store/outbox.js";
 import { FakeClock } from "./fake-clock.js";
-
-/** The Standard Webhooks secret the dispatcher tests sign with (and their receivers verify). */
-export const TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+import { WEBHOOK_SECRET } from "./secrets.js";
 
 export type Cleanups = (() => Promise<void> | void)[];
 
-/** Destinations as the config loads them (defaults applied), each signed with TEST_SECRET unless it says otherwise. */
+/** Destinations as the config loads them (defaults applied), each signed with WEBHOOK_SECRET unless it says otherwise. */
 export function testDestinations(d: Record<string, Record<string, unknown>>): Record<string, DestinationConfig> {
-  const withSecret = Object.fromEntries(Object.entries(d).map(([k, v]) => [k, { secret: TEST_SECRET, ...v }]));
+  const withSecret = Object.fromEntries(Object.entries(d).map(([k, v]) => [k, { secret: WEBHOOK_SECRET, ...v }]));
   return configSchema.parse({ version: 1, agent: { id: "test" }, destinations: withSecret }).destinations;
 }
 

@@ -6,9 +6,9 @@ import type { z } from "zod";
 import { loadConfig, parseConfig } from "../../src/config/load.js";
 import { configSchema } from "../../src/config/schema.js";
 import { configProblems } from "../support/config-problems.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const env = { OPS_WEBHOOK_SECRET: SECRET };
+const env = { OPS_WEBHOOK_SECRET: WEBHOOK_SECRET };
 const ENV_REF = "$" + "{OPS_WEBHOOK_SECRET}";
 
 const ISSUE_EXAMPLE = `version: 1
@@ -43,7 +43,7 @@ describe("config", () => {
   it("accepts the file from the foundation issue as written, with defaults filled in", () => {
     const { config } = parseConfig(ISSUE_EXAMPLE, "/etc/edgehook/agent.yaml", { env });
     expect(config.agent.id).toBe("greenhouse-pi-01");
-    expect(config.destinations.ops?.secret).toBe(SECRET);
+    expect(config.destinations.ops?.secret).toBe(WEBHOOK_SECRET);
     expect(config.rules[0]?.above).toBe(30);
     expect(config.mqtt?.subscriptions[0]?.qos).toBe(1);
     expect(config.outbox.max_age).toBe(7 * 86_400_000);
@@ -64,7 +64,7 @@ agent:
 destinations:
   ops:
     url: http://127.0.0.1:8080/hooks
-    secret: ${SECRET}
+    secret: ${WEBHOOK_SECRET}
     timeout: 3s
 rules:
   - name: hot
@@ -117,18 +117,18 @@ rules:
   it("reads secret_file from CREDENTIALS_DIRECTORY, then next to the config file", () => {
     const dir = mkdtempSync(join(tmpdir(), "edgehook-cfg-"));
     const creds = mkdtempSync(join(tmpdir(), "edgehook-creds-"));
-    writeFileSync(join(creds, "ops-secret"), `${SECRET}\n`);
+    writeFileSync(join(creds, "ops-secret"), `${WEBHOOK_SECRET}\n`);
     const file = join(dir, "agent.yaml");
     writeFileSync(file, ISSUE_EXAMPLE.replace(`secret: ${ENV_REF}`, "secret_file: ops-secret"));
     const loaded = loadConfig(file, { env: { CREDENTIALS_DIRECTORY: creds } });
-    expect(loaded.config.destinations.ops?.secret).toBe(SECRET);
+    expect(loaded.config.destinations.ops?.secret).toBe(WEBHOOK_SECRET);
     expect(() => loadConfig(file, { env: {} })).toThrow(/destinations\.ops\.secret_file: file not found/);
   });
 
   it("warns about a plaintext secret in a file every user can read", () => {
     const dir = mkdtempSync(join(tmpdir(), "edgehook-cfg-"));
     const file = join(dir, "agent.yaml");
-    writeFileSync(file, ISSUE_EXAMPLE.replace(ENV_REF, SECRET));
+    writeFileSync(file, ISSUE_EXAMPLE.replace(ENV_REF, WEBHOOK_SECRET));
     chmodSync(file, 0o644);
     expect(loadConfig(file, { env: {} }).warnings.join()).toMatch(/plain text/);
     chmodSync(file, 0o600);

@@ -2,9 +2,10 @@
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/load.js";
 import { MqttRouter, mqttDecoder, serialDecoder } from "../../src/sources/decode.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 const config = loadConfig("config/agent.example.yaml", {
-  env: { OPS_WEBHOOK_SECRET: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" },
+  env: { OPS_WEBHOOK_SECRET: WEBHOOK_SECRET },
 }).config;
 const T = Date.parse("2026-03-01T00:00:00Z");
 

@@ -9,6 +9,7 @@ import { parseConfig } from "../../src/config/load.js";
 import { configSchema, type SerialPortConfig, type SubscriptionConfig } from "../../src/config/schema.js";
 import { MqttRouter, mqttDecoder, parseKv, serialDecoder } from "../../src/sources/decode.js";
 import { commonTopic, filterCovers } from "../../src/sources/topics.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
 const ARRIVAL = Date.parse("2026-01-01T00:00:00Z");
 
@@ -448,7 +449,7 @@ describe("README and docs/devices.md examples", () => {
     const doc = readFileSync("docs/devices.md", "utf8");
     const yaml = block(doc, "four lines that matter", "yaml").replace(
       "secret_file: ops-secret",
-      `secret: ${"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}`,
+      `secret: ${WEBHOOK_SECRET}`,
     );
     expect(parseConfig(yaml, "agent.yaml").config.mqtt?.subscriptions[0]?.preset).toBe("zigbee2mqtt");
   });

@@ -9,6 +9,7 @@ import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/load.js";
 import { render } from "../../src/delivery/render.js";
 import { generateSigningKey } from "../../src/delivery/sign-v1a.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { bytes, firing } from "./render-fixtures.js";
 
 const doc = readFileSync(new URL("../../docs/destinations.md", import.meta.url), "utf8");
@@ -48,7 +49,7 @@ describe("docs/destinations.md examples", () => {
         key === "secret" && block.includes("ed25519")
           ? generateSigningKey().secret
           : key === "secret"
-            ? "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            ? WEBHOOK_SECRET
             : "tk_example";
       writeFileSync(join(dir, file), content);
     }

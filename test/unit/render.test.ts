@@ -16,11 +16,12 @@ import {
 } from "../../src/delivery/render.js";
 import { generateSigningKey, parsePublicKey, verifyV1aSignature } from "../../src/delivery/sign-v1a.js";
 import type { NewEvent } from "../../src/events.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { bytes, destFrom, firing, resolved } from "./render-fixtures.js";
 
 describe("render: format standard", () => {
   it("sends the stored bytes unchanged as application/json", () => {
-    const dest = destFrom("    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    const dest = destFrom(`    secret: ${WEBHOOK_SECRET}`);
     // Unusual but valid JSON spacing must survive: the stored bytes are what gets signed.
     const stored = Buffer.from('{"type":"alert.firing", "timestamp":"2026-01-01T00:00:00Z","data":{"value":1.10}}');
     const r = render(stored, dest);
@@ -100,10 +101,7 @@ destinations:
     ["    preset: slack\n    token: a\n    headers: { Authorization: x }", /Authorization is already set/],
     ["    preset: slack\n    basic_auth: { username: 'u:x', password: p }", /must not contain ':'/],
     ["    preset: slack\n    template: { a: 1 }", /give either preset or template/],
-    [
-      "    format: standard\n    preset: slack\n    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-      /format standard sends/,
-    ],
+    [`    format: standard\n    preset: slack\n    secret: ${WEBHOOK_SECRET}`, /format standard sends/],
     ["    format: template\n    signature: none", /format template needs template/],
     ["    signature: none\n    content_type: text/plain", /content_type applies to template only/],
     ["    preset: slack\n    ntfy_topic: x", /applies to preset ntfy only/],
@@ -135,10 +133,10 @@ destinations:
 describe("signing plan", () => {
   it("v1 for each secret, v1a for each ed25519 key, nothing with signature: none", () => {
     const k = generateSigningKey();
-    const dest = destFrom(`    secret: [whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, whsec_dGVzdA==]
+    const dest = destFrom(`    secret: [${WEBHOOK_SECRET}, whsec_dGVzdA==]
     ed25519: { secret: ${k.secret} }`);
     expect(signingPlan(dest)).toEqual({
-      hmac: ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_dGVzdA=="],
+      hmac: [WEBHOOK_SECRET, "whsec_dGVzdA=="],
       ed25519: [k.secret],
     });
     const body = render(bytes(firing), dest).body;
@@ -181,7 +179,7 @@ describe("acceptsEvent", () => {
 });
 
 describe("batching", () => {
-  const dest = destFrom(`    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  const dest = destFrom(`    secret: ${WEBHOOK_SECRET}
     batch: { max_events: 50, max_wait: 5s }`);
 
   it("one envelope of type batch; each event keeps its id and its exact bytes", () => {
@@ -223,7 +221,7 @@ describe("batching", () => {
 
 describe("gzip", () => {
   it("compresses only above gzip_above, deterministically, and round-trips", () => {
-    const dest = destFrom(`    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+    const dest = destFrom(`    secret: ${WEBHOOK_SECRET}
     gzip_above: 1KB`);
     expect(dest.gzip_above).toBe(1000);
     const small = Buffer.alloc(1000, "a");

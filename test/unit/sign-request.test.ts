@@ -6,9 +6,9 @@ import { buildBatchRequest, buildRequest, USER_AGENT } from "../../src/delivery/
 import { hubSignature } from "../../src/delivery/sign.js";
 import { generateSigningKey, parsePublicKey, verifyV1aSignature } from "../../src/delivery/sign-v1a.js";
 import type { Delivery } from "../../src/store/types.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { bytes, destFrom, firing, resolved } from "./render-fixtures.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const body = Buffer.from('{"type":"alert.firing","timestamp":"2026-01-01T00:00:00.000Z","data":{"value":31.5}}');
 const delivery: Delivery = {
   id: 7,
@@ -21,7 +21,7 @@ const delivery: Delivery = {
   createdAt: 0,
   body,
 };
-const dest = destFrom(`    secret: ${SECRET}`);
+const dest = destFrom(`    secret: ${WEBHOOK_SECRET}`);
 const now = () => Math.floor(Date.now() / 1000);
 
 describe("buildRequest: standard format", () => {
@@ -36,7 +36,7 @@ describe("buildRequest: standard format", () => {
     expect(headers["user-agent"]).toBe(USER_AGENT);
     expect(USER_AGENT).toMatch(/^edgehook\/\d+\.\d+\.\d+/);
     expect(headers["content-encoding"]).toBeUndefined();
-    expect(new Webhook(SECRET).verify(sent, headers)).toEqual(JSON.parse(body.toString()));
+    expect(new Webhook(WEBHOOK_SECRET).verify(sent, headers)).toEqual(JSON.parse(body.toString()));
   });
 
   it("keeps the id and re-signs with a fresh timestamp on every attempt", () => {
@@ -50,7 +50,7 @@ describe("buildRequest: standard format", () => {
 
   it("signs with every secret while rotating", () => {
     const other = `whsec_${Buffer.from("second key, 24 bytes....").toString("base64")}`;
-    const { headers } = buildRequest(delivery, destFrom(`    secret: [${SECRET}, ${other}]`), now());
+    const { headers } = buildRequest(delivery, destFrom(`    secret: [${WEBHOOK_SECRET}, ${other}]`), now());
     expect(headers["webhook-signature"]?.split(" ")).toHaveLength(2);
     expect(() => new Webhook(other).verify(body, headers)).not.toThrow();
   });
@@ -64,13 +64,13 @@ describe("buildRequest: standard format", () => {
   });
 
   it("signature: none wins over a configured secret", () => {
-    const { headers } = buildRequest(delivery, destFrom(`    secret: ${SECRET}\n    signature: none`), 1);
+    const { headers } = buildRequest(delivery, destFrom(`    secret: ${WEBHOOK_SECRET}\n    signature: none`), 1);
     expect(headers["webhook-signature"]).toBeUndefined();
   });
 
   it("adds static headers but never lets them override the protocol headers", () => {
     const d = destFrom(
-      `    secret: ${SECRET}\n    headers: { Authorization: "Bearer t0ken", "Webhook-Id": forged, "X-Site": north, "Content-Type": text/plain }`,
+      `    secret: ${WEBHOOK_SECRET}\n    headers: { Authorization: "Bearer t0ken", "Webhook-Id": forged, "X-Site": north, "Content-Type": text/plain }`,
     );
     const { headers } = buildRequest(delivery, d, 1_700_000_000);
     expect(headers.authorization).toBe("Bearer t0ken");
@@ -80,11 +80,11 @@ describe("buildRequest: standard format", () => {
   });
 
   it("sends token as a bearer Authorization and basic_auth as Basic", () => {
-    const t = buildRequest(delivery, destFrom(`    secret: ${SECRET}\n    token: s3cr3t`), 1);
+    const t = buildRequest(delivery, destFrom(`    secret: ${WEBHOOK_SECRET}\n    token: s3cr3t`), 1);
     expect(t.headers.authorization).toBe("Bearer s3cr3t");
     const b = buildRequest(
       delivery,
-      destFrom(`    secret: ${SECRET}\n    basic_auth: { username: pi, password: "p:w" }`),
+      destFrom(`    secret: ${WEBHOOK_SECRET}\n    basic_auth: { username: pi, password: "p:w" }`),
       1,
     );
     expect(b.headers.authorization).toBe(`Basic ${Buffer.from("pi:p:w").toString("base64")}`);
@@ -92,12 +92,12 @@ describe("buildRequest: standard format", () => {
 
   it("adds v1a (Ed25519) after v1, space-separated; each verifies", () => {
     const key = generateSigningKey();
-    const d = destFrom(`    secret: ${SECRET}\n    ed25519: { secret: "${key.secret}" }`);
+    const d = destFrom(`    secret: ${WEBHOOK_SECRET}\n    ed25519: { secret: "${key.secret}" }`);
     const t = now();
     const { headers, body: sent } = buildRequest(delivery, d, t);
     const entries = headers["webhook-signature"]?.split(" ") ?? [];
     expect(entries.map((e) => e.split(",")[0])).toEqual(["v1", "v1a"]);
-    expect(() => new Webhook(SECRET).verify(sent, headers)).not.toThrow();
+    expect(() => new Webhook(WEBHOOK_SECRET).verify(sent, headers)).not.toThrow();
     const pub = [parsePublicKey(key.publicKey)];
     expect(verifyV1aSignature(pub, delivery.eventId, t, sent, headers["webhook-signature"] ?? "")).toBe(true);
   });
@@ -110,13 +110,13 @@ describe("buildRequest: standard format", () => {
 
   it("gzips above gzip_above and signs the uncompressed body", () => {
     const big = Buffer.from(JSON.stringify({ ...firing, data: { ...firing.data, note: "x".repeat(2000) } }));
-    const d = destFrom(`    secret: ${SECRET}\n    gzip_above: 1KB`);
+    const d = destFrom(`    secret: ${WEBHOOK_SECRET}\n    gzip_above: 1KB`);
     const r = buildRequest({ ...delivery, body: big }, d, now());
     expect(r.headers["content-encoding"]).toBe("gzip");
     expect(r.body.length).toBeLessThan(big.length);
     const inflated = gunzipSync(r.body);
     expect(inflated.equals(big)).toBe(true);
-    expect(() => new Webhook(SECRET).verify(inflated, r.headers)).not.toThrow();
+    expect(() => new Webhook(WEBHOOK_SECRET).verify(inflated, r.headers)).not.toThrow();
     // Small bodies go as they are.
     const small = buildRequest(delivery, d, now());
     expect(small.headers["content-encoding"]).toBeUndefined();
@@ -139,9 +139,9 @@ describe("buildRequest: presets and templates", () => {
   });
 
   it("signs the rendered body (not the stored envelope) when a preset has a secret", () => {
-    const r = buildRequest(stored, destFrom(`    preset: homeassistant\n    secret: ${SECRET}`), now());
+    const r = buildRequest(stored, destFrom(`    preset: homeassistant\n    secret: ${WEBHOOK_SECRET}`), now());
     expect(r.body.equals(stored.body)).toBe(false);
-    expect(new Webhook(SECRET).verify(r.body, r.headers)).toMatchObject({ state: "firing", sensor: "boiler" });
+    expect(new Webhook(WEBHOOK_SECRET).verify(r.body, r.headers)).toMatchObject({ state: "firing", sensor: "boiler" });
   });
 
   it("posts ntfy to the server root with the topic in the body", () => {
@@ -166,7 +166,7 @@ describe("buildRequest: presets and templates", () => {
 });
 
 describe("buildBatchRequest", () => {
-  const d = destFrom(`    secret: ${SECRET}\n    batch: { max_events: 10, max_wait: 1s }`);
+  const d = destFrom(`    secret: ${WEBHOOK_SECRET}\n    batch: { max_events: 10, max_wait: 1s }`);
   const members: Delivery[] = [
     { ...delivery, id: 1, eventId: "msg_a", body: bytes(firing) },
     { ...delivery, id: 2, eventId: "msg_b", series: "other", body: bytes(resolved) },
@@ -178,7 +178,7 @@ describe("buildBatchRequest", () => {
     const b = buildBatchRequest(members, d, t + 60);
     expect(a.headers["webhook-id"]).toBe(batchId(["msg_a", "msg_b"]));
     expect(b.headers["webhook-id"]).toBe(a.headers["webhook-id"]);
-    const json = new Webhook(SECRET).verify(a.body, a.headers) as {
+    const json = new Webhook(WEBHOOK_SECRET).verify(a.body, a.headers) as {
       type: string;
       data: { events: { id: string; type: string }[] };
     };

@@ -2,9 +2,9 @@ import { createHmac } from "node:crypto";
 import { Webhook } from "standardwebhooks";
 import { describe, expect, it } from "vitest";
 import { hubSignature, signV1 } from "../../src/delivery/sign.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-// Reference vector from the Standard Webhooks spec and its libraries' tests.
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+// Reference vector from the Standard Webhooks spec and its libraries' tests (with WEBHOOK_SECRET, the spec's example secret).
 const ID = "msg_p5jXN8AQM9LWM0D4loKWxJek";
 const TS = 1614265330;
 const BODY = Buffer.from('{"test": 2432232314}');
@@ -12,12 +12,12 @@ const EXPECTED = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
 describe("signV1", () => {
   it("matches the Standard Webhooks reference vector", () => {
-    expect(signV1([SECRET], ID, TS, BODY)).toBe(EXPECTED);
+    expect(signV1([WEBHOOK_SECRET], ID, TS, BODY)).toBe(EXPECTED);
   });
 
   it("matches what the standardwebhooks package signs", () => {
-    const wh = new Webhook(SECRET);
-    expect(signV1([SECRET], ID, TS, BODY)).toBe(wh.sign(ID, new Date(TS * 1000), BODY));
+    const wh = new Webhook(WEBHOOK_SECRET);
+    expect(signV1([WEBHOOK_SECRET], ID, TS, BODY)).toBe(wh.sign(ID, new Date(TS * 1000), BODY));
   });
 
   it("verifies with the standardwebhooks package at the current time", () => {
@@ -26,27 +26,27 @@ describe("signV1", () => {
     const headers = {
       "webhook-id": ID,
       "webhook-timestamp": String(now),
-      "webhook-signature": signV1([SECRET], ID, now, body),
+      "webhook-signature": signV1([WEBHOOK_SECRET], ID, now, body),
     };
-    expect(new Webhook(SECRET).verify(body, headers)).toEqual(JSON.parse(body.toString()));
+    expect(new Webhook(WEBHOOK_SECRET).verify(body, headers)).toEqual(JSON.parse(body.toString()));
   });
 
   it("signs with every secret while rotating, and each verifies on its own", () => {
     const other = `whsec_${Buffer.from("another key of 24 bytes!").toString("base64")}`;
     const now = Math.floor(Date.now() / 1000);
-    const sig = signV1([SECRET, other], ID, now, BODY);
+    const sig = signV1([WEBHOOK_SECRET, other], ID, now, BODY);
     const parts = sig.split(" ");
     expect(parts).toHaveLength(2);
     expect(parts[0]).toMatch(/^v1,[A-Za-z0-9+/]+=*$/);
     const headers = { "webhook-id": ID, "webhook-timestamp": String(now), "webhook-signature": sig };
-    expect(() => new Webhook(SECRET).verify(BODY, headers)).not.toThrow();
+    expect(() => new Webhook(WEBHOOK_SECRET).verify(BODY, headers)).not.toThrow();
     expect(() => new Webhook(other).verify(BODY, headers)).not.toThrow();
   });
 
   it("fails verification when the body, id or timestamp differ", () => {
     const now = Math.floor(Date.now() / 1000);
-    const sig = signV1([SECRET], ID, now, BODY);
-    const wh = new Webhook(SECRET);
+    const sig = signV1([WEBHOOK_SECRET], ID, now, BODY);
+    const wh = new Webhook(WEBHOOK_SECRET);
     const ok = { "webhook-id": ID, "webhook-timestamp": String(now), "webhook-signature": sig };
     expect(() => wh.verify('{"test": 2432232315}', ok)).toThrow();
     expect(() => wh.verify(BODY, { ...ok, "webhook-id": "msg_other" })).toThrow();
@@ -56,7 +56,7 @@ describe("signV1", () => {
   it("signs the exact bytes, not a re-serialisation", () => {
     const a = Buffer.from('{"a":1,"b":2}');
     const b = Buffer.from('{"b":2,"a":1}');
-    expect(signV1([SECRET], ID, TS, a)).not.toBe(signV1([SECRET], ID, TS, b));
+    expect(signV1([WEBHOOK_SECRET], ID, TS, a)).not.toBe(signV1([WEBHOOK_SECRET], ID, TS, b));
   });
 });
 

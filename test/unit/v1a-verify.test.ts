@@ -3,8 +3,9 @@ import { Webhook } from "standardwebhooks";
 import { describe, expect, it } from "vitest";
 import { generateSigningKey, parsePublicKey, signV1a } from "../../src/delivery/sign-v1a.js";
 import { v1Signature, verifyV1, verifyWebhook } from "../../src/delivery/verify.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const secret = WEBHOOK_SECRET;
 const body = Buffer.from('{"type":"test","timestamp":"2026-01-01T00:00:00Z","data":{}}');
 const T = 1767225600;
 
