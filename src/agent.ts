@@ -1,33 +1,31 @@
 /**
- * The composition root: builds every part, starts them in order, stops them in
- * reverse (each stop guarded so one failure does not skip the rest), and reloads.
+ * The composition root: builds every part, keeps them in one list in the order they
+ * start, stops them in reverse (each stop guarded so one failure does not skip the
+ * rest), and reloads.
  *
- *   sources ─> sink ─> rule engine ─> outbox.commit (group commit) ─> dispatcher
+ *   sources ─> pipeline (rule engine ─> outbox.commit) ─> dispatcher
  *
- * The sink resolves only after what a batch of readings caused is durable, which is
- * when an MQTT QoS 1 message may be acknowledged (design invariant 1).
+ * What a reading goes through once a source has it is in pipeline.ts.
  */
 import { accessSync, constants, mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { type Clock, systemClock, type TimerHandle } from "./clock.js";
 import type { LoadedConfig } from "./config/load.js";
-import type { Config, DestinationConfig } from "./config/schema.js";
+import type { Config } from "./config/schema.js";
 import { ClockSyncMonitor } from "./delivery/clock-sync.js";
 import { Dispatcher } from "./delivery/dispatcher.js";
-import { acceptsEvent } from "./delivery/render.js";
 import { EdgehookError } from "./errors.js";
 import { EventTimes } from "./event-time.js";
-import type { CommitBatch, NewEvent } from "./events.js";
 import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } from "./ops/health.js";
 import { HttpServer } from "./ops/http.js";
 import type { Logger } from "./ops/logger.js";
 import { Metrics } from "./ops/metrics.js";
 import { buildStatus, StatusHistory, type StatusSnapshot, sumByLabel } from "./ops/status.js";
-import { RuleEngine } from "./rules/engine.js";
+import { Pipeline } from "./pipeline.js";
 import { MqttSource } from "./sources/mqtt.js";
 import { hasPolledSources, polledSources } from "./sources/polled.js";
 import type { Reading, SinkOrigin, Source } from "./sources/reading.js";
-import { Outbox, OutboxRefusedError } from "./store/outbox.js";
+import { Outbox } from "./store/outbox.js";
 import { version } from "./version.js";
 
 export interface AgentOptions {
@@ -43,10 +41,29 @@ const MAINTENANCE_INTERVAL_MS = 30_000;
 const MAINTENANCE_MORE_MS = 1_000;
 /** /healthz fails (and the systemd watchdog is withheld) when maintenance stalls this long. */
 const MAX_LOOP_SILENCE_MS = 3 * MAINTENANCE_INTERVAL_MS;
-/** After a failed commit, what the rebuilt rule engine has due is tried again this much later. */
-const TICK_RETRY_MS = 5_000;
-/** While the outbox refuses new events, due rule work is offered again this often (a cached check). */
-const REFUSED_RETRY_MS = 1_000;
+
+/** A part the agent starts and stops; the list is started in order and stopped in reverse. */
+interface Component {
+  /** For the log line when its stop fails ("stop <name> failed"). */
+  readonly name: string;
+  start(): unknown;
+  stop(): unknown;
+  /**
+   * Called on every started component before any is stopped: the dispatcher's grace for
+   * in-flight requests runs while the sources stop and their last commits finish, so
+   * shutdown takes the longer of the two, not the sum.
+   */
+  beginStop?(): void;
+}
+
+/** The parts, built once per start (constructors only assign). */
+interface Parts {
+  outbox: Outbox;
+  clockSync: ClockSyncMonitor | undefined;
+  dispatcher: Dispatcher;
+  http: HttpServer | undefined;
+  pipeline: Pipeline;
+}
 
 export class Agent {
   readonly metrics = new Metrics();
@@ -55,16 +72,13 @@ export class Agent {
   readonly #clock: Clock;
   readonly #env: NodeJS.ProcessEnv;
   readonly #startedAt: number;
-  #outbox: Outbox | undefined;
-  #engine: RuleEngine | undefined;
-  #dispatcher: Dispatcher | undefined;
-  #http: HttpServer | undefined;
+  #parts: Parts | undefined;
+  /** What started, in order; stop() goes through it in reverse. */
+  #started: Component[] = [];
   #sources: Source[] = [];
   #mqtt: MqttSource | undefined;
-  #tickTimer: TimerHandle | undefined;
-  #tickAt: number | undefined;
   #maintenanceTimer: TimerHandle | undefined;
-  #accepting = false;
+  #maintaining = false;
   #stopPromise: Promise<void> | undefined;
   /** start() in progress or done; stop() and reload() wait for it. */
   #starting: Promise<void> | undefined;
@@ -74,13 +88,6 @@ export class Agent {
   readonly #stopped = new Promise<void>((resolve) => {
     this.#resolveStopped = resolve;
   });
-  /** Serialises engine work and commits that must follow each other (ticks, reloads). */
-  #chain: Promise<unknown> = Promise.resolve();
-  #clockSync: ClockSyncMonitor | undefined;
-  #eventTimes: EventTimes | undefined;
-  #engineStats: Record<string, number> = {};
-  /** Bumped whenever the engine is rebuilt from the outbox; batches of an older one are stale. */
-  #engineGeneration = 0;
   readonly #heartbeat: Heartbeat;
   readonly #history: StatusHistory;
 
@@ -115,11 +122,69 @@ export class Agent {
   }
 
   async #doStart(): Promise<void> {
+    mkdirSync(this.#loaded.dataDir, { recursive: true });
+    const parts = this.#build();
+    this.#parts = parts;
+    const { outbox, clockSync, dispatcher, http, pipeline } = parts;
+    const history = this.#history;
+    // In start order; stop() runs the list backwards.
+    const components: Component[] = [
+      {
+        name: "outbox",
+        start: () => outbox.open(),
+        stop: () => outbox.close(),
+      },
+      ...(clockSync ? [{ name: "clock monitor", start: () => clockSync.start(), stop: () => clockSync.stop() }] : []),
+      ...(http
+        ? [
+            {
+              name: "http server",
+              start: async () => {
+                this.#httpPort = (await http.start()).port;
+              },
+              stop: () => http.stop(),
+            },
+          ]
+        : []),
+      dispatcherComponent(dispatcher, () => this.config.agent.shutdown_timeout),
+      {
+        name: "status history",
+        start: () =>
+          history.start(async () => ({
+            pending: outbox.isOpen ? outbox.totals().pending : 0,
+            readings: await sumByLabel(this.metrics.readings, "source"),
+          })),
+        stop: () => history.stop(),
+      },
+      // After the outbox and the dispatcher, before the sources: no reading arrives while it is not accepting.
+      { name: "rule pipeline", start: () => pipeline.start(), stop: () => pipeline.stop() },
+      { name: "sources", start: () => this.#startSources(this.config), stop: () => this.#stopSources() },
+      {
+        name: "timers",
+        start: () => {
+          // Time-driven rule transitions due while we were down (for, absent_for, repeat).
+          pipeline.scheduleTick();
+          this.#maintaining = true;
+          this.#maintain();
+        },
+        stop: () => {
+          this.#maintaining = false;
+          if (this.#maintenanceTimer) this.#clock.clearTimeout(this.#maintenanceTimer);
+        },
+      },
+    ];
+    for (const c of components) {
+      // Listed before it starts: one that fails half-way (some sources up) is stopped too.
+      this.#started.push(c);
+      await c.start();
+    }
+  }
+
+  /** Builds every part; nothing is opened, started or listening yet. */
+  #build(): Parts {
     const config = this.config;
     const log = this.#logger;
-    mkdirSync(this.#loaded.dataDir, { recursive: true });
-
-    this.#outbox = new Outbox({
+    const outbox = new Outbox({
       file: join(this.#loaded.dataDir, "outbox.db"),
       limits: config.outbox,
       clock: this.#clock,
@@ -127,28 +192,16 @@ export class Agent {
       metrics: this.metrics,
       destinationMaxAge: destinationMaxAge(config),
     });
-    this.#outbox.open();
-    const outbox = this.#outbox;
     this.metrics.watchSources(() => this.#sources.map((s) => s.state()));
     this.metrics.onScrape(() => {
       if (outbox.isOpen) outbox.refreshMetrics();
     });
-
-    this.#engine = this.#newEngine();
-    this.#engine.restore(this.#outbox.loadStates());
-
-    if (config.agent.require_clock_sync === "auto") {
-      this.#clockSync = new ClockSyncMonitor({ clock: this.#clock, logger: log.child({ component: "clock" }) });
-      await this.#clockSync.start();
-    }
-    const clockSync = this.#clockSync;
-    if (clockSync) {
-      this.#eventTimes = new EventTimes(this.#clock);
-      // Registered before the dispatcher's wake-up: bodies are corrected before any is signed.
-      clockSync.onChange(() => this.#correctEventTimes());
-    }
-    this.#dispatcher = new Dispatcher({
-      outbox: this.#outbox,
+    const clockSync =
+      config.agent.require_clock_sync === "auto"
+        ? new ClockSyncMonitor({ clock: this.#clock, logger: log.child({ component: "clock" }) })
+        : undefined;
+    const dispatcher = new Dispatcher({
+      outbox,
       destinations: config.destinations,
       clock: this.#clock,
       logger: log.child({ component: "dispatcher" }),
@@ -157,50 +210,43 @@ export class Agent {
       env: this.#env,
       baseDir: dirname(this.#loaded.file),
     });
-    this.#dispatcher.start();
-    clockSync?.onChange(() => this.#dispatcher?.wake());
-
-    if (config.http.listen !== false) {
-      this.#http = new HttpServer({
-        listen: config.http.listen,
-        metrics: this.metrics,
-        health: () => this.health(),
-        status: () => this.status(),
-        token: config.http.token,
-        logger: log.child({ component: "http" }),
-      });
-      this.#httpPort = (await this.#http.start()).port;
-    }
-
-    this.#history.start(async () => ({
-      pending: outbox.isOpen ? outbox.totals().pending : 0,
-      readings: await sumByLabel(this.metrics.readings, "source"),
-    }));
-    this.#accepting = true;
-    await this.#startSources(config);
-    // Time-driven rule transitions due while we were down (for, absent_for, repeat).
-    this.#scheduleTick();
-    this.#maintain();
-  }
-
-  #newEngine(): RuleEngine {
-    const config = this.config;
-    return new RuleEngine({
-      agentId: config.agent.id,
-      rules: config.rules,
+    const eventTimes = clockSync ? new EventTimes(this.#clock) : undefined;
+    const pipeline = new Pipeline({
+      config: () => this.config,
+      outbox,
+      wakeDispatcher: () => dispatcher.wake(),
+      eventTimes: clockSync && eventTimes ? { times: eventTimes, synced: () => clockSync.synced() } : undefined,
       clock: this.#clock,
-      maxFutureMs: config.agent.max_future_skew,
-      maxSeries: config.agent.max_series,
-      logger: this.#logger.child({ component: "rules" }),
+      logger: log,
+      metrics: this.metrics,
     });
+    if (clockSync && eventTimes) {
+      // Registered before the dispatcher's wake-up: bodies are corrected before any is signed.
+      clockSync.onChange(() => this.#correctEventTimes(outbox, clockSync, eventTimes));
+      clockSync.onChange(() => dispatcher.wake());
+    }
+    const http =
+      config.http.listen !== false
+        ? new HttpServer({
+            listen: config.http.listen,
+            metrics: this.metrics,
+            health: () => this.health(),
+            status: () => this.status(),
+            token: config.http.token,
+            logger: log.child({ component: "http" }),
+          })
+        : undefined;
+    return { outbox, clockSync, dispatcher, http, pipeline };
   }
 
   async #startSources(config: Config): Promise<void> {
     const log = this.#logger;
-    const sink = (readings: Reading[], origin?: SinkOrigin) => this.#ingest(readings, origin);
+    const parts = this.#parts;
+    if (!parts) throw new Error("agent not started");
+    const sink = (readings: Reading[], origin?: SinkOrigin) => parts.pipeline.ingest(readings, origin);
     this.#mqtt = undefined;
     if (config.mqtt) {
-      const outbox = this.#outbox;
+      const outbox = parts.outbox;
       // With `url: embedded` the source hosts the broker itself.
       this.#mqtt = new MqttSource({
         config: config.mqtt,
@@ -255,140 +301,9 @@ export class Agent {
     for (const s of sources.reverse()) await this.#guard(`stop source ${s.name}`, () => s.stop());
   }
 
-  /** The sink every source hands readings to. Resolves once what they caused is durable. */
-  #ingest(readings: Reading[], origin?: SinkOrigin): Promise<void> {
-    const engine = this.#engine;
-    if (!this.#accepting || !engine) return Promise.reject(new Error("agent is stopping"));
-    // Backpressure: what cannot be stored is not processed, so rule state never runs ahead
-    // of the outbox; the source keeps the readings unacknowledged and offers them again.
-    const refusal = this.#outbox?.refusal();
-    if (refusal) return Promise.reject(new OutboxRefusedError(refusal));
-    const batch = engine.process(readings);
-    // The message keys go in the same transaction as what the messages caused (a reading
-    // that changed nothing writes nothing, keys included: processing it again is harmless).
-    if (origin && origin.messageKeys.length > 0) batch.messageKeys = origin.messageKeys;
-    return this.#commit(batch);
-  }
-
-  /** Engine counters as deltas into the Prometheus counter (cheap: a few numbers per batch). */
-  #exportEngineStats(): void {
-    const stats = this.#engine?.stats;
-    if (!stats) return;
-    const now: Record<string, number> = {
-      late: stats.late,
-      non_numeric: stats.nonNumeric,
-      bad_time: stats.badTime,
-      series_limit: stats.seriesLimit,
-      stale_state: stats.staleStates,
-      dropped_batched: stats.droppedBatched,
-    };
-    for (const [reason, n] of Object.entries(now)) {
-      const before = this.#engineStats[reason] ?? 0;
-      if (n > before) this.metrics.ruleSkips.inc({ reason }, n - before);
-    }
-    const future = stats.future - (this.#engineStats.future ?? 0);
-    if (future > 0) this.metrics.ruleRestamped.inc(future);
-    now.future = stats.future;
-    const evicted: Record<string, number> = {
-      at_rest: stats.seriesEvicted - stats.seriesEvictedIdle - stats.seriesEvictedOpen,
-      idle: stats.seriesEvictedIdle,
-      open: stats.seriesEvictedOpen,
-    };
-    for (const [kind, n] of Object.entries(evicted)) {
-      const before = this.#engineStats[`evicted_${kind}`] ?? 0;
-      if (n > before) this.metrics.ruleSeriesEvicted.inc({ kind }, n - before);
-      now[`evicted_${kind}`] = n;
-    }
-    this.metrics.ruleSeries.set(this.#engine?.seriesCount ?? 0);
-    this.#engineStats = now;
-  }
-
-  async #commit(batch: CommitBatch): Promise<void> {
-    this.#exportEngineStats();
-    if (batch.events.length === 0 && batch.states.length === 0 && batch.removedStates.length === 0) {
-      this.#scheduleTick();
-      return;
-    }
-    const destinations = this.config.destinations;
-    const marked =
-      this.#eventTimes && this.#clockSync && !this.#clockSync.synced()
-        ? this.#eventTimes.mark(batch.events)
-        : batch.events;
-    const events = marked.map((e: NewEvent) => {
-      this.metrics.ruleEvents.inc({ rule: e.rule, type: e.type });
-      const accepted = e.destinations.filter((name) => {
-        const dest: DestinationConfig | undefined = destinations[name];
-        return dest !== undefined && acceptsEvent(dest, e);
-      });
-      return accepted.length === e.destinations.length ? e : { ...e, destinations: accepted };
-    });
-    const outbox = this.#outbox;
-    if (!outbox) throw new Error("outbox is closed");
-    const generation = this.#engineGeneration;
-    try {
-      await outbox.commit({ ...batch, events }, { valid: () => generation === this.#engineGeneration });
-    } catch (err) {
-      // A batch of an engine already rebuilt: nothing of it was stored, nothing to undo.
-      if (generation !== this.#engineGeneration) throw err;
-      // The engine's memory is now ahead of the store. The readings are not acknowledged
-      // (the source offers them again); rebuild the engine from what is durable.
-      if (err instanceof OutboxRefusedError) {
-        this.#logger.debug({ reason: err.refusal.reason }, "commit refused; rule state reloaded from the outbox");
-      } else {
-        this.#logger.error({ err }, "commit failed; rule state reloaded from the outbox");
-      }
-      this.#engineGeneration++;
-      this.#engine = this.#newEngine();
-      this.#engine.restore(outbox.loadStates());
-      this.#engineStats = {};
-      // Its time-driven work (for, absent_for, repeat, ends of changed rules) needs a tick
-      // even if no reading comes; not at once, the store has just failed.
-      this.#scheduleTick(this.#clock.now() + TICK_RETRY_MS);
-      throw err;
-    }
-    if (events.some((e) => e.destinations.length > 0)) this.#dispatcher?.wake();
-    this.#scheduleTick();
-  }
-
-  /** One timer for the rule engine's next time-driven transition (not before `notBefore`); no polling. */
-  #scheduleTick(notBefore = Number.NEGATIVE_INFINITY): void {
-    const engine = this.#engine;
-    if (!engine || !this.#accepting) return;
-    const next = engine.nextDueAt();
-    const due = next === undefined ? undefined : Math.max(next, notBefore);
-    if (due === this.#tickAt) return;
-    if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
-    this.#tickTimer = undefined;
-    this.#tickAt = due;
-    if (due === undefined) return;
-    this.#tickTimer = this.#clock.setTimeout(
-      () => {
-        this.#tickTimer = undefined;
-        this.#tickAt = undefined;
-        this.#chain = this.#chain
-          .then(() => {
-            if (!this.#accepting || !this.#engine) return undefined;
-            // Time-driven events (for, absent_for, repeat) the outbox cannot store now stay
-            // due in the engine and are tried again shortly, not lost.
-            if (this.#outbox?.refusal()) {
-              this.#scheduleTick(this.#clock.now() + REFUSED_RETRY_MS);
-              return undefined;
-            }
-            return this.#commit(this.#engine.tick());
-          })
-          .catch((err) => {
-            if (!(err instanceof OutboxRefusedError)) this.#logger.error({ err }, "rule tick failed");
-          });
-      },
-      Math.max(0, due - this.#clock.now()),
-    );
-  }
-
   /** The clock synchronised: rewrite the times of waiting events created before (event-time.ts). */
-  #correctEventTimes(): void {
-    const outbox = this.#outbox;
-    const times = this.#eventTimes;
-    if (!outbox?.isOpen || !times || !this.#clockSync?.synced() || times.remembered === 0) return;
+  #correctEventTimes(outbox: Outbox, clockSync: ClockSyncMonitor, times: EventTimes): void {
+    if (!outbox.isOpen || !clockSync.synced() || times.remembered === 0) return;
     try {
       const n = outbox.rewriteUnsent(times.corrections((id) => outbox.unsentBody(id)));
       this.#logger.info({ events: n }, "clock synchronised: corrected the times of events created before");
@@ -402,11 +317,11 @@ export class Agent {
     let more = false;
     try {
       // A pass is capped (MAINTAIN_MAX_ROWS) so it never blocks for long; the rest follows soon.
-      more = this.#outbox?.maintain().more === true;
+      more = this.#parts?.outbox.maintain().more === true;
     } catch (err) {
       this.#logger.error({ err }, "outbox maintenance failed");
     }
-    if (this.#accepting) {
+    if (this.#maintaining) {
       this.#maintenanceTimer = this.#clock.setTimeout(
         () => this.#maintain(),
         more ? MAINTENANCE_MORE_MS : MAINTENANCE_INTERVAL_MS,
@@ -434,7 +349,7 @@ export class Agent {
     const config = next.config;
     // TLS files first: one that cannot be read rejects the reload before anything changed.
     if (JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt)) checkMqttFiles(config, dirname(next.file));
-    this.#dispatcher?.reconfigure(config.destinations);
+    this.#parts?.dispatcher.reconfigure(config.destinations);
     if (next.dataDir !== this.#loaded.dataDir) {
       this.#logger.warn("agent.data_dir changed: takes effect after a restart");
     }
@@ -445,23 +360,15 @@ export class Agent {
       }
     }
     this.#loaded = next;
-    const rulesApplied = this.#chain.then(async () => {
-      if (this.#engine) {
-        const limits = { maxFutureMs: config.agent.max_future_skew, maxSeries: config.agent.max_series };
-        await this.#commit(this.#engine.reconfigure(config.rules, limits));
-      }
-    });
-    // A rejected link would make every later tick skip its work.
-    this.#chain = rulesApplied.catch(() => undefined);
     try {
-      await rulesApplied;
+      await this.#parts?.pipeline.reconfigure(config);
     } catch (err) {
-      // #commit rebuilt the engine from the outbox with the new rules: they apply, and the
+      // The pipeline rebuilt the engine from the outbox with the new rules: they apply, and the
       // end events of changed rules go out with the next tick. Apply the rest as well
       // rather than leave new rules and destinations running beside old sources.
       this.#logger.error({ err }, "reload: committing the rule changes failed; the new rules apply from the outbox");
     }
-    this.#outbox?.setDestinationMaxAge(destinationMaxAge(config));
+    this.#parts?.outbox.setDestinationMaxAge(destinationMaxAge(config));
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
       JSON.stringify(prev.serial) !== JSON.stringify(config.serial) ||
@@ -505,29 +412,11 @@ export class Agent {
   }
 
   async #doStop(): Promise<void> {
-    // The dispatcher's grace for in-flight requests runs while the sources stop and
-    // their last commits finish, so shutdown takes the longer of the two, not the sum.
-    // Events committed meanwhile stay pending for the next start.
-    const d = this.#dispatcher;
-    const dispatcherStopped = d
-      ? this.#guard("stop dispatcher", () => d.stop(this.config.agent.shutdown_timeout))
-      : Promise.resolve();
-    await this.#stopSources();
-    this.#accepting = false;
-    if (this.#tickTimer) this.#clock.clearTimeout(this.#tickTimer);
-    if (this.#maintenanceTimer) this.#clock.clearTimeout(this.#maintenanceTimer);
-    this.#clockSync?.stop();
-    this.#history.stop();
-    await this.#guard("finish rule work", () => this.#chain);
-    await dispatcherStopped;
-    if (this.#http) {
-      const h = this.#http;
-      await this.#guard("stop http server", () => h.stop());
-    }
-    if (this.#outbox) {
-      const o = this.#outbox;
-      await this.#guard("close outbox", () => o.close());
-    }
+    const started = this.#started.reverse();
+    this.#started = [];
+    for (const c of started) c.beginStop?.();
+    // Events committed while this runs stay pending for the next start.
+    for (const c of started) await this.#guard(`stop ${c.name}`, () => c.stop());
   }
 
   async #guard(what: string, fn: () => unknown): Promise<void> {
@@ -545,16 +434,16 @@ export class Agent {
 
   /** What `edgehook status` and the status page show (see ops/status.ts). */
   async status(): Promise<StatusSnapshot> {
-    const outbox = this.#outbox?.isOpen ? this.#outbox : undefined;
+    const outbox = this.#parts?.outbox.isOpen ? this.#parts.outbox : undefined;
     return buildStatus({
       id: this.config.agent.id,
       version: version(),
       now: this.#clock.now(),
       startedAt: this.#startedAt,
-      clockSynced: this.#clockSync ? this.#clockSync.synced() : null,
+      clockSynced: this.#parts?.clockSync ? this.#parts.clockSync.synced() : null,
       health: this.health(),
       configured: Object.keys(this.config.destinations),
-      live: this.#dispatcher?.states() ?? {},
+      live: this.#parts?.dispatcher.states() ?? {},
       outbox,
       readings: await sumByLabel(this.metrics.readings, "source"),
       decodeErrors: await sumByLabel(this.metrics.decodeErrors, "source"),
@@ -563,11 +452,11 @@ export class Agent {
   }
 
   health(): HealthReport {
-    const outbox = this.#outbox;
+    const outbox = this.#parts?.outbox;
     const open = outbox?.isOpen === true;
     const stats = open ? outbox.stats() : [];
     const totals = open ? outbox.totals() : { pending: 0, bytes: 0, events: 0 };
-    const states = this.#dispatcher?.states() ?? {};
+    const states = this.#parts?.dispatcher.states() ?? {};
     const destinations: Record<string, DestinationHealth> = {};
     for (const name of Object.keys(this.config.destinations)) {
       const s = stats.find((x) => x.destination === name);
@@ -625,4 +514,22 @@ function destinationMaxAge(config: Config): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [name, d] of Object.entries(config.destinations)) if (d.max_age !== undefined) out[name] = d.max_age;
   return out;
+}
+
+/**
+ * The dispatcher as a component: its stop begins first (beginStop), so that in-flight
+ * deliveries get agent.shutdown_timeout while the sources stop, and is awaited in turn.
+ */
+function dispatcherComponent(dispatcher: Dispatcher, graceMs: () => number): Component {
+  let stopping: Promise<void> | undefined;
+  return {
+    name: "dispatcher",
+    start: () => dispatcher.start(),
+    beginStop: () => {
+      stopping = dispatcher.stop(graceMs());
+      // Awaited (and a failure logged) in stop(); not an unhandled rejection meanwhile.
+      stopping.catch(() => undefined);
+    },
+    stop: () => stopping ?? dispatcher.stop(graceMs()),
+  };
 }
