@@ -19,11 +19,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentProcess, edgehookAsync, tempDir, writeConfig } from "../support/agent-process.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { NatsServer } from "../support/nats-server.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SENSORS = ["a", "b", "c"];
-const wh = new Webhook(SECRET);
+const wh = new Webhook(WEBHOOK_SECRET);
 
 /** Reading k of a sensor alternates above 50 and below 0, so each one is a crossing; the value identifies k. */
 const readingValue = (k: number) => (k % 2 === 0 ? 100 + k : -k);
@@ -101,7 +101,7 @@ class MqttSink implements Sink {
     this.broker.signal("SIGCONT");
   }
   destination(extra: string) {
-    return `{ url: "${this.broker.url}", topic: "${this.#topic}/{agent}/{sensor}", secret: ${SECRET}, ${extra} }`;
+    return `{ url: "${this.broker.url}", topic: "${this.#topic}/{agent}/{sensor}", secret: ${WEBHOOK_SECRET}, ${extra} }`;
   }
   async received() {
     return this.got;
@@ -134,7 +134,7 @@ class NatsSink implements Sink {
     this.server.signal("SIGCONT");
   }
   destination(extra: string) {
-    return `{ url: "${this.server.url}", subject: "${this.#stream.toLowerCase()}.{agent}.{sensor}", stream: ${this.#stream}, create_stream: true, secret: ${SECRET}, ${extra} }`;
+    return `{ url: "${this.server.url}", subject: "${this.#stream.toLowerCase()}.{agent}.{sensor}", stream: ${this.#stream}, create_stream: true, secret: ${WEBHOOK_SECRET}, ${extra} }`;
   }
   async received(): Promise<Got[]> {
     const nc = await connect({ servers: `127.0.0.1:${this.server.port}` });

@@ -16,9 +16,9 @@ import type { Delivery } from "../../src/store/types.js";
 import { makeCerts, type TestCerts } from "../support/certs.js";
 import { Mosquitto } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 import { waitUntil } from "../support/wait.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 let certs: TestCerts;
 let broker: Mosquitto;
 const transports: MqttTransport[] = [];
@@ -88,7 +88,9 @@ async function subscribe(topic: string) {
 const dest = configSchema.parse({
   version: 1,
   agent: { id: "pi-7" },
-  destinations: { bus: { url: "mqtts://127.0.0.1:1", topic: "edgehook/{agent}/{type}/{sensor}", secret: SECRET } },
+  destinations: {
+    bus: { url: "mqtts://127.0.0.1:1", topic: "edgehook/{agent}/{type}/{sensor}", secret: WEBHOOK_SECRET },
+  },
 }).destinations.bus!;
 
 function delivery(n: number, sensor = "boiler"): Delivery {
@@ -124,7 +126,7 @@ describe("MqttTransport (mqtts with client certificates)", () => {
     expect(m.topic).toBe("edgehook/pi-7/alert.firing/hall/left_1");
     const props = m.props as Record<string, string>;
     expect(props["webhook-id"]).toBe(d.eventId);
-    const verified = new Webhook(SECRET).verify(m.body, {
+    const verified = new Webhook(WEBHOOK_SECRET).verify(m.body, {
       "webhook-id": props["webhook-id"]!,
       "webhook-timestamp": props["webhook-timestamp"]!,
       "webhook-signature": props["webhook-signature"]!,

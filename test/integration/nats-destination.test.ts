@@ -14,8 +14,8 @@ import type { Transport } from "../../src/delivery/transport.js";
 import type { Delivery } from "../../src/store/types.js";
 import { NatsServer } from "../support/nats-server.js";
 import { freePort } from "../support/ports.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const server = new NatsServer();
 const transports: Transport[] = [];
 const signal = new AbortController().signal;
@@ -37,7 +37,7 @@ function dest(over: Record<string, unknown> = {}) {
       js: {
         url: server.url,
         subject: "edgehook.{agent}.{type}",
-        secret: SECRET,
+        secret: WEBHOOK_SECRET,
         connect_timeout: "2s",
         response_timeout: "2s",
         ...over,

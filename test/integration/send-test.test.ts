@@ -105,7 +105,7 @@ destinations:
         `version: 1
 agent: { id: fleet-pi, data_dir: ./data }
 destinations:
-  stream: { url: "${nats.url}", subject: "edgehook.{agent}.{type}", stream: EH, create_stream: true, secret: ${SECRET} }
+  stream: { url: "${nats.url}", subject: "edgehook.{agent}.{type}", stream: EH, create_stream: true, secret: ${WEBHOOK_SECRET} }
 `,
       );
       const out: string[] = [];

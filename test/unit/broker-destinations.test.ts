@@ -2,8 +2,8 @@ import { describe, expect, it } from "vitest";
 import { ackStatus } from "../../src/delivery/mqtt-transport.js";
 import { compileTopic } from "../../src/delivery/topic.js";
 import { configProblems } from "../support/config-problems.js";
+import { WEBHOOK_SECRET } from "../support/secrets.js";
 
-const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const envelope = {
   type: "alert.firing",
   timestamp: "2026-01-01T00:00:00.000Z",
@@ -64,8 +64,8 @@ describe("destination kinds by URL scheme", () => {
   it("accepts an mqtts destination with a topic and a nats destination with a subject", () => {
     expect(
       configProblems(
-        `${base}  m:\n    url: mqtts://127.0.0.1:8883\n    topic: e/{agent}/{type}\n    secret: ${SECRET}\n    tls: { ca_file: ca.pem }\n` +
-          `  n:\n    url: nats://127.0.0.1:4222\n    subject: e.{agent}.{type}\n    stream: EH\n    create_stream: true\n    secret: ${SECRET}\n`,
+        `${base}  m:\n    url: mqtts://127.0.0.1:8883\n    topic: e/{agent}/{type}\n    secret: ${WEBHOOK_SECRET}\n    tls: { ca_file: ca.pem }\n` +
+          `  n:\n    url: nats://127.0.0.1:4222\n    subject: e.{agent}.{type}\n    stream: EH\n    create_stream: true\n    secret: ${WEBHOOK_SECRET}\n`,
       ),
     ).toEqual([]);
   });
@@ -73,7 +73,7 @@ describe("destination kinds by URL scheme", () => {
   it("needs topic / subject, and refuses keys of another kind", () => {
     expect(
       configProblems(
-        `${base}  m:\n    url: mqtt://h:1883\n    secret: ${SECRET}\n    subject: x\n    batch: { max_events: 2, max_wait: 1s }\n`,
+        `${base}  m:\n    url: mqtt://h:1883\n    secret: ${WEBHOOK_SECRET}\n    subject: x\n    batch: { max_events: 2, max_wait: 1s }\n`,
       ),
     ).toEqual([
       "5:5: destinations.m: needs topic, e.g. edgehook/{agent}/{type}/{sensor}",
@@ -83,9 +83,9 @@ describe("destination kinds by URL scheme", () => {
   });
 
   it("a webhook refuses broker keys", () => {
-    expect(configProblems(`${base}  w:\n    url: https://h/x\n    secret: ${SECRET}\n    topic: a/b\n`)).toEqual([
-      "7:12: destinations.w.topic: applies to mqtt:// and mqtts:// destinations only (is 'a/b')",
-    ]);
+    expect(
+      configProblems(`${base}  w:\n    url: https://h/x\n    secret: ${WEBHOOK_SECRET}\n    topic: a/b\n`),
+    ).toEqual(["7:12: destinations.w.topic: applies to mqtt:// and mqtts:// destinations only (is 'a/b')"]);
   });
 
   it("MQTT 3.1.1 needs no secret and refuses one; create_stream needs stream", () => {
@@ -94,7 +94,7 @@ describe("destination kinds by URL scheme", () => {
     );
     expect(
       configProblems(
-        `${base}  m:\n    url: mqtt://h:1883\n    topic: a/b\n    protocol_version: 4\n    secret: ${SECRET}\n`,
+        `${base}  m:\n    url: mqtt://h:1883\n    topic: a/b\n    protocol_version: 4\n    secret: ${WEBHOOK_SECRET}\n`,
       ),
     ).toEqual([
       "8:13: destinations.m.secret: MQTT 3.1.1 (protocol_version 4) has no user properties to carry a signature; use protocol_version 5, or remove secret",
