@@ -17,6 +17,7 @@ import { Dispatcher } from "./delivery/dispatcher.js";
 import { EdgehookError } from "./errors.js";
 import { EventTimes } from "./event-time.js";
 import { type DestinationHealth, evaluateHealth, type HealthReport, Heartbeat } from "./ops/health.js";
+import { Heartbeats } from "./ops/heartbeats.js";
 import { HttpServer } from "./ops/http.js";
 import type { Logger } from "./ops/logger.js";
 import { Metrics } from "./ops/metrics.js";
@@ -63,6 +64,8 @@ interface Parts {
   dispatcher: Dispatcher;
   http: HttpServer | undefined;
   pipeline: Pipeline;
+  /** `heartbeat:` events to push monitors (ops/heartbeats.ts). */
+  heartbeats: Heartbeats;
 }
 
 export class Agent {
@@ -125,7 +128,7 @@ export class Agent {
     mkdirSync(this.#loaded.dataDir, { recursive: true });
     const parts = this.#build();
     this.#parts = parts;
-    const { outbox, clockSync, dispatcher, http, pipeline } = parts;
+    const { outbox, clockSync, dispatcher, http, pipeline, heartbeats } = parts;
     const history = this.#history;
     // In start order; stop() runs the list backwards.
     const components: Component[] = [
@@ -171,6 +174,12 @@ export class Agent {
           this.#maintaining = false;
           if (this.#maintenanceTimer) this.#clock.clearTimeout(this.#maintenanceTimer);
         },
+      },
+      // Last: its first beat reports the sources as started.
+      {
+        name: "heartbeats",
+        start: () => heartbeats.configure(this.config.heartbeat),
+        stop: () => heartbeats.stop(),
       },
     ];
     for (const c of components) {
@@ -225,6 +234,22 @@ export class Agent {
       clockSync.onChange(() => this.#correctEventTimes(outbox, clockSync, eventTimes));
       clockSync.onChange(() => dispatcher.wake());
     }
+    const heartbeats = new Heartbeats({
+      clock: this.#clock,
+      logger: log.child({ component: "heartbeat" }),
+      agentId: config.agent.id,
+      agentVersion: version(),
+      health: () => this.health(),
+      outbox: {
+        hasPending: (destination, series) => outbox.isOpen && outbox.hasPending(destination, series),
+        refusing: () => !outbox.isOpen || outbox.refusal() !== undefined,
+        commit: async (event) => {
+          await outbox.commit({ events: [event], states: [], removedStates: [] });
+          this.metrics.ruleEvents.inc({ rule: event.rule, type: event.type });
+          dispatcher.wake();
+        },
+      },
+    });
     const http =
       config.http.listen !== false
         ? new HttpServer({
@@ -236,7 +261,7 @@ export class Agent {
             logger: log.child({ component: "http" }),
           })
         : undefined;
-    return { outbox, clockSync, dispatcher, http, pipeline };
+    return { outbox, clockSync, dispatcher, http, pipeline, heartbeats };
   }
 
   async #startSources(config: Config): Promise<void> {
@@ -369,6 +394,7 @@ export class Agent {
       this.#logger.error({ err }, "reload: committing the rule changes failed; the new rules apply from the outbox");
     }
     this.#parts?.outbox.setDestinationMaxAge(destinationMaxAge(config));
+    this.#parts?.heartbeats.configure(config.heartbeat);
     if (
       JSON.stringify(prev.mqtt) !== JSON.stringify(config.mqtt) ||
       JSON.stringify(prev.serial) !== JSON.stringify(config.serial) ||

@@ -14,6 +14,7 @@
  * the bytes receivers get), followed by the rule's `extra` keys.
  */
 import type { RuleConfig, Severity } from "./config/schema.js";
+import type { HealthStatus, OutboxHealth } from "./ops/health.js";
 import type { ReadingValue } from "./sources/reading.js";
 
 export type Labels = Readonly<Record<string, string>>;
@@ -128,6 +129,33 @@ export type TestData = DataHeader &
     message: string;
   };
 
+/** One source as a heartbeat reports it. */
+export type HeartbeatSource = {
+  name: string;
+  kind: string;
+  /** `up`, `down`, ... as /healthz says. */
+  status: string;
+  detail?: string;
+};
+
+/**
+ * `agent.heartbeat` (the `heartbeat:` section): the agent is alive, and how it is. Not a
+ * rule event; `rule` is `heartbeat`.
+ */
+export type HeartbeatData = DataHeader & {
+  /** /healthz status: ok, degraded or failing. */
+  health: HealthStatus;
+  /** Why the health is not ok (empty when ok). */
+  problems: string[];
+  agent_version: string;
+  uptime_s: number;
+  /** heartbeat.every in seconds: when the next one is due. */
+  every_s: number;
+  /** Outbox depth (pending, dead), oldest pending age in seconds, and any refusal. */
+  outbox: OutboxHealth;
+  sources: HeartbeatSource[];
+};
+
 export interface EventDataMap {
   "alert.firing": AlertData;
   "alert.repeat": AlertData & Repeat;
@@ -137,16 +165,17 @@ export interface EventDataMap {
   reading: ReadingData;
   readings: ReadingsData;
   test: TestData;
+  "agent.heartbeat": HeartbeatData;
 }
 
 export type EventType = keyof EventDataMap;
 
-/** The events rules emit (everything but send-test's). */
+/** The events a running agent emits: the rules' and its heartbeats (everything but send-test's). */
 export type RuleEventType = Exclude<EventType, "test">;
 
 type KeysOfUnion<T> = T extends unknown ? keyof T : never;
 
-/** A field of `data` some rule event carries. */
+/** A field of `data` some rule event (or heartbeat) carries. */
 export type DataField = KeysOfUnion<EventDataMap[RuleEventType]>;
 
 /**
@@ -181,8 +210,15 @@ export const DATA_FIELDS = {
   rate_window_s: "value",
   source: "value",
   count: "value",
+  health: "value",
+  agent_version: "value",
+  uptime_s: "value",
+  every_s: "value",
   aggregate: "open",
   readings: "open",
+  problems: "open",
+  outbox: "open",
+  sources: "open",
 } as const satisfies Record<DataField, DataFieldShape>;
 
 export const DATA_FIELD_NAMES: readonly DataField[] = Object.keys(DATA_FIELDS) as DataField[];

@@ -380,6 +380,9 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       add(["rules", i, ...p.path], p.message);
     }
   });
+  config.heartbeat?.notify.forEach((d, j) => {
+    if (!destNames.includes(d)) add(["heartbeat", "notify", j], noSuchDestination(destNames));
+  });
   const serialNames = new Set<string>();
   config.serial.forEach((s, i) => {
     if (serialNames.has(s.name)) add(["serial", i, "name"], "another serial port has this name");

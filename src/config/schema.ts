@@ -291,6 +291,17 @@ const outbox = z.strictObject({
   when_full: z.enum(["drop_oldest", "block"]).default("drop_oldest"),
 });
 
+// ---------------------------------------------------------------- heartbeat
+
+/** A dead man's switch: `agent.heartbeat` events to push monitors (at most one waits per destination). */
+const heartbeat = z.strictObject({
+  /** How often a heartbeat is sent (the monitor's period; give its grace on top). */
+  every: duration().refine((ms) => ms >= 1000, "must be at least 1s"),
+  /** Destinations that get the heartbeats (their min_severity and match_labels do not apply). */
+  notify: z.array(z.string()).min(1, "must name at least one destination"),
+});
+export type HeartbeatConfig = z.output<typeof heartbeat>;
+
 export const configSchema = z.strictObject({
   version: z.literal(1, { error: "must be 1" }),
   agent,
@@ -302,6 +313,7 @@ export const configSchema = z.strictObject({
   files: filesSection,
   destinations: z.record(name("destination name"), destination).default({}),
   rules: z.array(rule).default([]),
+  heartbeat: heartbeat.optional(),
   http: http.default({ listen: "127.0.0.1:9780" }),
   outbox: outbox.default({
     max_events: 1_000_000,

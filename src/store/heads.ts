@@ -145,6 +145,11 @@ export class SeriesHeads implements OutboxReader {
     return this.#s.retryNow.run(now, destination, now).changes;
   }
 
+  /** True when a delivery of this series waits for this destination. */
+  hasPending(destination: string, series: string): boolean {
+    return this.#conn.guard(() => this.#s.firstPending.get(destination, series) !== undefined);
+  }
+
   pendingCount(destination: string): number {
     this.#conn.counters.sync();
     return this.#conn.counters.pending(destination);

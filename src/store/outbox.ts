@@ -242,6 +242,11 @@ export class Outbox implements OutboxReader {
     return this.#parts?.heads.retryNow(destination, now) ?? 0;
   }
 
+  /** True when a delivery of this series waits for this destination (heartbeat coalescing). */
+  hasPending(destination: string, series: string): boolean {
+    return this.#open.heads.hasPending(destination, series);
+  }
+
   pendingCount(destination: string): number {
     return this.#parts?.heads.pendingCount(destination) ?? 0;
   }

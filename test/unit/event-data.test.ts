@@ -8,6 +8,8 @@ import { describe, expect, it } from "vitest";
 import { compileTemplate } from "../../src/delivery/template.js";
 import { DATA_FIELD_NAMES, DATA_FIELDS } from "../../src/event-data.js";
 import type { NewEvent } from "../../src/events.js";
+import type { HealthReport } from "../../src/ops/health.js";
+import { heartbeatEvent } from "../../src/ops/heartbeats.js";
 import { checkRule } from "../../src/rules/validate.js";
 import { Harness, rules, sec } from "./rules-support.js";
 
@@ -42,6 +44,22 @@ function everyRuleEvent(): NewEvent[] {
   return h.events;
 }
 
+/** The agent's own event: a heartbeat (src/ops/heartbeats.ts). */
+function heartbeat(): NewEvent {
+  const health: HealthReport = {
+    status: "ok",
+    agent: "pi",
+    uptime_s: 60,
+    database: "open",
+    loop_idle_s: 0,
+    sources: [{ name: "mqtt", kind: "mqtt", status: "up", since: 0 }],
+    destinations: {},
+    outbox: { pending: 0, dead: 0, bytes: 4096, oldest_pending_s: null, refusing: null },
+    problems: [],
+  };
+  return heartbeatEvent("pi", "1.0.0", health, 300_000, ["ops"], sec(0));
+}
+
 describe("event data fields", () => {
   const events = everyRuleEvent();
 
@@ -68,7 +86,7 @@ describe("event data fields", () => {
 
   it("every field the engine emits is in DATA_FIELDS, and every field there is emitted", () => {
     const emitted = new Set<string>();
-    for (const e of events) {
+    for (const e of [...events, heartbeat()]) {
       for (const k of Object.keys(e.body.data)) if (!Object.hasOwn(EXTRA, k)) emitted.add(k);
     }
     expect([...emitted].sort()).toEqual([...DATA_FIELD_NAMES].sort());
