@@ -13,6 +13,10 @@
 //   is backpressure, not dropping. If the broker still holds unacknowledged readings then, loss is
 //   reported as undetermined, with what the broker still holds. Accepted counts a reading the
 //   broker sent again and the agent recognised (edgehook_redeliveries_skipped_total) once.
+//   This loss is a count, not a check of each reading: a reading decoded twice (sent again
+//   before it was acknowledged, not recognised) hides one lost reading, and a negative loss
+//   means duplicates. "sessions lost" (edgehook_mqtt_sessions_lost_total) tells whether the
+//   agent reconnected to a broker that had discarded what it held for it.
 // "Broker holds" is the broker's stored-message count above its level before the flood:
 // readings the agent has not acknowledged yet, whether still queued at the broker or already
 // sent to the agent and held there unacknowledged (QoS 1 is acknowledged after the commit).
@@ -124,9 +128,10 @@ async function scrape(httpPort) {
       // A QoS 1 message the broker sends again (after a reconnect) and the agent recognises is skipped.
       readings: sum("edgehook_readings_total") - sum("edgehook_redeliveries_skipped_total"),
       dropped: sum("edgehook_readings_dropped_total") + sum("edgehook_outbox_dropped_total"),
+      reconnects: sum("edgehook_mqtt_sessions_lost_total"),
     };
   } catch {
-    return { readings: Number.NaN, dropped: Number.NaN };
+    return { readings: Number.NaN, dropped: Number.NaN, reconnects: Number.NaN };
   }
 }
 
@@ -230,7 +235,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
     await waitFor(() => held() <= 0, null, DRAIN_S * 1000);
     await sleep(1500);
     clearInterval(sampler);
-    const { readings: accepted, dropped } = await scrape(httpPort);
+    const { readings: accepted, dropped, reconnects } = await scrape(httpPort);
     const holdsAfter = held();
     const peakKb = vmKb(agent.pid, "VmHWM");
     await monitor.endAsync();
@@ -246,6 +251,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
       accepted,
       holdsAfter,
       dropped,
+      reconnects,
       // Not taken from the broker (once it holds nothing more), or taken and then dropped.
       // A reading taken twice (sent again by the broker before the agent acknowledged it) makes
       // this negative: at-least-once, not loss.
@@ -282,7 +288,7 @@ for (let i = 0; i < RUNS; i++) {
       `run ${i + 1} ${bin}: idle ${mib(r.idleKb)} MiB, peak ${mib(r.peakKb)} MiB (${(r.peakKb / r.idleKb).toFixed(2)}× idle); ` +
         `published ${r.published} in ${r.floodS.toFixed(1)} s (${(r.published / r.floodS).toFixed(0)}/s); at the end accepted ${r.acceptedAtEnd}, broker holds ${r.holdsAtEnd}; ` +
         `webhooks during the flood ${r.deliveredPerS.toFixed(0)}/s; after ${DRAIN_S} s more: accepted ${r.accepted}, broker holds ${r.holdsAfter}, ` +
-        `loss ${Number.isNaN(r.loss) ? "undetermined" : r.loss}${r.alive ? "" : ", AGENT EXITED"}; load average ${loadavg()}`,
+        `loss ${Number.isNaN(r.loss) ? "undetermined" : r.loss}, sessions lost ${r.reconnects}${r.alive ? "" : ", AGENT EXITED"}; load average ${loadavg()}`,
     );
   }
 }
