@@ -275,6 +275,12 @@ const deadline = setTimeout(
   RUNS * BINS.length * (SECONDS + DRAIN_S + 60) * 1000,
 );
 deadline.unref();
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.once(signal, () => {
+    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+    process.exit(1);
+  });
+}
 
 console.log(
   `overload: ${SECONDS} s of QoS 1 publishes at the broker's pace, receiver ${DELAY_MS} ms/request, concurrency ${CONCURRENCY}; load average ${loadavg()}`,
