@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
 import { batchId } from "../../src/delivery/render.js";
 import type { NewEvent } from "../../src/events.js";
+import { bodyCrc } from "../../src/store/body-check.js";
 import { dispatcherRig, testDestination, testEvent } from "../support/dispatcher-rig.js";
 import { type Received, Receiver } from "../support/receiver.js";
 import { WEBHOOK_SECRET } from "../support/secrets.js";
@@ -42,10 +43,14 @@ async function rig(extra: Record<string, unknown>, path = "/hooks", inflate = fa
     state(eventId: string) {
       return outbox.show(eventId)?.deliveries[0];
     },
-    /** Overwrites a stored body as a damaged row would look (another connection, WAL). */
+    /**
+     * Stores a body that cannot be rendered (another connection, WAL), with its checksum:
+     * intact on disk, so the outbox hands it out and the dispatcher must find it unsendable
+     * (a body that fails its checksum is disk damage, which the outbox never hands out).
+     */
     corrupt(eventId: string, bytes: Buffer) {
       const db = new Database(file);
-      db.prepare("UPDATE events SET body = ? WHERE id = ?").run(bytes, eventId);
+      db.prepare("UPDATE events SET body = ?, body_crc = ? WHERE id = ?").run(bytes, bodyCrc(bytes), eventId);
       db.close();
     },
   };
