@@ -65,20 +65,28 @@ export type SeriesRule = Exclude<CompiledRule, ForwardRule>;
 
 export function compileRule(r: RuleConfig): CompiledRule {
   const labelPairs = r.match.labels ? Object.entries(r.match.labels) : [];
-  const base: RuleBase = {
-    cfg: r,
-    name: r.name,
-    version: ruleVersion(r),
-    sensor: compileGlob(r.match.sensor),
-    metric: compileGlob(r.match.metric),
-    labels: labelPairs.length > 0 ? labelPairs : undefined,
-    priority: r.priority ?? SEVERITY_PRIORITY[r.severity],
-  };
+  // Each kind is one object literal with every field written out, in the same order for
+  // every rule of that kind: one hidden class per kind, so the per-reading code of a kind
+  // reads its rule's fields monomorphically. Spreading a shared base object instead gave
+  // most rules a hidden class of their own, and those reads went megamorphic (issue 16).
+  const cfg = r;
+  const name = r.name;
+  const version = ruleVersion(r);
+  const sensor = compileGlob(r.match.sensor);
+  const metric = compileGlob(r.match.metric);
+  const labels = labelPairs.length > 0 ? labelPairs : undefined;
+  const priority = r.priority ?? SEVERITY_PRIORITY[r.severity];
   const condition = compileCondition(r);
   if (condition !== undefined) {
     const isRate = r.rate_above !== undefined || r.rate_below !== undefined;
     return {
-      ...base,
+      cfg,
+      name,
+      version,
+      sensor,
+      metric,
+      labels,
+      priority,
       kind: "alert",
       condition,
       aggregate: r.aggregate && !isRate ? { fn: r.aggregate.fn, overMs: r.aggregate.over } : undefined,
@@ -92,7 +100,13 @@ export function compileRule(r: RuleConfig): CompiledRule {
   if (r.absent_for !== undefined) {
     const perSensor = /^\*+$/.test(r.match.metric);
     return {
-      ...base,
+      cfg,
+      name,
+      version,
+      sensor,
+      metric,
+      labels,
+      priority,
       kind: "absent",
       absentMs: r.absent_for,
       perSensor,
@@ -100,5 +114,15 @@ export function compileRule(r: RuleConfig): CompiledRule {
       knownMetric: !perSensor && !hasWildcard(r.match.metric) ? r.match.metric : undefined,
     };
   }
-  return { ...base, kind: "forward", batchMs: typeof r.forward === "object" ? r.forward.batch_every : undefined };
+  return {
+    cfg,
+    name,
+    version,
+    sensor,
+    metric,
+    labels,
+    priority,
+    kind: "forward",
+    batchMs: typeof r.forward === "object" ? r.forward.batch_every : undefined,
+  };
 }
