@@ -18,6 +18,7 @@ import { isLoopback, parseListen } from "../ops/http.js";
 import { checkRule } from "../rules/validate.js";
 import { didYouMean } from "../suggest.js";
 import { type Config, configSchema } from "./schema.js";
+import { secretFileCandidates } from "./secret-file.js";
 import { checkSubscriptions } from "./subscription-schema.js";
 
 export interface ConfigProblem {
@@ -299,12 +300,7 @@ function riskWarnings(config: Config, root: Node, lc: LineCounter, file: string)
 
 function readSecretFile(p: string, baseDir: string, env: NodeJS.ProcessEnv): string | { error: string } {
   if (!p) return { error: "must name a file" };
-  const candidates: string[] = [];
-  if (isAbsolute(p)) candidates.push(p);
-  else {
-    if (env.CREDENTIALS_DIRECTORY) candidates.push(resolve(env.CREDENTIALS_DIRECTORY, p));
-    candidates.push(resolve(baseDir, p));
-  }
+  const candidates = secretFileCandidates(p, baseDir, env);
   for (const c of candidates) {
     try {
       return readFileSync(c, "utf8").trim();

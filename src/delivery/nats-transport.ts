@@ -27,7 +27,6 @@
  * what was in flight on it and the next publish connects again.
  */
 import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
 import { JetStreamApiError, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import {
   type Authenticator,
@@ -40,6 +39,7 @@ import {
   nkeyAuthenticator,
 } from "@nats-io/transport-node";
 import type { DestinationConfig } from "../config/schema.js";
+import { secretFileCandidates } from "../config/secret-file.js";
 import { readTlsFiles, type TlsMaterial } from "../config/tls-files.js";
 import { EdgehookError } from "../errors.js";
 import type { Delivery } from "../store/types.js";
@@ -68,16 +68,24 @@ export const natsTransport: TransportFactory = {
     ]);
   },
   create(config: DestinationConfig, context: TransportContext): Transport {
+    // Resolved as every other *_file key: $CREDENTIALS_DIRECTORY first, then beside the config file.
     const read = (file: string | undefined, key: string): string | undefined => {
       if (file === undefined) return undefined;
-      const path = context.baseDir ? resolve(context.baseDir, file) : resolve(file);
-      try {
-        return readFileSync(path, "utf8");
-      } catch (err) {
-        throw new EdgehookError("EDGEHOOK_CONFIG_UNREADABLE", `destination ${key}: cannot read ${file}`, {
-          cause: err,
-        });
+      const candidates = secretFileCandidates(file, context.baseDir, context.env);
+      let cause: unknown;
+      for (const path of candidates) {
+        try {
+          return readFileSync(path, "utf8");
+        } catch (err) {
+          cause = err;
+          if ((err as NodeJS.ErrnoException).code !== "ENOENT") break;
+        }
       }
+      throw new EdgehookError(
+        "EDGEHOOK_CONFIG_UNREADABLE",
+        `destination ${key}: cannot read ${file} (looked in ${candidates.join(", ")})`,
+        { cause },
+      );
     };
     const prefix = config.subject !== undefined ? compileTopic(config.subject, "nats") : undefined;
     return new NatsTransport({

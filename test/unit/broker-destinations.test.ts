@@ -1,5 +1,11 @@
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createUser } from "@nats-io/nkeys";
 import { describe, expect, it } from "vitest";
+import { configSchema, type DestinationConfig } from "../../src/config/schema.js";
 import { ackStatus } from "../../src/delivery/mqtt-transport.js";
+import { natsTransport } from "../../src/delivery/nats-transport.js";
 import { compileTopic } from "../../src/delivery/topic.js";
 import { configProblems } from "../support/config-problems.js";
 import { WEBHOOK_SECRET } from "../support/secrets.js";
@@ -110,5 +116,36 @@ describe("destination kinds by URL scheme", () => {
     expect(configProblems(`${base}  k:\n    url: kafka://h:9092\n    signature: none\n`)).toEqual([
       "5:10: destinations.k.url: must be an http://, https://, mqtt://, mqtts:// or nats:// URL (is 'kafka://h:9092')",
     ]);
+  });
+});
+
+describe("nats credentials_file and nkey_file", () => {
+  // Resolved like every *_file key: $CREDENTIALS_DIRECTORY (systemd LoadCredential=) first,
+  // then beside the configuration file.
+  const seed = new TextDecoder().decode(createUser().getSeed());
+  const dest = (key: "credentials_file" | "nkey_file"): DestinationConfig => {
+    const parsed = configSchema.parse({
+      version: 1,
+      agent: { id: "pi" },
+      destinations: { fleet: { url: "nats://127.0.0.1:4222", subject: "edgehook.{agent}", [key]: "device.key" } },
+    });
+    const d = parsed.destinations.fleet;
+    if (!d) throw new Error("no destination");
+    return d;
+  };
+
+  it.each(["credentials_file", "nkey_file"] as const)("%s relative: found in $CREDENTIALS_DIRECTORY", (key) => {
+    const configDir = mkdtempSync(join(tmpdir(), "edgehook-cfg-"));
+    const credDir = mkdtempSync(join(tmpdir(), "edgehook-cred-"));
+    writeFileSync(join(credDir, "device.key"), `${seed}\n`);
+    expect(() =>
+      natsTransport.create(dest(key), { baseDir: configDir, env: { CREDENTIALS_DIRECTORY: credDir } }),
+    ).not.toThrow();
+    expect(() => natsTransport.create(dest(key), { baseDir: configDir, env: {} })).toThrow(
+      /cannot read device\.key \(looked in .*edgehook-cfg-.*device\.key\)/,
+    );
+    // Beside the configuration file still works.
+    writeFileSync(join(configDir, "device.key"), `${seed}\n`);
+    expect(() => natsTransport.create(dest(key), { baseDir: configDir, env: {} })).not.toThrow();
   });
 });
