@@ -23,7 +23,7 @@ export type Labels = Readonly<Record<string, string>>;
 export type DataValue = ReadingValue | null;
 
 /** How a rule compares; the body's `condition` (absent_for rules say "absent_for"). */
-export type ConditionName = "above" | "below" | "between" | "outside" | "equals" | "rate_above" | "rate_below";
+export type ConditionName = "above" | "below" | "between" | "outside" | "equals" | "rate_above" | "rate_below" | "when";
 
 /** The rule's limit as written: a number, a `[lo, hi]` range, or an `equals` state. */
 export type Threshold = number | string | boolean | readonly [number, number];
@@ -50,7 +50,9 @@ type SeriesFields = {
 type Computed =
   | Record<never, never>
   | { aggregate: { fn: AggregateFn; over_s: number }; reading_value: DataValue }
-  | { rate_per: RuleConfig["rate_per"]; rate_window_s: number; reading_value: DataValue };
+  | { rate_per: RuleConfig["rate_per"]; rate_window_s: number; reading_value: DataValue }
+  /** A `when` rule: its expressions and the latest value of each input it read, by how the expression names it. */
+  | { expression: string; clear_when: string | null; values: Record<string, DataValue> };
 
 /** alert.firing, and the start of alert.repeat / alert.resolved. */
 export type AlertData = DataHeader &
@@ -214,7 +216,10 @@ export const DATA_FIELDS = {
   agent_version: "value",
   uptime_s: "value",
   every_s: "value",
+  expression: "value",
+  clear_when: "value",
   aggregate: "open",
+  values: "open",
   readings: "open",
   problems: "open",
   outbox: "open",

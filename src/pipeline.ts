@@ -82,6 +82,7 @@ export class Pipeline {
       clock: this.#options.clock,
       maxFutureMs: config.agent.max_future_skew,
       maxSeries: config.agent.max_series,
+      derive: config.derive,
       logger: this.#options.logger.child({ component: "rules" }),
     });
   }
@@ -108,7 +109,11 @@ export class Pipeline {
   reconfigure(config: Config): Promise<void> {
     const applied = this.#chain.then(async () => {
       if (this.#engine) {
-        const limits = { maxFutureMs: config.agent.max_future_skew, maxSeries: config.agent.max_series };
+        const limits = {
+          maxFutureMs: config.agent.max_future_skew,
+          maxSeries: config.agent.max_series,
+          derive: config.derive,
+        };
         await this.#commit(this.#engine.reconfigure(config.rules, limits));
       }
     });

@@ -72,7 +72,12 @@ export async function rulesTestCommand(
     return bad > 0 ? 1 : 0;
   }
   const clock = new ReplayClock(first.reading.ts);
-  const engine = new RuleEngine({ agentId: loaded.config.agent.id, rules: loaded.config.rules, clock });
+  const engine = new RuleEngine({
+    agentId: loaded.config.agent.id,
+    rules: loaded.config.rules,
+    derive: loaded.config.derive,
+    clock,
+  });
   let events = 0;
   const print = (batch: CommitBatch) => {
     for (const e of batch.events) {

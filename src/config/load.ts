@@ -15,8 +15,10 @@ import { checkDestinationFormats, needsHmacSecret } from "../delivery/format-che
 import { checkDestinationKinds, fillBrokerDefaults } from "../delivery/transport-check.js";
 import { EdgehookError } from "../errors.js";
 import { isLoopback, parseListen } from "../ops/http.js";
-import { checkRule } from "../rules/validate.js";
+import { compileExpression, type ExpressionInput, type ExpressionResult } from "../rules/expression.js";
+import { checkExpression, checkRule } from "../rules/validate.js";
 import { didYouMean } from "../suggest.js";
+import { producibleMetrics } from "./metric-names.js";
 import { type Config, configSchema } from "./schema.js";
 import { secretFileCandidates } from "./secret-file.js";
 import { checkSubscriptions } from "./subscription-schema.js";
@@ -211,7 +213,7 @@ export function parseConfig(text: string, file: string, options: LoadOptions = {
     // naming a destination that does not exist is reported together with the rest.
     problems.push(...missingDestinations(data, doc.contents as Node, lineCounter, file));
   } else {
-    crossCheck(parsed.data, doc.contents as Node, lineCounter, file, problems);
+    crossCheck(parsed.data, doc.contents as Node, lineCounter, file, problems, text);
   }
   if (!readSecrets) dropSecretProblems(problems);
   if (problems.length > 0) {
@@ -292,6 +294,29 @@ function riskWarnings(config: Config, root: Node, lc: LineCounter, file: string)
   for (const p of checkSubscriptions(config.mqtt?.subscriptions ?? [])) {
     if (p.warning) at(p.path, p.message);
   }
+  const produced = producibleMetrics(config);
+  if (produced !== undefined) {
+    const unknownMetrics = (path: (string | number)[], source: string, want: ExpressionResult) => {
+      let inputs: readonly ExpressionInput[];
+      try {
+        inputs = compileExpression(source, want).inputs;
+      } catch {
+        return; // Reported as a problem by crossCheck.
+      }
+      for (const i of inputs) {
+        if (!produced.has(i.metric)) {
+          at(path, `no source produces a metric named ${i.metric}${didYouMean(i.metric, [...produced])}`);
+        }
+      }
+    };
+    config.rules.forEach((r, i) => {
+      if (r.when !== undefined) unknownMetrics(["rules", i, "when"], r.when, "bool");
+      if (r.clear_when !== undefined) unknownMetrics(["rules", i, "clear_when"], r.clear_when, "bool");
+    });
+    config.derive.forEach((d, i) => {
+      unknownMetrics(["derive", i, "value"], d.value, "number");
+    });
+  }
   if (config.mqtt?.tls?.reject_unauthorized === false) {
     at(["mqtt", "tls", "reject_unauthorized"], "false: the broker's certificate is not checked; prefer tls.ca_file");
   }
@@ -346,7 +371,14 @@ function issueToProblems(issue: Issue, root: Node, lc: LineCounter, file: string
   return [{ file, line: pos.line, col: pos.col, key: path.join("."), message }];
 }
 
-function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, problems: ConfigProblem[]) {
+function crossCheck(
+  config: Config,
+  root: Node,
+  lc: LineCounter,
+  file: string,
+  problems: ConfigProblem[],
+  text: string,
+) {
   /** `secret`: never echo the value (it may be a real secret with a typo). */
   const add = (path: (string | number)[], message: string, secret = false) => {
     const node = nodeAt(root, path) ?? nearest(root, path);
@@ -362,6 +394,30 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
       message: value && isScalar(value) && !secret ? `${message} (is '${String(value.value)}')` : message,
     });
   };
+  /**
+   * A problem inside an expression: at its own place in the file when the YAML scalar holds
+   * the expression verbatim on one line (plain or quoted without escapes), and always with
+   * the column inside the expression.
+   */
+  const addInExpression = (path: (string | number)[], column: number, message: string) => {
+    const node = nodeAt(root, path);
+    let offset = node?.range?.[0] ?? nearest(root, path)?.range?.[0] ?? 0;
+    if (node && isScalar(node) && typeof node.value === "string" && node.range) {
+      const quote = node.type === "QUOTE_DOUBLE" || node.type === "QUOTE_SINGLE" ? 1 : 0;
+      const start = node.range[0] + quote;
+      if (text.slice(start, start + node.value.length) === node.value && !node.value.includes("\n")) {
+        offset = start + column - 1;
+      }
+    }
+    const pos = lc.linePos(offset);
+    problems.push({
+      file,
+      line: pos.line,
+      col: pos.col,
+      key: path.join("."),
+      message: `${message} (column ${column} of the expression)`,
+    });
+  };
   const destNames = Object.keys(config.destinations);
   const seenRules = new Set<string>();
   config.rules.forEach((r, i) => {
@@ -372,12 +428,18 @@ function crossCheck(config: Config, root: Node, lc: LineCounter, file: string, p
         add(["rules", i, "notify", j], noSuchDestination(destNames));
       }
     });
-    for (const p of checkRule(r, (key) => nodeAt(root, ["rules", i, key]) !== undefined)) {
-      add(["rules", i, ...p.path], p.message);
+    for (const p of checkRule(r, (key) => nodeAt(root, ["rules", i, ...key.split(".")]) !== undefined)) {
+      if (p.column !== undefined) addInExpression(["rules", i, ...p.path], p.column, p.message);
+      else add(["rules", i, ...p.path], p.message);
     }
   });
   config.heartbeat?.notify.forEach((d, j) => {
     if (!destNames.includes(d)) add(["heartbeat", "notify", j], noSuchDestination(destNames));
+  });
+  config.derive.forEach((d, i) => {
+    const p = checkExpression(d.value, "number", ["value"]);
+    if (p?.column !== undefined) addInExpression(["derive", i, "value"], p.column, p.message);
+    if (d.stale_after !== undefined && d.stale_after <= 0) add(["derive", i, "stale_after"], "must be longer than 0s");
   });
   const serialNames = new Set<string>();
   config.serial.forEach((s, i) => {

@@ -242,6 +242,16 @@ const rule = z.strictObject({
   rate_window: duration().default(60_000),
   /** Compare an aggregate of the readings in a sliding window instead of the raw value (thresholds only). */
   aggregate: window.optional(),
+  /**
+   * A compound condition in CEL over the latest values of the sensor's metrics, e.g.
+   * `temperature > -10 && door_open`; `sensor("outside").temperature` reads another sensor.
+   * Replaces above/below/...; `match.sensor` and `match.labels` choose the sensors (docs/rules.md).
+   */
+  when: z.string().optional(),
+  /** With `when`: a firing alert resolves only once this holds (hysteresis); default: when `when` is false. */
+  clear_when: z.string().optional(),
+  /** With `when`: a value older than this counts as missing, and a missing value makes the condition unknown. Default 10m. */
+  stale_after: duration().optional(),
   /** `sensor.silent` when a matching series (whole sensor if match.metric is *) sends nothing for this long. */
   absent_for: duration().optional(),
   /** While firing, send `alert.repeat` this often. */
@@ -260,6 +270,19 @@ const rule = z.strictObject({
   notify: z.array(z.string()).min(1, "must name at least one destination"),
 });
 export type RuleConfig = z.output<typeof rule>;
+
+/** A metric computed from others of the same sensor; its readings are like any other. */
+const derived = z.strictObject({
+  /** Name of the new metric, e.g. dew_point. */
+  metric: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "must be letters, digits and '_', not starting with a digit"),
+  /** Sensors it is computed for (glob). */
+  sensor: z.string().min(1).default("*"),
+  /** A CEL expression giving a number, e.g. `dew_point(temperature, humidity)`. */
+  value: z.string(),
+  /** Inputs older than this are missing, and nothing is computed. Default 10m. */
+  stale_after: duration().optional(),
+});
+export type DeriveConfig = z.output<typeof derived>;
 
 // ---------------------------------------------------------------- http, outbox
 
@@ -312,6 +335,8 @@ export const configSchema = z.strictObject({
   onewire: onewireSection,
   files: filesSection,
   destinations: z.record(name("destination name"), destination).default({}),
+  /** Metrics computed from others of the same sensor (dew point, power, ...), before the rules see them. */
+  derive: z.array(derived).default([]),
   rules: z.array(rule).default([]),
   heartbeat: heartbeat.optional(),
   http: http.default({ listen: "127.0.0.1:9780" }),

@@ -27,10 +27,11 @@
  *   caused by time alone after a restart, before the series' next reading, carries the
  *   value stored at its last state change.
  */
-import type { CloseReason } from "../event-data.js";
+import type { CloseReason, DataValue } from "../event-data.js";
 import type { EventFields } from "../events.js";
 import type { Reading, ReadingValue } from "../sources/reading.js";
 import type { AlertRule, CompiledRule } from "./compile.js";
+import { UNKNOWN } from "./compound.js";
 import { toNumber } from "./conditions.js";
 import {
   dataValue,
@@ -107,6 +108,12 @@ export class AlertSeries implements SeriesMachine {
   cooldownUntil = 0;
   agg: AggregateWindow | undefined = undefined;
   rate: RateWindow | undefined = undefined;
+  /** `when` rules: the input values of the last evaluation, by how the expression names them. */
+  values: Record<string, ReadingValue> = {};
+  /** `when` rules: why the last evaluation was unknown (undefined when it was known). */
+  unknown: string | undefined = "not evaluated yet";
+  /** `when` rules: agent time from which an input of the last evaluation is stale. */
+  freshUntil = Number.NEGATIVE_INFINITY;
 
   constructor(rule: AlertRule, key: string, sensor: string, metric: string, now: number) {
     this.rule = rule;
@@ -151,6 +158,16 @@ export class AlertSeries implements SeriesMachine {
 
   reading(core: EngineCore, r: Reading, now: number, restamped: boolean): void {
     const rule = this.rule;
+    if (rule.compound !== undefined) {
+      // The store of latest values took the reading (engine.ts); lastTs stays unset, as
+      // readings of different metrics are not late against each other (the store keeps
+      // the newest per metric).
+      this.lastLabels = r.labels;
+      core.latest.noteSeries(rule.name, this.sensor);
+      if (!core.latest.changed && this.unknown === undefined && now < this.freshUntil) return;
+      this.#judge(core, r.ts, now);
+      return;
+    }
     const cond = rule.condition;
     let v: number | string;
     let x = 0;
@@ -191,7 +208,29 @@ export class AlertSeries implements SeriesMachine {
     }
   }
 
+  /** `when` rules: an input of another sensor changed. */
+  recheck(core: EngineCore, ts: number, now: number): void {
+    this.#judge(core, ts, now);
+  }
+
+  /** `when` rules: evaluates the expressions and hands the verdict to the state machine. */
+  #judge(core: EngineCore, ts: number, now: number): void {
+    const c = this.rule.compound;
+    if (c === undefined) return;
+    const j = core.latest.judge(c, this.sensor, now);
+    this.values = j.values;
+    this.unknown = j.verdict === UNKNOWN ? j.reason : undefined;
+    this.freshUntil = j.freshUntil;
+    if (j.value !== undefined) this.value = j.value;
+    this.#step(core, j.verdict, ts, now);
+  }
+
   due(core: EngineCore, now: number): void {
+    // A `when` rule is judged again before its `for` completes: an input may have gone
+    // stale meanwhile, and unknown must not fire.
+    if (this.rule.compound !== undefined && this.phase === PENDING && now >= this.#pendingDue()) {
+      this.#judge(core, now, now);
+    }
     // A window that loses samples changes its aggregate without any reading: an open
     // alert (count of door openings, say) must be able to clear when the readings stop.
     if (this.agg !== undefined && this.phase !== OK) {
@@ -454,6 +493,11 @@ export class AlertSeries implements SeriesMachine {
         aggregate: { fn: rule.aggregate.fn, over_s: rule.aggregate.overMs / 1000 },
         reading_value: dataValue(this.raw),
       };
+    }
+    if (rule.compound !== undefined) {
+      const values: Record<string, DataValue> = {};
+      for (const [k, v] of Object.entries(this.values)) values[k] = v;
+      return { ...base, expression: cfg.when ?? "", clear_when: cfg.clear_when ?? null, values };
     }
     if (rule.rate !== undefined) {
       return {

@@ -7,12 +7,15 @@
  * - `alert`: a threshold or rate condition over one metric (above, below, between,
  *   outside, equals, rate_above, rate_below), optionally over an aggregate window; the
  *   pending → firing → clearing → ok state machine of alert.ts.
+ *   A `when` rule is an alert too: its condition is a CEL expression over several
+ *   metrics (compound.ts), judged by the same machine; `compound` holds its expressions.
  * - `absent`: `absent_for`, the silence watch of absent.ts.
  * - `forward`: `forward`, readings sent on as telemetry, one by one or in batches
  *   (forward.ts). Forward rules keep no series state.
  */
 import type { RuleConfig } from "../config/schema.js";
 import { SEVERITY_PRIORITY } from "../events.js";
+import { type Compound, compileCompound, whenCondition } from "./compound.js";
 import { type Condition, compileCondition, RATE_FACTOR, ruleVersion } from "./conditions.js";
 import { compileGlob, hasWildcard, type Matcher } from "./glob.js";
 import type { AggregateFn } from "./windows.js";
@@ -36,6 +39,8 @@ export interface AlertRule extends RuleBase {
   readonly aggregate: { readonly fn: AggregateFn; readonly overMs: number } | undefined;
   /** Rate window and the factor from per-second to the rule's `rate_per`. */
   readonly rate: { readonly windowMs: number; readonly factor: number } | undefined;
+  /** A `when` rule: its expressions and inputs (compound.ts). */
+  readonly compound: Compound | undefined;
   readonly forMs: number;
   readonly clearForMs: number;
   readonly repeatMs: number | undefined;
@@ -76,6 +81,28 @@ export function compileRule(r: RuleConfig): CompiledRule {
   const metric = compileGlob(r.match.metric);
   const labels = labelPairs.length > 0 ? labelPairs : undefined;
   const priority = r.priority ?? SEVERITY_PRIORITY[r.severity];
+  const compound = compileCompound(r);
+  if (compound !== undefined && r.when !== undefined) {
+    return {
+      cfg,
+      name,
+      version,
+      sensor,
+      // The readings that concern a `when` rule are those of the metrics it reads.
+      metric: (m: string) => compound.own.has(m),
+      labels,
+      priority,
+      kind: "alert",
+      condition: whenCondition({ ...r, when: r.when }),
+      aggregate: undefined,
+      rate: undefined,
+      compound,
+      forMs: r.for ?? 0,
+      clearForMs: r.clear_for ?? 0,
+      repeatMs: r.repeat_every || undefined,
+      cooldownMs: r.cooldown || undefined,
+    };
+  }
   const condition = compileCondition(r);
   if (condition !== undefined) {
     const isRate = r.rate_above !== undefined || r.rate_below !== undefined;
@@ -91,6 +118,7 @@ export function compileRule(r: RuleConfig): CompiledRule {
       condition,
       aggregate: r.aggregate && !isRate ? { fn: r.aggregate.fn, overMs: r.aggregate.over } : undefined,
       rate: isRate ? { windowMs: r.rate_window, factor: RATE_FACTOR[r.rate_per] } : undefined,
+      compound: undefined,
       forMs: r.for ?? 0,
       clearForMs: r.clear_for ?? 0,
       repeatMs: r.repeat_every || undefined,

@@ -69,6 +69,9 @@ export function ruleVersion(r: RuleConfig): string {
     aggregate: r.aggregate,
     absent_for: r.absent_for,
     forward: r.forward,
+    when: r.when,
+    clear_when: r.clear_when,
+    stale_after: r.stale_after,
   };
   return createHash("sha256").update(JSON.stringify(core)).digest("hex").slice(0, 16);
 }

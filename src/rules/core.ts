@@ -15,6 +15,7 @@ import { type CommitBatch, type EventFields, type EventOrigin, newEvent } from "
 import type { Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Reading, ReadingValue } from "../sources/reading.js";
 import type { CompiledRule, SeriesRule } from "./compile.js";
+import { LatestValues } from "./compound.js";
 import { DueQueue, type Schedulable } from "./due-queue.js";
 
 export interface RuleEngineStats {
@@ -123,6 +124,8 @@ export class EngineCore {
   out: CommitBatch = emptyBatch();
   /** Series that need their row written (or removed) at the end of the call. */
   dirty: SeriesMachine[] = [];
+  /** The newest values of the metrics `when` rules read (compound.ts). */
+  readonly latest = new LatestValues();
 
   constructor(agentId: string, clock: Clock, log: Logger, quiet: RateLimitedLog, maxFutureMs: number) {
     this.agentId = agentId;

@@ -22,15 +22,18 @@
  *   does not matter.
  */
 import type { Clock } from "../clock.js";
-import type { RuleConfig } from "../config/schema.js";
+import type { DeriveConfig, RuleConfig } from "../config/schema.js";
 import type { CommitBatch, SeriesStateRow } from "../events.js";
 import { type Logger, RateLimitedLog, silentLogger } from "../ops/logger.js";
 import { seriesKey } from "../series-key.js";
 import type { Reading } from "../sources/reading.js";
 import { watchKnownSensors } from "./absent.js";
 import { DEFAULT_MAX_SERIES, SeriesLimit } from "./admission.js";
+import { AlertSeries } from "./alert.js";
 import { type CompiledRule, compileRule, type ForwardRule, type SeriesRule } from "./compile.js";
+import type { CompoundRuleRef } from "./compound.js";
 import { EngineCore, labelsMatch, MAX_DATE, type RuleEngineStats, type SeriesMachine } from "./core.js";
+import { Deriver } from "./derive.js";
 import { Forwarder } from "./forward.js";
 import { badTime, isLate, restamp } from "./reading-time.js";
 import { reloadRules, rescheduleAll } from "./reload.js";
@@ -64,6 +67,8 @@ export interface RuleEngineOptions {
   maxFutureMs?: number;
   /** Where skipped, late and re-stamped readings are reported (rate-limited). */
   logger?: Logger;
+  /** `derive:` metrics, computed before the rules see a reading (derive.ts). */
+  derive?: readonly DeriveConfig[];
 }
 
 /**
@@ -90,6 +95,7 @@ export class RuleEngine {
   readonly #core: EngineCore;
   readonly #limit: SeriesLimit;
   readonly #forwarder = new Forwarder();
+  #deriver: Deriver;
   #rules: CompiledRule[];
   #byName: Map<string, CompiledRule>;
   #cache = new Map<string, Map<string, Target[]>>();
@@ -104,6 +110,8 @@ export class RuleEngine {
     this.#limit = new SeriesLimit(opts.maxSeries ?? DEFAULT_MAX_SERIES);
     this.#rules = opts.rules.map(compileRule);
     this.#byName = new Map(this.#rules.map((r) => [r.name, r]));
+    this.#core.latest.setRules(compoundRules(this.#rules));
+    this.#deriver = new Deriver(opts.derive ?? []);
   }
 
   get stats(): RuleEngineStats {
@@ -133,29 +141,51 @@ export class RuleEngine {
       // From the future (up to +Infinity): judged now, at the agent's time (reading-time.ts).
       const restamped = r.ts > horizon;
       if (restamped) r = restamp(core, r, now);
-      for (const t of this.#targets(r.sensor, r.metric)) {
-        if (t.labels !== undefined && !labelsMatch(t.labels, r.labels)) continue;
-        if (t.kind === "forward") {
-          this.#forwarder.reading(core, t.rule, r, now);
-          continue;
-        }
-        const rule = t.rule;
-        let s = t.series;
-        if (s === undefined || s.gone) {
-          s = core.series.get(t.key);
-          if (s === undefined) {
-            if (!this.#limit.admit(core, now, r, rule)) continue;
-            s = newSeries(rule, t.key, r.sensor, t.metric, now);
-            core.series.set(t.key, s);
-          }
-          t.series = s;
-        }
-        if (!restamped && isLate(core, s, r, now)) continue;
-        s.activeAt = now;
-        s.reading(core, r, now, restamped);
+      this.#route(core, r, now, restamped);
+      if (!this.#deriver.empty) {
+        for (const d of this.#deriver.derive(r, now)) this.#route(core, d, now, restamped);
       }
     }
     return this.#finish();
+  }
+
+  /** One reading (from a source or derived) to the rules it concerns. */
+  #route(core: EngineCore, r: Reading, now: number, restamped: boolean): void {
+    const latest = core.latest;
+    if (latest.watches(r.sensor, r.metric)) {
+      latest.record(r, restamped ? now : r.ts, now);
+      // Another sensor's metric: the series of the rules that read it are judged again.
+      const followers = latest.changed ? latest.followers(r.sensor, r.metric) : undefined;
+      if (followers !== undefined) {
+        for (const rule of followers) {
+          for (const key of latest.seriesOf(rule)) {
+            const s = core.series.get(key);
+            if (s instanceof AlertSeries && !s.gone) s.recheck(core, r.ts, now);
+          }
+        }
+      }
+    }
+    for (const t of this.#targets(r.sensor, r.metric)) {
+      if (t.labels !== undefined && !labelsMatch(t.labels, r.labels)) continue;
+      if (t.kind === "forward") {
+        this.#forwarder.reading(core, t.rule, r, now);
+        continue;
+      }
+      const rule = t.rule;
+      let s = t.series;
+      if (s === undefined || s.gone) {
+        s = core.series.get(t.key);
+        if (s === undefined) {
+          if (!this.#limit.admit(core, now, r, rule)) continue;
+          s = newSeries(rule, t.key, r.sensor, t.metric, now);
+          core.series.set(t.key, s);
+        }
+        t.series = s;
+      }
+      if (!restamped && isLate(core, s, r, now)) continue;
+      s.activeAt = now;
+      s.reading(core, r, now, restamped);
+    }
   }
 
   tick(): CommitBatch {
@@ -184,17 +214,19 @@ export class RuleEngine {
   /** New rules (see reload.ts for what happens to their series) and, optionally, new limits. */
   reconfigure(
     rules: readonly RuleConfig[],
-    limits: Pick<RuleEngineOptions, "maxFutureMs" | "maxSeries"> = {},
+    limits: Pick<RuleEngineOptions, "maxFutureMs" | "maxSeries" | "derive"> = {},
   ): CommitBatch {
     const core = this.#begin();
     const now = core.now;
     if (limits.maxFutureMs !== undefined) core.maxFutureMs = limits.maxFutureMs;
     if (limits.maxSeries !== undefined) this.#limit.setMax(core, limits.maxSeries);
+    if (limits.derive !== undefined) this.#deriver = new Deriver(limits.derive);
     const next = rules.map(compileRule);
     const nextByName = new Map(next.map((r) => [r.name, r]));
     reloadRules(core, this.#forwarder, nextByName, now);
     this.#rules = next;
     this.#byName = nextByName;
+    core.latest.setRules(compoundRules(next));
     this.#clearCache();
     watchKnownSensors(core, next, now);
     rescheduleAll(core, this.#forwarder, now);
@@ -235,7 +267,12 @@ export class RuleEngine {
         targets.push({ kind: "forward", rule, labels: rule.labels, key: "", metric, series: undefined });
         continue;
       }
-      const seriesMetric = rule.kind === "absent" && rule.perSensor ? "*" : metric;
+      const seriesMetric =
+        rule.kind === "absent" && rule.perSensor
+          ? "*"
+          : rule.kind === "alert" && rule.compound !== undefined
+            ? rule.compound.seriesMetric
+            : metric;
       const key = seriesKey(rule.name, sensor, seriesMetric);
       const series = this.#core.series.get(key);
       targets.push({ kind: "series", rule, labels: rule.labels, key, metric: seriesMetric, series });
@@ -257,4 +294,12 @@ export class RuleEngine {
     this.#cache.clear();
     this.#cacheSize = 0;
   }
+}
+
+/** The `when` rules, as the store of latest values needs them. */
+function compoundRules(rules: readonly CompiledRule[]): CompoundRuleRef[] {
+  const out: CompoundRuleRef[] = [];
+  for (const r of rules)
+    if (r.kind === "alert" && r.compound !== undefined) out.push({ name: r.name, compound: r.compound });
+  return out;
 }

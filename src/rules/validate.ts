@@ -6,11 +6,29 @@
  */
 import type { RuleConfig } from "../config/schema.js";
 import { isDataField } from "../event-data.js";
+import { compileExpression, ExpressionError, type ExpressionResult } from "./expression.js";
 
 export interface RuleProblem {
   /** Path under the rule, e.g. ["clear_below"] or ["aggregate", "over"]. */
   path: (string | number)[];
   message: string;
+  /** For an expression: the 1-based column inside it. */
+  column?: number;
+}
+
+/** Compiles one expression; a problem at its column if it does not compile. */
+export function checkExpression(
+  source: string,
+  want: ExpressionResult,
+  path: (string | number)[],
+): RuleProblem | undefined {
+  try {
+    compileExpression(source, want);
+    return undefined;
+  } catch (err) {
+    if (!(err instanceof ExpressionError)) throw err;
+    return { path, message: err.message, column: err.column };
+  }
 }
 
 const THRESHOLD_KEYS = ["above", "below", "between", "outside", "equals"] as const;
@@ -27,15 +45,19 @@ export function checkRule(r: RuleConfig, given: (key: string) => boolean): RuleP
     thresholds.length > 0 ? "a threshold (above, below, between, outside, equals)" : undefined,
     rates.length > 0 ? "a rate (rate_above, rate_below)" : undefined,
     r.absent_for !== undefined ? "absent_for" : undefined,
+    r.when !== undefined ? "when" : undefined,
     forward ? "forward" : undefined,
   ].filter((g): g is string => g !== undefined);
 
+  for (const k of ["clear_when", "stale_after"] as const) {
+    if (r[k] !== undefined && r.when === undefined) add([k], "only works with when");
+  }
   if (groups.length === 0) {
     add(
       [],
       r.forward === false
-        ? "forward: false is no condition; give above, below, between, outside, equals, rate_above, rate_below, absent_for or forward"
-        : "needs a condition: above, below, between, outside, equals, rate_above, rate_below, absent_for or forward",
+        ? "forward: false is no condition; give above, below, between, outside, equals, rate_above, rate_below, when, absent_for or forward"
+        : "needs a condition: above, below, between, outside, equals, rate_above, rate_below, when, absent_for or forward",
     );
     return problems;
   }
@@ -56,7 +78,19 @@ export function checkRule(r: RuleConfig, given: (key: string) => boolean): RuleP
   const cond = thresholds[0] ?? rates[0];
   const isThreshold = thresholds.length > 0;
   const isRate = rates.length > 0;
-  const isAlert = isThreshold || isRate;
+  const isAlert = isThreshold || isRate || r.when !== undefined;
+
+  if (r.when !== undefined) {
+    const p = checkExpression(r.when, "bool", ["when"]);
+    if (p) problems.push(p);
+    if (r.clear_when !== undefined) {
+      const c = checkExpression(r.clear_when, "bool", ["clear_when"]);
+      if (c) problems.push(c);
+    }
+    if (given("match.metric"))
+      add(["match", "metric"], "does not apply to when rules (the expression names the metrics)");
+    if (r.stale_after !== undefined && r.stale_after <= 0) add(["stale_after"], "must be longer than 0s");
+  }
 
   // Hysteresis: the clear threshold must lie on the clear side of the alert threshold.
   if (r.clear_below !== undefined) {

@@ -24,6 +24,7 @@ function everyRuleEvent(): NewEvent[] {
     { match: { sensor: "d", metric: "t" }, absent_for: "1m" },
     { match: { sensor: "e", metric: "t" }, forward: true },
     { match: { sensor: "f", metric: "t" }, forward: { batch_every: "1m" } },
+    { match: { sensor: "g" }, when: "t > 30 && u > 1", clear_when: "t < 20" },
   );
   const h = new Harness(defs);
   h.feed("a", "t", 31, sec(0));
@@ -33,6 +34,8 @@ function everyRuleEvent(): NewEvent[] {
   h.feed("d", "t", 1, sec(4));
   h.feed("e", "t", 1, sec(5));
   h.feed("f", "t", 1, sec(6));
+  h.feed("g", "u", 2, sec(7));
+  h.feed("g", "t", 31, sec(8)); // when rule firing
   h.advanceTo(sec(90)); // repeat, silence, batch
   h.feed("d", "t", 2, sec(91)); // returned
   h.feed("a", "t", 20, sec(92)); // resolved

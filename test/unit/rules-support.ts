@@ -1,5 +1,5 @@
 /** Shared helpers for the rule engine tests: rules written as in YAML, readings, a harness. */
-import type { RuleConfig } from "../../src/config/schema.js";
+import type { DeriveConfig, RuleConfig } from "../../src/config/schema.js";
 import { configSchema } from "../../src/config/schema.js";
 import type { CommitBatch, NewEvent, SeriesStateRow } from "../../src/events.js";
 import { createLogger } from "../../src/ops/logger.js";
@@ -17,6 +17,11 @@ export function rules(...defs: Record<string, unknown>[]): RuleConfig[] {
     destinations: { ops: { url: "http://127.0.0.1:9/hook", signature: "none" } },
     rules: defs.map((d, i) => ({ name: `r${i}`, notify: ["ops"], ...d })),
   }).rules;
+}
+
+/** derive: entries as an operator writes them, parsed by the real schema. */
+export function derived(defs: Record<string, unknown>[]): DeriveConfig[] {
+  return configSchema.parse({ version: 1, agent: { id: "pi-1" }, derive: defs }).derive;
 }
 
 export function reading(
@@ -43,17 +48,18 @@ export class Harness {
   /** What the engine logged (info and above), parsed. */
   readonly logs: { level: string; msg: string; [k: string]: unknown }[] = [];
   #rules: RuleConfig[];
-  readonly #opts: Pick<RuleEngineOptions, "maxSeries" | "maxFutureMs">;
+  readonly #opts: Pick<RuleEngineOptions, "maxSeries" | "maxFutureMs" | "derive">;
 
   constructor(
     ruleConfigs: RuleConfig[],
     clock = new FakeClock(T0),
     maxSeries?: number,
     opts: Pick<RuleEngineOptions, "maxFutureMs"> = {},
+    derive: Record<string, unknown>[] = [],
   ) {
     this.clock = clock;
     this.#rules = ruleConfigs;
-    this.#opts = { maxSeries, ...opts };
+    this.#opts = { maxSeries, ...opts, derive: derived(derive) };
     this.engine = this.#build(ruleConfigs);
   }
 

@@ -132,3 +132,80 @@ describe("rule validation", () => {
     });
   }
 });
+
+describe("when, clear_when and derive in check", () => {
+  const cases: [string, string, string[]][] = [
+    ["a valid when rule", 'when: "temperature > -10 && door_open"\nfor: 5m\nclear_when: temperature < -15', []],
+    [
+      "a syntax error, at its column in the file",
+      'when: "temperature > -10 &&"',
+      ["11:32: rules.0.when: Unexpected token: EOF (column 21 of the expression)"],
+    ],
+    [
+      "an unknown function, at its column in a plain scalar",
+      "when: temperature > avg(humidity)",
+      [
+        "11:25: rules.0.when: unknown function avg() (edgehook adds dew_point(temperature_c, humidity_pct), heat_index(temperature_c, humidity_pct), abs(x), min(a, b), max(a, b), clamp(x, low, high)) (column 15 of the expression)",
+      ],
+    ],
+    [
+      "a type error",
+      "clear_when: 'temperature + \"C\" > 1'\nwhen: temperature > 1",
+      ["11:18: rules.0.clear_when: no such overload: string > double (column 1 of the expression)"],
+    ],
+    [
+      "clear_when without when",
+      "clear_when: temperature < 1\nabove: 3",
+      ["11:17: rules.0.clear_when: only works with when (is 'temperature < 1')"],
+    ],
+    [
+      "when with a threshold",
+      "when: temperature > 1\nabove: 3",
+      [
+        "9:5: rules.0: give one kind of condition per rule, not a threshold (above, below, between, outside, equals) and when; write one rule for each",
+      ],
+    ],
+    [
+      "match.metric with when",
+      "when: temperature > 1\nmatch: { metric: temperature }",
+      [
+        "12:22: rules.0.match.metric: does not apply to when rules (the expression names the metrics) (is 'temperature')",
+      ],
+    ],
+  ];
+  it.each(cases)("%s", (_name, yaml, want) => {
+    expect(problems(yaml)).toEqual(want);
+  });
+});
+
+describe("metric names no source produces", () => {
+  const config = (sub: string) => `version: 1
+agent: { id: pi-1 }
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  subscriptions:
+${sub}
+destinations:
+  ops: { url: "http://127.0.0.1:9/hook", signature: none }
+derive:
+  - metric: dew_point
+    value: dew_point(temperature, humidity)
+rules:
+  - name: damp
+    when: humidity > 85 && temprature - dew_point < 2
+    notify: [ops]
+`;
+  it("warns, with the name it probably means, when every source names its metrics", () => {
+    const { warnings } = parseConfig(
+      config("    - topic: gh/+\n      format: json\n      values: { temperature: t, humidity: h }"),
+      "agent.yaml",
+    );
+    expect(warnings).toEqual([
+      "agent.yaml:16:11: rules.0.when: no source produces a metric named temprature (did you mean 'temperature'?)",
+    ]);
+  });
+  it("says nothing when a source can produce any name (every field of a payload)", () => {
+    const { warnings } = parseConfig(config("    - topic: gh/+\n      format: json\n      values: '*'"), "agent.yaml");
+    expect(warnings).toEqual([]);
+  });
+});
