@@ -6,7 +6,10 @@
  * Each line of the readings file is one JSON object:
  *   {"sensor": "greenhouse", "metric": "temp", "value": 31.5, "ts": "2026-01-01T00:00:00Z", "labels": {"room": "a"}}
  * `ts` is epoch milliseconds or ISO 8601 (numbers below 1e11 are read as epoch seconds);
- * `labels` is optional. The clock starts at the first reading and moves to each reading's
+ * `labels` is optional. A line may carry several metrics of one sensor at once, for `when`
+ * rules and `derive`: {"sensor": "gh", "values": {"temperature": 21.5, "humidity": 92}, "ts": ...}.
+ * When a `when` rule's condition becomes unknown (an input missing or stale) or known
+ * again, a line on stderr says so. The clock starts at the first reading and moves to each reading's
  * time, running the time-driven transitions (`for`, `clear_for`, `absent_for`,
  * `repeat_every`, batches) that fall in between, so `for: 5m` behaves as it would live.
  * Nothing is flushed past the last reading's time. A reading older than the clock is
@@ -63,7 +66,7 @@ export async function rulesTestCommand(
     if (typeof parsed === "string") {
       bad++;
       err(`${readingsFile}:${i + 1}: ${parsed}`);
-    } else readings.push({ line: i + 1, reading: parsed });
+    } else for (const reading of parsed) readings.push({ line: i + 1, reading });
   });
 
   const first = readings[0];
@@ -94,10 +97,24 @@ export async function rulesTestCommand(
     }
   };
 
+  // Why each `when` series is unknown, to say when that changes.
+  let unknown = new Map<string, string>();
+  const reportUnknown = () => {
+    const now = new Map<string, string>();
+    for (const u of engine.unknownConditions()) now.set(`${u.rule} ${u.sensor}`, u.reason);
+    const at = new Date(clock.now()).toISOString();
+    for (const [k, why] of now) {
+      if (unknown.get(k) !== why) err(`rules test: ${at} ${k}: when is unknown (${why})`);
+    }
+    for (const k of unknown.keys()) if (!now.has(k)) err(`rules test: ${at} ${k}: when is known again`);
+    unknown = now;
+  };
+
   for (const { reading } of readings) {
     runDue(reading.ts);
     clock.set(reading.ts);
     print(engine.process([reading]));
+    reportUnknown();
   }
   runDue(clock.now());
 
@@ -114,8 +131,8 @@ export async function rulesTestCommand(
 
 const count = (n: number, what: string) => `${n} ${what}${n === 1 ? "" : "s"}`;
 
-/** One JSONL line → a Reading, or what is wrong with it. */
-function parseLine(raw: string): Reading | string {
+/** One JSONL line → its readings (one, or one per entry of `values`), or what is wrong with it. */
+function parseLine(raw: string): Reading[] | string {
   let o: unknown;
   try {
     o = JSON.parse(raw);
@@ -125,10 +142,20 @@ function parseLine(raw: string): Reading | string {
   if (typeof o !== "object" || o === null || Array.isArray(o)) return "must be a JSON object";
   const r = o as Record<string, unknown>;
   if (typeof r.sensor !== "string" || r.sensor === "") return "sensor: must be a non-empty string";
-  if (typeof r.metric !== "string" || r.metric === "") return "metric: must be a non-empty string";
-  const v = r.value;
-  if (!(typeof v === "string" || typeof v === "boolean" || (typeof v === "number" && Number.isFinite(v)))) {
-    return "value: must be a number, a string or true/false";
+  const values: [string, ReadingValue][] = [];
+  if (r.values !== undefined) {
+    if (typeof r.values !== "object" || r.values === null || Array.isArray(r.values)) {
+      return "values: must be an object of metric: value";
+    }
+    for (const [m, v] of Object.entries(r.values)) {
+      if (!isValue(v)) return `values.${m}: must be a number, a string or true/false`;
+      values.push([m, v]);
+    }
+    if (values.length === 0) return "values: must name at least one metric";
+  } else {
+    if (typeof r.metric !== "string" || r.metric === "") return "metric: must be a non-empty string";
+    if (!isValue(r.value)) return "value: must be a number, a string or true/false";
+    values.push([r.metric, r.value]);
   }
   let ts: number;
   if (typeof r.ts === "number" && Number.isFinite(r.ts)) ts = Math.abs(r.ts) < 1e11 ? r.ts * 1000 : r.ts;
@@ -143,5 +170,10 @@ function parseLine(raw: string): Reading | string {
     }
     labels = r.labels as Record<string, string>;
   }
-  return { sensor: r.sensor, metric: r.metric, value: v as ReadingValue, ts, source: "rules-test", labels };
+  const sensor = r.sensor;
+  return values.map(([metric, value]) => ({ sensor, metric, value, ts, source: "rules-test", labels }));
+}
+
+function isValue(v: unknown): v is ReadingValue {
+  return typeof v === "string" || typeof v === "boolean" || (typeof v === "number" && Number.isFinite(v));
 }

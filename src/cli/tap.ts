@@ -31,6 +31,7 @@ import { UNREAD_SECRET } from "../config/load.js";
 import type { Config, RuleConfig, SerialPortConfig } from "../config/schema.js";
 import { errnoCode, readTlsFiles } from "../config/tls-files.js";
 import { ExitCode } from "../errors.js";
+import { type Compound, type CompoundRuleRef, compileCompound, LatestValues, UNKNOWN } from "../rules/compound.js";
 import { compileGlob, type Matcher } from "../rules/glob.js";
 import {
   type DecodeErrorReason,
@@ -70,9 +71,21 @@ export const REASONS: Record<DecodeErrorReason, string> = {
 
 const PAYLOAD_SHOWN = 300;
 
-/** Rule names per reading: the same sensor/metric globs and labels the engine applies. */
+/**
+ * Rule names per reading: the same sensor/metric globs and labels the engine applies. A
+ * `when` rule is named for the readings of the metrics it reads, with what its
+ * condition is now from the values tap has seen: `freezer-door (when: true)`, or
+ * `(when: unknown, no recent value of door_open)`.
+ */
 class RuleMatcher {
-  readonly #rules: { name: string; sensor: Matcher; metric: Matcher; labels: [string, string][] }[];
+  readonly #rules: {
+    name: string;
+    sensor: Matcher;
+    metric: Matcher;
+    labels: [string, string][];
+    compound: Compound | undefined;
+  }[];
+  readonly #latest = new LatestValues();
 
   constructor(rules: readonly RuleConfig[]) {
     this.#rules = rules.map((r) => ({
@@ -80,13 +93,28 @@ class RuleMatcher {
       sensor: compileGlob(r.match.sensor),
       metric: compileGlob(r.match.metric),
       labels: Object.entries(r.match.labels ?? {}),
+      compound: compileCompound(r),
     }));
+    const compound: CompoundRuleRef[] = [];
+    for (const r of this.#rules) if (r.compound) compound.push({ name: r.name, compound: r.compound });
+    this.#latest.setRules(compound);
   }
 
   names(r: Reading): string[] {
-    return this.#rules
-      .filter((x) => x.sensor(r.sensor) && x.metric(r.metric) && x.labels.every(([k, v]) => r.labels[k] === v))
-      .map((x) => x.name);
+    const now = Date.now();
+    if (this.#latest.watches(r.sensor, r.metric)) this.#latest.record(r, r.ts, now);
+    const out: string[] = [];
+    for (const x of this.#rules) {
+      if (!x.sensor(r.sensor) || !x.labels.every(([k, v]) => r.labels[k] === v)) continue;
+      if (x.compound === undefined) {
+        if (x.metric(r.metric)) out.push(x.name);
+        continue;
+      }
+      if (!x.compound.own.has(r.metric)) continue;
+      const j = this.#latest.judge(x.compound, r.sensor, now);
+      out.push(`${x.name} (when: ${j.verdict === UNKNOWN ? `unknown, ${j.reason}` : String(j.value)})`);
+    }
+    return out;
   }
 }
 

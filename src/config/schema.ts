@@ -245,7 +245,7 @@ const rule = z.strictObject({
   /**
    * A compound condition in CEL over the latest values of the sensor's metrics, e.g.
    * `temperature > -10 && door_open`; `sensor("outside").temperature` reads another sensor.
-   * Replaces above/below/...; `match.sensor` and `match.labels` choose the sensors (docs/rules.md).
+   * Replaces above/below/...; `match.sensor` and `match.labels` choose the sensors (README: Compound conditions).
    */
   when: z.string().optional(),
   /** With `when`: a firing alert resolves only once this holds (hysteresis); default: when `when` is false. */

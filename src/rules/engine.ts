@@ -197,6 +197,15 @@ export class RuleEngine {
     return this.#finish();
   }
 
+  /** The series of `when` rules whose condition is unknown now, with why (rules test). */
+  *unknownConditions(): Iterable<{ rule: string; sensor: string; reason: string }> {
+    for (const s of this.#core.series.values()) {
+      if (s instanceof AlertSeries && s.rule.compound !== undefined && s.unknown !== undefined) {
+        yield { rule: s.rule.name, sensor: s.sensor, reason: s.unknown };
+      }
+    }
+  }
+
   /** Series with state in memory (for metrics). */
   get seriesCount(): number {
     return this.#core.series.size;

@@ -157,3 +157,53 @@ function errorOf(text: string): string {
   }
   return "";
 }
+
+describe("rules test with when rules and derive", () => {
+  const compound = parseConfig(
+    `version: 1
+agent: { id: pi-1 }
+destinations:
+  ops: { url: "http://127.0.0.1:9/hook", signature: none }
+derive:
+  - { metric: dew_point, value: "dew_point(temperature, humidity)" }
+rules:
+  - name: damp
+    when: "humidity > 85 && temperature - dew_point < 2"
+    stale_after: 1m
+    notify: [ops]
+`,
+    "agent.yaml",
+  );
+  it("replays multi-metric lines through derive and the compound rule, and says when it is unknown", async () => {
+    const line = (ts: string, values: Record<string, number>) => JSON.stringify({ sensor: "gh", values, ts });
+    const res = await run(
+      [
+        line("2026-01-01T00:00:00Z", { temperature: 21.5 }),
+        line("2026-01-01T00:00:10Z", { humidity: 92, temperature: 21.5 }),
+        line("2026-01-01T00:05:00Z", { humidity: 60 }),
+        line("2026-01-01T00:05:10Z", { temperature: 21 }),
+      ],
+      compound,
+    );
+    expect(res.code).toBe(0);
+    expect(res.out.map((e) => [e.type, e.data.metric, e.data.values])).toEqual([
+      [
+        "alert.firing",
+        "humidity,temperature,dew_point",
+        { humidity: 92, temperature: 21.5, dew_point: expect.any(Number) },
+      ],
+      [
+        "alert.resolved",
+        "humidity,temperature,dew_point",
+        { humidity: 60, temperature: 21, dew_point: expect.any(Number) },
+      ],
+    ]);
+    expect(res.err.slice(0, -1)).toEqual([
+      "rules test: 2026-01-01T00:00:00.000Z damp gh: when is unknown (no recent value of humidity, dew_point)",
+      "rules test: 2026-01-01T00:00:10.000Z damp gh: when is known again",
+      // 00:05:00: temperature (00:00:10) is older than stale_after; dew_point was derived just now.
+      "rules test: 2026-01-01T00:05:00.000Z damp gh: when is unknown (no recent value of temperature)",
+      "rules test: 2026-01-01T00:05:10.000Z damp gh: when is known again",
+    ]);
+  });
+});
