@@ -19,7 +19,7 @@
 # the outbox in /var/lib/edgehook is kept, and a running service is restarted.
 set -euo pipefail
 
-MIN_NODE="20.18.1"
+MIN_NODE="20.19.0"
 SERVICE="edgehook.service"
 USER_NAME="edgehook"
 
