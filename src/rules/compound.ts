@@ -93,6 +93,36 @@ interface Latest {
   at: number;
 }
 
+/** The table of newest values is swept once it holds more sensors than this. */
+const SWEEP_FLOOR = 1024;
+
+/**
+ * Keeps a table of newest values per sensor bounded (design invariant: bounded memory).
+ * A value older than the longest `stale_after` can no longer be read by any expression, so
+ * it is dropped, and a sensor left with none goes too. The sweep runs when the table has
+ * doubled since the last one (amortised O(1) per new sensor), so the table holds at most
+ * about twice the sensors heard from within the longest `stale_after`, plus SWEEP_FLOOR.
+ */
+export class StaleSweep {
+  #at = SWEEP_FLOOR;
+
+  /** Call before a new sensor is added to `values`; returns the sensors dropped. */
+  beforeAdd(values: Map<string, Map<string, { at: number }>>, now: number, staleMs: number): string[] {
+    if (values.size <= this.#at) return NONE_DROPPED;
+    const dropped: string[] = [];
+    for (const [sensor, byMetric] of values) {
+      for (const [metric, v] of byMetric) if (now - v.at > staleMs) byMetric.delete(metric);
+      if (byMetric.size === 0) {
+        values.delete(sensor);
+        dropped.push(sensor);
+      }
+    }
+    this.#at = Math.max(SWEEP_FLOOR, 2 * values.size);
+    return dropped;
+  }
+}
+const NONE_DROPPED: string[] = [];
+
 /** What one evaluation saw. */
 export interface Judgement {
   verdict: Verdict;
@@ -124,15 +154,28 @@ export class LatestValues {
   #followers = new Map<string, CompoundRuleRef[]>();
   /** Rule name → sensors it has a series for (judged again when a followed input changes). */
   #sensors = new Map<string, Set<string>>();
+  /** Rules that read metrics of the judged sensor itself. */
+  #ownInputs = new Set<string>();
   /** Whether the last recorded reading changed its metric's value. */
   changed = false;
+  /** The longest `stale_after` of the rules: older values are never read. */
+  #staleMs = DEFAULT_STALE_AFTER_MS;
+  readonly #sweep = new StaleSweep();
+
+  /** Sensors with a value kept (bounded by the sweep). */
+  get sensors(): number {
+    return this.#values.size;
+  }
 
   setRules(rules: readonly CompoundRuleRef[]): void {
+    this.#staleMs = rules.reduce((m, r) => Math.max(m, r.compound.staleMs), 0);
     this.#own = new Set();
     this.#followers = new Map();
     const names = new Set<string>();
+    this.#ownInputs = new Set();
     for (const r of rules) {
       names.add(r.name);
+      if (r.compound.own.size > 0) this.#ownInputs.add(r.name);
       for (const m of r.compound.own) this.#own.add(m);
       for (const o of r.compound.others) {
         const k = `${o.sensor}\u001f${o.metric}`;
@@ -156,6 +199,7 @@ export class LatestValues {
   record(r: Reading, ts: number, now: number): void {
     let bySensor = this.#values.get(r.sensor);
     if (bySensor === undefined) {
+      this.#forget(this.#sweep.beforeAdd(this.#values, now, this.#staleMs));
       bySensor = new Map();
       this.#values.set(r.sensor, bySensor);
     }
@@ -173,6 +217,19 @@ export class LatestValues {
     prev.value = r.value;
     prev.ts = ts;
     prev.at = now;
+  }
+
+  /**
+   * Sensors whose values all went stale are no longer judged again when another sensor's
+   * metric changes (their own inputs are missing, so the verdict could only be unknown);
+   * their next reading notes them again. Rules that read only other sensors keep theirs.
+   */
+  #forget(sensors: readonly string[]): void {
+    if (sensors.length === 0) return;
+    for (const [rule, set] of this.#sensors) {
+      if (!this.#ownInputs.has(rule)) continue;
+      for (const s of sensors) set.delete(s);
+    }
   }
 
   /** Rules reading this metric of this sensor as another sensor's. */

@@ -10,7 +10,7 @@
  */
 import type { DeriveConfig } from "../config/schema.js";
 import type { Reading, ReadingValue } from "../sources/reading.js";
-import { DEFAULT_STALE_AFTER_MS } from "./compound.js";
+import { DEFAULT_STALE_AFTER_MS, StaleSweep } from "./compound.js";
 import { type CompiledExpression, compileExpression } from "./expression.js";
 import { compileGlob, type Matcher } from "./glob.js";
 
@@ -34,6 +34,9 @@ export class Deriver {
   /** Metric → the entries that read it. */
   readonly #byInput = new Map<string, Entry[]>();
   readonly #values = new Map<string, Map<string, Latest>>();
+  /** The longest `stale_after` of the entries: older values are never read. */
+  readonly #staleMs: number;
+  readonly #sweep = new StaleSweep();
 
   constructor(configs: readonly DeriveConfig[]) {
     this.#entries = configs.map((d) => ({
@@ -42,6 +45,7 @@ export class Deriver {
       expr: compileExpression(d.value, "number"),
       staleMs: d.stale_after ?? DEFAULT_STALE_AFTER_MS,
     }));
+    this.#staleMs = this.#entries.reduce((m, e) => Math.max(m, e.staleMs), 0);
     for (const e of this.#entries) {
       for (const i of e.expr.inputs) {
         const list = this.#byInput.get(i.metric);
@@ -50,6 +54,11 @@ export class Deriver {
         } else this.#byInput.set(i.metric, [e]);
       }
     }
+  }
+
+  /** Sensors with a value kept (bounded by the sweep). */
+  get sensors(): number {
+    return this.#values.size;
   }
 
   get empty(): boolean {
@@ -94,6 +103,7 @@ export class Deriver {
   #record(r: Reading, now: number): void {
     let bySensor = this.#values.get(r.sensor);
     if (bySensor === undefined) {
+      this.#sweep.beforeAdd(this.#values, now, this.#staleMs);
       bySensor = new Map();
       this.#values.set(r.sensor, bySensor);
     }
