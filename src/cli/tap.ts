@@ -32,6 +32,7 @@ import type { Config, RuleConfig, SerialPortConfig } from "../config/schema.js";
 import { errnoCode, readTlsFiles } from "../config/tls-files.js";
 import { ExitCode } from "../errors.js";
 import { type Compound, type CompoundRuleRef, compileCompound, LatestValues, UNKNOWN } from "../rules/compound.js";
+import { Deriver } from "../rules/derive.js";
 import { compileGlob, type Matcher } from "../rules/glob.js";
 import {
   type DecodeErrorReason,
@@ -419,11 +420,14 @@ async function tapSerial(
 
 class Printer {
   readonly #rules: RuleMatcher;
+  /** `derive:` entries, so derived metrics show as the agent would make them. */
+  readonly #deriver: Deriver;
   readonly #io: TapIO;
   readonly #json: boolean;
 
   constructor(config: Config, io: TapIO, json: boolean) {
     this.#rules = new RuleMatcher(config.rules);
+    this.#deriver = new Deriver(config.derive);
     this.#io = io;
     this.#json = json;
   }
@@ -464,6 +468,17 @@ class Printer {
     this.#print(at, { source }, item.line, decode(item.line, at));
   }
 
+  /** Each decoded reading followed by what `derive:` makes of it, as the agent does. */
+  #withDerived(readings: readonly Reading[], at: number): { r: Reading; derived: boolean }[] {
+    const out: { r: Reading; derived: boolean }[] = [];
+    for (const r of readings) {
+      out.push({ r, derived: false });
+      if (this.#deriver.empty) continue;
+      for (const d of this.#deriver.derive(r, at)) out.push({ r: d, derived: true });
+    }
+    return out;
+  }
+
   #print(
     at: number,
     head: { source: string; topic?: string; retained?: boolean; subscription?: number | undefined },
@@ -473,13 +488,24 @@ class Printer {
   ): void {
     const out = this.#io.out;
     const text = raw === undefined ? undefined : printable(raw);
+    // A retained message the agent skips feeds no derive entry (the agent's would not either).
+    const readings = !res?.ok
+      ? []
+      : res.retained
+        ? res.readings.map((r) => ({ r, derived: false }))
+        : this.#withDerived(res.readings, at);
     if (this.#json) {
       const o: Record<string, unknown> = { at: new Date(at).toISOString(), ...head, raw: text };
       if (note) o.note = note;
       if (res && !res.ok) o.error = { reason: res.reason, why: REASONS[res.reason] };
       if (res?.ok) {
         if (res.retained) o.note = "retained message skipped (retained: ignore)";
-        o.readings = res.readings.map((r) => ({ ...r, ts: new Date(r.ts).toISOString(), rules: this.#rules.names(r) }));
+        o.readings = readings.map(({ r, derived }) => ({
+          ...r,
+          ts: new Date(r.ts).toISOString(),
+          ...(derived ? { derived: true } : {}),
+          rules: this.#rules.names(r),
+        }));
         if (res.ignoredFields?.length) o.ignored = res.ignoredFields;
       }
       out(JSON.stringify(o));
@@ -506,12 +532,13 @@ class Printer {
       out("  - retained message skipped (retained: ignore; retained: accept takes it)");
       return;
     }
-    if (res.readings.length === 0) out("  - no reading");
-    for (const r of res.readings) {
+    if (readings.length === 0) out("  - no reading");
+    for (const { r, derived } of readings) {
       const labels = Object.entries(r.labels);
       const rules = this.#rules.names(r);
       out(
-        `  → ${safe(r.sensor)} ${safe(r.metric)} = ${safe(JSON.stringify(r.value))}` +
+        `  ${derived ? "⇢" : "→"} ${safe(r.sensor)} ${safe(r.metric)} = ${safe(JSON.stringify(r.value))}` +
+          `${derived ? " (derived)" : ""}` +
           `${r.ts === at ? "" : ` at ${new Date(r.ts).toISOString()}`}` +
           `${labels.length ? ` {${labels.map(([k, v]) => `${safe(k)}=${safe(v)}`).join(", ")}}` : ""}` +
           `   rules: ${rules.length ? rules.map(safe).join(", ") : "(none)"}`,

@@ -162,6 +162,34 @@ http: { listen: "127.0.0.1:${httpPort}" }
     expect(existsSync(pty.devPath)).toBe(true);
   }, 90_000);
 
+  it("shows derived metrics and what a when rule makes of the values seen so far", async () => {
+    const file = writeConfig(
+      dir,
+      `version: 1
+agent: { id: tap-pi, data_dir: ./data, require_clock_sync: never }
+serial:
+  - { name: arduino, path: ${pty.devPath}, format: kv }
+derive:
+  - { metric: dew_point, sensor: "arduino", value: "dew_point(temperature, humidity)" }
+destinations:
+  ops: { url: "${receiver.url}", secret: ${WEBHOOK_SECRET} }
+rules:
+  - { name: damp, match: { sensor: arduino }, when: "humidity > 80 && temperature - dew_point < 2", notify: [ops] }
+`,
+    );
+    tap = new CommandProcess(["tap", "--config", file, "--serial", "arduino", "--count", "2"]);
+    await tap.waitFor(() => tap!.stderr.includes("serial:arduino: tapping"), "the port open");
+    await pty.write("temperature: 20\n");
+    await pty.write("humidity: 90\n");
+    expect(await tap.exited).toBe(0);
+    // The first line: humidity not seen yet, so no dew point and the rule is unknown.
+    expect(tap.stdout).toMatch(/→ arduino temperature = 20 {3}rules: damp \(when: unknown, [^)]*humidity[^)]*\)/);
+    // The second: the dew point of 20 °C at 90 % is 18.3 °C, derived and judged.
+    const dew = /⇢ arduino dew_point = (\d+\.\d+) \(derived\) {3}rules: damp \(when: true\)/.exec(tap.stdout);
+    expect(dew, tap.stdout).not.toBeNull();
+    expect(Number(dew?.[1])).toBeCloseTo(18.3, 1);
+  }, 60_000);
+
   it("--polled polls Modbus, 1-Wire and files: each poll's readings with their rules, bad data and a dead unit on stderr", async () => {
     const slave = await ModbusSlave.tcp(); // answers unit 1 only: unit 2 is a dead device on the bus
     try {
