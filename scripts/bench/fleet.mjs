@@ -3,9 +3,10 @@
  * A small fleet on one machine: N real agent processes (`node bin/edgehook.js run`) read
  * readings over MQTT from one mosquitto and deliver each as a `reading` event (forward
  * rule) to one nats-server -js, through a `nats://` destination into stream FLEET
- * (subject fleet.<agent>.<sensor>, Nats-Msg-Id = event id). The bench publishes at a
- * steady rate per agent (QoS 1), restarts nats-server (SIGTERM, same store) half-way, then
- * waits until the stream holds every event. Figures:
+ * (subject fleet.<agent>.<sensor>, Nats-Msg-Id = event id). Once every agent has
+ * subscribed (their sessions are new: the broker keeps nothing for them before), the bench
+ * publishes at a steady rate per agent (QoS 1), restarts nats-server (SIGTERM, same store)
+ * half-way, then waits until the stream holds every event. Figures:
  *
  *   - aggregate events/s delivered (stream messages / time from first publish to last stored)
  *   - per agent CPU (% of one core) and RSS: idle (baseline, before publishing) and loaded
@@ -13,7 +14,7 @@
  *
  *   npm run build && node scripts/bench/fleet.mjs [--agents 20] [--rate 5] [--seconds 60]
  *
- * Loopback only, free ports, bounded in time (--seconds + 90 s at most); kills only the
+ * Loopback only, free ports, bounded in time (--seconds + 190 s at most); kills only the
  * processes it started.
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -83,7 +84,7 @@ const deadline = setTimeout(
     await cleanup();
     process.exit(2);
   },
-  (SECONDS + IDLE_S + 120) * 1000,
+  (SECONDS + IDLE_S + 180) * 1000,
 );
 deadline.unref();
 for (const sig of ["SIGINT", "SIGTERM"]) {
@@ -150,14 +151,16 @@ async function main() {
   await jsm.streams.add({ name: "FLEET", subjects: ["fleet.>"], duplicate_window: 120_000_000_000 });
 
   const agents = [];
+  const spawnedAt = Date.now();
   for (let i = 0; i < AGENTS; i++) {
     const id = `dev-${String(i).padStart(4, "0")}`;
     const adir = join(dir, id);
     const file = join(dir, `${id}.yaml`);
+    const httpPort = await freePort();
     writeFileSync(
       file,
       `version: 1
-agent: { id: ${id}, data_dir: ${adir}, require_clock_sync: never, log_level: warn }
+agent: { id: ${id}, data_dir: ${adir}, require_clock_sync: never, log_level: info }
 mqtt:
   url: mqtt://127.0.0.1:${mqttPort}
   client_id: ${id}
@@ -167,16 +170,34 @@ destinations:
   stream: { url: "${natsUrl}", subject: "fleet.{agent}.{sensor}", stream: FLEET, signature: none }
 rules:
   - { name: telemetry, match: { metric: temp }, forward: true, notify: [stream] }
-http: { listen: false }
+http: { listen: "127.0.0.1:${httpPort}" }
 `,
     );
-    const p = start(process.execPath, [BIN, "run", "--config", file]);
-    agents.push({ id, p, file });
+    const p = start(process.execPath, [BIN, "run", "--config", file], { stdio: ["ignore", "pipe", "pipe"] });
+    // Subscribed = the agent logged its SUBACK. Its session is new (sessionPresent: false),
+    // so the broker keeps nothing published to dev/<id>/+ before that: publishing earlier
+    // loses readings that never reached the agent.
+    const agent = { id, p, file, httpPort, subscribed: false };
+    let out = "";
+    p.stdout?.on("data", (d) => {
+      out = (out + d).slice(-4000);
+      if (out.includes("subscribed to MQTT topics")) agent.subscribed = true;
+    });
+    agents.push(agent);
   }
   const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, { clientId: "fleet-bench-pub" });
-  // Let every agent connect and subscribe (persistent sessions: later readings wait for them anyway).
-  await sleep(3000);
-  for (const a of agents) if (a.p.exitCode !== null) throw new Error(`${a.id} exited: ${a.p.stderrText}`);
+  // Every agent must have subscribed before the first reading (on a loaded machine 20
+  // agents take 10 s or more to start); then 2 s for the end of their start-up.
+  await waitFor(
+    () => {
+      for (const a of agents) if (a.p.exitCode !== null) throw new Error(`${a.id} exited: ${a.p.stderrText}`);
+      return agents.every((a) => a.subscribed);
+    },
+    "every agent subscribed",
+    60_000,
+  );
+  const readyS = (Date.now() - spawnedAt) / 1000;
+  await sleep(2000);
 
   // Baseline: idle agents.
   const idle0 = agents.map((a) => procStat(a.p.pid));
@@ -254,9 +275,30 @@ http: { listen: false }
     }
   }
   const loss = published - stored - pending;
+  // Intake as the agents counted it (http /metrics), summed over the fleet.
+  const sums = {};
+  for (const a of agents) {
+    try {
+      const text = await (await fetch(`http://127.0.0.1:${a.httpPort}/metrics`)).text();
+      for (const line of text.split("\n")) {
+        const m =
+          /^(edgehook_(readings_total|rule_readings_skipped_total|mqtt_sessions_lost_total|mqtt_broker_dropped_total|decode_errors_total)[^ ]*) (\S+)/.exec(
+            line,
+          );
+        if (m) sums[m[1]] = (sums[m[1]] ?? 0) + Number(m[3]);
+      }
+    } catch (err) {
+      console.error(`${a.id}: metrics failed: ${err}`);
+    }
+  }
+  const metric = (name) =>
+    Object.entries(sums)
+      .filter(([k]) => k === name || k.startsWith(`${name}{`))
+      .reduce((n, [, v]) => n + v, 0);
 
   const load = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
   console.log(`fleet bench: ${AGENTS} agents, ${RATE} readings/s each, ${SECONDS} s, nats-server restarted half-way`);
+  console.log(`agents subscribed ${readyS.toFixed(1)} s after spawn (publishing starts after that)`);
   console.log(`load average at end: ${load} (${(await import("node:os")).cpus().length} cores)`);
   console.log("");
   console.log("                      idle (baseline)   loaded");
@@ -268,6 +310,9 @@ http: { listen: false }
   );
   console.log("");
   console.log(`published  ${published} readings (${(published / loadS).toFixed(1)}/s offered)`);
+  console.log(
+    `received   ${metric("edgehook_readings_total")} readings by the agents (${metric("edgehook_rule_readings_skipped_total")} skipped by rules, ${metric("edgehook_decode_errors_total")} undecodable, ${metric("edgehook_mqtt_broker_dropped_total")} broker drops seen, ${metric("edgehook_mqtt_sessions_lost_total")} sessions lost)`,
+  );
   console.log(`stored     ${stored} events in stream FLEET`);
   console.log(
     `delivered  ${(stored / elapsed).toFixed(1)} events/s aggregate (first publish to last stored: ${elapsed.toFixed(1)} s)`,
