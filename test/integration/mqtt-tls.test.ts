@@ -3,9 +3,8 @@
  * verification with ca_file, client certificates (cert_file/key_file), and
  * reject_unauthorized: an untrusted broker is a "down" state, not a crash.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -15,71 +14,20 @@ import { createLogger } from "../../src/ops/logger.js";
 import { Metrics } from "../../src/ops/metrics.js";
 import { MqttSource } from "../../src/sources/mqtt.js";
 import type { Reading } from "../../src/sources/reading.js";
+import { makeCerts } from "../support/certs.js";
 import { waitForPort } from "../support/mosquitto.js";
 import { freePort } from "../support/ports.js";
 import { waitUntil } from "../support/wait.js";
 
-const dir = mkdtempSync(join(tmpdir(), "edgehook-tls-"));
+let dir = "";
 const f = (n: string) => join(dir, n);
 let proc: ChildProcess | undefined;
 let port = 0;
 const sources: MqttSource[] = [];
 
-function openssl(...args: string[]): void {
-  execFileSync("openssl", args, { stdio: "ignore" });
-}
-
 beforeAll(async () => {
-  chmodSync(dir, 0o755);
-  openssl(
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=edgehook test CA",
-    "-keyout",
-    f("ca.key"),
-    "-out",
-    f("ca.crt"),
-  );
-  writeFileSync(f("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-  for (const who of ["server", "client"]) {
-    openssl(
-      "req",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-subj",
-      `/CN=${who}`,
-      "-keyout",
-      f(`${who}.key`),
-      "-out",
-      f(`${who}.csr`),
-    );
-    openssl(
-      "x509",
-      "-req",
-      "-in",
-      f(`${who}.csr`),
-      "-CA",
-      f("ca.crt"),
-      "-CAkey",
-      f("ca.key"),
-      "-CAcreateserial",
-      "-days",
-      "2",
-      "-extfile",
-      f("san.ext"),
-      "-out",
-      f(`${who}.crt`),
-    );
-  }
-  // mosquitto drops root privileges; let it read its key.
-  for (const n of ["ca.crt", "server.crt", "server.key"]) chmodSync(f(n), 0o644);
+  // A throwaway CA with server and client certificates (test/support/certs.ts).
+  dir = makeCerts().dir;
   port = await freePort();
   writeFileSync(
     f("mosquitto.conf"),
