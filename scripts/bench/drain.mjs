@@ -1,15 +1,23 @@
 // Drain benchmark: a 100,000-webhook backlog in a real outbox file, drained by the
 // dispatcher (signing on, keep-alive, no rate limit) into a local node:http receiver that
 // runs in a child process (so it does not share our event loop) and answers 200.
-// Prints webhooks/s per run and the median of 3. Needs the build: npx tsc -p tsconfig.build.json
+// Each run drains the backlog spread over `--narrow` series (8), then over `--series` (256),
+// then has a bare undici Pool post the same number of bodies (bareOnce), all at the
+// same concurrency against the same receiver; the order alternates run by run, after one
+// warm-up round that is not counted. Prints events/s per run and the medians; with
+// --json=<file> it appends the issue-15 rows (BENCHROWS.md): drain_8_series (baseline: the
+// 256-series drain) and drain_vs_undici (drain with 256 series / bare undici, per run;
+// baseline: bare undici events/s). Needs the build: npx tsc -p tsconfig.build.json
 //
-//   node scripts/bench/drain.mjs [--events 100000] [--series 256] [--concurrency 64] [--runs 3]
+//   node scripts/bench/drain.mjs [--events 30000] [--narrow 8] [--series 256] [--concurrency 64]
+//                                [--runs 3] [--settle-delay ms] [--json=<file>]
 import { fork } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { Pool } from "undici";
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const RUN_LIMIT_MS = 30_000;
@@ -84,6 +92,40 @@ export function body(i, series) {
       since: new Date(1_767_225_600_000).toISOString(),
     },
   };
+}
+
+/**
+ * Baseline (bare-undici.mjs): `events` POSTs of the same bodies from memory by a bare undici
+ * Pool, no outbox, no signing, no ordering at `concurrency` to the receiver; { ms, rate, cpuPerK }. */
+export async function bareOnce(receiver, { events, concurrency }) {
+  const url = new URL(receiver.url);
+  const pool = new Pool(url.origin, { connections: concurrency, headersTimeout: 15_000, bodyTimeout: 15_000 });
+  const bodies = [];
+  for (let i = 0; i < 256; i++) bodies.push(Buffer.from(JSON.stringify(body(i, i))));
+  let next = 0;
+  let failed = 0;
+  const deadline = Date.now() + RUN_LIMIT_MS;
+  const worker = async () => {
+    while (next < events && Date.now() < deadline) {
+      const i = next++;
+      const res = await pool.request({
+        path: url.pathname,
+        method: "POST",
+        headers: { "content-type": "application/json", "webhook-id": `msg_${i}` },
+        body: bodies[i % bodies.length],
+      });
+      await res.body.dump();
+      if (res.statusCode !== 200) failed++;
+    }
+  };
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  await pool.close();
+  if (next < events || failed > 0) throw new Error(`bare run incomplete: sent ${next}, failed ${failed}`);
+  return { ms, rate: (events / ms) * 1000, cpuPerK: ((cpu.user + cpu.system) / 1000 / events) * 1000 };
 }
 
 export function median(xs) {
@@ -178,30 +220,90 @@ export async function drainOnce(receiver, dest, { events, seriesCount, settleDel
   }
 }
 
+/** `--json=<file>` (BENCHROWS.md): where to append the rows, or undefined. */
+function jsonFile() {
+  const a = process.argv.find((x) => x.startsWith("--json="));
+  return a === undefined ? undefined : a.slice("--json=".length);
+}
+
 async function main() {
-  const events = arg("events", 100_000);
-  const seriesCount = arg("series", 256);
+  const events = arg("events", 30_000);
+  const narrow = arg("narrow", 8);
+  const wide = arg("series", 256);
   const concurrency = arg("concurrency", 64);
   const runs = arg("runs", 3);
+  const settleDelayMs = arg("settle-delay", undefined);
+  const json = jsonFile();
+  const kinds = {
+    narrow: () => drainOnce(receiver, { concurrency }, { events, seriesCount: narrow, settleDelayMs }),
+    wide: () => drainOnce(receiver, { concurrency }, { events, seriesCount: wide, settleDelayMs }),
+    bare: () => bareOnce(receiver, { events, concurrency }),
+  };
+  const label = {
+    narrow: `drain, ${narrow} series`,
+    wide: `drain, ${wide} series`,
+    bare: "bare undici",
+  };
   const receiver = await startReceiver();
   try {
-    const rates = [];
-    const cpus = [];
+    // Warm-up (not counted): JIT, connections and page cache for all three alike.
+    for (const run of Object.values(kinds)) await run();
+    const results = { narrow: [], wide: [], bare: [] };
+    const order = Object.keys(kinds);
     for (let r = 0; r < runs; r++) {
-      const { ms, received, rate, cpuPerK } = await drainOnce(
-        receiver,
-        { concurrency },
-        { events, seriesCount, settleDelayMs: arg("settle-delay", undefined) },
-      );
-      rates.push(rate);
-      cpus.push(cpuPerK);
+      // Alternate: each kind goes first as often as last.
+      for (const kind of r % 2 === 0 ? order : [...order].reverse()) {
+        const res = await kinds[kind]();
+        results[kind].push(res);
+        console.log(
+          `run ${r + 1} ${label[kind]}: ${events} webhooks in ${(res.ms / 1000).toFixed(2)} s = ${Math.round(res.rate)}/s, ${res.cpuPerK.toFixed(0)} ms CPU per 1,000`,
+        );
+      }
+    }
+    const rates = (kind) => results[kind].map((x) => Math.round(x.rate));
+    const cpu = (kind) => Math.round(median(results[kind].map((x) => x.cpuPerK)));
+    const ratios = results.wide.map((w, i) => Math.round((w.rate / results.bare[i].rate) * 1000) / 1000);
+    for (const kind of order) {
       console.log(
-        `run ${r + 1}: ${events} webhooks (${received} received) in ${(ms / 1000).toFixed(2)} s = ${Math.round(rate)} webhooks/s, ${cpuPerK.toFixed(0)} ms CPU per 1,000`,
+        `${label[kind]}: median ${median(rates(kind))} webhooks/s, ${cpu(kind)} ms CPU per 1,000 in this process (${events} events, concurrency ${concurrency}${kind === "bare" ? "" : ", signing on"})`,
       );
     }
-    console.log(
-      `dispatcher drain: median ${Math.round(median(rates))} webhooks/s, ${median(cpus).toFixed(0)} ms CPU per 1,000 (${events} events, ${seriesCount} series, concurrency ${concurrency}, signing on)`,
-    );
+    console.log(`drain (${wide} series) / bare undici: median ${median(ratios)} (per run ${ratios.join(", ")})`);
+    if (json !== undefined) {
+      const load = loadavg()
+        .map((x) => x.toFixed(1))
+        .join(" ");
+      const command = `node scripts/bench/drain.mjs ${process.argv.slice(2).join(" ")}`.trim();
+      const rows = [
+        {
+          row: "drain_8_series",
+          value: median(rates("narrow")),
+          unit: "events/s",
+          baseline: median(rates("wide")),
+          baseline_label: `the same drain with ${wide} series`,
+          runs: rates("narrow"),
+          baseline_runs: rates("wide"),
+          series: narrow,
+          cpu_ms_per_1000: cpu("narrow"),
+          load,
+          command,
+        },
+        {
+          row: "drain_vs_undici",
+          value: median(ratios),
+          unit: "ratio",
+          baseline: median(rates("bare")),
+          baseline_label: `bare undici Pool events/s, concurrency ${concurrency}`,
+          runs: ratios,
+          drain_runs: rates("wide"),
+          baseline_runs: rates("bare"),
+          series: wide,
+          load,
+          command,
+        },
+      ];
+      for (const row of rows) appendFileSync(json, `${JSON.stringify(row)}\n`);
+    }
   } finally {
     await receiver.stop();
   }
