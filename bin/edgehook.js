@@ -1,4 +1,5 @@
 #!/usr/bin/env node
-import { main } from "../dist/main.js";
+// dist/edgehook.js is the bundle `npm run build` makes (scripts/bundle.mjs).
+import { main } from "../dist/edgehook.js";
 
 await main(process.argv.slice(2));

@@ -165,8 +165,8 @@ check_source() {
   for f in package.json package-lock.json bin/edgehook.js agent.service config/agent.example.yaml; do
     [ -e "$SOURCE/$f" ] || die "$SOURCE/$f is missing: run this script from an edgehook checkout or release"
   done
-  [ -d "$SOURCE/dist" ] && [ -n "$(ls -A "$SOURCE/dist")" ] ||
-    die "$SOURCE/dist is missing: build first with 'npm install && npm run build'"
+  [ -f "$SOURCE/dist/edgehook.js" ] && [ -d "$SOURCE/dist/chunks" ] ||
+    die "$SOURCE/dist/edgehook.js is missing: build first with 'npm install && npm run build'"
 }
 
 # Program files: exactly the package's "files" (package.json) plus the lockfile, into a
@@ -176,7 +176,11 @@ stage_program() {
   rm -rf "$stage"
   mkdir -p "$stage"
   cp -a "$SOURCE/package.json" "$SOURCE/package-lock.json" "$SOURCE/agent.service" "$stage/"
-  cp -a "$SOURCE/bin" "$SOURCE/dist" "$SOURCE/config" "$stage/"
+  cp -a "$SOURCE/bin" "$SOURCE/config" "$stage/"
+  # The program is the bundle (scripts/bundle.mjs); dist/'s per-module build is for tests.
+  mkdir -p "$stage/dist"
+  cp -a "$SOURCE/dist/edgehook.js" "$SOURCE/dist/chunks" "$stage/dist/"
+  [ -f "$SOURCE/dist/edgehook.js.map" ] && cp -a "$SOURCE/dist/edgehook.js.map" "$stage/dist/"
   mkdir -p "$stage/scripts"
   cp -a "$SOURCE/scripts/install.sh" "$stage/scripts/"
   [ -f "$SOURCE/README.md" ] && cp -a "$SOURCE/README.md" "$stage/"

@@ -65,7 +65,7 @@ beforeAll(() => {
   symlinkSync(realpathSync(join(CHECKOUT, "node_modules")), join(source, "node_modules"));
   // The checkout's build, which `npm test` makes first and every test that runs
   // bin/edgehook.js uses (compiling a second copy here took most of this file's time).
-  expect(existsSync(join(CHECKOUT, "dist/main.js")), "dist/ is missing: npm run build").toBe(true);
+  expect(existsSync(join(CHECKOUT, "dist/edgehook.js")), "dist/edgehook.js is missing: npm run build").toBe(true);
   cpSync(join(CHECKOUT, "dist"), join(source, "dist"), { recursive: true });
 }, 60_000);
 
@@ -102,6 +102,24 @@ describe("install.sh", () => {
       { cwd: at("opt/edgehook"), encoding: "utf8" },
     );
     expect(db.stdout.trim(), db.stderr).toBe("42");
+    // The program is the bundle, not tsc's per-module build, and it runs from the installed
+    // tree alone: its chunks load and the packages it leaves external resolve there.
+    expect(existsSync(at("opt/edgehook/dist/edgehook.js"))).toBe(true);
+    expect(existsSync(at("opt/edgehook/dist/chunks"))).toBe(true);
+    expect(existsSync(at("opt/edgehook/dist/main.js"))).toBe(false);
+    const installed = (...args: string[]) =>
+      spawnSync(process.execPath, [at("opt/edgehook/bin/edgehook.js"), ...args], {
+        cwd: tmp,
+        encoding: "utf8",
+        env: { ...process.env, OPS_WEBHOOK_SECRET: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" },
+      });
+    const v = installed("version");
+    expect(v.stdout.trim(), v.stderr).toBe(
+      (JSON.parse(readFileSync(join(CHECKOUT, "package.json"), "utf8")) as { version: string }).version,
+    );
+    const check = installed("check", "--config", join(source, "config/agent.example.yaml"));
+    expect(check.status, check.stdout + check.stderr).toBe(0);
+    expect(check.stdout).toMatch(/: ok/);
 
     // Configuration from the example, data kept in the state directory, not world-readable.
     const example = parse(readFileSync(join(source, "config/agent.example.yaml"), "utf8"));
