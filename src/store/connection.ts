@@ -19,6 +19,11 @@ export class OutboxConnection {
   readonly #damage: DamageWatch;
   readonly #tx: (fn: () => unknown) => unknown;
   readonly #committed: (delta: Delta) => void;
+  /**
+   * Counts write transactions of this connection (committed or not): what was read from the
+   * file before one may be stale after it (heads.ts caches successors of series until then).
+   */
+  writes = 0;
 
   /** `committed` hears of every transaction that committed, with what it changed. */
   constructor(db: Database, damage: DamageWatch, committed: (delta: Delta) => void) {
@@ -50,6 +55,7 @@ export class OutboxConnection {
     const delta = new Delta();
     const keys = this.messageKeys;
     let result: T;
+    this.writes++;
     try {
       result = this.#tx(() => {
         // Released message keys ride on whatever this transaction is for.

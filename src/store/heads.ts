@@ -11,7 +11,7 @@
 import type { Clock } from "../clock.js";
 import { checkBody } from "./body-check.js";
 import type { OutboxConnection } from "./connection.js";
-import { appendHistory, clip, DEAD, DELIVERED, PENDING, type SeriesSet } from "./rows.js";
+import { appendHistory, clip, DEAD, DELIVERED, PENDING, SeriesSet } from "./rows.js";
 import type { Delivery, OutboxReader, Settlement } from "./types.js";
 
 interface NextRow {
@@ -32,10 +32,26 @@ interface EventRow {
   body_crc: number | null;
 }
 
+/** A series' first pending delivery after a given one (undefined: none), as read from the file. */
+interface Successor {
+  settled: number;
+  row: NextRow | undefined;
+}
+
 export class SeriesHeads implements OutboxReader {
   readonly #conn: OutboxConnection;
   readonly #clock: Clock;
   readonly #s;
+  /**
+   * next()'s successor lookups (destination → series → the delivery after a settled one), kept
+   * until the file changes: any write of ours (conn.writes) or of another process (PRAGMA
+   * data_version). A busy lane asks again for the same series on every pass while their
+   * outcomes wait to be written (up to 20 ms); without this each pass read a row per series.
+   * Bounded by the series a lane holds in `after`.
+   */
+  readonly #successors = new Map<string, Map<string, Successor>>();
+  #successorsAt = -1;
+  #successorsVersion = -1;
 
   constructor(conn: OutboxConnection, clock: Clock) {
     this.#conn = conn;
@@ -66,7 +82,7 @@ export class SeriesHeads implements OutboxReader {
       ),
       // Only heads are ever retried, so only heads can wait (deliveries_next_due).
       retryNow: db.prepare("UPDATE deliveries SET next_at = ? WHERE destination = ? AND is_head = 1 AND next_at > ?"),
-      forSettle: db.prepare("SELECT destination, series, state, history FROM deliveries WHERE id = ?"),
+      forSettle: db.prepare("SELECT destination, series, state, is_head, history FROM deliveries WHERE id = ?"),
       markSettled: db.prepare(
         `UPDATE deliveries SET state = ?, is_head = 0, settled_at = ?, attempts = attempts + ?, last_status = ?,
            last_error = ?, reason = ?, history = ? WHERE id = ?`,
@@ -95,13 +111,19 @@ export class SeriesHeads implements OutboxReader {
       const rows = s.next.all(destination, now, limit + exclude.size + (after?.size ?? 0)) as NextRow[];
       const picked: NextRow[] = [];
       let successors = false;
+      const cache = after !== undefined && after.size > 0 ? this.#successorCache(destination) : undefined;
       for (const head of rows) {
-        if (exclude.has(String(head.id)) || exclude.has(head.series)) continue;
+        if (exclude.has(head.series) || (exclude.size > 0 && exclude.has(String(head.id)))) continue;
         const settled = after?.get(head.series);
         if (settled !== undefined && head.id <= settled) {
           // The head's outcome is known to the caller but not written yet: the series goes
           // on with the first pending delivery after it, if that one is due.
-          const succ = s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined;
+          let known = cache?.get(head.series);
+          if (known?.settled !== settled) {
+            known = { settled, row: s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined };
+            cache?.set(head.series, known);
+          }
+          const succ = known.row;
           if (succ !== undefined && succ.next_at <= now) {
             picked.push(succ);
             successors = true;
@@ -136,12 +158,30 @@ export class SeriesHeads implements OutboxReader {
     });
   }
 
+  /** The successor cache of a destination (by series), emptied first if the file changed since. */
+  #successorCache(destination: string): Map<string, Successor> {
+    const writes = this.#conn.writes;
+    const version = this.#conn.counters.dataVersion();
+    if (writes !== this.#successorsAt || version !== this.#successorsVersion) {
+      this.#successors.clear();
+      this.#successorsAt = writes;
+      this.#successorsVersion = version;
+    }
+    let cache = this.#successors.get(destination);
+    if (cache === undefined) {
+      cache = new Map();
+      this.#successors.set(destination, cache);
+    }
+    return cache;
+  }
+
   nextDueAt(destination: string): number | undefined {
     const at = this.#conn.guard(() => this.#s.nextDueAt.get(destination) as number | null);
     return at ?? undefined;
   }
 
   retryNow(destination: string, now: number): number {
+    this.#successors.clear();
     return this.#s.retryNow.run(now, destination, now).changes;
   }
 
@@ -160,9 +200,12 @@ export class SeriesHeads implements OutboxReader {
     const s = this.#s;
     const now = this.#clock.now();
     this.#conn.write((delta) => {
+      // Series whose head was settled: the next pending row becomes head once, after the loop
+      // (a batch often settles several deliveries of one series in a row).
+      const headless = new SeriesSet();
       for (const st of settlements) {
         const row = s.forSettle.get(st.id) as
-          | { destination: string; series: string; state: number; history: string | null }
+          | { destination: string; series: string; state: number; is_head: number; history: string | null }
           | undefined;
         // Already settled, dropped or purged meanwhile: nothing to record.
         if (!row || row.state !== PENDING) continue;
@@ -177,7 +220,12 @@ export class SeriesHeads implements OutboxReader {
         const reason = st.outcome === "dead" ? clip(st.reason) : null;
         s.markSettled.run(state, now, 1, status, error, reason, history, st.id);
         delta.move(row.destination, PENDING, state, 1);
-        this.fix(row.destination, row.series);
+        // Settling a row other than the head leaves the earliest pending row (the head) as it is.
+        if (row.is_head === 1) headless.add(row.destination, row.series);
+      }
+      for (const [destination, series] of headless) {
+        const first = s.firstPending.get(destination, series) as number | undefined;
+        if (first !== undefined) s.setHead.run(1, first);
       }
     });
   }

@@ -496,6 +496,44 @@ describe("enqueue", () => {
   });
 });
 
+describe("next() with after (a series' head settled, not written yet)", () => {
+  it("reads the delivery after it again once the file changed: a commit of ours, or another process", async () => {
+    const o = makeOutbox();
+    await commit(o, [ev("a:s:m")]);
+    const [a1] = o.next("ops", clock.now(), 10, new Set());
+    const after = new Map([["a:s:m", a1!.id]]);
+    // Nothing after a1 yet (next() keeps that answer until the file changes).
+    expect(o.next("ops", clock.now(), 10, new Set(), after)).toEqual([]);
+    const a2 = ev("a:s:m");
+    await commit(o, [a2]);
+    expect(ids(o.next("ops", clock.now(), 10, new Set(), after))).toEqual([a2.id]);
+    // Another process puts a2 off (a second connection to the same file).
+    const other = new Database(file());
+    other
+      .prepare("UPDATE deliveries SET next_at = ? WHERE destination = 'ops' AND series = 'a:s:m' AND is_head = 0")
+      .run(clock.now() + 60_000);
+    other.close();
+    expect(o.next("ops", clock.now(), 10, new Set(), after)).toEqual([]);
+  });
+
+  it("settling several deliveries of one series in one write leaves the next pending one as its only head", async () => {
+    const o = makeOutbox();
+    const [a1, a2, a3, a4] = [ev("a:s:m"), ev("a:s:m"), ev("a:s:m"), ev("a:s:m")];
+    await commit(o, [a1!, a2!, a3!, a4!]);
+    const got: number[] = [];
+    let after: Map<string, number> | undefined;
+    for (let i = 0; i < 3; i++) {
+      const [d] = o.next("ops", clock.now(), 10, new Set(), after);
+      got.push(d!.id);
+      after = new Map([["a:s:m", d!.id]]);
+    }
+    o.settle(got.map((id) => ({ id, outcome: "delivered" as const, attempt: attempt(200) })));
+    expect(ids(o.next("ops", clock.now(), 10, new Set()))).toEqual([a4!.id]);
+    expect(realCounts()).toEqual({ events: 4, "ops/pending": 1, "ops/delivered": 3, heads: 1 });
+    assertHeads();
+  });
+});
+
 describe("settle", () => {
   it("settled deliveries show in stats and queue show with reason, status and history; a late duplicate changes nothing", async () => {
     const o = makeOutbox();
