@@ -6,7 +6,10 @@
 //   idle RSS (before the flood) and peak RSS (VmHWM) of the agent, and their ratio;
 //   readings accepted by the agent (edgehook_readings_total) and readings the broker still
 //   holds ($SYS/broker/store/messages/count) when the flood stops;
-//   webhooks/s the receiver got during the flood;
+//   webhooks/s the receiver got during the flood, and webhooks/s with no ingest: once the agent
+//   has taken everything (the broker holds nothing, every published reading is accepted), the
+//   receiver's rate over the next NOINGEST_S seconds while the agent drains its backlog
+//   (the same agent, the same outbox, nothing arriving);
 //   loss: after the flood the agent gets up to DRAIN_S seconds to take and acknowledge
 //   what the broker holds; loss = published − accepted + readings and events the agent counted as dropped
 //   (edgehook_readings_dropped_total, edgehook_outbox_dropped_total). It must be 0: overload
@@ -21,14 +24,18 @@
 // readings the agent has not acknowledged yet, whether still queued at the broker or already
 // sent to the agent and held there unacknowledged (QoS 1 is acknowledged after the commit).
 //
-//   npx tsc -p tsconfig.build.json && node scripts/bench/overload.mjs [seconds=60] [runs=3] [--bin=path/to/bin/edgehook.js]...
+//   npm run build && node scripts/bench/overload.mjs [seconds=60] [runs=3] [--bin=path/to/bin/edgehook.js]... [--json=FILE]
 //
 // Several --bin= run those builds alternately (e.g. an older checkout first, as the baseline of
 // the same run); the default is this checkout. Medians per build are printed at the end.
-// Environment: OVERLOAD_DELAY_MS (2), OVERLOAD_CONCURRENCY (4), OVERLOAD_DRAIN_S (60).
+// --json=FILE appends the issue-15 rows overload_peak_rss (baseline: the idle RSS of the same
+// agent before the flood) and overload_deliveries (baseline: webhooks/s with no ingest, same
+// run) for the first --bin (BENCHROWS.md).
+// Environment: OVERLOAD_DELAY_MS (2), OVERLOAD_CONCURRENCY (4), OVERLOAD_DRAIN_S (60),
+// OVERLOAD_NOINGEST_S (10).
 // Loopback only; everything in a temp directory; every child is killed by PID; bounded in time.
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { connect, createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -37,6 +44,7 @@ import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
+const JSON_FILE = process.argv.find((a) => a.startsWith("--json="))?.slice("--json=".length);
 const SECONDS = Number(positional[0] ?? 60);
 const RUNS = Number(positional[1] ?? 3);
 const bins = process.argv.filter((a) => a.startsWith("--bin=")).map((a) => a.slice(6));
@@ -44,6 +52,7 @@ const BINS = bins.length > 0 ? bins : [fileURLToPath(new URL("../../bin/edgehook
 const DELAY_MS = Number(process.env.OVERLOAD_DELAY_MS ?? 2);
 const CONCURRENCY = Number(process.env.OVERLOAD_CONCURRENCY ?? 4);
 const DRAIN_S = Number(process.env.OVERLOAD_DRAIN_S ?? 60);
+const NOINGEST_S = Number(process.env.OVERLOAD_NOINGEST_S ?? 10);
 const SERIES = 100;
 const IN_FLIGHT = 500; // QoS 1 publishes awaited together
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -232,8 +241,16 @@ http: { listen: "127.0.0.1:${httpPort}" }
     await pub.endAsync();
 
     // Let the agent take and acknowledge the rest (bounded), then count.
-    await waitFor(() => held() <= 0, null, DRAIN_S * 1000);
+    await waitFor(async () => held() <= 0 && (await readingsAccepted(httpPort)) >= published, null, DRAIN_S * 1000);
     await sleep(1500);
+    // No ingest: the same agent drains the backlog the flood left, nothing arriving.
+    const backlogAtRest = published - receiver.counts.requests;
+    const quiet0 = receiver.counts.requests;
+    const q0 = performance.now();
+    await sleep(NOINGEST_S * 1000);
+    const quietPerS = (receiver.counts.requests - quiet0) / ((performance.now() - q0) / 1000);
+    // Still draining at the end of the window: the rate was not limited by an empty outbox.
+    const quietDrained = receiver.counts.requests >= published;
     clearInterval(sampler);
     const { readings: accepted, dropped, reconnects } = await scrape(httpPort);
     const holdsAfter = held();
@@ -248,6 +265,9 @@ http: { listen: "127.0.0.1:${httpPort}" }
       acceptedAtEnd,
       holdsAtEnd,
       deliveredPerS: deliveredDuring / floodS,
+      quietPerS,
+      quietDrained,
+      backlogAtRest,
       accepted,
       holdsAfter,
       dropped,
@@ -272,7 +292,7 @@ const deadline = setTimeout(
     for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
     process.exit(1);
   },
-  RUNS * BINS.length * (SECONDS + DRAIN_S + 60) * 1000,
+  RUNS * BINS.length * (SECONDS + DRAIN_S + NOINGEST_S + 60) * 1000,
 );
 deadline.unref();
 for (const signal of ["SIGINT", "SIGTERM"]) {
@@ -293,7 +313,7 @@ for (let i = 0; i < RUNS; i++) {
     console.log(
       `run ${i + 1} ${bin}: idle ${mib(r.idleKb)} MiB, peak ${mib(r.peakKb)} MiB (${(r.peakKb / r.idleKb).toFixed(2)}× idle); ` +
         `published ${r.published} in ${r.floodS.toFixed(1)} s (${(r.published / r.floodS).toFixed(0)}/s); at the end accepted ${r.acceptedAtEnd}, broker holds ${r.holdsAtEnd}; ` +
-        `webhooks during the flood ${r.deliveredPerS.toFixed(0)}/s; after ${DRAIN_S} s more: accepted ${r.accepted}, broker holds ${r.holdsAfter}, ` +
+        `webhooks during the flood ${r.deliveredPerS.toFixed(0)}/s, with no ingest ${r.quietPerS.toFixed(0)}/s (backlog ${r.backlogAtRest}${r.quietDrained ? ", the backlog ran out: understated" : ""}); by then: accepted ${r.accepted}, broker holds ${r.holdsAfter}, ` +
         `loss ${Number.isNaN(r.loss) ? "undetermined" : r.loss}, sessions lost ${r.reconnects}${r.alive ? "" : ", AGENT EXITED"}; load average ${loadavg()}`,
     );
   }
@@ -303,6 +323,37 @@ for (const [bin, rs] of results) {
   console.log(
     `${bin}: median over ${rs.length} runs: peak RSS ${mib(m((r) => r.peakKb))} MiB = ${m((r) => r.peakKb / r.idleKb).toFixed(2)}× idle (${mib(m((r) => r.idleKb))} MiB; target ≤ 1.5×); ` +
       `published ${m((r) => r.published)}, accepted by the end ${m((r) => r.acceptedAtEnd)}, broker held ${m((r) => r.holdsAtEnd)}; ` +
-      `webhooks/s during the flood ${m((r) => r.deliveredPerS).toFixed(0)}; loss ${rs.map((r) => (Number.isNaN(r.loss) ? "?" : r.loss)).join(", ")} (target 0)`,
+      `webhooks/s during the flood ${m((r) => r.deliveredPerS).toFixed(0)} = ${m((r) => r.deliveredPerS / r.quietPerS).toFixed(2)}× the rate with no ingest (${m((r) => r.quietPerS).toFixed(0)}/s; target ≥ 0.5×); loss ${rs.map((r) => (Number.isNaN(r.loss) ? "?" : r.loss)).join(", ")} (target 0)`,
   );
+}
+if (JSON_FILE) {
+  const rs = results.get(BINS[0]);
+  const load = loadavg();
+  const command = `node scripts/bench/overload.mjs ${SECONDS} ${RUNS}`;
+  const mb = (kb) => Math.round((kb / 1024) * 10) / 10;
+  const row = (r) => appendFileSync(JSON_FILE, `${JSON.stringify(r)}\n`);
+  row({
+    row: "overload_peak_rss",
+    value: mb(median(rs.map((r) => r.peakKb))),
+    unit: "MB",
+    baseline: mb(median(rs.map((r) => r.idleKb))),
+    baseline_label: "idle RSS of the same agent before the flood",
+    runs: rs.map((r) => mb(r.peakKb)),
+    baseline_runs: rs.map((r) => mb(r.idleKb)),
+    loss: rs.map((r) => (Number.isNaN(r.loss) ? null : r.loss)),
+    load,
+    command,
+  });
+  row({
+    row: "overload_deliveries",
+    value: Math.round(median(rs.map((r) => r.deliveredPerS))),
+    unit: "webhooks/s",
+    baseline: Math.round(median(rs.map((r) => r.quietPerS))),
+    baseline_label: "webhooks/s with no ingest (draining the flood's backlog), same agent, same run",
+    runs: rs.map((r) => Math.round(r.deliveredPerS)),
+    baseline_runs: rs.map((r) => Math.round(r.quietPerS)),
+    loss: rs.map((r) => (Number.isNaN(r.loss) ? null : r.loss)),
+    load,
+    command,
+  });
 }
