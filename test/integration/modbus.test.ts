@@ -201,7 +201,7 @@ describe("ModbusSource over TCP (ServerTCP process)", () => {
     expect(r.src.state().detail).toBe("no device gives a reading (timeout)");
     await slave.behave(1, { mode: "ok" });
     await slave.behave(2, { mode: "ok" });
-    await r.waitFor(() => r.src.state().devices?.find((d) => d.id === "2")?.status === "up", "unit 2 back");
+    await r.waitFor(() => r.src.state().devices?.every((d) => d.status === "up") === true, "both units back");
     expect(r.src.state().detail).toBeUndefined();
     expect(msgs(r, "modbus device not answering").map((l) => [l.unit, l.reason])).toEqual([
       [2, "timeout"],

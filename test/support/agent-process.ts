@@ -68,6 +68,15 @@ export function edgehookAsync(
   });
 }
 
+/** What an MQTT source logs once its first connection attempt has settled either way. */
+const MQTT_SETTLED = new Set([
+  "subscribed to MQTT topics",
+  "broker refused the subscription",
+  "MQTT broker not reachable; retrying",
+  "MQTT connection lost; reconnecting",
+  "MQTT error",
+]);
+
 export class AgentProcess {
   readonly logs: LogLine[] = [];
   stderr = "";
@@ -117,16 +126,25 @@ export class AgentProcess {
     proc.stderr?.on("data", (d: Buffer) => {
       this.stderr += d.toString("utf8");
     });
-    await Promise.race([
-      this.waitForLog((l) => l.msg === "edgehook running", "start", timeoutMs),
-      this.#exit.then((e) => {
-        throw new Error(`agent exited during start (${e.code ?? e.signal}): ${this.stderr}`);
-      }),
-    ]);
+    const from = this.logs.length;
+    const exited = this.#exit.then((e) => {
+      throw new Error(`agent exited during start (${e.code ?? e.signal}): ${this.stderr}`);
+    });
+    await Promise.race([this.waitForLog((l) => l.msg === "edgehook running", "start", timeoutMs, from), exited]);
+    // "edgehook running" does not wait for the broker (offline is not failure), so a reading
+    // published now could reach the broker before the agent's subscription and be dropped.
+    // With an MQTT source, wait until this start has subscribed, or has said why not.
+    if (this.logs.slice(from).some((l) => l.msg === "connecting to MQTT broker")) {
+      await Promise.race([
+        this.waitForLog((l) => MQTT_SETTLED.has(l.msg), "the MQTT subscription (or why not)", timeoutMs, from),
+        exited,
+      ]);
+    }
   }
 
-  waitForLog(pred: (l: LogLine) => boolean, what: string, timeoutMs = 15_000): Promise<LogLine> {
-    const found = this.logs.find(pred);
+  /** Resolves with the first log line matching `pred`, looking at lines from index `from` on. */
+  waitForLog(pred: (l: LogLine) => boolean, what: string, timeoutMs = 15_000, from = 0): Promise<LogLine> {
+    const found = this.logs.slice(from).find(pred);
     if (found) return Promise.resolve(found);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
