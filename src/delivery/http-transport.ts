@@ -40,6 +40,9 @@ class HttpTransport implements Transport {
   readonly #http: HttpDispatcher;
   readonly #origin: string;
   readonly #timeout: number;
+  /** The request target of the last URL seen (nearly always the destination's own). */
+  #lastUrl = "";
+  #lastTarget = "";
 
   constructor(http: HttpDispatcher, config: DestinationConfig) {
     this.#http = http;
@@ -52,20 +55,29 @@ class HttpTransport implements Transport {
       config.batch !== undefined
         ? buildBatchRequest(deliveries, config, nowSec)
         : buildRequest(only(deliveries), config, nowSec);
-    // A preset may choose another URL (ntfy posts to the server root). The connections
-    // belong to the destination's origin, so only the path may differ.
-    const url = new URL(built.url);
-    if (url.origin !== this.#origin) {
-      throw new RenderError(`rendered URL has origin ${url.origin}, not the destination's ${this.#origin}`);
-    }
     return {
       id: built.id,
       timestamp: nowSec,
       deliveries,
       body: built.body,
       headers: built.headers,
-      target: `${url.pathname}${url.search}`,
+      target: this.#target(built.url),
     };
+  }
+
+  /**
+   * The path and query to request. A preset may choose another URL (ntfy posts to the server
+   * root). The connections belong to the destination's origin, so only the path may differ.
+   */
+  #target(href: string): string {
+    if (href === this.#lastUrl) return this.#lastTarget;
+    const url = new URL(href);
+    if (url.origin !== this.#origin) {
+      throw new RenderError(`rendered URL has origin ${url.origin}, not the destination's ${this.#origin}`);
+    }
+    this.#lastUrl = href;
+    this.#lastTarget = `${url.pathname}${url.search}`;
+    return this.#lastTarget;
   }
 
   send(attempt: Attempt, options: SendOptions): Promise<Outcome> {

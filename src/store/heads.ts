@@ -63,6 +63,11 @@ export class SeriesHeads implements OutboxReader {
         .pluck(),
       headOf: db.prepare("SELECT id FROM deliveries WHERE destination = ? AND series = ? AND is_head = 1").pluck(),
       setHead: db.prepare("UPDATE deliveries SET is_head = ? WHERE id = ?"),
+      // The earliest pending row of a series that has no head becomes it (one statement).
+      promote: db.prepare(
+        `UPDATE deliveries SET is_head = 1 WHERE id =
+           (SELECT id FROM deliveries WHERE destination = ? AND series = ? AND state = 0 ORDER BY id LIMIT 1)`,
+      ),
       // Walks the heads in priority/id order and stops after LIMIT due ones; without the
       // hint SQLite prefers the next_at index and sorts every due head (10,000 series).
       // Bodies are read only for the heads handed out (eventOf): most heads a busy lane sees
@@ -223,10 +228,7 @@ export class SeriesHeads implements OutboxReader {
         // Settling a row other than the head leaves the earliest pending row (the head) as it is.
         if (row.is_head === 1) headless.add(row.destination, row.series);
       }
-      for (const [destination, series] of headless) {
-        const first = s.firstPending.get(destination, series) as number | undefined;
-        if (first !== undefined) s.setHead.run(1, first);
-      }
+      for (const [destination, series] of headless) s.promote.run(destination, series);
     });
   }
 
