@@ -8,7 +8,7 @@
  *                     limit, batching); sleeps until `outbox.nextDueAt`, no polling loop
  *   send.ts           one attempt: the transport prepares (signs) and sends it; the outcome
  *                     is decided (policy.ts), moves the lane and goes to the settle writer
- *   settle-writer.ts  outcomes written with one `outbox.settle` every 20 ms at most
+ *   settle-writer.ts  outcomes written with one `outbox.settle` every 50 ms at most
  *   transport.ts      the seam to the wire; transports.ts picks one per url scheme
  *
  * Order per series: the outbox returns only the head (earliest pending delivery) of each
@@ -78,7 +78,7 @@ export interface DispatcherOptions {
   /** Transports by URL scheme (transports.ts); tests may pass their own. */
   transports?: TransportRegistry;
   /**
-   * Longest wait before outcomes are written (default 20 ms). Delivered ones do not hold
+   * Longest wait before outcomes are written (default 50 ms). Delivered ones do not hold
    * their series back meanwhile (pipelining), so a longer wait costs nothing but more
    * resends after a crash, and saves transactions (each one an fsync on the SD card).
    */

@@ -46,7 +46,7 @@ export class SeriesHeads implements OutboxReader {
    * next()'s successor lookups (destination → series → the delivery after a settled one), kept
    * until the file changes: any write of ours (conn.writes) or of another process (PRAGMA
    * data_version). A busy lane asks again for the same series on every pass while their
-   * outcomes wait to be written (up to 20 ms); without this each pass read a row per series.
+   * outcomes wait to be written (up to 50 ms); without this each pass read a row per series.
    * Bounded by the series a lane holds in `after`.
    */
   readonly #successors = new Map<string, Map<string, Successor>>();
