@@ -38,20 +38,31 @@ interface Successor {
   row: NextRow | undefined;
 }
 
+/** What next() read for one destination, valid until the file changes (see #cached). */
+interface DestinationCache {
+  /** Series → the delivery after its settled-but-unwritten head. */
+  successors: Map<string, Successor>;
+  /**
+   * The first due heads in queue order as read at `now`; `complete`: every due head. They stay
+   * the due heads until a write, or until `until`: the earliest head not yet due then.
+   */
+  heads: { rows: NextRow[]; now: number; until: number; complete: boolean } | undefined;
+}
+
 export class SeriesHeads implements OutboxReader {
   readonly #conn: OutboxConnection;
   readonly #clock: Clock;
   readonly #s;
   /**
-   * next()'s successor lookups (destination → series → the delivery after a settled one), kept
-   * until the file changes: any write of ours (conn.writes) or of another process (PRAGMA
-   * data_version). A busy lane asks again for the same series on every pass while their
-   * outcomes wait to be written (up to 50 ms); without this each pass read a row per series.
-   * Bounded by the series a lane holds in `after`.
+   * What next() read per destination (the due heads, successors), kept until the file
+   * changes: any write of ours (conn.writes) or of another process (PRAGMA data_version). A
+   * busy lane passes many times while its outcomes wait to be written (up to 50 ms), and
+   * without this read the same heads, and a successor per released series, on every pass.
+   * Bounded by the heads one call may need and the series a lane holds in `after`.
    */
-  readonly #successors = new Map<string, Map<string, Successor>>();
-  #successorsAt = -1;
-  #successorsVersion = -1;
+  readonly #cache = new Map<string, DestinationCache>();
+  #cacheAt = -1;
+  #cacheVersion = -1;
 
   constructor(conn: OutboxConnection, clock: Clock) {
     this.#conn = conn;
@@ -80,6 +91,10 @@ export class SeriesHeads implements OutboxReader {
       ),
       eventOf: db.prepare("SELECT id, type, body, body_crc FROM events WHERE seq = ?"),
       nextDueAt: db.prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1").pluck(),
+      // The earliest head not due yet (deliveries_next_due).
+      dueAfter: db
+        .prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1 AND next_at > ?")
+        .pluck(),
       // The pending delivery of a series after a given one (deliveries_pending_by_series).
       nextInSeries: db.prepare(
         `SELECT id, event_seq, destination, series, priority, attempts, created_at, next_at FROM deliveries
@@ -113,20 +128,22 @@ export class SeriesHeads implements OutboxReader {
       const s = this.#s;
       // In-flight rows are at most one per series and are heads, so limit + |exclude| is
       // enough; a series in `after` is replaced by its successor or skipped.
-      const rows = s.next.all(destination, now, limit + exclude.size + (after?.size ?? 0)) as NextRow[];
+      const need = limit + exclude.size + (after?.size ?? 0);
+      const cache = this.#cached(destination);
+      const rows = this.#dueHeads(cache, destination, now, need);
       const picked: NextRow[] = [];
       let successors = false;
-      const cache = after !== undefined && after.size > 0 ? this.#successorCache(destination) : undefined;
-      for (const head of rows) {
+      for (let i = 0; i < rows.length && i < need; i++) {
+        const head = rows[i] as NextRow;
         if (exclude.has(head.series) || (exclude.size > 0 && exclude.has(String(head.id)))) continue;
         const settled = after?.get(head.series);
         if (settled !== undefined && head.id <= settled) {
           // The head's outcome is known to the caller but not written yet: the series goes
           // on with the first pending delivery after it, if that one is due.
-          let known = cache?.get(head.series);
+          let known = cache.successors.get(head.series);
           if (known?.settled !== settled) {
             known = { settled, row: s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined };
-            cache?.set(head.series, known);
+            cache.successors.set(head.series, known);
           }
           const succ = known.row;
           if (succ !== undefined && succ.next_at <= now) {
@@ -163,21 +180,38 @@ export class SeriesHeads implements OutboxReader {
     });
   }
 
-  /** The successor cache of a destination (by series), emptied first if the file changed since. */
-  #successorCache(destination: string): Map<string, Successor> {
+  /** What next() read for a destination, all of it dropped first if the file changed since. */
+  #cached(destination: string): DestinationCache {
     const writes = this.#conn.writes;
     const version = this.#conn.counters.dataVersion();
-    if (writes !== this.#successorsAt || version !== this.#successorsVersion) {
-      this.#successors.clear();
-      this.#successorsAt = writes;
-      this.#successorsVersion = version;
+    if (writes !== this.#cacheAt || version !== this.#cacheVersion) {
+      this.#cache.clear();
+      this.#cacheAt = writes;
+      this.#cacheVersion = version;
     }
-    let cache = this.#successors.get(destination);
-    if (cache === undefined) {
-      cache = new Map();
-      this.#successors.set(destination, cache);
+    let c = this.#cache.get(destination);
+    if (c === undefined) {
+      c = { successors: new Map(), heads: undefined };
+      this.#cache.set(destination, c);
     }
-    return cache;
+    return c;
+  }
+
+  /**
+   * At least `need` due heads in queue order (fewer when there are no more), read again only
+   * when the cached ones may be stale: the file changed (#cached), the clock went back, a
+   * head not due then is due now, or more are needed than were read.
+   */
+  #dueHeads(cache: DestinationCache, destination: string, now: number, need: number): NextRow[] {
+    const h = cache.heads;
+    if (h !== undefined && now >= h.now && now < h.until && (h.complete || h.rows.length >= need)) return h.rows;
+    // Twice what is needed: the need grows while outcomes wait (`after`), and one read then
+    // serves the passes until the next write.
+    const n = Math.max(2 * need, 64);
+    const rows = this.#s.next.all(destination, now, n) as NextRow[];
+    const until = (this.#s.dueAfter.get(destination, now) as number | null) ?? Number.POSITIVE_INFINITY;
+    cache.heads = { rows, now, until, complete: rows.length < n };
+    return rows;
   }
 
   nextDueAt(destination: string): number | undefined {
@@ -186,7 +220,7 @@ export class SeriesHeads implements OutboxReader {
   }
 
   retryNow(destination: string, now: number): number {
-    this.#successors.clear();
+    this.#cache.clear();
     return this.#s.retryNow.run(now, destination, now).changes;
   }
 

@@ -516,6 +516,24 @@ describe("next() with after (a series' head settled, not written yet)", () => {
     expect(o.next("ops", clock.now(), 10, new Set(), after)).toEqual([]);
   });
 
+  it("hands out a head that fell due while nothing was written, and reads further when more are excluded", async () => {
+    const o = makeOutbox();
+    await commit(o, [ev("a:s:m"), ev("b:s:m")]);
+    const [a1] = o.next("ops", clock.now(), 1, new Set());
+    o.settle([{ id: a1!.id, outcome: "retry", attempt: attempt(500), nextAt: clock.now() + 1_000, counted: true }]);
+    expect(o.next("ops", clock.now(), 10, new Set())).toHaveLength(1);
+    clock.advance(1_000); // no write in between: a1 is due by the clock alone
+    expect(o.next("ops", clock.now(), 10, new Set()).map((d) => d.id)).toContain(a1!.id);
+
+    const many = Array.from({ length: 70 }, (_, i) => ev(`m:s${i}:m`));
+    await commit(o, many);
+    const first = o.next("ops", clock.now(), 1, new Set());
+    expect(first).toHaveLength(1);
+    // 66 series in flight (more heads than the first read took): the six after them still go.
+    const inFlight = new Set(["a:s:m", "b:s:m", ...many.slice(0, 64).map((e) => e.series)]);
+    expect(ids(o.next("ops", clock.now(), 10, inFlight))).toEqual(many.slice(64).map((e) => e.id));
+  });
+
   it("settling several deliveries of one series in one write leaves the next pending one as its only head", async () => {
     const o = makeOutbox();
     const [a1, a2, a3, a4] = [ev("a:s:m"), ev("a:s:m"), ev("a:s:m"), ev("a:s:m")];
