@@ -17,10 +17,13 @@
 // - Output is ASCII only (charset: "ascii"): V8 stores a script's source as one byte per
 //   character only when every character is Latin-1, and keeps the source of every loaded
 //   script for the life of the process.
+// - The configuration loader (config/load.ts: zod, the schemas, yaml, the expression
+//   checker) is a bundle of its own, dist/config-loader.cjs, which the agent requires for a
+//   load and then drops (see src/config/load-detached.ts, which stands in for load.ts here).
 // - Identifiers are not minified, so stack traces name real functions; dist/edgehook.js.map
 //   maps them to src/ (node --enable-source-maps bin/edgehook.js ...).
-import { readdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { readdirSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
@@ -29,24 +32,15 @@ const dist = join(root, "dist");
 
 // Chunks of an earlier build would be left beside new ones with other hashes.
 for (const f of readdirSync(dist)) {
-  if (/^edgehook\.js/.test(f) || f === "chunks") rmSync(join(dist, f), { recursive: true });
+  if (/^(edgehook\.js|config-loader\.cjs)/.test(f) || f === "chunks") rmSync(join(dist, f), { recursive: true });
 }
 
-const result = await build({
+const shared = {
   absWorkingDir: root,
-  entryPoints: { edgehook: "src/main.ts" },
-  outdir: "dist",
   bundle: true,
-  splitting: true,
-  format: "esm",
   platform: "node",
   target: "node20.19",
-  chunkNames: "chunks/[name]-[hash]",
   external: ["better-sqlite3", "serialport", "@serialport/*"],
-  // CommonJS dependencies call require() for Node's built-ins; an ES module has none.
-  banner: {
-    js: 'import { createRequire as __edgehookCreateRequire } from "node:module"; const require = __edgehookCreateRequire(import.meta.url);',
-  },
   minifyWhitespace: true,
   minifySyntax: true,
   minifyIdentifiers: false,
@@ -56,9 +50,45 @@ const result = await build({
   sourcesContent: false,
   logLevel: "warning",
   metafile: true,
+};
+
+const LOAD = join(root, "src/config/load");
+
+/** In the agent's bundle, config/load.ts is config/load-detached.ts. */
+const detachedLoader = {
+  name: "detached-config-loader",
+  setup(b) {
+    b.onResolve({ filter: /\/load\.js$/ }, (args) => {
+      if (resolve(args.resolveDir, args.path).replace(/\.js$/, "") !== LOAD) return undefined;
+      return { path: `${LOAD}-detached.ts` };
+    });
+  },
+};
+
+const result = await build({
+  ...shared,
+  entryPoints: { edgehook: "src/main.ts" },
+  outdir: "dist",
+  splitting: true,
+  format: "esm",
+  chunkNames: "chunks/[name]-[hash]",
+  // CommonJS dependencies call require() for Node's built-ins; an ES module has none.
+  banner: {
+    js: 'import { createRequire as __edgehookCreateRequire } from "node:module"; const require = __edgehookCreateRequire(import.meta.url);',
+  },
+  plugins: [detachedLoader],
 });
 
-if (process.argv.includes("--analyze")) {
-  const { analyzeMetafile } = await import("esbuild");
-  console.log(await analyzeMetafile(result.metafile, { verbose: false }));
-}
+await build({
+  ...shared,
+  entryPoints: ["src/config/load.ts"],
+  outfile: "dist/config-loader.cjs",
+  format: "cjs",
+  // A CommonJS file has no import.meta; the modules that use import.meta.url get its file URL.
+  define: { "import.meta.url": "__edgehookModuleUrl" },
+  banner: { js: 'const __edgehookModuleUrl = require("node:url").pathToFileURL(__filename).href;' },
+});
+
+// --metafile=FILE: what went into which output file (esbuild's metafile), for footprint work.
+const metaFile = process.argv.find((a) => a.startsWith("--metafile="))?.slice("--metafile=".length);
+if (metaFile) writeFileSync(metaFile, JSON.stringify(result.metafile));

@@ -4,8 +4,8 @@
  * defaults that depend on the agent (an MQTT destination's client id).
  */
 import type { DestinationConfig } from "../config/schema.js";
+import { destinationKind } from "./destination-kind.js";
 import { compileTopic } from "./topic.js";
-import { destinationKind } from "./transport-schema.js";
 
 const MQTT_ONLY = ["topic", "qos", "retain", "client_id", "protocol_version", "keepalive"] as const;
 const NATS_ONLY = ["subject", "stream", "create_stream", "credentials_file", "nkey_file"] as const;

@@ -15,7 +15,7 @@
 import { z } from "zod";
 import { duration } from "../config/fields.js";
 
-export type DestinationKind = "webhook" | "mqtt" | "nats";
+export { type DestinationKind, destinationKind } from "./destination-kind.js";
 
 export const DESTINATION_SCHEMES = /^(https?|mqtts?|nats)$/;
 
@@ -47,10 +47,3 @@ export const transportKeys = {
   /** nats://: a file holding an nkey seed (SU...), read on each connect. */
   nkey_file: z.string().min(1).optional(),
 };
-
-export function destinationKind(url: string): DestinationKind {
-  const scheme = url.slice(0, url.indexOf(":")).toLowerCase();
-  if (scheme === "mqtt" || scheme === "mqtts") return "mqtt";
-  if (scheme === "nats") return "nats";
-  return "webhook";
-}
