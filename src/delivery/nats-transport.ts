@@ -27,17 +27,8 @@
  * what was in flight on it and the next publish connects again.
  */
 import { readFileSync } from "node:fs";
-import { JetStreamApiError, type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import {
-  type Authenticator,
-  connect,
-  credsAuthenticator,
-  errors,
-  type NatsConnection,
-  type NodeConnectionOptions,
-  headers as natsHeaders,
-  nkeyAuthenticator,
-} from "@nats-io/transport-node";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { Authenticator, NatsConnection, NodeConnectionOptions } from "@nats-io/transport-node";
 import type { DestinationConfig } from "../config/schema.js";
 import { secretFileCandidates } from "../config/secret-file.js";
 import { readTlsFiles, type TlsMaterial } from "../config/tls-files.js";
@@ -48,6 +39,25 @@ import type { Outcome } from "./policy.js";
 import { RenderError } from "./render.js";
 import { compileTopic } from "./topic.js";
 import type { Attempt, SendOptions, Transport, TransportContext, TransportFactory } from "./transport.js";
+
+/**
+ * The NATS client, loaded on the first connect: an agent without a nats:// destination
+ * never loads it (about 250 KB of code with nkeys and tweetnacl, kept resident once
+ * loaded; issue 15).
+ */
+interface NatsLibrary {
+  transport: typeof import("@nats-io/transport-node");
+  jetstream: typeof import("@nats-io/jetstream");
+}
+
+let natsLibrary: Promise<NatsLibrary> | undefined;
+
+function loadNats(): Promise<NatsLibrary> {
+  natsLibrary ??= Promise.all([import("@nats-io/transport-node"), import("@nats-io/jetstream")]).then(
+    ([transport, jetstream]) => ({ transport, jetstream }),
+  );
+  return natsLibrary;
+}
 
 export const natsTransport: TransportFactory = {
   schemes: ["nats:"],
@@ -158,6 +168,8 @@ export class NatsDeliveryError extends Error {
 
 /** JetStream API error code: "message size exceeds maximum allowed". */
 const MESSAGE_TOO_LARGE = 10054;
+/** JetStream API error: stream not found. */
+const STREAM_NOT_FOUND = 10059;
 
 interface Pending {
   settle(outcome: Outcome): void;
@@ -168,6 +180,7 @@ interface Pending {
 interface Connected {
   nc: NatsConnection;
   js: JetStreamClient;
+  lib: NatsLibrary;
 }
 
 export class NatsTransport implements Transport {
@@ -247,7 +260,7 @@ export class NatsTransport implements Transport {
         return;
       }
       signal?.addEventListener("abort", onAbort, { once: true });
-      const h = natsHeaders();
+      const h = conn.lib.transport.headers();
       for (const [k, v] of Object.entries(message.headers)) h.set(k, v);
       conn.js
         .publish(message.subject, message.body, {
@@ -258,12 +271,12 @@ export class NatsTransport implements Transport {
         })
         .then(
           () => entry.settle({ kind: "response", status: 200 }),
-          (error: unknown) => entry.settle(this.#failed(error, message.subject)),
+          (error: unknown) => entry.settle(this.#failed(error, message.subject, conn.lib)),
         );
     });
   }
 
-  #failed(error: unknown, subject: string): Outcome {
+  #failed(error: unknown, subject: string, lib: NatsLibrary): Outcome {
     if (error instanceof Error && error.name === "JetStreamNotEnabled") {
       // No responders on the subject: no stream listens there (or JetStream is off).
       return {
@@ -276,11 +289,11 @@ export class NatsTransport implements Transport {
         stage: "connect",
       };
     }
-    if (error instanceof JetStreamApiError) {
+    if (error instanceof lib.jetstream.JetStreamApiError) {
       if (error.code === MESSAGE_TOO_LARGE) return { kind: "response", status: 413 };
       return { kind: "response", status: 503 };
     }
-    if (error instanceof errors.TimeoutError) {
+    if (error instanceof lib.transport.errors.TimeoutError) {
       return {
         kind: "error",
         error: new NatsDeliveryError(`no PubAck within ${this.#options.ackTimeoutMs} ms`, "ETIMEDOUT", {
@@ -309,6 +322,8 @@ export class NatsTransport implements Transport {
 
   async #open(): Promise<Connected> {
     const o = this.#options;
+    const lib = await loadNats();
+    const { connect, credsAuthenticator, nkeyAuthenticator } = lib.transport;
     const options: NodeConnectionOptions = {
       servers: o.url.replace(/^nats:\/\//, ""),
       name: o.name,
@@ -334,7 +349,7 @@ export class NatsTransport implements Transport {
     }
     const nc = await connect(options);
     try {
-      if (o.stream !== undefined) await this.#checkStream(nc, o.stream);
+      if (o.stream !== undefined) await this.#checkStream(nc, o.stream, lib);
     } catch (error) {
       await nc.close().catch(() => undefined);
       throw error;
@@ -343,17 +358,17 @@ export class NatsTransport implements Transport {
       await nc.close().catch(() => undefined);
       throw new NatsDeliveryError("transport closed", "ECONNREFUSED");
     }
-    const conn: Connected = { nc, js: jetstream(nc, { timeout: o.ackTimeoutMs }) };
+    const conn: Connected = { nc, js: lib.jetstream.jetstream(nc, { timeout: o.ackTimeoutMs }), lib };
     this.#conn = conn;
     void nc.closed().then(() => this.#lost(nc));
     return conn;
   }
 
-  async #checkStream(nc: NatsConnection, stream: string): Promise<void> {
+  async #checkStream(nc: NatsConnection, stream: string, lib: NatsLibrary): Promise<void> {
     const o = this.#options;
-    let jsm: Awaited<ReturnType<typeof jetstreamManager>>;
+    let jsm: Awaited<ReturnType<NatsLibrary["jetstream"]["jetstreamManager"]>>;
     try {
-      jsm = await jetstreamManager(nc, { timeout: o.ackTimeoutMs });
+      jsm = await lib.jetstream.jetstreamManager(nc, { timeout: o.ackTimeoutMs });
     } catch (error) {
       throw new NatsDeliveryError(
         `JetStream is not available on ${o.url}: ${describe(error)}`,
@@ -367,7 +382,7 @@ export class NatsTransport implements Transport {
       await jsm.streams.info(stream);
       return;
     } catch (error) {
-      if (!isStreamNotFound(error)) throw error;
+      if (!(error instanceof lib.jetstream.JetStreamApiError && error.code === STREAM_NOT_FOUND)) throw error;
     }
     if (!o.createStream) {
       throw new NatsDeliveryError(
@@ -412,10 +427,6 @@ export class NatsTransport implements Transport {
       await conn.nc.close().catch(() => undefined);
     }
   }
-}
-
-function isStreamNotFound(error: unknown): boolean {
-  return error instanceof JetStreamApiError && error.code === 10059;
 }
 
 function describe(error: unknown): string {

@@ -17,7 +17,8 @@
  *   where a number was needed, a division by zero). Unknown neither fires nor resolves.
  * - A few functions for sensors: dew_point, heat_index, abs, min, max, clamp.
  */
-import { Environment } from "@marcbachmann/cel-js";
+import { createRequire } from "node:module";
+import type { Environment } from "@marcbachmann/cel-js";
 import type { ReadingValue } from "../sources/reading.js";
 
 /** One value an expression reads: a metric of the rule's own sensor, or of a named one. */
@@ -105,9 +106,16 @@ export function clamp(x: number, lo: number, hi: number): number {
 let sharedEnv: Environment | undefined;
 let knownFunctions: ReadonlySet<string> | undefined;
 
-/** One environment for all expressions: building one is expensive, parsing with it is not. */
+/**
+ * One environment for all expressions: building one is expensive, parsing with it is not.
+ * The CEL library is loaded here, on the first expression, not with this module: an agent
+ * whose rules have no when/clear_when/derive never loads it (issue 15). require() of this
+ * ES module package is synchronous in Node.js >= 20.19 (package.json "engines").
+ */
 function env(): Environment {
-  sharedEnv ??= new Environment({ unlistedVariablesAreDyn: true })
+  if (sharedEnv) return sharedEnv;
+  const cel = createRequire(import.meta.url)("@marcbachmann/cel-js") as typeof import("@marcbachmann/cel-js");
+  sharedEnv = new cel.Environment({ unlistedVariablesAreDyn: true })
     .registerFunction("dew_point(double, double): double", dewPoint)
     .registerFunction("heat_index(double, double): double", heatIndex)
     .registerFunction("abs(double): double", Math.abs)
