@@ -2,8 +2,19 @@
  * Every Prometheus metric edgehook exports, in one place so names stay stable and
  * documented (README "Metrics"). Components receive this object and update it.
  */
-import { createRequire } from "node:module";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import gc from "prom-client/lib/metrics/gc.js";
+import heapSizeAndUsed from "prom-client/lib/metrics/heapSizeAndUsed.js";
+import heapSpacesSizeAndUsed from "prom-client/lib/metrics/heapSpacesSizeAndUsed.js";
+import osMemoryHeap from "prom-client/lib/metrics/osMemoryHeap.js";
+import processCpuTotal from "prom-client/lib/metrics/processCpuTotal.js";
+import processHandles from "prom-client/lib/metrics/processHandles.js";
+import processMaxFileDescriptors from "prom-client/lib/metrics/processMaxFileDescriptors.js";
+import processOpenFileDescriptors from "prom-client/lib/metrics/processOpenFileDescriptors.js";
+import processRequests from "prom-client/lib/metrics/processRequests.js";
+import processResources from "prom-client/lib/metrics/processResources.js";
+import processStartTime from "prom-client/lib/metrics/processStartTime.js";
+import nodeVersion from "prom-client/lib/metrics/version.js";
 import type { SourceState } from "../sources/reading.js";
 
 /** Prefix of the Node.js and process metrics, so every series of ours starts with edgehook_. */
@@ -15,23 +26,27 @@ export const PROCESS_METRICS_PREFIX = "edgehook_";
  * whose monitorEventLoopDelay() wakes the process every 10 ms (measured here: 0.4 % of a
  * core while otherwise idle, against a 0.5 % budget for the whole agent). A scrape-time
  * lag gauge replaces it (see enableProcessMetrics).
+ *
+ * prom-client exposes its default metrics only all together (collectDefaultMetrics); its
+ * package has no "exports" map, so the per-metric modules are reachable by path. Imported
+ * statically, so the bundle holds them with the one copy of prom-client's Gauge and
+ * Histogram they build on (required by path at run time, they loaded a second copy of
+ * prom-client's classes and of @opentelemetry/api, about 75 modules; issue 15).
  */
 const SCRAPE_TIME_DEFAULT_METRICS = [
-  "processCpuTotal",
-  "processStartTime",
-  "osMemoryHeap",
-  "processOpenFileDescriptors",
-  "processMaxFileDescriptors",
-  "processResources",
-  "processHandles",
-  "processRequests",
-  "heapSizeAndUsed",
-  "heapSpacesSizeAndUsed",
-  "version",
-  "gc",
-] as const;
-
-type DefaultMetricInstaller = (registry: Registry, config: { prefix: string }) => void;
+  processCpuTotal,
+  processStartTime,
+  osMemoryHeap,
+  processOpenFileDescriptors,
+  processMaxFileDescriptors,
+  processResources,
+  processHandles,
+  processRequests,
+  heapSizeAndUsed,
+  heapSpacesSizeAndUsed,
+  nodeVersion,
+  gc,
+];
 
 export class Metrics {
   readonly registry = new Registry();
@@ -246,11 +261,7 @@ export class Metrics {
   enableProcessMetrics(): void {
     if (this.#processMetrics) return;
     this.#processMetrics = true;
-    // prom-client exposes its default metrics only all together (collectDefaultMetrics);
-    // its package has no "exports" map, so the per-metric modules are reachable by path.
-    const require = createRequire(import.meta.url);
-    for (const name of SCRAPE_TIME_DEFAULT_METRICS) {
-      const install = require(`prom-client/lib/metrics/${name}`) as DefaultMetricInstaller;
+    for (const install of SCRAPE_TIME_DEFAULT_METRICS) {
       install(this.registry, { prefix: PROCESS_METRICS_PREFIX });
     }
     new Gauge({
