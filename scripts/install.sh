@@ -165,7 +165,7 @@ check_source() {
   for f in package.json package-lock.json bin/edgehook.js agent.service config/agent.example.yaml; do
     [ -e "$SOURCE/$f" ] || die "$SOURCE/$f is missing: run this script from an edgehook checkout or release"
   done
-  [ -f "$SOURCE/dist/edgehook.js" ] && [ -d "$SOURCE/dist/chunks" ] ||
+  [ -f "$SOURCE/dist/edgehook.js" ] && [ -f "$SOURCE/dist/config-loader.cjs" ] && [ -d "$SOURCE/dist/chunks" ] ||
     die "$SOURCE/dist/edgehook.js is missing: build first with 'npm install && npm run build'"
 }
 
@@ -179,8 +179,10 @@ stage_program() {
   cp -a "$SOURCE/bin" "$SOURCE/config" "$stage/"
   # The program is the bundle (scripts/bundle.mjs); dist/'s per-module build is for tests.
   mkdir -p "$stage/dist"
-  cp -a "$SOURCE/dist/edgehook.js" "$SOURCE/dist/chunks" "$stage/dist/"
-  [ -f "$SOURCE/dist/edgehook.js.map" ] && cp -a "$SOURCE/dist/edgehook.js.map" "$stage/dist/"
+  cp -a "$SOURCE/dist/edgehook.js" "$SOURCE/dist/config-loader.cjs" "$SOURCE/dist/chunks" "$stage/dist/"
+  for map in edgehook.js.map config-loader.cjs.map; do
+    if [ -f "$SOURCE/dist/$map" ]; then cp -a "$SOURCE/dist/$map" "$stage/dist/"; fi
+  done
   mkdir -p "$stage/scripts"
   cp -a "$SOURCE/scripts/install.sh" "$stage/scripts/"
   [ -f "$SOURCE/README.md" ] && cp -a "$SOURCE/README.md" "$stage/"
