@@ -16,6 +16,8 @@
  * the kernel's tty buffer. At stop, what is still held after STOP_TIMEOUT_MS is dropped
  * and counted (reason "stopped").
  */
+import { closeSync, constants, openSync } from "node:fs";
+import { isatty, ReadStream as TtyReadStream } from "node:tty";
 import { SerialPort } from "serialport";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { SerialPortConfig } from "../config/schema.js";
@@ -63,6 +65,10 @@ export class SerialSource implements Source {
   readonly #rateLog: RateLimitedLog;
 
   #port: SerialPort | undefined;
+  /** What the port is read through: a stream of its own (see openTtyReader), else the port. */
+  #reader: TtyReadStream | undefined;
+  /** Why the reader ended, for the close that follows. */
+  #readerError: Error | undefined;
   #decode: LineDecoder | undefined;
   #splitter: LineSplitter | undefined;
   #status: SourceStatus = "stopped";
@@ -126,6 +132,7 @@ export class SerialSource implements Source {
     this.#pollTimer = undefined;
     const port = this.#port;
     this.#port = undefined;
+    this.#closeReader();
     if (port?.isOpen) await new Promise<void>((r) => port.close(() => r()));
     port?.removeAllListeners();
     if (this.#retryTimer) this.#clock.clearTimeout(this.#retryTimer);
@@ -157,6 +164,8 @@ export class SerialSource implements Source {
     const c = this.#config;
     let port: SerialPort;
     let err: Error | null;
+    // Before the port is opened: serialport locks it (TIOCEXCL), which refuses later opens.
+    const reader = openTtyReader(c.path);
     try {
       port = new SerialPort({
         path: c.path,
@@ -168,21 +177,36 @@ export class SerialSource implements Source {
       });
       err = await new Promise<Error | null>((resolve) => port.open((e) => resolve(e ?? null)));
     } catch (e) {
+      reader?.destroy();
       // Whatever goes wrong opening, the retry loop must go on.
       if (!this.#stopped) this.#wentAway(e instanceof Error ? e : new Error(String(e)));
       return;
     }
-    if (this.#stopped) {
-      if (!err) port.close();
-      return;
-    }
-    if (err) {
-      this.#wentAway(err);
+    if (this.#stopped || err) {
+      reader?.destroy();
+      if (this.#stopped && !err) port.close();
+      else if (err) this.#wentAway(err);
       return;
     }
     this.#port = port;
     this.#splitter = new LineSplitter(c.delimiter, c.max_line_length);
-    port.on("data", (chunk: Buffer) => this.#onData(chunk));
+    if (reader) {
+      const ours = reader;
+      this.#reader = ours;
+      ours.on("data", (chunk: Buffer) => this.#onData(chunk));
+      // Unplugged: a read fails (EIO) or the tty hangs up (end of file). serialport, which
+      // does not read, would not notice: close it, and its close reports the port gone.
+      const gone = (e?: Error) => {
+        if (this.#reader !== ours) return;
+        this.#closeReader();
+        if (this.#port !== port) return;
+        this.#readerError = e;
+        if (port.isOpen) port.close();
+        else port.emit("close", e);
+      };
+      ours.once("error", gone);
+      ours.once("end", () => gone(new Error("port hung up")));
+    } else port.on("data", (chunk: Buffer) => this.#onData(chunk));
     port.on("error", (e: Error) => {
       const s = this.#rateLog.shouldLog("port-error");
       if (s !== undefined) this.#log.warn({ err: e, suppressed: s }, "serial port error");
@@ -190,10 +214,13 @@ export class SerialSource implements Source {
     port.once("close", (e: Error | null) => {
       if (this.#port !== port) return;
       this.#port = undefined;
+      this.#closeReader();
       port.removeAllListeners();
       if (this.#pollTimer) this.#clock.clearTimeout(this.#pollTimer);
       this.#pollTimer = undefined;
-      if (!this.#stopped) this.#wentAway(e ?? new Error("port closed"));
+      const why = e ?? this.#readerError ?? new Error("port closed");
+      this.#readerError = undefined;
+      if (!this.#stopped) this.#wentAway(why);
     });
     this.#metrics.serialOpen.set({ port: c.name }, 1);
     this.#reopenDelay = REOPEN_MIN_MS;
@@ -203,6 +230,15 @@ export class SerialSource implements Source {
     this.#announcedDown = false;
     this.#setStatus("up");
     this.#schedulePoll(true);
+  }
+
+  #closeReader(): void {
+    const reader = this.#reader;
+    this.#reader = undefined;
+    if (!reader) return;
+    reader.removeAllListeners();
+    reader.on("error", () => {}); // a read failing while it closes has nothing left to tell
+    reader.destroy();
   }
 
   #wentAway(err: Error): void {
@@ -275,7 +311,7 @@ export class SerialSource implements Source {
     }
     if (ignored > 0) this.#metrics.decodeIgnoredFields.inc({ source: this.name }, ignored);
     if (this.#holding) this.#trimHeld();
-    else if (this.#pending.length >= MAX_PENDING) this.#port?.pause();
+    else if (this.#pending.length >= MAX_PENDING) (this.#reader ?? this.#port)?.pause();
     this.#scheduleFlush();
   }
 
@@ -293,7 +329,8 @@ export class SerialSource implements Source {
     if (this.#inflight || this.#pending.length === 0) return;
     const batch = this.#pending;
     this.#pending = [];
-    if (this.#port?.isPaused()) this.#port.resume();
+    const input = this.#reader ?? this.#port;
+    if (input?.isPaused()) input.resume();
     this.#inflight = callSink(this.#sink, batch).then(
       () => {
         if (!this.#holding) return;
@@ -361,6 +398,32 @@ export class SerialSource implements Source {
     this.#status = status;
     this.#detail = detail;
   }
+}
+
+/**
+ * serialport reads with fs.read on libuv's thread pool, and after each chunk a second
+ * read fails with EAGAIN (an exception built in C++) before it polls for the next: about
+ * ten system calls and two thread hand-offs per chunk. Devices send a line or a few at a
+ * time, so that was most of the CPU a serial reading cost (issue 15). A second
+ * descriptor of the same tty, read as a libuv stream (epoll on the event loop, reading
+ * until EAGAIN inside libuv), costs a fraction of that. serialport keeps the port: it
+ * sets the line (baud rate, parity ...), locks it and writes poll commands. Anything that
+ * is not a tty, or cannot be opened twice, is read through serialport as before.
+ */
+function openTtyReader(path: string): TtyReadStream | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOCTTY | constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    if (isatty(fd)) return new TtyReadStream(fd);
+  } catch {
+    // not readable as a tty stream: fall back to serialport
+  }
+  closeSync(fd);
+  return undefined;
 }
 
 /** A sink that throws instead of rejecting must not break the batching loop. */
