@@ -8,7 +8,8 @@
  *                     limit, batching); sleeps until `outbox.nextDueAt`, no polling loop
  *   send.ts           one attempt: the transport prepares (signs) and sends it; the outcome
  *                     is decided (policy.ts), moves the lane and goes to the settle writer
- *   settle-writer.ts  outcomes written with one `outbox.settle` every 50 ms at most
+ *   settle-writer.ts  outcomes written with one `outbox.settle`: delivered ones within 1 s,
+ *                     failed and dead ones within 50 ms
  *   transport.ts      the seam to the wire; transports.ts picks one per url scheme
  *
  * Order per series: the outbox returns only the head (earliest pending delivery) of each
@@ -48,7 +49,7 @@ import {
 import { TokenBucket } from "./policy.js";
 import { type PumpContext, pass } from "./pump.js";
 import { type AttemptInfo, Sender } from "./send.js";
-import { SETTLE_DELAY_MS, SettleWriter } from "./settle-writer.js";
+import { SETTLE_DELAY_MS, SETTLE_SOON_MS, SettleWriter } from "./settle-writer.js";
 import type { Transport } from "./transport.js";
 import { TRANSPORTS, type TransportRegistry, transportFor } from "./transports.js";
 
@@ -78,9 +79,10 @@ export interface DispatcherOptions {
   /** Transports by URL scheme (transports.ts); tests may pass their own. */
   transports?: TransportRegistry;
   /**
-   * Longest wait before outcomes are written (default 50 ms). Delivered ones do not hold
-   * their series back meanwhile (pipelining), so a longer wait costs nothing but more
-   * resends after a crash, and saves transactions (each one an fsync on the SD card).
+   * Longest wait before outcomes are written (default: 1 s for delivered ones, 50 ms for
+   * failed and dead ones; this sets both). Delivered ones do not hold their series back
+   * meanwhile (pipelining), so a longer wait costs nothing but more resends after a crash,
+   * and saves transactions (each one an fsync on the SD card).
    */
   settleDelayMs?: number;
   /**
@@ -149,6 +151,7 @@ export class Dispatcher {
       log: this.#log,
       quiet: () => this.#quiet,
       delayMs: options.settleDelayMs ?? SETTLE_DELAY_MS,
+      soonMs: options.settleDelayMs ?? SETTLE_SOON_MS,
       stopping: () => this.#stopping,
       written: (batch) => {
         for (const p of batch) if (!this.#stopping && this.#worthAPass(p.lane)) this.#toPump.add(p.lane);

@@ -90,6 +90,8 @@ export class Lane {
   readonly abort = laneAbort();
   /** Outcomes of this lane collected but not yet written. */
   unwritten = 0;
+  /** ... of which hold their series back until written (failed ones: the retry time is not on disk yet). */
+  holding = 0;
   /** Series with a delivery in flight or a failed outcome not yet written. */
   readonly exclude = new Set<string>();
   /**

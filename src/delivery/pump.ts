@@ -93,14 +93,18 @@ export function pass(lane: Lane, c: PumpContext): void {
       }
     }
     if (rows.length < limit * perRequest) {
-      if (lane.unwritten > 0) {
-        // Starved: the remaining series only wait for their outcomes to be written. Once
-        // the last request is back, write now instead of after the batching delay (this is
-        // what limits a few busy series); otherwise the next completion or the delay does.
+      if (lane.holding > 0) {
+        // Starved: the remaining series only wait for their failed outcomes to be written.
+        // Once the last request is back, write now instead of after the batching delay (this
+        // is what limits a few busy series); otherwise the next completion or the delay does.
         // Either way the write schedules the next pass.
         if (lane.flights.size === 0) c.flush();
         return;
       }
+      // Only delivered or dead outcomes wait: their series already went on (lane.after), so
+      // writing them now would free nothing; the delay gathers them into one transaction and
+      // its write schedules the next pass. Until then their heads still look due on disk.
+      if (lane.unwritten > 0) return;
       sleepUntilDue(lane, now, c);
     } else if (limit < free && lane.bucket) lane.arm(lane.bucket.waitMs());
   } catch (err) {

@@ -1,8 +1,10 @@
 /**
  * Collects delivery outcomes and writes them with one `outbox.settle` call (one SQLite
- * transaction, one fsync on the SD card) at most every `delayMs` (50 ms by default), at once
- * when 512 are waiting, when the dispatcher is stopping, or when it asks (`flush`: a lane
- * has nothing else to do). A write that fails keeps every outcome and tries again a second
+ * transaction, one fsync on the SD card): a delivered outcome at most `delayMs` (1 s by
+ * default) after it is known, a failed or dead one at most `soonMs` (50 ms); at once when
+ * 512 are waiting, when the dispatcher is stopping, or when it asks (`flush`: a lane has
+ * nothing else to send while a failed outcome holds a series back). A write that fails
+ * keeps every outcome and tries again a second
  * later.
  *
  * Order per series while an outcome waits (design invariant 5): a failed outcome keeps its
@@ -22,13 +24,24 @@ import type { Decision } from "./policy.js";
 
 export const SETTLE_BATCH_MAX = 512;
 /**
- * 50 ms: delivered outcomes do not hold their series back while they wait (pipelining), so
- * the wait only groups writes. Draining a backlog over 256 series, 50 ms instead of 20 ms
- * cut the dispatcher's CPU per webhook by about 15 % (fewer, larger transactions: each one
- * rewrites the index pages it touches and fsyncs); SETTLE_BATCH_MAX bounds a batch anyway.
- * The cost: after a crash, up to 50 ms of delivered webhooks are sent again (same webhook-id).
+/**
+ * Delivered outcomes do not hold their series back while they wait (pipelining), so the
+ * wait only groups writes. Each transaction appends its own WAL frames and fsyncs them,
+ * which costs at least a few 4 KiB pages of storage writes however few rows it holds: at a
+ * few events a second, 1 s writes the outcomes of several events with one transaction
+ * instead of one each (issue 15: the flash bench, 35.9 → about 21 KB written per event).
+ * Under load SETTLE_BATCH_MAX writes sooner. The cost: after a crash or power cut, up to 1 s
+ * of delivered webhooks are sent again (same webhook-id), as any delivery in flight is.
  */
-export const SETTLE_DELAY_MS = 50;
+export const SETTLE_DELAY_MS = 1000;
+/**
+ * Longest wait before a failed or dead outcome is written: a failed one holds its series
+ * back until then (a lane with nothing else to send writes at once, pump.ts), and the
+ * operator should see a dead one (`edgehook queue list`) by the time its series has moved
+ * on. 50 ms rather than 20 ms: draining a backlog over 256 series, it cut the dispatcher's
+ * CPU per webhook by about 15 % (fewer, larger transactions).
+ */
+export const SETTLE_SOON_MS = 50;
 /**
  * Outcomes waiting to be written beyond which a series no longer goes on before its last
  * outcome is written (the outbox cannot keep up, or writes fail: do not run ahead of it).
@@ -50,8 +63,10 @@ export interface SettleWriterOptions {
   log: Logger;
   /** The dispatcher's rate-limited log. */
   quiet(): RateLimitedLog;
-  /** Longest wait before outcomes are written. */
+  /** Longest wait before a delivered outcome is written. */
   delayMs: number;
+  /** Longest wait before a failed or dead outcome is written. */
+  soonMs: number;
   /** The dispatcher is stopping: write at once, do not schedule retries. */
   stopping(): boolean;
   /** Outcomes of these (the batch written, in order) are on disk; their series are released. */
@@ -62,6 +77,8 @@ export class SettleWriter {
   readonly #o: SettleWriterOptions;
   #pending: PendingSettle[] = [];
   #timer: NodeJS.Timeout | undefined;
+  /** When the timer fires (performance.now()). */
+  #timerDue = 0;
 
   constructor(options: SettleWriterOptions) {
     this.#o = options;
@@ -84,13 +101,19 @@ export class SettleWriter {
     }
     this.#pending.push(p);
     lane.unwritten++;
+    if (!p.released) lane.holding++;
     if (this.#pending.length >= SETTLE_BATCH_MAX || this.#o.stopping()) {
       this.flush();
-    } else if (!this.#timer) {
+    } else {
+      const wait = settlement.outcome === "delivered" ? this.#o.delayMs : this.#o.soonMs;
+      const due = performance.now() + wait;
+      if (this.#timer && this.#timerDue <= due) return;
+      if (this.#timer) clearTimeout(this.#timer);
+      this.#timerDue = due;
       this.#timer = setTimeout(() => {
         this.#timer = undefined;
         this.flush();
-      }, this.#o.delayMs);
+      }, wait);
     }
   }
 
@@ -114,13 +137,16 @@ export class SettleWriter {
           this.#timer = undefined;
           this.flush();
         }, RETRY_WRITE_MS);
+        this.#timerDue = performance.now() + RETRY_WRITE_MS;
       }
       return;
     }
     for (const p of batch) {
       p.lane.unwritten--;
-      if (!p.released) p.lane.exclude.delete(p.series);
-      else if (p.lane.after.get(p.series) === p.settlement.id) p.lane.after.delete(p.series);
+      if (!p.released) {
+        p.lane.holding--;
+        p.lane.exclude.delete(p.series);
+      } else if (p.lane.after.get(p.series) === p.settlement.id) p.lane.after.delete(p.series);
     }
     this.#o.written(batch);
   }

@@ -36,7 +36,7 @@ interface RigOptions {
   clockSynced?: () => boolean;
   /** Collects the dispatcher's log lines (parsed JSON). */
   logs?: Record<string, unknown>[];
-  /** Longest wait before outcomes are written (the dispatcher's default is 5 ms). */
+  /** Longest wait before outcomes are written (the dispatcher's default is 1 s). */
   settleDelayMs?: number;
 }
 
@@ -374,6 +374,26 @@ describe("dispatcher against real receivers", () => {
     expect(flapping).toHaveLength(1);
     expect(flapping[0]).toMatchObject({ level: "warn", outages: 5, state: "up", backlog: 0 });
     expect(String(flapping[0]?.msg)).toMatch(/unreachable 5 more time\(s\) in the last/);
+  });
+
+  it("writes the 2xx outcomes of events that come a few at a time together, in one transaction, not one each", async () => {
+    // Each transaction costs its own WAL frames and fsync on the SD card (issue 15, flash).
+    const r = await rig();
+    r.dispatcher.start();
+    const sent: NewEvent[] = [];
+    const before = r.outbox.transactionCount;
+    for (let i = 0; i < 5; i++) {
+      sent.push(...(await r.commit("s1", 1)));
+      await r.receiver.waitFor(() => r.receiver.accepted.length === i + 1, `event ${i + 1}`);
+      // The scenario, not a wait for something: events 30 ms apart, as readings that each
+      // make one come in (longer than the old 20 ms batching delay).
+      await new Promise((res) => setTimeout(res, 30));
+    }
+    await r.settle();
+    for (const e of sent) expect(row(r, e.id).state).toBe("delivered");
+    expect(r.receiver.accepted.map((a) => a.id)).toEqual(sent.map((e) => e.id));
+    // Five commits, then the outcomes: all in one write (two if the delay ran out in between).
+    expect(r.outbox.transactionCount - before - 5).toBeLessThanOrEqual(2);
   });
 
   it("after a 2xx the next event of the series goes while the outcome waits to be written; after a 5xx it waits", async () => {
