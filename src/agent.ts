@@ -281,6 +281,8 @@ export class Agent {
         metrics: this.metrics,
         clock: this.#clock,
         baseDir: dirname(this.#loaded.file),
+        // Fair share: a flood of readings leaves delivery about half the thread.
+        yieldTo: () => parts.dispatcher.sending(),
         // A redelivered message committed before a crash took its PUBACK is not processed twice.
         ledger: outbox && {
           keys: () => (outbox.isOpen ? outbox.messageKeys() : []),

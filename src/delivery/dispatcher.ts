@@ -396,6 +396,16 @@ export class Dispatcher {
   }
 
   /**
+   * Whether a destination that is up has requests in flight: ingest then leaves delivery
+   * its share of the thread (sources/mqtt.ts, fair share). A destination that is down
+   * (probing) or disabled needs no share.
+   */
+  sending(): boolean {
+    for (const lane of this.#lanes.values()) if (lane.state === "up" && lane.flights.size > 0) return true;
+    return false;
+  }
+
+  /**
    * Resolves once no request is in flight, every outcome is written and no pass is queued:
    * the dispatcher is waiting for time to pass or for new work (tests, benchmarks).
    */

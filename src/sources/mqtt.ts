@@ -12,6 +12,14 @@
  * the next batch gathers (group commit); when it reaches MAX_PENDING messages the
  * callback is held, which stops reading from the socket (TCP backpressure).
  *
+ * Fair share with delivery (issue 15): ingest and delivery share the one thread, and a
+ * flood of readings faster than delivery would otherwise take nearly all of it (decoding,
+ * rules, commits) while deliveries wait for turns. So while delivery has requests in flight
+ * (`yieldTo`), each commit is followed by a rest as long as the commit took (at most
+ * MAX_REST_MS) during which no message is read: ingest takes at most about half the thread,
+ * and what it leaves waits at the broker (backpressure), not in memory. With nothing to
+ * deliver, or the destination down, there is no rest.
+ *
  * QoS 2: the PUBREC is what makes the broker forget the PUBLISH, and MQTT.js keeps
  * the message until PUBREL only in memory, so the PUBREC itself is deferred through
  * `customHandleAcks` until the commit (one message at a time; QoS 2 is rare for sensors).
@@ -82,10 +90,21 @@ export interface MqttSourceOptions {
    * redeliveries after a reconnect of this process are recognised.
    */
   ledger?: MessageLedger;
+  /**
+   * Whether delivery has requests in flight right now: then each commit is followed by a
+   * rest as long as it took, so ingest leaves delivery about half the thread (see above).
+   */
+  yieldTo?: () => boolean;
 }
 
-/** Messages gathered while a commit is in flight before MQTT.js is made to wait. */
-const MAX_PENDING = 20_000;
+/**
+ * Messages gathered while a commit is in flight before MQTT.js is made to wait. It bounds
+ * what a flood holds in memory (the batch being committed and the one gathering); a few
+ * hundred already make the commit's fsync cheap per message.
+ */
+const MAX_PENDING = 1_000;
+/** Longest rest after a commit while delivery is busy (fair share, see above). */
+const MAX_REST_MS = 100;
 const STOP_TIMEOUT_MS = 5_000;
 /** A batch whose commit was refused is offered again this often (the agent answers from a cached check); after other failures the wait doubles up to RETRY_MAX_MS. */
 const RETRY_MS = 250;
@@ -161,6 +180,7 @@ export class MqttSource implements Source {
   readonly #clock: Clock;
   readonly #errLog: RateLimitedLog;
   readonly #baseDir: string | undefined;
+  readonly #yieldTo: (() => boolean) | undefined;
 
   #client: MqttClient | undefined;
   #broker: EmbeddedBroker | undefined;
@@ -176,6 +196,8 @@ export class MqttSource implements Source {
   #pending: Batch = emptyBatch();
   #inflight: Promise<void> | undefined;
   #flushScheduled = false;
+  /** Resting after a commit so delivery gets the thread (fair share); nothing is read meanwhile. */
+  #rest: NodeJS.Timeout | undefined;
   #held: (() => void) | undefined;
   #idle: (() => void)[] = [];
   /** A batch whose commit was refused or failed: kept unacknowledged and offered again. */
@@ -219,6 +241,7 @@ export class MqttSource implements Source {
     this.#errLog = new RateLimitedLog(60_000, () => opts.clock.now());
     this.#baseDir = opts.baseDir;
     this.#ledger = opts.ledger;
+    this.#yieldTo = opts.yieldTo;
   }
 
   get statusTopic(): string {
@@ -339,6 +362,8 @@ export class MqttSource implements Source {
       this.#client = undefined;
     }
     this.#stopRetrying();
+    clearTimeout(this.#rest);
+    this.#rest = undefined;
     this.#parked = undefined;
     this.#metrics.mqttConnected.set(0);
     if (this.#dropsTimer) this.#clock.clearTimeout(this.#dropsTimer);
@@ -535,7 +560,7 @@ export class MqttSource implements Source {
       this.#pending.acks.push({ kind: "puback", messageId: packet.messageId!, key, stream: client.stream });
     }
     const proceed = () => cb(packet.qos === 1 ? ACK_DEFERRED : undefined);
-    if (this.#pending.messages >= MAX_PENDING) this.#held = proceed;
+    if (this.#pending.messages >= MAX_PENDING || this.#rest) this.#held = proceed;
     else proceed();
     this.#scheduleFlush();
   }
@@ -714,7 +739,7 @@ export class MqttSource implements Source {
   }
 
   #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#inflight) return;
+    if (this.#flushScheduled || this.#inflight || this.#rest) return;
     this.#flushScheduled = true;
     // After the packets already parsed from this socket read are handled (MQTT.js
     // works through them on process.nextTick), so they share one commit.
@@ -725,7 +750,7 @@ export class MqttSource implements Source {
   }
 
   #flush(): void {
-    if (this.#inflight || this.#unstored) return;
+    if (this.#inflight || this.#unstored || this.#rest) return;
     const batch = this.#pending;
     if (batch.messages === 0) {
       this.#notifyIdle();
@@ -747,6 +772,7 @@ export class MqttSource implements Source {
     // Deletions of released keys go before the commit that may store the same key again.
     this.#releaseKeys();
     const origin: SinkOrigin = { messageKeys: batch.keys.map((m) => m.key) };
+    const started = performance.now();
     const commit = batch.readings.length > 0 ? callSink(this.#sink, batch.readings, origin) : Promise.resolve();
     this.#inflight = commit.then(
       () => {
@@ -777,6 +803,15 @@ export class MqttSource implements Source {
     );
     void this.#inflight.finally(() => {
       this.#inflight = undefined;
+      if (!this.#stopping && !this.#unstored && this.#yieldTo?.()) {
+        // Fair share: rest as long as the commit took before reading and committing more.
+        const rest = Math.min(performance.now() - started, MAX_REST_MS);
+        this.#rest = setTimeout(() => {
+          this.#rest = undefined;
+          this.#flush();
+        }, rest);
+        return;
+      }
       this.#flush();
     });
   }

@@ -313,6 +313,56 @@ describe("MqttSource", () => {
     expect(logs.some((l) => String(l.msg).startsWith("stored the"))).toBe(true);
   });
 
+  it("while delivery is busy: rests after each commit as long as it took and holds at most 1,000 messages (the broker keeps the rest); stores every reading in order; no rest when delivery is idle", async () => {
+    const config = mqttConfig(broker.url, {
+      client_id: "fair-share",
+      subscriptions: [{ topic: "fair/+", metric: "v", format: "number", qos: 1 }],
+    });
+    const sink = new Collect();
+    let delivering = false;
+    const commits: { start: number; end: number; size: number }[] = [];
+    sink.behaviour = async (r) => {
+      const start = performance.now();
+      await new Promise((res) => setTimeout(res, 60)); // a slow commit
+      commits.push({ start, end: performance.now(), size: r.length });
+    };
+    const src = new MqttSource({
+      config,
+      agentId: "t1",
+      sink: sink.sink,
+      logger: silentLogger(),
+      metrics: new Metrics(),
+      clock: systemClock,
+      yieldTo: () => delivering,
+    });
+    sources.push(src);
+    await src.start();
+    const pub = await publisher(broker.url);
+    clients.push(pub);
+    await ready(src, sink, pub, "fair/probe", "0");
+    const flood = async (from: number, n: number) => {
+      sink.readings = [];
+      commits.length = 0;
+      await Promise.all(Array.from({ length: n }, (_, i) => pub.publishAsync("fair/a", String(from + i), { qos: 1 })));
+      await sink.waitFor((r) => r.length === n, "every reading stored", 30_000);
+      expect(sink.readings.map((x) => x.value)).toEqual(Array.from({ length: n }, (_, i) => from + i));
+      return commits.slice(1).map((c, i) => c.start - (commits[i] as { end: number }).end);
+    };
+
+    delivering = true;
+    const gaps = await flood(1, 4000);
+    // Bounded memory: at most 1,000 messages gathered while a commit is in flight.
+    expect(Math.max(...commits.map((c) => c.size))).toBeLessThanOrEqual(1000);
+    // Fair share: after each commit (60 ms or more) a rest as long, reading nothing.
+    expect(gaps.length).toBeGreaterThanOrEqual(3);
+    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(50);
+
+    delivering = false;
+    const idleGaps = await flood(5001, 2000);
+    // Nothing to deliver: the next batch is committed as soon as the last one is.
+    expect(Math.min(...idleGaps)).toBeLessThan(30);
+  });
+
   it.each([1, 2] as const)(
     "a QoS %i message whose commit never finished is redelivered to the next process (SIGKILL)",
     async (qos) => {
