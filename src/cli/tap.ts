@@ -377,7 +377,9 @@ async function tapSerial(
   counted: () => void,
   done: AbortSignal,
 ): Promise<(() => Promise<void>) | undefined> {
-  const { SerialPort } = await import("serialport");
+  // serialport is CommonJS: its exports are the default export's properties, in Node.js and in
+  // the bundle alike (which loads it with require(), scripts/bundle.mjs).
+  const { SerialPort } = (await import("serialport")).default;
   const sp = new SerialPort({
     path: port.path,
     baudRate: port.baud_rate,

@@ -16,6 +16,11 @@ import { duration, rate, size } from "./fields.js";
 import { filesSection, modbusSection, onewireSection } from "./sensor-schema.js";
 import { subscription } from "./subscription-schema.js";
 
+// zod compiles a parser per object schema (new Function) on its first parse, which pays off
+// for schemas parsed many times. A configuration is parsed once per start or reload: without
+// that compile it loads about 15 ms of CPU sooner (measured; start to READY, issue 15).
+z.config({ jitless: true });
+
 const name = (what: string) =>
   z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, `${what} must be letters, digits, '.', '_' or '-'`);
 

@@ -63,7 +63,9 @@ export async function listSerialPorts(options: ListOptions = {}): Promise<PortIn
 
   if (options.native ?? true) {
     try {
-      const { SerialPort } = await import("serialport");
+      // serialport is CommonJS: its exports are the default export's properties, in Node.js and in
+      // the bundle alike (which loads it with require(), scripts/bundle.mjs).
+      const { SerialPort } = (await import("serialport")).default;
       for (const p of await SerialPort.list()) {
         const e = entry(real(p.path) ?? p.path);
         if (p.manufacturer) e.manufacturer = p.manufacturer;
