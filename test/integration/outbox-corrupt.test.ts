@@ -35,16 +35,29 @@ interface Salvage {
  * salvaged at start. Bodies have a checksum for that (the last test).
  */
 function damageMiddle(file: string): void {
-  const middle = Math.floor(statSync(file).size / 2 / 1024) + 1;
   const db = new Database(file, { readonly: true });
-  const page = db
-    .prepare("SELECT MIN(pageno) FROM dbstat WHERE pageno >= ? AND pagetype IN ('leaf', 'internal')")
-    .pluck()
-    .get(middle);
+  const pageSize = db.pragma("page_size", { simple: true }) as number;
+  const middle = Math.floor(statSync(file).size / 2 / pageSize) + 1;
+  // A run of leaf pages covering the 8 KB: a bad block there costs the rows it holds. Where
+  // it lands on an interior page instead, a whole subtree goes with it, and how much that is
+  // depends on how commits happened to lay out the file.
+  const span = Math.ceil(8192 / pageSize);
+  const types = new Map(
+    (
+      db.prepare("SELECT pageno, pagetype FROM dbstat WHERE pageno >= ?").all(middle) as {
+        pageno: number;
+        pagetype: string;
+      }[]
+    ).map((r) => [r.pageno, r.pagetype]),
+  );
   db.close();
-  if (typeof page !== "number") throw new Error(`no b-tree page after page ${middle} of ${file}`);
+  const isLeaf = (p: number) => types.get(p) === "leaf";
+  const page = [...types.keys()]
+    .sort((a, b) => a - b)
+    .find((p) => Array.from({ length: span }, (_, i) => p + i).every(isLeaf));
+  if (page === undefined) throw new Error(`no run of ${span} leaf pages after page ${middle} of ${file}`);
   const fd = openSync(file, "r+");
-  writeSync(fd, randomBytes(8192), 0, 8192, (page - 1) * 1024);
+  writeSync(fd, randomBytes(8192), 0, 8192, (page - 1) * pageSize);
   closeSync(fd);
 }
 
