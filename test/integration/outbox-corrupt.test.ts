@@ -38,9 +38,9 @@ function damageMiddle(file: string): void {
   const db = new Database(file, { readonly: true });
   const pageSize = db.pragma("page_size", { simple: true }) as number;
   const middle = Math.floor(statSync(file).size / 2 / pageSize) + 1;
-  // A run of leaf pages covering the 8 KB: a bad block there costs the rows it holds. Where
-  // it lands on an interior page instead, a whole subtree goes with it, and how much that is
-  // depends on how commits happened to lay out the file.
+  // A run of leaf and overflow pages covering the 8 KB: a bad block there costs the rows it
+  // holds. Where it lands on an interior page instead, a whole subtree goes with it, and how
+  // much that is depends on how commits happened to lay out the file.
   const span = Math.ceil(8192 / pageSize);
   const types = new Map(
     (
@@ -51,11 +51,11 @@ function damageMiddle(file: string): void {
     ).map((r) => [r.pageno, r.pagetype]),
   );
   db.close();
-  const isLeaf = (p: number) => types.get(p) === "leaf";
+  const holdsRows = (p: number) => types.get(p) === "leaf" || types.get(p) === "overflow";
   const page = [...types.keys()]
     .sort((a, b) => a - b)
-    .find((p) => Array.from({ length: span }, (_, i) => p + i).every(isLeaf));
-  if (page === undefined) throw new Error(`no run of ${span} leaf pages after page ${middle} of ${file}`);
+    .find((p) => types.get(p) === "leaf" && Array.from({ length: span }, (_, i) => p + i).every(holdsRows));
+  if (page === undefined) throw new Error(`no run of ${span} leaf or overflow pages after page ${middle} of ${file}`);
   const fd = openSync(file, "r+");
   writeSync(fd, randomBytes(8192), 0, 8192, (page - 1) * pageSize);
   closeSync(fd);
