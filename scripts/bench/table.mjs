@@ -46,7 +46,6 @@ const ROWS = [
   {
     row: "overload_deliveries",
     unit: "webhooks/s",
-    unit: "webhooks/s",
     what: "deliveries/s while ingesting at the maximum rate",
     cmp: ">=",
     times: 0.5,
