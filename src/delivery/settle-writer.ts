@@ -2,7 +2,7 @@
  * Collects delivery outcomes and writes them with one `outbox.settle` call (one SQLite
  * transaction, one fsync on the SD card): a delivered outcome at most `delayMs` (1 s by
  * default) after it is known, a failed or dead one at most `soonMs` (50 ms); at once when
- * 512 are waiting, when the dispatcher is stopping, or when it asks (`flush`: a lane has
+ * 2,048 are waiting, when the dispatcher is stopping, or when it asks (`flush`: a lane has
  * nothing else to send while a failed outcome holds a series back). A write that fails
  * keeps every outcome and tries again a second
  * later.
@@ -22,8 +22,14 @@ import type { AttemptRecord, OutboxReader, Settlement } from "../store/types.js"
 import type { Lane } from "./lane.js";
 import type { Decision } from "./policy.js";
 
-export const SETTLE_BATCH_MAX = 512;
 /**
+ * Most outcomes in one write. Under load this, not the delay, decides when outcomes are
+ * written: each transaction fsyncs and blocks the event loop, so fewer, larger ones leave
+ * more of the thread to delivery. Draining a backlog over 256 series, 2,048 instead of 512
+ * used about a fifth less CPU per webhook and drained about a fifth faster (median of 4,
+ * alternating, in one run); the transaction takes a few tens of ms.
+ */
+export const SETTLE_BATCH_MAX = 2048;
 /**
  * Delivered outcomes do not hold their series back while they wait (pipelining), so the
  * wait only groups writes. Each transaction appends its own WAL frames and fsyncs them,
