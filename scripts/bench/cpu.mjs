@@ -21,7 +21,7 @@
 // until every reading sent in it is counted by the agent (edgehook_readings_total) or the
 // subscriber, divided by those readings, x1000. The baseline gets the same readings, all
 // over MQTT (the serial ones as one-field JSON messages), and only JSON.parses them.
-// A warm-up window (not counted) goes first. Everything on 127.0.0.1 and in a temp
+// A warm-up window (10 s for the agent, not counted) goes first. Everything on 127.0.0.1 and in a temp
 // directory; every child is killed by PID at the end.
 import { spawn, spawnSync } from "node:child_process";
 import {
@@ -243,6 +243,12 @@ function startAgent(config, bin = BIN) {
   };
   child.stdout.on("data", keep);
   child.stderr.on("data", keep);
+  // CPU_AGENT_OUT=<file>: all the agent writes (e.g. with CPU_NODE_ARGS=--trace-deopt).
+  if (process.env.CPU_AGENT_OUT) {
+    const out = openSync(`${process.env.CPU_AGENT_OUT}.${child.pid}`, "w");
+    child.stdout.on("data", (d) => writeSync(out, d));
+    child.once("exit", () => closeSync(out));
+  }
   return { child, log: () => log };
 }
 
@@ -415,8 +421,9 @@ async function main() {
       tick += seconds * 100;
       return r;
     };
-    // Warm-up (JIT, first alerts, first deliveries), not counted.
-    await run(true, 5);
+    // Warm-up (JIT, first alerts, first deliveries), not counted: a daemon runs for days,
+    // and V8 is still optimising the event path a few seconds in.
+    await run(true, 10);
     await run(false, 5);
     const agentRuns = [];
     const bRuns = [];
