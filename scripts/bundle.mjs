@@ -40,7 +40,9 @@ const shared = {
   bundle: true,
   platform: "node",
   target: "node20.19",
-  external: ["better-sqlite3", "serialport", "@serialport/*"],
+  // @nats-io/*: loaded by import() only for a nats:// destination. Bundled, the namespace
+  // esbuild builds for its CommonJS build lacked `connect` ("connect is not a function").
+  external: ["better-sqlite3", "serialport", "@serialport/*", "@nats-io/*"],
   minifyWhitespace: true,
   minifySyntax: true,
   minifyIdentifiers: false,
