@@ -30,6 +30,7 @@ import mqtt, { type MqttClient } from "mqtt";
 import type { DestinationConfig } from "../config/schema.js";
 import { readTlsFiles, type TlsMaterial } from "../config/tls-files.js";
 import type { Delivery } from "../store/types.js";
+import { AckWaiters } from "./ack-waiters.js";
 import { brokerMessage } from "./broker-message.js";
 import type { Outcome } from "./policy.js";
 import { RenderError } from "./render.js";
@@ -132,17 +133,11 @@ export function ackStatus(reasonCode: number): number {
   }
 }
 
-interface Pending {
-  settle(outcome: Outcome): void;
-  /** Resolves once settled. */
-  done: Promise<void>;
-}
-
 export class MqttTransport implements Transport {
   readonly #options: MqttTransportOptions;
   #client: MqttClient | undefined;
   #connecting: Promise<MqttClient> | undefined;
-  readonly #pending = new Map<MqttClient, Set<Pending>>();
+  readonly #acks = new AckWaiters<MqttClient>();
   #closed = false;
 
   constructor(options: MqttTransportOptions) {
@@ -183,74 +178,50 @@ export class MqttTransport implements Transport {
 
   #publishOn(client: MqttClient, message: MqttMessage, signal: AbortSignal | undefined): Promise<Outcome> {
     const o = this.#options;
-    return new Promise<Outcome>((resolve) => {
-      let set = this.#pending.get(client);
-      if (set === undefined) {
-        set = new Set();
-        this.#pending.set(client, set);
-      }
-      const pendingSet = set;
-      let settled: () => void = () => undefined;
-      const entry: Pending = {
-        done: new Promise<void>((r) => {
-          settled = r;
-        }),
-        settle: (outcome) => {
-          if (!pendingSet.delete(entry)) return;
-          clearTimeout(timer);
-          signal?.removeEventListener("abort", onAbort);
-          settled();
-          resolve(outcome);
-        },
-      };
-      const onAbort = () =>
-        entry.settle({
+    return this.#acks.wait(
+      client,
+      (settle) =>
+        client.publish(
+          message.topic,
+          message.body,
+          {
+            qos: o.qos,
+            retain: o.retain,
+            ...(o.protocolVersion === 5 ? { properties: v5Properties(message) } : {}),
+          },
+          (err) => {
+            if (err === undefined || err === null) {
+              settle({ kind: "response", status: 200 });
+              return;
+            }
+            const reason = (err as { code?: unknown }).code;
+            if (typeof reason === "number") {
+              settle({ kind: "response", status: ackStatus(reason) });
+              return;
+            }
+            settle({ kind: "error", error: err, stage: "request" });
+          },
+        ),
+      {
+        signal,
+        aborted: () => ({
           kind: "error",
           error: new MqttDeliveryError("aborted while waiting for the broker's ack", "ABORT_ERR", {
             cause: signal?.reason,
           }),
           stage: "request",
-        });
-      const timer = setTimeout(
-        () =>
-          entry.settle({
-            kind: "error",
-            error: new MqttDeliveryError(
-              `no ${o.qos === 2 ? "PUBCOMP" : "PUBACK"} within ${o.ackTimeoutMs} ms`,
-              "ETIMEDOUT",
-            ),
-            stage: "request",
-          }),
-        o.ackTimeoutMs,
-      );
-      pendingSet.add(entry);
-      if (signal?.aborted) {
-        onAbort();
-        return;
-      }
-      signal?.addEventListener("abort", onAbort, { once: true });
-      client.publish(
-        message.topic,
-        message.body,
-        {
-          qos: o.qos,
-          retain: o.retain,
-          ...(o.protocolVersion === 5 ? { properties: v5Properties(message) } : {}),
-        },
-        (err) => {
-          if (err === undefined || err === null) {
-            entry.settle({ kind: "response", status: 200 });
-            return;
-          }
-          const reason = (err as { code?: unknown }).code;
-          if (typeof reason === "number") {
-            entry.settle({ kind: "response", status: ackStatus(reason) });
-            return;
-          }
-          entry.settle({ kind: "error", error: err, stage: "request" });
-        },
-      );
-    });
+        }),
+        timeoutMs: o.ackTimeoutMs,
+        timedOut: () => ({
+          kind: "error",
+          error: new MqttDeliveryError(
+            `no ${o.qos === 2 ? "PUBCOMP" : "PUBACK"} within ${o.ackTimeoutMs} ms`,
+            "ETIMEDOUT",
+          ),
+          stage: "request",
+        }),
+      },
+    );
   }
 
   #connect(): Promise<MqttClient> {
@@ -312,15 +283,11 @@ export class MqttTransport implements Transport {
   /** The connection went away: everything in flight on it gets no ack from it. */
   #lost(client: MqttClient): void {
     if (this.#client === client) this.#client = undefined;
-    const set = this.#pending.get(client);
-    this.#pending.delete(client);
-    for (const p of [...(set ?? [])]) {
-      p.settle({
-        kind: "error",
-        error: new MqttDeliveryError("connection to the broker closed before the ack", "ECONNRESET"),
-        stage: "request",
-      });
-    }
+    this.#acks.lost(client, () => ({
+      kind: "error",
+      error: new MqttDeliveryError("connection to the broker closed before the ack", "ECONNRESET"),
+      stage: "request",
+    }));
     if (!client.disconnecting) client.end(true);
   }
 
@@ -328,9 +295,7 @@ export class MqttTransport implements Transport {
   async close(): Promise<void> {
     this.#closed = true;
     await this.#connecting?.catch(() => undefined);
-    const client = this.#client;
-    const inFlight = [...(this.#pending.get(client ?? ({} as MqttClient))?.values() ?? [])].map((p) => p.done);
-    await Promise.all(inFlight);
+    await this.#acks.drained(this.#client);
     await this.destroy();
   }
 

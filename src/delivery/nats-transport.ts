@@ -34,6 +34,7 @@ import { secretFileCandidates } from "../config/secret-file.js";
 import { readTlsFiles, type TlsMaterial } from "../config/tls-files.js";
 import { EdgehookError } from "../errors.js";
 import type { Delivery } from "../store/types.js";
+import { AckWaiters } from "./ack-waiters.js";
 import { brokerMessage } from "./broker-message.js";
 import type { Outcome } from "./policy.js";
 import { RenderError } from "./render.js";
@@ -171,12 +172,6 @@ const MESSAGE_TOO_LARGE = 10054;
 /** JetStream API error: stream not found. */
 const STREAM_NOT_FOUND = 10059;
 
-interface Pending {
-  settle(outcome: Outcome): void;
-  /** Resolves once settled. */
-  done: Promise<void>;
-}
-
 interface Connected {
   nc: NatsConnection;
   js: JetStreamClient;
@@ -187,7 +182,7 @@ export class NatsTransport implements Transport {
   readonly #options: NatsTransportOptions;
   #conn: Connected | undefined;
   #connecting: Promise<Connected> | undefined;
-  readonly #pending = new Map<NatsConnection, Set<Pending>>();
+  readonly #acks = new AckWaiters<NatsConnection>();
   #closed = false;
 
   constructor(options: NatsTransportOptions) {
@@ -229,51 +224,32 @@ export class NatsTransport implements Transport {
 
   #publishOn(conn: Connected, message: NatsMessage, signal: AbortSignal | undefined): Promise<Outcome> {
     const o = this.#options;
-    return new Promise<Outcome>((resolve) => {
-      let set = this.#pending.get(conn.nc);
-      if (set === undefined) {
-        set = new Set();
-        this.#pending.set(conn.nc, set);
-      }
-      const pendingSet = set;
-      let settled: () => void = () => undefined;
-      const entry: Pending = {
-        done: new Promise<void>((r) => {
-          settled = r;
-        }),
-        settle: (outcome) => {
-          if (!pendingSet.delete(entry)) return;
-          signal?.removeEventListener("abort", onAbort);
-          settled();
-          resolve(outcome);
-        },
-      };
-      const onAbort = () =>
-        entry.settle({
+    return this.#acks.wait(
+      conn.nc,
+      (settle) => {
+        const h = conn.lib.transport.headers();
+        for (const [k, v] of Object.entries(message.headers)) h.set(k, v);
+        conn.js
+          .publish(message.subject, message.body, {
+            msgID: message.id,
+            headers: h,
+            timeout: o.ackTimeoutMs,
+            ...(o.stream !== undefined ? { expect: { streamName: o.stream } } : {}),
+          })
+          .then(
+            () => settle({ kind: "response", status: 200 }),
+            (error: unknown) => settle(this.#failed(error, message.subject, conn.lib)),
+          );
+      },
+      {
+        signal,
+        aborted: () => ({
           kind: "error",
           error: new NatsDeliveryError("aborted while waiting for the PubAck", "ABORT_ERR", { cause: signal?.reason }),
           stage: "request",
-        });
-      pendingSet.add(entry);
-      if (signal?.aborted) {
-        onAbort();
-        return;
-      }
-      signal?.addEventListener("abort", onAbort, { once: true });
-      const h = conn.lib.transport.headers();
-      for (const [k, v] of Object.entries(message.headers)) h.set(k, v);
-      conn.js
-        .publish(message.subject, message.body, {
-          msgID: message.id,
-          headers: h,
-          timeout: o.ackTimeoutMs,
-          ...(o.stream !== undefined ? { expect: { streamName: o.stream } } : {}),
-        })
-        .then(
-          () => entry.settle({ kind: "response", status: 200 }),
-          (error: unknown) => entry.settle(this.#failed(error, message.subject, conn.lib)),
-        );
-    });
+        }),
+      },
+    );
   }
 
   #failed(error: unknown, subject: string, lib: NatsLibrary): Outcome {
@@ -395,24 +371,18 @@ export class NatsTransport implements Transport {
 
   #lost(nc: NatsConnection): void {
     if (this.#conn?.nc === nc) this.#conn = undefined;
-    const set = this.#pending.get(nc);
-    this.#pending.delete(nc);
-    for (const p of [...(set ?? [])]) {
-      p.settle({
-        kind: "error",
-        error: new NatsDeliveryError("connection to the server closed before the PubAck", "ECONNRESET"),
-        stage: "request",
-      });
-    }
+    this.#acks.lost(nc, () => ({
+      kind: "error",
+      error: new NatsDeliveryError("connection to the server closed before the PubAck", "ECONNRESET"),
+      stage: "request",
+    }));
   }
 
   /** Stops taking attempts, lets those in flight get their PubAck (or time out), then disconnects. */
   async close(): Promise<void> {
     this.#closed = true;
     await this.#connecting?.catch(() => undefined);
-    const nc = this.#conn?.nc;
-    const inFlight = nc ? [...(this.#pending.get(nc) ?? [])].map((p) => p.done) : [];
-    await Promise.all(inFlight);
+    await this.#acks.drained(this.#conn?.nc);
     await this.destroy();
   }
 
