@@ -1,4 +1,4 @@
-// Drain benchmark: a 100,000-webhook backlog in a real outbox file, drained by the
+// Drain benchmark: a 30,000-webhook backlog in a real outbox file, drained by the
 // dispatcher (signing on, keep-alive, no rate limit) into a local node:http receiver that
 // runs in a child process (so it does not share our event loop) and answers 200. A drain is
 // timed from start to the last 2xx; the outcomes still waiting to be written then (delivered

@@ -32,16 +32,26 @@ interface EventRow {
   body_crc: number | null;
 }
 
-/** A series' first pending delivery after a given one (undefined: none), as read from the file. */
-interface Successor {
-  settled: number;
-  row: NextRow | undefined;
+/**
+ * Pending deliveries of a series after delivery `from`, in id order, as read from the file (up
+ * to SUCCESSORS_READ); `complete`: there are no more.
+ */
+interface Successors {
+  from: number;
+  rows: NextRow[];
+  complete: boolean;
 }
+
+/**
+ * How many pending deliveries of a series one successor lookup reads: a busy series goes on
+ * past several unwritten outcomes between two writes, one row each.
+ */
+const SUCCESSORS_READ = 8;
 
 /** What next() read for one destination, valid until the file changes (see #cached). */
 interface DestinationCache {
-  /** Series → the delivery after its settled-but-unwritten head. */
-  successors: Map<string, Successor>;
+  /** Series → the deliveries after its settled-but-unwritten head. */
+  successors: Map<string, Successors>;
   /**
    * The first due heads in queue order as read at `now`; `complete`: every due head. They stay
    * the due heads until a write, or until `until`: the earliest head not yet due then.
@@ -58,7 +68,8 @@ export class SeriesHeads implements OutboxReader {
    * changes: any write of ours (conn.writes) or of another process (PRAGMA data_version). A
    * busy lane passes many times while its outcomes wait to be written (up to 50 ms), and
    * without this read the same heads, and a successor per released series, on every pass.
-   * Bounded by the heads one call may need and the series a lane holds in `after`.
+   * Bounded by the heads one call may need and SUCCESSORS_READ rows per series a lane holds
+   * in `after`.
    */
   readonly #cache = new Map<string, DestinationCache>();
   #cacheAt = -1;
@@ -95,10 +106,10 @@ export class SeriesHeads implements OutboxReader {
       dueAfter: db
         .prepare("SELECT MIN(next_at) FROM deliveries WHERE destination = ? AND is_head = 1 AND next_at > ?")
         .pluck(),
-      // The pending delivery of a series after a given one (deliveries_pending_by_series).
+      // The pending deliveries of a series after a given one (deliveries_pending_by_series).
       nextInSeries: db.prepare(
         `SELECT id, event_seq, destination, series, priority, attempts, created_at, next_at FROM deliveries
-         WHERE destination = ? AND series = ? AND state = 0 AND id > ? ORDER BY id LIMIT 1`,
+         WHERE destination = ? AND series = ? AND state = 0 AND id > ? ORDER BY id LIMIT ?`,
       ),
       // Only heads are ever retried, so only heads can wait (deliveries_next_due).
       retryNow: db.prepare("UPDATE deliveries SET next_at = ? WHERE destination = ? AND is_head = 1 AND next_at > ?"),
@@ -140,12 +151,7 @@ export class SeriesHeads implements OutboxReader {
         if (settled !== undefined && head.id <= settled) {
           // The head's outcome is known to the caller but not written yet: the series goes
           // on with the first pending delivery after it, if that one is due.
-          let known = cache.successors.get(head.series);
-          if (known?.settled !== settled) {
-            known = { settled, row: s.nextInSeries.get(destination, head.series, settled) as NextRow | undefined };
-            cache.successors.set(head.series, known);
-          }
-          const succ = known.row;
+          const succ = this.#successor(cache, destination, head.series, settled);
           if (succ !== undefined && succ.next_at <= now) {
             picked.push(succ);
             successors = true;
@@ -178,6 +184,18 @@ export class SeriesHeads implements OutboxReader {
       }
       return out;
     });
+  }
+
+  /** The first pending delivery of a series after `settled`, from what was read when it can tell. */
+  #successor(cache: DestinationCache, destination: string, series: string, settled: number): NextRow | undefined {
+    const known = cache.successors.get(series);
+    if (known !== undefined && known.from <= settled) {
+      for (const r of known.rows) if (r.id > settled) return r;
+      if (known.complete) return undefined;
+    }
+    const rows = this.#s.nextInSeries.all(destination, series, settled, SUCCESSORS_READ) as NextRow[];
+    cache.successors.set(series, { from: settled, rows, complete: rows.length < SUCCESSORS_READ });
+    return rows[0];
   }
 
   /** What next() read for a destination, all of it dropped first if the file changed since. */

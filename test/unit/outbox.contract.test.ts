@@ -534,6 +534,22 @@ describe("next() with after (a series' head settled, not written yet)", () => {
     expect(ids(o.next("ops", clock.now(), 10, inFlight))).toEqual(many.slice(64).map((e) => e.id));
   });
 
+  it("walks a long series past many unwritten outcomes in order, then hands out nothing of it", async () => {
+    const o = makeOutbox();
+    const series = Array.from({ length: 20 }, () => ev("a:s:m"));
+    await commit(o, [...series, ev("b:s:m")]);
+    const handed: string[] = [];
+    let after: Map<string, number> | undefined;
+    for (let i = 0; i < 21; i++) {
+      const got = o.next("ops", clock.now(), 10, new Set(["b:s:m"]), after);
+      if (got.length === 0) break;
+      expect(got).toHaveLength(1);
+      handed.push(got[0]!.eventId);
+      after = new Map([["a:s:m", got[0]!.id]]);
+    }
+    expect(handed).toEqual(series.map((e) => e.id));
+  });
+
   it("settling several deliveries of one series in one write leaves the next pending one as its only head", async () => {
     const o = makeOutbox();
     const [a1, a2, a3, a4] = [ev("a:s:m"), ev("a:s:m"), ev("a:s:m"), ev("a:s:m")];
