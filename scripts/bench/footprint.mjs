@@ -36,8 +36,6 @@ const LOAD_S = Number(positional[1] ?? 30);
 const RATE = Number(positional[2] ?? 1000);
 // --no-serial: MQTT only (for builds without the serial source).
 const SERIAL = !process.argv.includes("--no-serial");
-// Extra node flags for the agent, e.g. FOOTPRINT_NODE_ARGS="--max-semi-space-size=1".
-const NODE_ARGS = (process.env.FOOTPRINT_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const NO_LOAD = process.argv.includes("--no-load");
 const JSON_FILE = process.argv.find((a) => a.startsWith("--json="))?.slice("--json=".length);
 // FOOTPRINT_RUNS (default 3) cold starts; FOOTPRINT_BIN runs another build's bin/edgehook.js.
@@ -47,6 +45,18 @@ const QUIET_S = 10;
 const SERIAL_SHARE = SERIAL ? 0.1 : 0; // a tenth of the readings arrive over the serial line
 const CHECKOUT = fileURLToPath(new URL("../..", import.meta.url));
 const BIN = process.env.FOOTPRINT_BIN ?? join(CHECKOUT, "bin/edgehook.js");
+// The agent runs with the Node.js flags of the unit that build ships (agent.service's
+// ExecStart), as systemd starts it; FOOTPRINT_NODE_ARGS adds more, e.g. "--lite-mode".
+const NODE_ARGS = [
+  ...unitNodeArgs(join(BIN, "../../agent.service")),
+  ...(process.env.FOOTPRINT_NODE_ARGS ?? "").split(" ").filter(Boolean),
+];
+
+function unitNodeArgs(unitFile) {
+  if (!existsSync(unitFile)) return [];
+  const exec = /^ExecStart=\S+((?:\s+-\S+)*)\s+\S*bin\/edgehook\.js\b/m.exec(readFileSync(unitFile, "utf8"));
+  return (exec?.[1] ?? "").split(/\s+/).filter(Boolean);
+}
 const COMMAND = `node scripts/bench/footprint.mjs ${process.argv
   .slice(2)
   .filter((a) => !a.startsWith("--json="))
@@ -408,6 +418,7 @@ async function main() {
       if (run < START_RUNS - 1 || NO_LOAD) await stopAgent(agent.child);
     }
     const loadavg = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+    console.log(`agent: node ${[...NODE_ARGS, BIN].join(" ")} run`);
     const ms = (xs) => xs.map((m) => Math.round(m));
     const mbs = (xs) => xs.map((b) => Number(mb(b)));
     console.log(

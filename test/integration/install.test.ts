@@ -201,7 +201,7 @@ describe("install.sh", () => {
     const r = install(["--from-checkout", "--no-enable"], { PREFIX: "/srv/edgehook" });
     expect(r.status, r.out).toBe(0);
     expect(readFileSync(at("etc/systemd/system/edgehook.service"), "utf8")).toMatch(
-      /^ExecStart=\/usr\/bin\/node \/srv\/edgehook\/bin\/edgehook\.js run --config \/etc\/edgehook\/agent\.yaml$/m,
+      /^ExecStart=\/usr\/bin\/node --max-semi-space-size=1 \/srv\/edgehook\/bin\/edgehook\.js run --config \/etc\/edgehook\/agent\.yaml$/m,
     );
     expect(readlinkSync(at("usr/local/bin/edgehook"))).toBe("/srv/edgehook/bin/edgehook.js");
     const u = install(["--uninstall", "--purge"], { PREFIX: "/srv/edgehook" });

@@ -105,7 +105,7 @@ describe("agent.service", () => {
     // systemd-notify runs as a child process: see src/ops/sd-notify.ts.
     expect(one("Service.NotifyAccess")).toBe("all");
     expect(one("Service.ExecStart")).toBe(
-      `/usr/bin/node /opt/edgehook/${PACKAGE.bin.edgehook} run --config /etc/edgehook/agent.yaml`,
+      `/usr/bin/node --max-semi-space-size=1 /opt/edgehook/${PACKAGE.bin.edgehook} run --config /etc/edgehook/agent.yaml`,
     );
     expect(one("Service.ExecReload")).toBe("/bin/kill -HUP $MAINPID");
     expect(one("Service.RestartPreventExitStatus")).toBe("78");
