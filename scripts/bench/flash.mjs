@@ -283,10 +283,22 @@ http: { listen: "127.0.0.1:${httpPort}" }
     if (STRACE) straceSummary(STRACE, phaseStart, EVENTS);
     return { unchanged, events, seconds, bodySize: median(receiver.counts.sizes) };
   } finally {
+    // Under strace the agent is strace's child, and a killed strace would leave it running.
+    if (STRACE) for (const c of mine) if (c.exitCode === null) killTracees(c.pid);
     for (const c of mine.reverse()) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
     receiver.server.closeAllConnections();
     receiver.server.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function killTracees(pid) {
+  try {
+    for (const child of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/)) {
+      if (child) process.kill(Number(child), "SIGKILL");
+    }
+  } catch {
+    // gone already
   }
 }
 
