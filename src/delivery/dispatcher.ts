@@ -198,6 +198,9 @@ export class Dispatcher {
     this.#started = true;
     this.#stopping = false;
     this.#quiet = new RateLimitedLog(60_000, () => this.#clock.now());
+    // Outcomes waiting to be written ride on the outbox's next transaction (an event
+    // committed), so at a few events a second they cost no transaction of their own.
+    this.#outbox.carry?.(this.#settler);
     const disabled = this.#disabledFlags();
     for (const [name, config] of Object.entries(this.#destinations)) {
       const transport = transports.get(name);
@@ -270,6 +273,8 @@ export class Dispatcher {
       await Promise.all(left.map((f) => f.done));
     }
     this.#settler.flush();
+    // What could not be written stays pending on disk and is sent again by the next start.
+    this.#outbox.carry?.(undefined);
     await Promise.all([...this.#lanes.values()].map((l) => l.transport.destroy()));
     this.#lanes.clear();
     this.#started = false;

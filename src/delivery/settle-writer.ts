@@ -3,8 +3,10 @@
  * transaction, one fsync on the SD card): a delivered outcome at most `delayMs` (1 s by
  * default) after it is known, a failed or dead one at most `soonMs` (50 ms); at once when
  * 2,048 are waiting, when the dispatcher is stopping, or when it asks (`flush`: a lane has
- * nothing else to send while a failed outcome holds a series back). A write that fails
- * keeps every outcome and tries again a second
+ * nothing else to send while a failed outcome holds a series back). Before any of that,
+ * what waits rides on the outbox's next transaction, whatever it is for (SettleRider: most
+ * often the commit of a new event), so outcomes of events that keep coming cost no
+ * transaction of their own. A write that fails keeps every outcome and tries again a second
  * later.
  *
  * Order per series while an outcome waits (design invariant 5): a failed outcome keeps its
@@ -18,7 +20,7 @@
  * I/O and must keep running when a test freezes logical time.
  */
 import type { Logger, RateLimitedLog } from "../ops/logger.js";
-import type { AttemptRecord, OutboxReader, Settlement } from "../store/types.js";
+import type { AttemptRecord, OutboxReader, Settlement, SettleRider } from "../store/types.js";
 import type { Lane } from "./lane.js";
 import type { Decision } from "./policy.js";
 
@@ -34,8 +36,9 @@ export const SETTLE_BATCH_MAX = 2048;
  * Delivered outcomes do not hold their series back while they wait (pipelining), so the
  * wait only groups writes. Each transaction appends its own WAL frames and fsyncs them,
  * which costs at least a few 4 KiB pages of storage writes however few rows it holds: at a
- * few events a second, 1 s writes the outcomes of several events with one transaction
- * instead of one each (issue 15: the flash bench, 35.9 → about 21 KB written per event).
+ * few events a second, the next event's commit carries them (SettleRider), and 1 s writes
+ * whatever no commit took with one transaction instead of one each (issue 15: the flash
+ * bench, 35.9 → about 21 KB written per event with the wait alone).
  * Under load SETTLE_BATCH_MAX writes sooner. The cost: after a crash or power cut, up to 1 s
  * of delivered webhooks are sent again (same webhook-id), as any delivery in flight is.
  */
@@ -79,9 +82,11 @@ export interface SettleWriterOptions {
   written(batch: readonly PendingSettle[]): void;
 }
 
-export class SettleWriter {
+export class SettleWriter implements SettleRider {
   readonly #o: SettleWriterOptions;
   #pending: PendingSettle[] = [];
+  /** Taken by a transaction of the outbox that has not ended yet (take()). */
+  #riding: PendingSettle[] | undefined;
   #timer: NodeJS.Timeout | undefined;
   /** When the timer fires (performance.now()). */
   #timerDue = 0;
@@ -92,7 +97,7 @@ export class SettleWriter {
 
   /** Outcomes collected and not yet written. */
   get size(): number {
-    return this.#pending.length;
+    return this.#pending.length + (this.#riding?.length ?? 0);
   }
 
   queue(p: PendingSettle): void {
@@ -111,16 +116,50 @@ export class SettleWriter {
     if (this.#pending.length >= SETTLE_BATCH_MAX || this.#o.stopping()) {
       this.flush();
     } else {
-      const wait = settlement.outcome === "delivered" ? this.#o.delayMs : this.#o.soonMs;
-      const due = performance.now() + wait;
-      if (this.#timer && this.#timerDue <= due) return;
-      if (this.#timer) clearTimeout(this.#timer);
-      this.#timerDue = due;
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.flush();
-      }, wait);
+      this.#arm(settlement.outcome === "delivered" ? this.#o.delayMs : this.#o.soonMs);
     }
+  }
+
+  /** Makes sure a write comes within `wait` ms. */
+  #arm(wait: number): void {
+    const due = performance.now() + wait;
+    if (this.#timer && this.#timerDue <= due) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timerDue = due;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.flush();
+    }, wait);
+  }
+
+  // The outbox's side (SettleRider): the outcomes waiting ride on its next transaction, which
+  // is most often an event being committed, so they cost no transaction of their own.
+
+  take(): Settlement[] {
+    // Only outcomes that have waited half the delay: the outcomes of events a few a second
+    // apart still share one write (the index pages a settle touches are written once for
+    // them all), and the commit carries them before the delay would cost a transaction.
+    if (this.#pending.length === 0 || this.#riding) return [];
+    if (this.#timer && this.#timerDue - performance.now() > this.#o.delayMs / 2) return [];
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#riding = this.#pending;
+    this.#pending = [];
+    return this.#riding.map((p) => p.settlement);
+  }
+
+  committed(): void {
+    const batch = this.#riding;
+    this.#riding = undefined;
+    if (batch) this.#written(batch);
+  }
+
+  rolledBack(): void {
+    const batch = this.#riding;
+    this.#riding = undefined;
+    if (!batch) return;
+    this.#pending = batch.concat(this.#pending);
+    this.#arm(this.#o.soonMs);
   }
 
   /** Writes everything collected now. */
@@ -147,6 +186,10 @@ export class SettleWriter {
       }
       return;
     }
+    this.#written(batch);
+  }
+
+  #written(batch: readonly PendingSettle[]): void {
     for (const p of batch) {
       p.lane.unwritten--;
       if (!p.released) {

@@ -24,6 +24,8 @@ export class OutboxConnection {
    * file before one may be stale after it (heads.ts caches successors of series until then).
    */
   writes = 0;
+  /** Writes that ride on every transaction (the delivery outcomes waiting to be written). */
+  #rider: ((delta: Delta) => Rider | undefined) | undefined;
 
   /** `committed` hears of every transaction that committed, with what it changed. */
   constructor(db: Database, damage: DamageWatch, committed: (delta: Delta) => void) {
@@ -49,29 +51,48 @@ export class OutboxConnection {
     return this.#damage.guard(fn);
   }
 
+  /**
+   * Inside each write transaction, before its own work, `write` may add to it (and says what
+   * to call once the transaction committed or failed).
+   */
+  carry(write: ((delta: Delta) => Rider | undefined) | undefined): void {
+    this.#rider = write;
+  }
+
   /** Runs fn in one IMMEDIATE transaction; counters follow only if it committed. */
   write<T>(fn: (delta: Delta) => T): T {
     this.counters.sync();
     const delta = new Delta();
     const keys = this.messageKeys;
     let result: T;
+    let rider: Rider | undefined;
     this.writes++;
     try {
       result = this.#tx(() => {
-        // Released message keys ride on whatever this transaction is for.
+        // Released message keys and waiting delivery outcomes ride on whatever this
+        // transaction is for.
         keys.writeReleases();
+        rider = this.#rider?.(delta);
         const r = fn(delta);
         this.counters.persist(delta);
         return r;
       }) as T;
     } catch (err) {
       keys.rolledBack();
+      rider?.rolledBack();
       this.#damage.note(err);
       throw err;
     }
     keys.committed();
     this.counters.apply(delta);
     this.#committed(delta);
+    rider?.committed();
     return result;
   }
+}
+
+/** What a write that rode on a transaction is told when it ended. */
+export interface Rider {
+  committed(): void;
+  rolledBack(): void;
 }

@@ -11,6 +11,7 @@
 import type { Clock } from "../clock.js";
 import { checkBody } from "./body-check.js";
 import type { OutboxConnection } from "./connection.js";
+import type { Delta } from "./counters.js";
 import { appendHistory, clip, DEAD, DELIVERED, PENDING, SeriesSet } from "./rows.js";
 import type { Delivery, OutboxReader, Settlement } from "./types.js";
 
@@ -254,34 +255,37 @@ export class SeriesHeads implements OutboxReader {
 
   settle(settlements: Settlement[]): void {
     if (settlements.length === 0) return;
+    this.#conn.write((delta) => this.settleIn(settlements, delta));
+  }
+
+  /** Inside a write: records the outcomes. */
+  settleIn(settlements: readonly Settlement[], delta: Delta): void {
     const s = this.#s;
     const now = this.#clock.now();
-    this.#conn.write((delta) => {
-      // Series whose head was settled: the next pending row becomes head once, after the loop
-      // (a batch often settles several deliveries of one series in a row).
-      const headless = new SeriesSet();
-      for (const st of settlements) {
-        const row = s.forSettle.get(st.id) as
-          | { destination: string; series: string; state: number; is_head: number; history: string | null }
-          | undefined;
-        // Already settled, dropped or purged meanwhile: nothing to record.
-        if (!row || row.state !== PENDING) continue;
-        const history = appendHistory(row.history, st.attempt);
-        const error = st.attempt.error === undefined ? null : clip(st.attempt.error);
-        const status = st.attempt.status ?? null;
-        if (st.outcome === "retry") {
-          s.markRetry.run(st.nextAt, st.counted ? 1 : 0, status, error, history, st.id);
-          continue;
-        }
-        const state = st.outcome === "delivered" ? DELIVERED : DEAD;
-        const reason = st.outcome === "dead" ? clip(st.reason) : null;
-        s.markSettled.run(state, now, 1, status, error, reason, history, st.id);
-        delta.move(row.destination, PENDING, state, 1);
-        // Settling a row other than the head leaves the earliest pending row (the head) as it is.
-        if (row.is_head === 1) headless.add(row.destination, row.series);
+    // Series whose head was settled: the next pending row becomes head once, after the loop
+    // (a batch often settles several deliveries of one series in a row).
+    const headless = new SeriesSet();
+    for (const st of settlements) {
+      const row = s.forSettle.get(st.id) as
+        | { destination: string; series: string; state: number; is_head: number; history: string | null }
+        | undefined;
+      // Already settled, dropped or purged meanwhile: nothing to record.
+      if (!row || row.state !== PENDING) continue;
+      const history = appendHistory(row.history, st.attempt);
+      const error = st.attempt.error === undefined ? null : clip(st.attempt.error);
+      const status = st.attempt.status ?? null;
+      if (st.outcome === "retry") {
+        s.markRetry.run(st.nextAt, st.counted ? 1 : 0, status, error, history, st.id);
+        continue;
       }
-      for (const [destination, series] of headless) s.promote.run(destination, series);
-    });
+      const state = st.outcome === "delivered" ? DELIVERED : DEAD;
+      const reason = st.outcome === "dead" ? clip(st.reason) : null;
+      s.markSettled.run(state, now, 1, status, error, reason, history, st.id);
+      delta.move(row.destination, PENDING, state, 1);
+      // Settling a row other than the head leaves the earliest pending row (the head) as it is.
+      if (row.is_head === 1) headless.add(row.destination, row.series);
+    }
+    for (const [destination, series] of headless) s.promote.run(destination, series);
   }
 
   /** Inside a write: makes the earliest pending row of (destination, series) its only head. */

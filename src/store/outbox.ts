@@ -63,6 +63,7 @@ import type {
   PurgeRequest,
   ReplayTarget,
   Settlement,
+  SettleRider,
 } from "./types.js";
 
 export { type Damage, damageKind } from "./damage.js";
@@ -117,6 +118,7 @@ export class Outbox implements OutboxReader {
   readonly #group: GroupCommit;
   #transactions = 0;
   #releaseTimer: TimerHandle | undefined;
+  #rider: SettleRider | undefined;
   #parts: Parts | undefined;
 
   constructor(options: OutboxOptions) {
@@ -172,6 +174,7 @@ export class Outbox implements OutboxReader {
       rewrite: new EventRewrite(conn),
     };
     conn.start(this.#check, this.#log);
+    this.#carry(this.#parts);
   }
 
   /** Commits what is queued, reports drops not yet logged, then closes the database. Safe to call twice. */
@@ -253,6 +256,26 @@ export class Outbox implements OutboxReader {
 
   settle(settlements: Settlement[]): void {
     this.#parts?.heads.settle(settlements);
+  }
+
+  /** Outcomes waiting to be written go with the next transaction, whatever it is for. */
+  carry(rider: SettleRider | undefined): void {
+    this.#rider = rider;
+    if (this.#parts) this.#carry(this.#parts);
+  }
+
+  #carry(parts: Parts): void {
+    const rider = this.#rider;
+    if (!rider) {
+      parts.conn.carry(undefined);
+      return;
+    }
+    parts.conn.carry((delta) => {
+      const settlements = rider.take();
+      if (settlements.length === 0) return undefined;
+      parts.heads.settleIn(settlements, delta);
+      return rider;
+    });
   }
 
   // ------------------------------------------------------------ rule state, destination flags, event times

@@ -83,6 +83,23 @@ export interface OutboxReader {
   pendingCount(destination: string): number;
   /** Records outcomes; batched into one transaction by the caller or the outbox. */
   settle(settlements: Settlement[]): void;
+  /**
+   * Outcomes waiting to be written ride on the outbox's next write transaction, whatever
+   * it is for (an event committed, most often), instead of costing one of their own: each
+   * transaction is an fsync and at least a few 4 KiB pages written to the SD card.
+   * undefined: none any more (the dispatcher stopped).
+   */
+  carry?(rider: SettleRider | undefined): void;
+}
+
+/** Delivery outcomes that wait to be written (the dispatcher's settle writer). */
+export interface SettleRider {
+  /** Inside a write transaction: the outcomes to write with it; they are the outbox's until it ends. */
+  take(): Settlement[];
+  /** That transaction committed: the outcomes taken are on disk. */
+  committed(): void;
+  /** It failed: nothing of it is on disk; the outcomes taken wait again. */
+  rolledBack(): void;
 }
 
 // ---------------------------------------------------------------- operator queries (edgehook queue ...)

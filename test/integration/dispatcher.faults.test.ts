@@ -10,6 +10,7 @@ import { dispatcherRig, testDestination, testEvent } from "../support/dispatcher
 import type { FakeClock } from "../support/fake-clock.js";
 import { Receiver } from "../support/receiver.js";
 import { WEBHOOK_SECRET } from "../support/secrets.js";
+import { waitUntil } from "../support/wait.js";
 
 interface Rig {
   clock: FakeClock;
@@ -394,6 +395,25 @@ describe("dispatcher against real receivers", () => {
     expect(r.receiver.accepted.map((a) => a.id)).toEqual(sent.map((e) => e.id));
     // Five commits, then the outcomes: all in one write (two if the delay ran out in between).
     expect(r.outbox.transactionCount - before - 5).toBeLessThanOrEqual(2);
+  });
+
+  it("a delivered outcome waiting to be written goes with the next event's commit, in its transaction", async () => {
+    const r = await rig();
+    r.dispatcher.start();
+    const [first] = await r.commit("s1", 1);
+    await waitUntil(() => r.counted("2xx") === 1, "the first event's outcome");
+    expect(row(r, first!.id).state).toBe("pending"); // waiting to be written (up to 1 s)
+    // The scenario: the next event comes 0.6 s later (an outcome rides once it has waited
+    // half the 1 s delay; younger ones wait to share a write with more).
+    await new Promise((res) => setTimeout(res, 600));
+    const before = r.outbox.transactionCount;
+    await r.commit("s2", 1);
+    // The commit's own transaction wrote it: no transaction of its own, no wait.
+    expect(r.outbox.transactionCount - before).toBe(1);
+    expect(row(r, first!.id)).toMatchObject({ state: "delivered", attempts: 1 });
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 2, "the second event");
+    await r.settle();
+    expect(r.outbox.stats()).toEqual([expect.objectContaining({ destination: "ops", pending: 0, delivered: 2 })]);
   });
 
   it("after a 2xx the next event of the series goes while the outcome waits to be written; after a 5xx it waits", async () => {
