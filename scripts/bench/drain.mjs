@@ -324,6 +324,9 @@ async function main() {
           drain_runs: rates("wide"),
           baseline_runs: rates("bare"),
           series: wide,
+          // CPU of this process per 1,000 (less sensitive to other load than the rates).
+          cpu_ms_per_1000: cpu("wide"),
+          baseline_cpu_ms_per_1000: cpu("bare"),
           load,
           command,
         },
