@@ -237,6 +237,8 @@ http: { listen: "127.0.0.1:${httpPort}" }
     expect((report.problems as string[]).join()).toMatch(
       /database is corrupt: SQLITE_CORRUPT.*restart edgehook to salvage/,
     );
+    // The log line may come a moment after /healthz answers.
+    await a.waitForLog((l) => l.level === "fatal", "the fatal log line");
     const fatal = a.logs.filter((l) => l.level === "fatal");
     expect(fatal).toHaveLength(1);
     expect(fatal[0]).toMatchObject({ code: "EDGEHOOK_DB_CORRUPT" });
@@ -308,6 +310,8 @@ http: { listen: "127.0.0.1:${httpPort}" }
     a = await agent(configFile);
     await waitUntil(async () => (await healthz(httpPort)).http === 503, "/healthz failing");
     expect((await healthz(httpPort)).body).toMatchObject({ status: "failing", database: "corrupt" });
+    // The log line may come a moment after /healthz answers.
+    await a.waitForLog((l) => l.level === "fatal", "the fatal log line");
     const fatal = a.logs.filter((l) => l.level === "fatal");
     expect(fatal).toHaveLength(1);
     expect(fatal[0]).toMatchObject({ code: "EDGEHOOK_DB_CORRUPT", sqliteCode: "SQLITE_CORRUPT" });
