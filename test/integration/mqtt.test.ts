@@ -236,6 +236,35 @@ describe("MqttSource", () => {
     await waitUntil(() => seen.at(-1) === "offline", "offline status");
   });
 
+  it.each([4, 5] as const)(
+    "acknowledges stored QoS 1 readings over MQTT protocol %i: the persistent session holds none of them afterwards",
+    async (protocol) => {
+      const config = mqttConfig(broker.url, {
+        client_id: `acked-${protocol}`,
+        protocol_version: protocol,
+        subscriptions: [{ topic: `acked${protocol}/+`, metric: "v", format: "number", qos: 1 }],
+      });
+      const sink = new Collect();
+      const src = source(config, sink);
+      await src.start();
+      const pub = await publisher(broker.url);
+      clients.push(pub);
+      await ready(src, sink, pub, `acked${protocol}/probe`, "0");
+      // Several per batch and one alone: the acknowledgements of a batch leave in one write.
+      await Promise.all([1, 2, 3, 4, 5].map((v) => pub.publishAsync(`acked${protocol}/a`, String(v), { qos: 1 })));
+      await pub.publishAsync(`acked${protocol}/a`, "6", { qos: 1 });
+      await sink.waitFor((r) => r.filter((x) => x.sensor === "a").length === 6, "six readings");
+      await src.stop();
+
+      // The same client id resumes the session: anything not acknowledged would come back.
+      const sink2 = new Collect();
+      const src2 = source(config, sink2);
+      await src2.start();
+      await ready(src2, sink2, pub, `acked${protocol}/probe`, "9");
+      expect(sink2.readings.map((r) => r.value)).toEqual([9]);
+    },
+  );
+
   it.each([1, 2] as const)(
     "does not acknowledge QoS %i until the sink resolved: a rejected commit is kept and offered again",
     async (qos) => {
