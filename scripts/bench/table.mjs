@@ -23,10 +23,10 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 /** The benches, in the order they run, with the arguments the table uses. */
 const BENCHES = [
-  ["footprint", ["20", "5", "--runs=3"]],
+  ["footprint", ["20", "--no-load"]],
   ["cpu", []],
   ["flash", []],
-  ["drain", ["--events", "20000", "--runs", "3", "--table"]],
+  ["drain", []],
   ["overload", ["60", "3"]],
 ];
 
