@@ -15,9 +15,12 @@
  * Fair share with delivery (issue 15): ingest and delivery share the one thread, and a
  * flood of readings faster than delivery would otherwise take nearly all of it (decoding,
  * rules, commits) while deliveries wait for turns. So while delivery has requests in flight
- * (`yieldTo`), each commit is followed by a rest as long as the commit took (at most
- * MAX_REST_MS) during which no message is read: ingest takes at most about half the thread,
- * and what it leaves waits at the broker (backpressure), not in memory. With nothing to
+ * (`yieldTo`), each commit is followed by a rest of REST_RATIO times as long as the commit
+ * took (at most MAX_REST_MS) during which no message is read: ingest takes at most about a
+ * third of the thread, and what it leaves waits at the broker (backpressure), not in memory.
+ * Twice, not once: messages are also decoded while the commit is in flight, and the
+ * commit's fsync blocks the thread, so an equal rest left delivery less than half its
+ * rate with no ingest. With nothing to
  * deliver, or the destination down, there is no rest.
  *
  * QoS 2: the PUBREC is what makes the broker forget the PUBLISH, and MQTT.js keeps
@@ -92,7 +95,7 @@ export interface MqttSourceOptions {
   ledger?: MessageLedger;
   /**
    * Whether delivery has requests in flight right now: then each commit is followed by a
-   * rest as long as it took, so ingest leaves delivery about half the thread (see above).
+   * rest twice as long as it took, so ingest leaves delivery most of the thread (see above).
    */
   yieldTo?: () => boolean;
 }
@@ -103,8 +106,9 @@ export interface MqttSourceOptions {
  * hundred already make the commit's fsync cheap per message.
  */
 const MAX_PENDING = 1_000;
-/** Longest rest after a commit while delivery is busy (fair share, see above). */
-const MAX_REST_MS = 100;
+/** The rest after a commit while delivery is busy, relative to the commit's duration, and its longest (fair share, see above). */
+const REST_RATIO = 2;
+const MAX_REST_MS = 200;
 const STOP_TIMEOUT_MS = 5_000;
 /** A batch whose commit was refused is offered again this often (the agent answers from a cached check); after other failures the wait doubles up to RETRY_MAX_MS. */
 const RETRY_MS = 250;
@@ -810,8 +814,8 @@ export class MqttSource implements Source {
     void this.#inflight.finally(() => {
       this.#inflight = undefined;
       if (!this.#stopping && !this.#unstored && this.#yieldTo?.()) {
-        // Fair share: rest as long as the commit took before reading and committing more.
-        const rest = Math.min(performance.now() - started, MAX_REST_MS);
+        // Fair share: rest before reading and committing more.
+        const rest = Math.min((performance.now() - started) * REST_RATIO, MAX_REST_MS);
         this.#rest = setTimeout(() => {
           this.#rest = undefined;
           this.#flush();

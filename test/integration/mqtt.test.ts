@@ -342,7 +342,7 @@ describe("MqttSource", () => {
     expect(logs.some((l) => String(l.msg).startsWith("stored the"))).toBe(true);
   });
 
-  it("while delivery is busy: rests after each commit as long as it took and holds at most 1,000 messages (the broker keeps the rest); stores every reading in order; no rest when delivery is idle", async () => {
+  it("while delivery is busy: rests after each commit twice as long as it took and holds at most 1,000 messages (the broker keeps the rest); stores every reading in order; no rest when delivery is idle", async () => {
     const config = mqttConfig(broker.url, {
       client_id: "fair-share",
       subscriptions: [{ topic: "fair/+", metric: "v", format: "number", qos: 1 }],
@@ -382,9 +382,9 @@ describe("MqttSource", () => {
     const gaps = await flood(1, 4000);
     // Bounded memory: at most 1,000 messages gathered while a commit is in flight.
     expect(Math.max(...commits.map((c) => c.size))).toBeLessThanOrEqual(1000);
-    // Fair share: after each commit (60 ms or more) a rest as long, reading nothing.
+    // Fair share: after each commit (60 ms or more) a rest twice as long (120 ms or more), reading nothing.
     expect(gaps.length).toBeGreaterThanOrEqual(3);
-    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(50);
+    expect(Math.min(...gaps)).toBeGreaterThanOrEqual(110);
 
     delivering = false;
     const idleGaps = await flood(5001, 2000);
