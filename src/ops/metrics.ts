@@ -2,7 +2,12 @@
  * Every Prometheus metric edgehook exports, in one place so names stay stable and
  * documented (README "Metrics"). Components receive this object and update it.
  */
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+// The classes by path, not prom-client's index, which also loads the push gateway client
+// (http, https), the cluster aggregator (node:cluster), Summary and the default metrics:
+// see prom-client-parts.d.ts.
+import Counter from "prom-client/lib/counter.js";
+import Gauge from "prom-client/lib/gauge.js";
+import Histogram from "prom-client/lib/histogram.js";
 import gc from "prom-client/lib/metrics/gc.js";
 import heapSizeAndUsed from "prom-client/lib/metrics/heapSizeAndUsed.js";
 import heapSpacesSizeAndUsed from "prom-client/lib/metrics/heapSpacesSizeAndUsed.js";
@@ -15,6 +20,7 @@ import processRequests from "prom-client/lib/metrics/processRequests.js";
 import processResources from "prom-client/lib/metrics/processResources.js";
 import processStartTime from "prom-client/lib/metrics/processStartTime.js";
 import nodeVersion from "prom-client/lib/metrics/version.js";
+import Registry from "prom-client/lib/registry.js";
 import type { SourceState } from "../sources/reading.js";
 
 /** Prefix of the Node.js and process metrics, so every series of ours starts with edgehook_. */
