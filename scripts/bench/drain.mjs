@@ -6,13 +6,14 @@
 // Each run drains the backlog spread over `--narrow` series (8), then over `--series` (256),
 // then has a bare undici Pool post the same number of bodies (bareOnce), all at the
 // same concurrency against the same receiver; the order alternates run by run, after one
-// warm-up round that is not counted. Prints events/s per run and the medians; with
-// --json=<file> it appends the issue-15 rows (BENCHROWS.md): drain_8_series (baseline: the
+// warm-up round that is not counted. Five runs by default: a bare run lasts about a second,
+// and on a loaded machine single runs of either swing by a factor of two. Prints events/s
+// per run and the medians; with --json=<file> it appends the issue-15 rows (BENCHROWS.md): drain_8_series (baseline: the
 // 256-series drain) and drain_vs_undici (drain with 256 series / bare undici, per run;
 // baseline: bare undici events/s). Needs the build: npx tsc -p tsconfig.build.json
 //
 //   node scripts/bench/drain.mjs [--events 30000] [--narrow 8] [--series 256] [--concurrency 64]
-//                                [--runs 3] [--settle-delay ms] [--json=<file>]
+//                                [--runs 5] [--settle-delay ms] [--json=<file>]
 import { fork } from "node:child_process";
 import { appendFileSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
@@ -257,7 +258,7 @@ async function main() {
   const narrow = arg("narrow", 8);
   const wide = arg("series", 256);
   const concurrency = arg("concurrency", 64);
-  const runs = arg("runs", 3);
+  const runs = arg("runs", 5);
   const settleDelayMs = arg("settle-delay", undefined);
   const json = jsonFile();
   const kinds = {
