@@ -10,7 +10,8 @@
 // and on a loaded machine single runs of either swing by a factor of two. Prints events/s
 // per run and the medians; with --json=<file> it appends the issue-15 rows (BENCHROWS.md):
 // drain_8_series (baseline: the 256-series drain) and drain_vs_undici (drain with 256
-// series / bare undici, per run; baseline: bare undici events/s). Needs the build: npx tsc -p tsconfig.build.json
+// series / bare undici, per run; baseline: bare undici events/s).
+// Needs the build: npx tsc -p tsconfig.build.json
 //
 //   node scripts/bench/drain.mjs [--events 30000] [--narrow 8] [--series 256] [--concurrency 64]
 //                                [--runs 5] [--settle-delay ms] [--json=<file>]
