@@ -202,6 +202,14 @@ export class MqttSource implements Source {
   #flushScheduled = false;
   /** Resting after a commit so delivery gets the thread (fair share); nothing is read meanwhile. */
   #rest: NodeJS.Timeout | undefined;
+  /**
+   * While delivery is busy, nothing is read from the moment a batch is flushed until the rest
+   * after its commit is over: the messages of a batch are then decoded just before it is
+   * committed and dropped just after, young enough for V8's cheap young-generation
+   * collection, instead of waiting through a commit and a rest and being promoted to the
+   * old generation as garbage (which is what made RSS grow under a flood).
+   */
+  #readPaused = false;
   #held: (() => void) | undefined;
   #idle: (() => void)[] = [];
   /** A batch whose commit was refused or failed: kept unacknowledged and offered again. */
@@ -368,6 +376,8 @@ export class MqttSource implements Source {
     this.#stopRetrying();
     clearTimeout(this.#rest);
     this.#rest = undefined;
+    // A message MQTT.js was made to wait at goes on (unacknowledged while stopping).
+    this.#resumeReading();
     this.#parked = undefined;
     this.#metrics.mqttConnected.set(0);
     if (this.#dropsTimer) this.#clock.clearTimeout(this.#dropsTimer);
@@ -564,7 +574,7 @@ export class MqttSource implements Source {
       this.#pending.acks.push({ kind: "puback", messageId: packet.messageId!, key, stream: client.stream });
     }
     const proceed = () => cb(packet.qos === 1 ? ACK_DEFERRED : undefined);
-    if (this.#pending.messages >= MAX_PENDING || this.#rest) this.#held = proceed;
+    if (this.#pending.messages >= MAX_PENDING || this.#rest || this.#readPaused) this.#held = proceed;
     else proceed();
     this.#scheduleFlush();
   }
@@ -765,10 +775,17 @@ export class MqttSource implements Source {
     if (batch.readings.length > 0) this.#metrics.readings.inc({ source: "mqtt" }, batch.readings.length);
     if (batch.ignoredFields > 0) this.#metrics.decodeIgnoredFields.inc({ source: "mqtt" }, batch.ignoredFields);
     if (batch.retainedIgnored > 0) this.#metrics.mqttRetainedIgnored.inc(batch.retainedIgnored);
+    this.#readPaused = !this.#stopping && this.#yieldTo?.() === true;
+    if (!this.#readPaused) this.#resumeReading();
+    this.#commit(batch);
+  }
+
+  /** Lets MQTT.js go on with the message it was made to wait at. */
+  #resumeReading(): void {
+    this.#readPaused = false;
     const held = this.#held;
     this.#held = undefined;
     held?.();
-    this.#commit(batch);
   }
 
   /** Hands the batch to the sink; acknowledges it once stored, or keeps it to offer again. */
@@ -818,12 +835,22 @@ export class MqttSource implements Source {
         const rest = Math.min((performance.now() - started) * REST_RATIO, MAX_REST_MS);
         this.#rest = setTimeout(() => {
           this.#rest = undefined;
-          this.#flush();
+          this.#readAgain();
         }, rest);
         return;
       }
-      this.#flush();
+      if (this.#readPaused) this.#readAgain();
+      else this.#flush();
     });
+  }
+
+  /**
+   * After a pause in reading: read what has arrived, then commit it as one batch (on the
+   * next turn, like any batch, so the messages of one socket read share a commit).
+   */
+  #readAgain(): void {
+    this.#resumeReading();
+    this.#scheduleFlush();
   }
 
   /** Nothing of the batch was stored: keep it, stop reading, offer it again. */
@@ -898,7 +925,7 @@ export class MqttSource implements Source {
   }
 
   #whenIdle(timeoutMs: number): Promise<void> {
-    if (!this.#inflight && !this.#unstored && this.#pending.messages === 0 && !this.#flushScheduled) {
+    if (!this.#inflight && !this.#unstored && !this.#rest && this.#pending.messages === 0 && !this.#flushScheduled) {
       return Promise.resolve();
     }
     return new Promise((resolve) => {
