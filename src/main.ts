@@ -10,9 +10,9 @@ import { runCli } from "./cli.js";
  * before collecting again, up to 4× on a machine with a large heap limit (it sizes the limit
  * from the RAM it sees). Under a flood of readings most of that growth is garbage (readings
  * and events that lived through a commit), so RSS rose to 3–4× idle although the live heap
- * stayed about 30 MB. Growing by at most 20 % keeps the heap near its live size for a few
- * more full collections (about 1 % of a core at 10,000 readings/s, issue 15). V8 reads
- * this factor at every collection, so setting it at start-up takes effect.
+ * stayed about 30 MB. Growing by at most 20 % keeps the heap near its live size at the
+ * cost of more full collections (issue 15; their CPU cost is not measured separately).
+ * V8 reads this factor at every collection, so setting it at start-up takes effect.
  */
 const HEAP_GROWING_PERCENT = 20;
 
