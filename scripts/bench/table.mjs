@@ -62,6 +62,7 @@ const ROWS = [
   { row: "drain_8_series", unit: "events/s", what: "drain, 8 series, loopback", cmp: ">=", target: 5000 },
   {
     row: "drain_vs_undici",
+    unit: "ratio",
     what: "drain vs bare undici at the same concurrency",
     cmp: ">=",
     target: 0.7,
