@@ -338,7 +338,7 @@ if (JSON_FILE) {
   row({
     row: "overload_peak_rss",
     value: mb(median(rs.map((r) => r.peakKb))),
-    unit: "MB",
+    unit: "MiB",
     baseline: mb(median(rs.map((r) => r.idleKb))),
     baseline_label: "idle RSS of the same agent before the flood",
     runs: rs.map((r) => mb(r.peakKb)),

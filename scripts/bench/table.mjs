@@ -38,7 +38,7 @@ const BENCHES = [
 const ROWS = [
   {
     row: "overload_peak_rss",
-    unit: "MB",
+    unit: "MiB",
     what: "peak RSS at the maximum ingest rate, slower receiver, 60 s",
     cmp: "<=",
     times: 1.5,
