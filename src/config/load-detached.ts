@@ -15,25 +15,11 @@
 import { createRequire } from "node:module";
 import { EdgehookError } from "../errors.js";
 import type * as Loader from "./load.js";
-import type { ConfigProblem, LoadedConfig, LoadOptions } from "./load.js";
+import type { LoadedConfig, LoadOptions } from "./load.js";
+import { ConfigError, type ConfigProblem } from "./problems.js";
 
-export type { ConfigProblem, LoadedConfig, LoadOptions } from "./load.js";
-
-/** What a secret holds when the configuration was loaded without reading secrets. */
-export const UNREAD_SECRET = "[not read]";
-
-export class ConfigError extends EdgehookError {
-  readonly problems: ConfigProblem[];
-  constructor(problems: ConfigProblem[]) {
-    super("EDGEHOOK_CONFIG_INVALID", problems.map(formatProblem).join("\n"));
-    this.name = "ConfigError";
-    this.problems = problems;
-  }
-}
-
-export function formatProblem(p: ConfigProblem): string {
-  return `${p.file}:${p.line}:${p.col}: ${p.key ? `${p.key}: ` : ""}${p.message}`;
-}
+export type { LoadedConfig, LoadOptions } from "./load.js";
+export { ConfigError, type ConfigProblem, formatProblem, UNREAD_SECRET } from "./problems.js";
 
 export function loadConfig(file: string, options: LoadOptions = {}): LoadedConfig {
   return withLoader((loader) => loader.loadConfig(file, options));

@@ -19,18 +19,12 @@ import { compileExpression, type ExpressionInput, type ExpressionResult } from "
 import { checkExpression, checkRule } from "../rules/validate.js";
 import { didYouMean } from "../suggest.js";
 import { producibleMetrics } from "./metric-names.js";
+import { ConfigError, type ConfigProblem, UNREAD_SECRET } from "./problems.js";
 import { type Config, configSchema } from "./schema.js";
 import { secretFileCandidates } from "./secret-file.js";
 import { checkSubscriptions } from "./subscription-schema.js";
 
-export interface ConfigProblem {
-  file: string;
-  line: number;
-  col: number;
-  /** Dotted key, e.g. `destinations.ops.url` or `rules.0.notify.1`. */
-  key: string;
-  message: string;
-}
+export { ConfigError, type ConfigProblem, formatProblem, UNREAD_SECRET } from "./problems.js";
 
 export interface LoadedConfig {
   config: Config;
@@ -45,22 +39,6 @@ export interface LoadedConfig {
    * their *_file variants) is the placeholder UNREAD_SECRET, never a real value.
    */
   secretsRead: boolean;
-}
-
-/** What a secret holds when the configuration was loaded without reading secrets. */
-export const UNREAD_SECRET = "[not read]";
-
-export class ConfigError extends EdgehookError {
-  readonly problems: ConfigProblem[];
-  constructor(problems: ConfigProblem[]) {
-    super("EDGEHOOK_CONFIG_INVALID", problems.map(formatProblem).join("\n"));
-    this.name = "ConfigError";
-    this.problems = problems;
-  }
-}
-
-export function formatProblem(p: ConfigProblem): string {
-  return `${p.file}:${p.line}:${p.col}: ${p.key ? `${p.key}: ` : ""}${p.message}`;
 }
 
 /** Keys whose `<key>_file` variant is read from a file (systemd LoadCredential=). */
