@@ -35,12 +35,24 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { createServer } from "node:http";
-import { connect, createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
+import {
+  children,
+  freePort,
+  loadavg,
+  median,
+  metricSum,
+  overTime,
+  sleep,
+  startMosquitto,
+  startPty,
+  startReceiver,
+  track,
+  waitFor,
+} from "./support.mjs";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const RUNS = Number(positional[0] ?? 3);
@@ -62,50 +74,6 @@ const SERIAL_SENSORS = 10;
 // CPU_SERIAL_SHARE: another share of serial readings (0 = MQTT only), for finding where the CPU goes.
 const SERIAL_SHARE = Number(process.env.CPU_SERIAL_SHARE ?? 0.1);
 
-const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
-
-function track(child, name) {
-  children.push(child);
-  child.once("error", (err) => console.error(`${name}: ${err.message}`));
-  return child;
-}
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createTcpServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitFor(check, what, timeoutMs = 10_000, everyMs = 20) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
-
-const portOpen = (port) =>
-  new Promise((resolve) => {
-    const s = connect(port, "127.0.0.1");
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-
 /** CPU seconds (user + system) of a process so far. */
 function cpuSeconds(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -115,39 +83,6 @@ function cpuSeconds(pid) {
 }
 
 // ---------------------------------------------------------------- parts
-
-async function startMosquitto(dir) {
-  const port = await freePort();
-  const conf = join(dir, "mosquitto.conf");
-  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n`);
-  track(spawn("mosquitto", ["-c", conf], { stdio: "ignore" }), "mosquitto");
-  await waitFor(() => portOpen(port), "mosquitto");
-  return port;
-}
-
-async function startPty(dir, id) {
-  const agentSide = join(dir, `tty-${id}`);
-  const benchSide = join(dir, `tty-bench-${id}`);
-  track(
-    spawn("socat", [`pty,raw,echo=0,link=${agentSide}`, `pty,raw,echo=0,link=${benchSide}`], { stdio: "ignore" }),
-    "socat",
-  );
-  await waitFor(() => existsSync(agentSide) && existsSync(benchSide), "socat ptys");
-  return { agentSide, benchSide };
-}
-
-async function startReceiver() {
-  const counts = { requests: 0 };
-  const server = createServer((req, res) => {
-    req.resume();
-    req.on("end", () => {
-      counts.requests++;
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { server, url: `http://127.0.0.1:${server.address().port}/hook`, counts };
-}
 
 function writeConfig(dir, { mqttPort, tty, receiverUrl, httpPort, id = "bench-cpu" }) {
   const yaml = `version: 1
@@ -254,10 +189,7 @@ function startAgent(config, bin = BIN) {
 
 async function readingsCounted(httpPort) {
   const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
-  return text
-    .split("\n")
-    .filter((l) => l.startsWith("edgehook_readings_total{") || l.startsWith("edgehook_readings_total "))
-    .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+  return metricSum(text, "edgehook_readings_total");
 }
 
 /** The baseline: a bare mqtt.js subscriber (QoS 1, persistent session) that JSON.parses each payload. */
@@ -399,10 +331,10 @@ async function main() {
   const ttys = [];
   let client;
   try {
-    const mqttPort = await startMosquitto(dir);
+    const { port: mqttPort } = await startMosquitto(dir, "max_queued_messages 1000000\n");
     const agents = [];
     for (const [id, bin] of [["bench-cpu", BIN], ...(BIN_B ? [["bench-cpu-b", BIN_B]] : [])]) {
-      const { agentSide, benchSide } = await startPty(dir, id);
+      const { agentSide, benchSide } = await startPty(join(dir, `tty-${id}`), join(dir, `tty-bench-${id}`));
       const httpPort = await freePort();
       const config = writeConfig(dir, { mqttPort, tty: agentSide, receiverUrl: receiver.url, httpPort, id });
       agents.push(await startReadyAgent(config, httpPort, bin));
@@ -484,15 +416,7 @@ async function main() {
   }
 }
 
-const deadline = setTimeout(
-  () => {
-    console.error("cpu: over time, giving up");
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    process.exit(1);
-  },
-  (RUNS * 2 * (WINDOW_S + 15) + 90) * 1000,
-);
-deadline.unref();
+overTime("cpu", (RUNS * 2 * (WINDOW_S + 15) + 90) * 1000);
 
 main().catch((err) => {
   console.error(err);

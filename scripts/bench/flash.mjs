@@ -30,14 +30,24 @@
 // (outbox.db, outbox.db-wal) the bytes passed to pwrite, the fsyncs and a model of write_bytes
 // in the events phase; the /proc figures are then strace's own, not the agent's.
 // Loopback only; everything in a temp directory; every child is killed by PID; bounded in time.
-import { spawn } from "node:child_process";
 import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
-import { connect, createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
+import {
+  freePort,
+  killChildrenOnSignal,
+  loadavg,
+  median,
+  metricSum,
+  overTime,
+  sleep,
+  spawnTracked,
+  startMosquitto,
+  startReceiver,
+  waitFor,
+} from "./support.mjs";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const EVENTS = Number(positional[0] ?? 100);
@@ -54,13 +64,6 @@ const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /** Released MQTT message keys are deleted within this (src/store/message-keys.ts), plus margin. */
 const SETTLE_MS = 7000;
 
-const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 const io = (pid) => {
   const out = {};
   for (const line of readFileSync(`/proc/${pid}/io`, "utf8").split("\n")) {
@@ -76,68 +79,10 @@ const ioDelta = (a, b) => ({
 });
 const kb = (bytes) => (bytes / 1000).toFixed(1);
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createTcpServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const portOpen = (port) =>
-  new Promise((resolve) => {
-    const s = connect(port, "127.0.0.1");
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-
-async function waitFor(check, what, timeoutMs, everyMs = 50) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
-
-function spawnTracked(cmd, args, opts) {
-  const child = spawn(cmd, args, opts);
-  children.push(child);
-  child.once("error", (err) => console.error(`${cmd}: ${err.message}`));
-  return child;
-}
-
-/** Answers 200 at once; counts requests and keeps the body sizes. */
-async function startReceiver() {
-  const counts = { requests: 0, sizes: [] };
-  const server = createServer((req, res) => {
-    let size = 0;
-    req.on("data", (d) => {
-      size += d.length;
-    });
-    req.on("end", () => {
-      counts.requests++;
-      counts.sizes.push(size);
-      res.writeHead(200).end();
-    });
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { server, port: server.address().port, counts };
-}
-
 async function readingsTotal(httpPort) {
   try {
     const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
-    return text
-      .split("\n")
-      .filter((l) => l.startsWith("edgehook_readings_total{") || l.startsWith("edgehook_readings_total "))
-      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+    return metricSum(text, "edgehook_readings_total");
   } catch {
     return Number.NaN;
   }
@@ -159,18 +104,18 @@ async function publishPaced(pub, values) {
  */
 async function runAgent(bin, { killAfter } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "edgehook-flash-"));
-  const receiver = await startReceiver();
+  // Answers 200 at once; counts requests and keeps the body sizes.
+  const receiver = await startReceiver({ status: 200, sizes: true });
   const mine = [];
   const track = (c) => {
     mine.push(c);
     return c;
   };
   try {
-    const brokerPort = await freePort();
+    const broker = await startMosquitto(dir, "", 50);
+    track(broker.child);
+    const brokerPort = broker.port;
     const httpPort = await freePort();
-    writeFileSync(join(dir, "mosquitto.conf"), `listener ${brokerPort} 127.0.0.1\nallow_anonymous true\n`);
-    track(spawnTracked("mosquitto", ["-c", join(dir, "mosquitto.conf")], { stdio: "ignore" }));
-    await waitFor(() => portOpen(brokerPort), "mosquitto", 10_000);
     writeFileSync(
       join(dir, "agent.yaml"),
       `version: 1
@@ -471,21 +416,8 @@ async function pages(bin) {
 
 // ------------------------------------------------------------ main
 
-const deadline = setTimeout(
-  () => {
-    console.error("flash: over time, giving up");
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    process.exit(1);
-  },
-  RUNS * (BINS.length + 1) * ((2 * EVENTS) / RATE + 60) * 1000 + 300_000,
-);
-deadline.unref();
-for (const signal of ["SIGINT", "SIGTERM"]) {
-  process.once(signal, () => {
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    process.exit(1);
-  });
-}
+overTime("flash", RUNS * (BINS.length + 1) * ((2 * EVENTS) / RATE + 60) * 1000 + 300_000);
+killChildrenOnSignal();
 
 const startLoad = loadavg();
 console.log(

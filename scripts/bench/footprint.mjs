@@ -22,13 +22,25 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
-import { createServer } from "node:http";
-import { connect, createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
+import {
+  children,
+  freePort,
+  loadavg,
+  median,
+  metricSum,
+  overTime,
+  sleep,
+  startMosquitto,
+  startPty,
+  startReceiver,
+  track,
+  waitFor,
+} from "./support.mjs";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const IDLE_S = Number(positional[0] ?? 20);
@@ -63,49 +75,7 @@ const COMMAND = `node scripts/bench/footprint.mjs ${process.argv
   .join(" ")}`.trim();
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 
-const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const mb = (bytes) => (bytes / 1024 / 1024).toFixed(1);
-
-function track(child, name) {
-  children.push(child);
-  child.once("error", (err) => console.error(`${name}: ${err.message}`));
-  return child;
-}
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createTcpServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitFor(check, what, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-const portOpen = (port) =>
-  new Promise((resolve) => {
-    const s = connect(port, "127.0.0.1");
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
 
 // ---------------------------------------------------------------- /proc
 
@@ -148,39 +118,6 @@ function dirBytes(dir) {
 }
 
 // ---------------------------------------------------------------- parts
-
-async function startMosquitto(dir) {
-  const port = await freePort();
-  const conf = join(dir, "mosquitto.conf");
-  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n`);
-  track(spawn("mosquitto", ["-c", conf], { stdio: "ignore" }), "mosquitto");
-  await waitFor(() => portOpen(port), "mosquitto");
-  return port;
-}
-
-async function startPty(dir) {
-  const agentSide = join(dir, "tty-agent");
-  const benchSide = join(dir, "tty-bench");
-  track(
-    spawn("socat", [`pty,raw,echo=0,link=${agentSide}`, `pty,raw,echo=0,link=${benchSide}`], { stdio: "ignore" }),
-    "socat",
-  );
-  await waitFor(() => existsSync(agentSide) && existsSync(benchSide), "socat ptys");
-  return { agentSide, benchSide };
-}
-
-async function startReceiver() {
-  const counts = { requests: 0 };
-  const server = createServer((req, res) => {
-    req.resume();
-    req.on("end", () => {
-      counts.requests++;
-      res.writeHead(204).end();
-    });
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { server, url: `http://127.0.0.1:${server.address().port}/hook`, counts };
-}
 
 /** A real sd_notify socket (python3 binds it; Node cannot), reporting each datagram. */
 async function startNotifySocket(dir) {
@@ -298,11 +235,7 @@ async function stopAgent(child) {
 
 async function scrape(httpPort) {
   const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
-  const sum = (name) =>
-    text
-      .split("\n")
-      .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
-      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+  const sum = (name) => metricSum(text, name);
   return {
     readings: sum("edgehook_readings_total"),
     events: sum("edgehook_rule_events_total"),
@@ -377,8 +310,8 @@ async function main() {
   const dir = mkdtempSync(join(tmpdir(), "edgehook-footprint-"));
   const receiver = await startReceiver();
   try {
-    const mqttPort = await startMosquitto(dir);
-    const { agentSide, benchSide } = await startPty(dir);
+    const { port: mqttPort } = await startMosquitto(dir, "max_queued_messages 1000000\n");
+    const { agentSide, benchSide } = await startPty(join(dir, "tty-agent"), join(dir, "tty-bench"));
     const notify = await startNotifySocket(dir);
     const httpPort = await freePort();
     const config = writeConfig(dir, { mqttPort, tty: agentSide, receiverUrl: receiver.url, httpPort });
@@ -417,18 +350,19 @@ async function main() {
       );
       if (run < START_RUNS - 1 || NO_LOAD) await stopAgent(agent.child);
     }
-    const loadavg = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+    const loadAverage = loadavg();
     console.log(`agent: node ${[...NODE_ARGS, BIN].join(" ")} run`);
     const ms = (xs) => xs.map((m) => Math.round(m));
     const mbs = (xs) => xs.map((b) => Number(mb(b)));
     console.log(
-      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${ms(readyMs).join(", ")}), CPU used by then ${median(readyCpuMs).toFixed(0)} ms; bare node -e 0 start to exit ${median(bareStartMs).toFixed(0)} ms; load average ${loadavg}`,
+      `start to READY=1: median ${median(readyMs).toFixed(0)} ms (${ms(readyMs).join(", ")}), CPU used by then ${median(readyCpuMs).toFixed(0)} ms; bare node -e 0 start to exit ${median(bareStartMs).toFixed(0)} ms; load average ${loadAverage}`,
     );
     console.log(
       `idle ${IDLE_S} s: RSS median ${mb(median(idleRss))} MB (${mbs(idleRss).join(", ")}); bare node ${mb(median(bareRss))} MB (${mbs(bareRss).join(", ")})`,
     );
     if (JSON_FILE) {
-      const row = (r) => appendFileSync(JSON_FILE, `${JSON.stringify({ ...r, load: loadavg, command: COMMAND })}\n`);
+      const row = (r) =>
+        appendFileSync(JSON_FILE, `${JSON.stringify({ ...r, load: loadAverage, command: COMMAND })}\n`);
       row({
         row: "idle_rss",
         value: Number(mb(median(idleRss))),
@@ -514,15 +448,7 @@ async function main() {
   }
 }
 
-const deadline = setTimeout(
-  () => {
-    console.error("footprint: over time, giving up");
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    process.exit(1);
-  },
-  (START_RUNS * (IDLE_S + SETTLE_S + 10) + LOAD_S + QUIET_S + 90) * 1000,
-);
-deadline.unref();
+overTime("footprint", (START_RUNS * (IDLE_S + SETTLE_S + 10) + LOAD_S + QUIET_S + 90) * 1000);
 
 main().catch((err) => {
   console.error(err);

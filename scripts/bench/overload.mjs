@@ -34,14 +34,24 @@
 // Environment: OVERLOAD_DELAY_MS (2), OVERLOAD_CONCURRENCY (4), OVERLOAD_DRAIN_S (90),
 // OVERLOAD_NOINGEST_S (10).
 // Loopback only; everything in a temp directory; every child is killed by PID; bounded in time.
-import { spawn } from "node:child_process";
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
-import { connect, createServer as createTcpServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
+import {
+  freePort,
+  killChildrenOnSignal,
+  loadavg,
+  median as medianOf,
+  metricSum,
+  overTime,
+  sleep,
+  spawnTracked,
+  startMosquitto,
+  startReceiver,
+  waitFor as waitUntil,
+} from "./support.mjs";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const JSON_FILE = process.argv.find((a) => a.startsWith("--json="))?.slice("--json=".length);
@@ -57,83 +67,19 @@ const SERIES = 100;
 const IN_FLIGHT = 500; // QoS 1 publishes awaited together
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const median = (xs) => {
-  // NaN: not measured in that run (see quietPerS).
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
+// NaN: not measured in that run (see quietPerS).
+const median = (xs) => medianOf(xs.filter((x) => !Number.isNaN(x)));
 const vmKb = (pid, key) =>
   Number(new RegExp(`^${key}:\\s+(\\d+)`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
 const mib = (kb) => (kb / 1024).toFixed(1);
-const loadavg = () => readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createTcpServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const portOpen = (port) =>
-  new Promise((resolve) => {
-    const s = connect(port, "127.0.0.1");
-    s.once("connect", () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once("error", () => resolve(false));
-  });
-
-async function waitFor(check, what, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return true;
-    if (Date.now() > deadline) {
-      if (what) throw new Error(`timed out waiting for ${what}`);
-      return false;
-    }
-    await sleep(100);
-  }
-}
-
-function spawnTracked(cmd, args, opts) {
-  const child = spawn(cmd, args, opts);
-  children.push(child);
-  child.once("error", (err) => console.error(`${cmd}: ${err.message}`));
-  return child;
-}
-
-/** Answers 200 after DELAY_MS; counts requests. */
-async function startReceiver() {
-  const counts = { requests: 0 };
-  const server = createServer((req, res) => {
-    req.resume();
-    req.on("end", () => {
-      setTimeout(() => {
-        counts.requests++;
-        res.writeHead(200).end();
-      }, DELAY_MS);
-    });
-  });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
-  return { server, port: server.address().port, counts };
-}
+const waitFor = (check, what, timeoutMs) => waitUntil(check, what, timeoutMs, 100);
 
 /** Sums of the agent's counters: readings decoded, and readings or events dropped (counted drops). */
 async function scrape(httpPort) {
   try {
     const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
-    const sum = (name) =>
-      text
-        .split("\n")
-        .filter((l) => l.startsWith(`${name}{`) || l.startsWith(`${name} `))
-        .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+    const sum = (name) => metricSum(text, name);
     return {
       // A QoS 1 message the broker sends again (after a reconnect) and the agent recognises is skipped.
       readings: sum("edgehook_readings_total") - sum("edgehook_redeliveries_skipped_total"),
@@ -151,23 +97,20 @@ async function readingsAccepted(httpPort) {
 
 async function run(bin) {
   const dir = mkdtempSync(join(tmpdir(), "edgehook-overload-"));
-  const receiver = await startReceiver();
+  // Answers 200 after DELAY_MS; counts requests.
+  const receiver = await startReceiver({ status: 200, delayMs: DELAY_MS });
   const mine = [];
   const track = (c) => {
     mine.push(c);
     return c;
   };
   try {
-    const brokerPort = await freePort();
-    const httpPort = await freePort();
     // No broker-side limits: whatever the agent does not take yet, the broker keeps (and
     // reports in $SYS), so a reading the agent never takes shows up as loss, not as a broker drop.
-    writeFileSync(
-      join(dir, "mosquitto.conf"),
-      `listener ${brokerPort} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_queued_bytes 0\nsys_interval 1\n`,
-    );
-    track(spawnTracked("mosquitto", ["-c", join(dir, "mosquitto.conf")], { stdio: "ignore" }));
-    await waitFor(() => portOpen(brokerPort), "mosquitto", 10_000);
+    const broker = await startMosquitto(dir, "max_queued_messages 0\nmax_queued_bytes 0\nsys_interval 1\n", 100);
+    track(broker.child);
+    const brokerPort = broker.port;
+    const httpPort = await freePort();
     writeFileSync(
       join(dir, "agent.yaml"),
       `version: 1
@@ -289,21 +232,8 @@ http: { listen: "127.0.0.1:${httpPort}" }
   }
 }
 
-const deadline = setTimeout(
-  () => {
-    console.error("overload: over time, giving up");
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    process.exit(1);
-  },
-  RUNS * BINS.length * (SECONDS + DRAIN_S + NOINGEST_S + 60) * 1000,
-);
-deadline.unref();
-for (const signal of ["SIGINT", "SIGTERM"]) {
-  process.once(signal, () => {
-    for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
-    process.exit(1);
-  });
-}
+overTime("overload", RUNS * BINS.length * (SECONDS + DRAIN_S + NOINGEST_S + 60) * 1000);
+killChildrenOnSignal();
 
 console.log(
   `overload: ${SECONDS} s of QoS 1 publishes at the broker's pace, receiver ${DELAY_MS} ms/request, concurrency ${CONCURRENCY}; load average ${loadavg()}`,
