@@ -9,11 +9,11 @@
 // A private mosquitto on a free loopback port; everything in a temp dir; children killed by PID.
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
+import { freePort, sleep } from "./support.mjs";
 
 const positional = process.argv.slice(2).filter((a) => !a.startsWith("--"));
 const MESSAGES = Number(positional[0] ?? 50_000);
@@ -22,20 +22,8 @@ const binArg = process.argv.find((a) => a.startsWith("--bin="));
 const BIN = binArg ? binArg.slice(6) : fileURLToPath(new URL("../../bin/edgehook.js", import.meta.url));
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const vm = (pid, key) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function run() {
   const dir = mkdtempSync(join(tmpdir(), "edgehook-refused-rss-"));
