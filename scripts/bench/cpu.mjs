@@ -31,7 +31,6 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
-  rmSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
@@ -41,7 +40,9 @@ import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import {
   children,
+  cleanUp,
   freePort,
+  keepOutput,
   loadavg,
   median,
   metricSum,
@@ -172,19 +173,14 @@ function startAgent(config, bin = BIN) {
     spawn(process.execPath, [...NODE_ARGS, bin, "run", "--config", config], { stdio: ["ignore", "pipe", "pipe"] }),
     "agent",
   );
-  let log = "";
-  const keep = (d) => {
-    if (log.length < 200_000) log += d;
-  };
-  child.stdout.on("data", keep);
-  child.stderr.on("data", keep);
+  const log = keepOutput(child, 200_000);
   // CPU_AGENT_OUT=<file>: all the agent writes (e.g. with CPU_NODE_ARGS=--trace-deopt).
   if (process.env.CPU_AGENT_OUT) {
     const out = openSync(`${process.env.CPU_AGENT_OUT}.${child.pid}`, "w");
     child.stdout.on("data", (d) => writeSync(out, d));
     child.once("exit", () => closeSync(out));
   }
-  return { child, log: () => log };
+  return { child, log };
 }
 
 async function readingsCounted(httpPort) {
@@ -407,12 +403,7 @@ async function main() {
       agentChild.kill("SIGTERM");
       await Promise.race([exited, sleep(10_000)]);
     }
-    for (const c of children.reverse()) {
-      if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-    }
-    receiver.server.closeAllConnections();
-    receiver.server.close();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(children, receiver, dir);
   }
 }
 

@@ -36,7 +36,9 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import {
+  cleanUp,
   freePort,
+  keepOutput,
   killChildrenOnSignal,
   loadavg,
   median,
@@ -131,7 +133,6 @@ rules:
 http: { listen: "127.0.0.1:${httpPort}" }
 `,
     );
-    let log = "";
     const agent = track(
       spawnTracked(
         STRACE ? "strace" : process.execPath,
@@ -160,13 +161,9 @@ http: { listen: "127.0.0.1:${httpPort}" }
         },
       ),
     );
-    const keep = (d) => {
-      if (log.length < 20_000) log += d;
-    };
-    agent.stdout.on("data", keep);
-    agent.stderr.on("data", keep);
+    const log = keepOutput(agent, 20_000);
     await waitFor(async () => !Number.isNaN(await readingsTotal(httpPort)), "agent /metrics", 30_000).catch((err) => {
-      throw new Error(`${err.message}\n${log.slice(-2000)}`);
+      throw new Error(`${err.message}\n${log().slice(-2000)}`);
     });
     const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${brokerPort}`, { clientId: "flash-pub" });
     // Warm-up: the series exists and is at rest; what start-up writes is done.
@@ -230,10 +227,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
   } finally {
     // Under strace the agent is strace's child, and a killed strace would leave it running.
     if (STRACE) for (const c of mine) if (c.exitCode === null) killTracees(c.pid);
-    for (const c of mine.reverse()) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-    receiver.server.closeAllConnections();
-    receiver.server.close();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(mine, receiver, dir);
   }
 }
 

@@ -12,16 +12,7 @@
 //
 // Targets (issue 15): idle RSS ≤ 60 MB, idle CPU ≤ 0.5 %, start to READY ≤ 300 ms.
 import { spawn, spawnSync } from "node:child_process";
-import {
-  appendFileSync,
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -29,7 +20,9 @@ import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import {
   children,
+  cleanUp,
   freePort,
+  keepOutput,
   loadavg,
   median,
   metricSum,
@@ -214,14 +207,9 @@ function startAgent(config, notifyPath, logFile) {
     }),
     "agent",
   );
-  let log = "";
-  const keep = (d) => {
-    if (log.length < 200_000) log += d;
-  };
-  child.stdout.on("data", keep);
-  child.stderr.on("data", keep);
-  child.once("exit", () => writeFileSync(logFile, log));
-  return { child, t0, log: () => log };
+  const log = keepOutput(child, 200_000);
+  child.once("exit", () => writeFileSync(logFile, log()));
+  return { child, t0, log };
 }
 
 async function stopAgent(child) {
@@ -439,12 +427,7 @@ async function main() {
     const verdict = verdictIdle;
     for (const [what, ok] of verdict) console.log(`${ok ? "PASS" : "FAIL"} ${what}`);
   } finally {
-    for (const c of children.reverse()) {
-      if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-    }
-    receiver.server.closeAllConnections();
-    receiver.server.close();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(children, receiver, dir);
   }
 }
 

@@ -34,13 +34,15 @@
 // Environment: OVERLOAD_DELAY_MS (2), OVERLOAD_CONCURRENCY (4), OVERLOAD_DRAIN_S (90),
 // OVERLOAD_NOINGEST_S (10).
 // Loopback only; everything in a temp directory; every child is killed by PID; bounded in time.
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import {
+  cleanUp,
   freePort,
+  keepOutput,
   killChildrenOnSignal,
   loadavg,
   median as medianOf,
@@ -126,21 +128,16 @@ rules:
 http: { listen: "127.0.0.1:${httpPort}" }
 `,
     );
-    let log = "";
     const agent = track(
       spawnTracked(process.execPath, [bin, "run", "--config", join(dir, "agent.yaml")], {
         cwd: dir,
         stdio: ["ignore", "pipe", "pipe"],
       }),
     );
-    const keep = (d) => {
-      if (log.length < 20_000) log += d;
-    };
-    agent.stdout.on("data", keep);
-    agent.stderr.on("data", keep);
+    const log = keepOutput(agent, 20_000);
     await waitFor(async () => !Number.isNaN(await readingsAccepted(httpPort)), "agent /metrics", 30_000).catch(
       (err) => {
-        throw new Error(`${err.message}\n${log.slice(-2000)}`);
+        throw new Error(`${err.message}\n${log().slice(-2000)}`);
       },
     );
     await sleep(3000);
@@ -225,10 +222,7 @@ http: { listen: "127.0.0.1:${httpPort}" }
       alive: agent.exitCode === null,
     };
   } finally {
-    for (const c of mine.reverse()) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-    receiver.server.closeAllConnections();
-    receiver.server.close();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(mine, receiver, dir);
   }
 }
 

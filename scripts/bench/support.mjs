@@ -3,7 +3,7 @@
 // mosquitto, a socat pty pair and a counting loopback webhook receiver.
 // Everything listens on 127.0.0.1 only.
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { connect, createServer as createTcpServer } from "node:net";
 import { join } from "node:path";
@@ -99,6 +99,25 @@ export function killChildrenOnSignal() {
       process.exit(1);
     });
   }
+}
+
+/** Keeps what `child` writes to stdout and stderr, up to about `limit` characters; returns a getter. */
+export function keepOutput(child, limit) {
+  let log = "";
+  const keep = (d) => {
+    if (log.length < limit) log += d;
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  return () => log;
+}
+
+/** The end of a bench run: SIGKILLs `kids` still running (last started first), closes `receiver`, removes `dir`. */
+export function cleanUp(kids, receiver, dir) {
+  for (const c of [...kids].reverse()) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  receiver.server.closeAllConnections();
+  receiver.server.close();
+  rmSync(dir, { recursive: true, force: true });
 }
 
 // ---------------------------------------------------------------- parts
