@@ -402,7 +402,7 @@ export class Dispatcher {
 
   /**
    * Whether a destination that is up has requests in flight: ingest then leaves delivery
-   * its share of the thread (sources/mqtt.ts, fair share). A destination that is down
+   * its share of the thread (sources/mqtt-intake.ts, fair share). A destination that is down
    * (probing) or disabled needs no share.
    */
   sending(): boolean {
