@@ -43,6 +43,7 @@ import {
   mqttDecoder,
   serialDecoder,
 } from "../sources/decode.js";
+import { redactUrl } from "../sources/mqtt-options.js";
 import type { Reading } from "../sources/reading.js";
 import { safe } from "./safe-text.js";
 
@@ -335,7 +336,7 @@ async function tapMqttSource(
     const msg = (err as Error).message;
     const auth = /not authori[sz]ed|bad user ?name or password/i.test(msg);
     io.err(
-      `mqtt: cannot connect to ${safe(redact(url))}: ${safe(msg)}${
+      `mqtt: cannot connect to ${safe(redactUrl(url))}: ${safe(msg)}${
         auth && m.password === UNREAD_SECRET
           ? " (tap reads no secrets from the configuration: give the broker password with --password-file FILE)"
           : ""
@@ -353,19 +354,9 @@ async function tapMqttSource(
   const refused = granted.filter((g) => g.qos === 128).map((g) => g.topic);
   if (refused.length > 0) io.err(`mqtt: the broker refused: ${refused.map(safe).join(", ")}`);
   io.err(
-    `mqtt: tapping ${safe(redact(url))} as ${clientId} (clean session, QoS 0; the agent's session is untouched): ${filters.map(safe).join(", ")}`,
+    `mqtt: tapping ${safe(redactUrl(url))} as ${clientId} (clean session, QoS 0; the agent's session is untouched): ${filters.map(safe).join(", ")}`,
   );
   return () => client.endAsync(true);
-}
-
-function redact(u: string): string {
-  try {
-    const url = new URL(u);
-    if (url.password) url.password = "redacted";
-    return url.toString();
-  } catch {
-    return u;
-  }
 }
 
 // ---------------------------------------------------------------- serial
