@@ -83,47 +83,13 @@ export function compileRule(r: RuleConfig): CompiledRule {
   const priority = r.priority ?? SEVERITY_PRIORITY[r.severity];
   const compound = compileCompound(r);
   if (compound !== undefined && r.when !== undefined) {
-    return {
-      cfg,
-      name,
-      version,
-      sensor,
-      // The readings that concern a `when` rule are those of the metrics it reads.
-      metric: (m: string) => compound.own.has(m),
-      labels,
-      priority,
-      kind: "alert",
-      condition: whenCondition({ ...r, when: r.when }),
-      aggregate: undefined,
-      rate: undefined,
-      compound,
-      forMs: r.for ?? 0,
-      clearForMs: r.clear_for ?? 0,
-      repeatMs: r.repeat_every || undefined,
-      cooldownMs: r.cooldown || undefined,
-    };
+    // The readings that concern a `when` rule are those of the metrics it reads.
+    const own = (m: string) => compound.own.has(m);
+    return alertRule(r, version, sensor, own, labels, priority, whenCondition({ ...r, when: r.when }), compound);
   }
   const condition = compileCondition(r);
   if (condition !== undefined) {
-    const isRate = r.rate_above !== undefined || r.rate_below !== undefined;
-    return {
-      cfg,
-      name,
-      version,
-      sensor,
-      metric,
-      labels,
-      priority,
-      kind: "alert",
-      condition,
-      aggregate: r.aggregate && !isRate ? { fn: r.aggregate.fn, overMs: r.aggregate.over } : undefined,
-      rate: isRate ? { windowMs: r.rate_window, factor: RATE_FACTOR[r.rate_per] } : undefined,
-      compound: undefined,
-      forMs: r.for ?? 0,
-      clearForMs: r.clear_for ?? 0,
-      repeatMs: r.repeat_every || undefined,
-      cooldownMs: r.cooldown || undefined,
-    };
+    return alertRule(r, version, sensor, metric, labels, priority, condition, undefined);
   }
   if (r.absent_for !== undefined) {
     const perSensor = /^\*+$/.test(r.match.metric);
@@ -152,5 +118,41 @@ export function compileRule(r: RuleConfig): CompiledRule {
     priority,
     kind: "forward",
     batchMs: typeof r.forward === "object" ? r.forward.batch_every : undefined,
+  };
+}
+
+/**
+ * Both kinds of alert (a threshold or rate condition, and a `when` expression) come from this
+ * one literal, so they share one hidden class whatever their condition.
+ */
+function alertRule(
+  r: RuleConfig,
+  version: string,
+  sensor: Matcher,
+  metric: Matcher,
+  labels: AlertRule["labels"],
+  priority: number,
+  condition: Condition,
+  compound: Compound | undefined,
+): AlertRule {
+  const isRate = compound === undefined && (r.rate_above !== undefined || r.rate_below !== undefined);
+  return {
+    cfg: r,
+    name: r.name,
+    version,
+    sensor,
+    metric,
+    labels,
+    priority,
+    kind: "alert",
+    condition,
+    aggregate:
+      compound === undefined && r.aggregate && !isRate ? { fn: r.aggregate.fn, overMs: r.aggregate.over } : undefined,
+    rate: isRate ? { windowMs: r.rate_window, factor: RATE_FACTOR[r.rate_per] } : undefined,
+    compound,
+    forMs: r.for ?? 0,
+    clearForMs: r.clear_for ?? 0,
+    repeatMs: r.repeat_every || undefined,
+    cooldownMs: r.cooldown || undefined,
   };
 }
