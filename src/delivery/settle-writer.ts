@@ -177,13 +177,7 @@ export class SettleWriter implements SettleRider {
       const n = this.#o.quiet().shouldLog("settle");
       if (n !== undefined) this.#o.log.error({ err, suppressed: n }, "writing delivery outcomes failed; retrying");
       this.#pending = batch.concat(this.#pending);
-      if (!this.#o.stopping()) {
-        this.#timer = setTimeout(() => {
-          this.#timer = undefined;
-          this.flush();
-        }, RETRY_WRITE_MS);
-        this.#timerDue = performance.now() + RETRY_WRITE_MS;
-      }
+      if (!this.#o.stopping()) this.#arm(RETRY_WRITE_MS);
       return;
     }
     this.#written(batch);
