@@ -57,7 +57,7 @@ import type { Logger, RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { MqttRouter } from "./decode.js";
 import { messageKey } from "./mqtt-keys.js";
-import { isBackpressure, type Reading, type ReadingSink, type SinkOrigin } from "./reading.js";
+import { callSink, isBackpressure, type Reading, type ReadingSink, type SinkOrigin } from "./reading.js";
 import type { ReceivedMessage, RedeliveryTracker } from "./redelivery.js";
 
 /**
@@ -496,13 +496,4 @@ function writePuback(buf: Buffer, at: number, messageId: number): void {
   buf[at] = 0x40;
   buf[at + 1] = 0x02;
   buf.writeUInt16BE(messageId, at + 2);
-}
-
-/** A sink that throws instead of rejecting must not break the batching loop. */
-function callSink(sink: ReadingSink, readings: Reading[], origin: SinkOrigin): Promise<void> {
-  try {
-    return sink(readings, origin);
-  } catch (err) {
-    return Promise.reject(err);
-  }
 }

@@ -6,7 +6,14 @@
 import { open } from "node:fs/promises";
 import type { Clock, TimerHandle } from "../clock.js";
 import type { Logger } from "../ops/logger.js";
-import { type DeviceState, isBackpressure, type Reading, type ReadingSink, type SourceStatus } from "./reading.js";
+import {
+  callSink,
+  type DeviceState,
+  isBackpressure,
+  type Reading,
+  type ReadingSink,
+  type SourceStatus,
+} from "./reading.js";
 
 export interface PollerOptions {
   clock: Clock;
@@ -148,13 +155,7 @@ export class SinkQueue {
     if (this.#inflight || this.#pending.length === 0) return;
     const batch = this.#pending;
     this.#pending = [];
-    let call: Promise<void>;
-    try {
-      call = this.#o.sink(batch);
-    } catch (err) {
-      call = Promise.reject(err);
-    }
-    this.#inflight = call.then(
+    this.#inflight = callSink(this.#o.sink, batch).then(
       () => {
         if (!this.#holding) return;
         this.#holding = false;

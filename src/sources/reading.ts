@@ -34,6 +34,18 @@ export function isBackpressure(err: unknown): boolean {
 }
 
 /**
+ * Calls a sink; one that throws instead of rejecting must not break a source's batching
+ * loop, so a throw becomes a rejection. The arguments are passed on as given.
+ */
+export function callSink(sink: ReadingSink, ...args: Parameters<ReadingSink>): Promise<void> {
+  try {
+    return sink(...args);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/**
  * Where a batch of readings came from. `messageKeys` name the source messages (for
  * MQTT: session, packet id, topic and payload hash); they are committed with what the
  * readings caused, so that a message redelivered after a crash between the commit and

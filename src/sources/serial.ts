@@ -27,6 +27,7 @@ import { RateLimitedLog } from "../ops/logger.js";
 import type { Metrics } from "../ops/metrics.js";
 import { type LineDecoder, LineSplitter, serialDecoder } from "./decode.js";
 import {
+  callSink,
   isBackpressure,
   type Reading,
   type ReadingSink,
@@ -424,15 +425,6 @@ function openTtyReader(path: string): TtyReadStream | undefined {
   }
   closeSync(fd);
   return undefined;
-}
-
-/** A sink that throws instead of rejecting must not break the batching loop. */
-function callSink(sink: ReadingSink, readings: Reading[]): Promise<void> {
-  try {
-    return sink(readings);
-  } catch (err) {
-    return Promise.reject(err);
-  }
 }
 
 /** A short, printable excerpt of a bad line for the log. */
