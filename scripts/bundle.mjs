@@ -10,7 +10,8 @@
 // - Native modules (better-sqlite3, serialport and its bindings) stay in node_modules:
 //   their .node binaries are found relative to their own package. So do the packages the
 //   agent loads only on some paths with createRequire (modbus-serial; undici's index behind
-//   a proxy), which esbuild leaves as run-time requires.
+//   a proxy; @marcbachmann/cel-js on the first expression), which esbuild leaves as
+//   run-time requires.
 // - Commands and sources that only some configurations use (status, tap, demo, Modbus,
 //   1-Wire, the embedded broker ...) are split into chunks loaded by their import(), so a
 //   running agent does not hold their code.
