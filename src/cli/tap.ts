@@ -43,7 +43,7 @@ import {
   mqttDecoder,
   serialDecoder,
 } from "../sources/decode.js";
-import { redactUrl } from "../sources/mqtt-options.js";
+import { brokerUrl, redactUrl } from "../sources/mqtt-options.js";
 import type { Reading } from "../sources/reading.js";
 import { safe } from "./safe-text.js";
 
@@ -305,7 +305,7 @@ async function tapMqttSource(
   let url = m.url;
   if (url === "embedded") {
     const e = m.embedded ?? { host: "127.0.0.1", port: 1883 };
-    url = `mqtt://${e.host.includes(":") ? `[${e.host}]` : e.host}:${e.port}`;
+    url = brokerUrl(e.host, e.port);
   }
   const clientId = `edgehook-tap-${config.agent.id}-${io.pid}`;
   const options: IClientOptions = {

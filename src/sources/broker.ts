@@ -8,6 +8,7 @@ import { timingSafeEqual } from "node:crypto";
 import { createServer, type Server, type Socket } from "node:net";
 import { Aedes, type AuthenticateError } from "aedes";
 import type { Logger } from "../ops/logger.js";
+import { brokerUrl } from "./mqtt-options.js";
 
 export interface EmbeddedBrokerOptions {
   host: string;
@@ -59,7 +60,7 @@ export class EmbeddedBroker {
     this.#server = server;
     const addr = server.address();
     const actual = typeof addr === "object" && addr ? addr.port : port;
-    const url = `mqtt://${host.includes(":") ? `[${host}]` : host}:${actual}`;
+    const url = brokerUrl(host, actual);
     logger.info({ url }, "embedded MQTT broker listening");
     return { url };
   }

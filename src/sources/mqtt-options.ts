@@ -42,6 +42,11 @@ export function clientOptions(cfg: MqttConfig, o: ClientOptionsInput): IClientOp
   return options;
 }
 
+/** The URL of a broker listening on `host` (an IPv6 address in brackets) and `port`. */
+export function brokerUrl(host: string, port: number): string {
+  return `mqtt://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
 export function redactUrl(u: string): string {
   try {
     const url = new URL(u);
