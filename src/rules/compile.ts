@@ -85,7 +85,7 @@ export function compileRule(r: RuleConfig): CompiledRule {
   if (compound !== undefined && r.when !== undefined) {
     // The readings that concern a `when` rule are those of the metrics it reads.
     const own = (m: string) => compound.own.has(m);
-    return alertRule(r, version, sensor, own, labels, priority, whenCondition({ ...r, when: r.when }), compound);
+    return alertRule(r, version, sensor, own, labels, priority, whenCondition(r.when), compound);
   }
   const condition = compileCondition(r);
   if (condition !== undefined) {

@@ -76,10 +76,10 @@ export function compileCompound(r: RuleConfig): Compound | undefined {
 }
 
 /** The condition the alert machine runs for a `when` rule: it reads verdicts. */
-export function whenCondition(r: RuleConfig & { when: string }): Condition {
+export function whenCondition(when: string): Condition {
   return {
     name: "when",
-    threshold: r.when,
+    threshold: when,
     numeric: false,
     active: (v) => v === HOLDS,
     clear: (v) => v === CLEARS,
