@@ -274,6 +274,14 @@ export class Dispatcher {
     }
     this.#settler.flush();
     // What could not be written stays pending on disk and is sent again by the next start.
+    // Said here once, whatever the rate limit kept of the write errors before it.
+    const unwritten = this.#settler.size;
+    if (unwritten > 0) {
+      this.#log.warn(
+        { unwritten },
+        "shutdown: delivery outcomes could not be written; those deliveries stay pending and are sent again after the restart",
+      );
+    }
     this.#outbox.carry?.(undefined);
     await Promise.all([...this.#lanes.values()].map((l) => l.transport.destroy()));
     this.#lanes.clear();

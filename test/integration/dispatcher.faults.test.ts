@@ -471,6 +471,26 @@ describe("dispatcher against real receivers", () => {
     expect(firstArrivals).toEqual(all);
   });
 
+  it("outcomes still unwritten at shutdown are logged there, even when the write errors before were rate-limited", async () => {
+    const logs: Record<string, unknown>[] = [];
+    const r = await rig({}, { logs, settleDelayMs: 20 });
+    const events = await r.commit("s1", 2);
+    r.outbox.settle = () => {
+      throw new Error("disk I/O error");
+    };
+    r.dispatcher.start();
+    await r.receiver.waitFor(() => r.receiver.accepted.length === 2, "the series");
+    const failed = () => logs.filter((l) => l.msg === "writing delivery outcomes failed; retrying").length;
+    await waitUntil(() => failed() === 1, "the first failed write");
+    await r.dispatcher.stop(0);
+    // The write at shutdown failed too, and the rate limit kept its error out of the log.
+    expect(failed()).toBe(1);
+    const shutdown = logs.filter((l) => String(l.msg).startsWith("shutdown: delivery outcomes could not be written"));
+    expect(shutdown).toHaveLength(1);
+    expect(shutdown[0]).toMatchObject({ unwritten: 2 });
+    for (const e of events) expect(row(r, e.id).state).toBe("pending");
+  });
+
   it("keeps order within each series while several series go out concurrently", async () => {
     const r = await rig({ concurrency: 8 });
     r.receiver.answer = () => ({ kind: "accept", delayMs: Math.floor(Math.random() * 15) });
