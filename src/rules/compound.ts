@@ -187,9 +187,13 @@ export class LatestValues {
     for (const n of this.#sensors.keys()) if (!names.has(n)) this.#sensors.delete(n);
   }
 
-  /** Whether any expression reads this metric of this sensor. */
+  /**
+   * Whether any expression reads this metric of this sensor. Called for every reading: the
+   * key of another sensor's metric is built only when some expression reads one.
+   */
   watches(sensor: string, metric: string): boolean {
-    return this.#own.has(metric) || this.#followers.has(`${sensor}\u001f${metric}`);
+    if (this.#own.has(metric)) return true;
+    return this.#followers.size > 0 && this.#followers.has(`${sensor}\u001f${metric}`);
   }
 
   /**
