@@ -267,7 +267,16 @@ export class MqttIntake {
     }
     const res = this.#host.router()?.decode(packet.topic, payload, this.#clock.now(), packet.retain);
     if (res === undefined) {
-      this.#log.debug({ topic: packet.topic }, "message on a topic no subscription matches");
+      // A persistent session can still carry messages for a subscription a reload or a
+      // restart removed: they are acknowledged and gone, so they are counted and logged.
+      this.#metrics.decodeErrors.inc({ source: "mqtt", reason: "no_subscription" });
+      const suppressed = this.#errLog.shouldLog("decode:no_subscription");
+      if (suppressed !== undefined) {
+        this.#log.warn(
+          { topic: packet.topic, reason: "no_subscription", suppressed },
+          "skipped a message on a topic no subscription matches",
+        );
+      }
       return key;
     }
     if (!res.ok) {

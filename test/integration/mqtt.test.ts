@@ -95,6 +95,52 @@ async function ready(src: MqttSource, sink: Collect, pub: MqttClient, probeTopic
 }
 
 describe("MqttSource", () => {
+  it("counts and logs a message the resumed session still carries for a subscription it no longer has", async () => {
+    const metrics = new Metrics();
+    const logs: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => logs.push(JSON.parse(s)) });
+    const sink = new Collect();
+    const old = source(
+      mqttConfig(broker.url, {
+        client_id: "resub",
+        clean: false,
+        subscriptions: [{ topic: "old/+", metric: "v", format: "number", qos: 1 }],
+      }),
+      sink,
+    );
+    await old.start();
+    const pub = await publisher(broker.url);
+    clients.push(pub);
+    await ready(old, sink, pub, "old/probe", "1");
+    const readings = sink.readings.length;
+    await old.stop();
+    // Queued by the broker for the session, which still subscribes old/+.
+    await pub.publishAsync("old/x", "2", { qos: 1 });
+    const renamed = mqttConfig(broker.url, {
+      client_id: "resub",
+      clean: false,
+      subscriptions: [{ topic: "new/+", metric: "v", format: "number", qos: 1 }],
+    });
+    const src = new MqttSource({
+      config: renamed,
+      agentId: "t1",
+      sink: sink.sink,
+      logger,
+      metrics,
+      clock: systemClock,
+    });
+    sources.push(src);
+    await src.start();
+    await waitUntil(
+      async () => (await counter(metrics, "edgehook_decode_errors_total", { reason: "no_subscription" })) === 1,
+      "the stray message counted",
+    );
+    expect(logs.filter((l) => l.msg === "skipped a message on a topic no subscription matches")).toEqual([
+      expect.objectContaining({ topic: "old/x", reason: "no_subscription" }),
+    ]);
+    expect(sink.readings.length).toBe(readings);
+  });
+
   it("decodes every payload format end to end and counts bad payloads without stopping", async () => {
     const config = mqttConfig(broker.url, {
       client_id: "formats",
